@@ -1,0 +1,233 @@
+"""Chat state, account links, link tokens, verification attempts and "notify me"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.errors import NotFound
+from store.schema import (
+    back_in_stock_subscriptions,
+    chats,
+    customers,
+    orders,
+    products,
+    used_link_tokens,
+    utcnow,
+    verification_attempts,
+)
+
+
+@dataclass(frozen=True)
+class Chat:
+    chat_id: int
+    language: str | None
+    customer_id: int | None
+    misses: int
+
+
+def _chat(row: object) -> Chat:
+    m = row._mapping  # type: ignore[attr-defined]
+    return Chat(
+        chat_id=m["chat_id"],
+        language=m["language"],
+        customer_id=m["customer_id"],
+        misses=m["misses"],
+    )
+
+
+_CHAT_COLS = (chats.c.chat_id, chats.c.language, chats.c.customer_id, chats.c.misses)
+
+
+async def chat_of(conn: AsyncConnection, chat_id: int) -> Chat | None:
+    row = (await conn.execute(select(*_CHAT_COLS).where(chats.c.chat_id == chat_id))).first()
+    return _chat(row) if row else None
+
+
+async def touch_chat(conn: AsyncConnection, chat_id: int) -> Chat:
+    """The chat, created on first contact."""
+    found = await chat_of(conn, chat_id)
+    if found:
+        return found
+    now = utcnow()
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(chats).values(chat_id=chat_id, misses=0, created_at=now, updated_at=now)
+            )
+    except IntegrityError:
+        # Another process created it between our read and insert: theirs is as good.
+        pass
+    chat = await chat_of(conn, chat_id)
+    assert chat is not None
+    return chat
+
+
+async def _update_chat(conn: AsyncConnection, chat_id: int, **values: object) -> Chat:
+    await touch_chat(conn, chat_id)
+    await conn.execute(
+        update(chats).where(chats.c.chat_id == chat_id).values(updated_at=utcnow(), **values)
+    )
+    chat = await chat_of(conn, chat_id)
+    assert chat is not None
+    return chat
+
+
+async def set_chat_language(conn: AsyncConnection, chat_id: int, language: str) -> Chat:
+    return await _update_chat(conn, chat_id, language=language)
+
+
+async def record_miss(conn: AsyncConnection, chat_id: int) -> Chat:
+    return await _update_chat(conn, chat_id, misses=chats.c.misses + 1)
+
+
+async def reset_misses(conn: AsyncConnection, chat_id: int) -> Chat:
+    return await _update_chat(conn, chat_id, misses=0)
+
+
+async def link_chat(conn: AsyncConnection, chat_id: int, customer_id: int) -> Chat:
+    """Link the chat to the customer. One account per customer and one customer per account:
+    a previous link of either side is dropped."""
+    exists = await conn.scalar(
+        select(customers.c.customer_id).where(customers.c.customer_id == customer_id)
+    )
+    if exists is None:
+        raise NotFound(f"no customer {customer_id}")
+    await touch_chat(conn, chat_id)
+    # Free the customer first so the UNIQUE on customer_id never sees two rows.
+    await conn.execute(
+        update(chats)
+        .where(chats.c.customer_id == customer_id, chats.c.chat_id != chat_id)
+        .values(customer_id=None, updated_at=utcnow())
+    )
+    return await _update_chat(conn, chat_id, customer_id=customer_id)
+
+
+async def unlink_chat(conn: AsyncConnection, chat_id: int) -> Chat:
+    return await _update_chat(conn, chat_id, customer_id=None)
+
+
+def _norm(value: str) -> str:
+    return "".join(value.split()).casefold()
+
+
+async def verify_order_owner(
+    conn: AsyncConnection,
+    order_number: str,
+    email: str | None = None,
+    postcode: str | None = None,
+) -> int | None:
+    """The customer id if the order exists and the email or postcode given matches its
+    customer (ignoring case and spaces); None otherwise, without saying which part failed."""
+    if not (email and email.strip()) and not (postcode and postcode.strip()):
+        return None
+    row = (
+        await conn.execute(
+            select(customers.c.customer_id, customers.c.email, customers.c.postcode)
+            .select_from(orders.join(customers, orders.c.customer_id == customers.c.customer_id))
+            .where(orders.c.order_number == order_number.strip())
+        )
+    ).first()
+    if row is None:
+        return None
+    if email is not None and email.strip() and _norm(email) != _norm(row.email or ""):
+        return None
+    if postcode is not None and postcode.strip() and _norm(postcode) != _norm(row.postcode or ""):
+        return None
+    return int(row.customer_id)
+
+
+async def consume_link_token(conn: AsyncConnection, token_id: str, expires_at: datetime) -> bool:
+    """Mark a single-use token as used. False if it was used before (or has expired)."""
+    now = utcnow()
+    if expires_at <= now:
+        return False
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(used_link_tokens).values(
+                    token_id=token_id, expires_at=expires_at, used_at=now
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def record_verification_attempt(
+    conn: AsyncConnection,
+    chat_id: int,
+    order_number: str,
+    ok: bool,
+    at: datetime | None = None,
+) -> None:
+    await conn.execute(
+        insert(verification_attempts).values(
+            chat_id=chat_id, order_number=order_number, ok=ok, at=at or utcnow()
+        )
+    )
+
+
+async def count_failed_attempts(
+    conn: AsyncConnection,
+    chat_id: int | None = None,
+    order_number: str | None = None,
+    *,
+    since: datetime,
+) -> int:
+    """Failed verifications since ``since``, for a chat, an order number, or both."""
+    conds = [verification_attempts.c.ok.is_(False), verification_attempts.c.at >= since]
+    if chat_id is not None:
+        conds.append(verification_attempts.c.chat_id == chat_id)
+    if order_number is not None:
+        conds.append(verification_attempts.c.order_number == order_number)
+    n = await conn.scalar(select(func.count()).select_from(verification_attempts).where(*conds))
+    return int(n or 0)
+
+
+async def subscribe_back_in_stock(conn: AsyncConnection, chat_id: int, sku: str) -> bool:
+    """Ask to be told when ``sku`` is back. False if this chat already asked."""
+    sku = sku.strip().upper()
+    if await conn.scalar(select(products.c.sku).where(products.c.sku == sku)) is None:
+        raise NotFound(f"unknown SKU {sku}")
+    chat = await touch_chat(conn, chat_id)
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(back_in_stock_subscriptions).values(
+                    chat_id=chat_id, customer_id=chat.customer_id, sku=sku, created_at=utcnow()
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def back_in_stock_subscribers(conn: AsyncConnection, sku: str) -> list[int]:
+    """Chats waiting for ``sku`` and not yet told."""
+    rows = await conn.execute(
+        select(back_in_stock_subscriptions.c.chat_id)
+        .where(
+            and_(
+                back_in_stock_subscriptions.c.sku == sku,
+                back_in_stock_subscriptions.c.notified_at.is_(None),
+            )
+        )
+        .order_by(back_in_stock_subscriptions.c.subscription_id)
+    )
+    return [int(r.chat_id) for r in rows]
+
+
+async def mark_back_in_stock_notified(conn: AsyncConnection, chat_id: int, sku: str) -> None:
+    await conn.execute(
+        update(back_in_stock_subscriptions)
+        .where(
+            back_in_stock_subscriptions.c.chat_id == chat_id,
+            back_in_stock_subscriptions.c.sku == sku,
+        )
+        .values(notified_at=utcnow())
+    )

@@ -1,0 +1,98 @@
+"""Opening the store: engine, connection settings, migrations on start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+DEFAULT_URL = "sqlite+aiosqlite:///var/backorder.sqlite3"
+MIGRATIONS = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def database_url(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("DATABASE_URL") or DEFAULT_URL
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _upgrade(sync_conn: Connection, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, revision)
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the bot's readers run while an import writes; foreign keys are off by
+    # default in SQLite; the busy timeout makes concurrent writers wait instead of fail.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+class Store:
+    """The database handle the bot and the tools share. Holds no domain state."""
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self._index: Any = None
+        self._index_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction: committed on success, rolled back on error."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; anything written without commit is rolled back."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def create_engine_for(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade, revision)
+
+
+async def open_store(url: str | None = None, *, migrate_schema: bool = True) -> Store:
+    """Open the store at ``url`` (or DATABASE_URL, or the default) and bring its schema up
+    to date."""
+    resolved = database_url(url)
+    engine = create_engine_for(resolved)
+    if migrate_schema:
+        await migrate(engine)
+    return Store(engine, resolved)

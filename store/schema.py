@@ -1,0 +1,351 @@
+"""The one schema of the backorder store (SQLAlchemy Core).
+
+Portable on purpose: plain types, partial indexes declared for both SQLite and PostgreSQL,
+no SQLite-only constructs. Migrations in ``store/migrations`` are the source of truth for
+the database; this module is what the queries are written against and must stay in step.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+    true,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out.
+
+    SQLite has no time zones, so values are stored naive in UTC; normalising on the way in
+    keeps PostgreSQL and SQLite comparing the same instants.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+SKU = String(32)
+ORDER_NUMBER = String(32)
+
+products = Table(
+    "products",
+    metadata,
+    Column("sku", SKU, primary_key=True),
+    Column("name_en", String(200), nullable=False),
+    Column("name_de", String(200)),
+    Column("name_es", String(200)),
+    Column("name_ru", String(200)),
+    Column("category", String(64), nullable=False),
+    Column("price_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("active", Boolean, nullable=False, server_default=true()),
+    Column("backorderable", Boolean, nullable=False, server_default=true()),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("price_minor >= 0", name="price_nonneg"),
+    Index(None, "category"),
+    Index(None, "updated_at"),
+)
+
+product_alternatives = Table(
+    "product_alternatives",
+    metadata,
+    Column("sku", SKU, ForeignKey("products.sku"), primary_key=True),
+    Column("alt_sku", SKU, ForeignKey("products.sku"), primary_key=True),
+    Column("rank", Integer, nullable=False, server_default=text("0")),
+)
+
+suppliers = Table(
+    "suppliers",
+    metadata,
+    Column("supplier_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("email", String(200)),
+    Column("lead_days", Integer),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# Physical stock: on_hand counts units in the warehouse, allocated the part of them promised
+# to order lines and not yet shipped; free = on_hand - allocated.
+stock = Table(
+    "stock",
+    metadata,
+    Column("sku", SKU, ForeignKey("products.sku"), primary_key=True),
+    Column("on_hand", BigInteger, nullable=False, server_default=text("0")),
+    Column("allocated", BigInteger, nullable=False, server_default=text("0")),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("allocated >= 0 AND allocated <= on_hand", name="allocated_within"),
+)
+
+restocks = Table(
+    "restocks",
+    metadata,
+    Column("restock_id", String(64), primary_key=True),
+    Column("supplier_id", String(64), ForeignKey("suppliers.supplier_id"), nullable=False),
+    Column("sku", SKU, ForeignKey("products.sku"), nullable=False),
+    Column("qty", BigInteger, nullable=False),
+    Column("expected_date", Date, nullable=False),
+    Column("status", String(16), nullable=False, server_default=text("'open'")),
+    Column("qty_received", BigInteger, nullable=False, server_default=text("0")),
+    Column("received_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("qty > 0", name="qty_pos"),
+    CheckConstraint("status IN ('open', 'received', 'cancelled')", name="status_known"),
+    Index(None, "sku", "status", "expected_date"),
+)
+
+restock_date_changes = Table(
+    "restock_date_changes",
+    metadata,
+    Column("change_id", Integer, primary_key=True, autoincrement=True),
+    Column("restock_id", String(64), ForeignKey("restocks.restock_id"), nullable=False),
+    Column("old_date", Date, nullable=False),
+    Column("new_date", Date, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("changed_at", UTCDateTime, nullable=False),
+    Index(None, "restock_id", "changed_at"),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(200), nullable=False),
+    Column("email", String(254), nullable=False),
+    Column("phone", String(40)),
+    Column("postcode", String(20)),
+    Column("language", String(8), nullable=False, server_default=text("'en'")),
+    Column("notify_delays", Boolean, nullable=False, server_default=true()),
+    Column("notify_back_in_stock", Boolean, nullable=False, server_default=true()),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "email"),
+)
+
+chats = Table(
+    "chats",
+    metadata,
+    Column("chat_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("language", String(8)),
+    Column("customer_id", Integer, ForeignKey("customers.customer_id"), unique=True),
+    Column("misses", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", Integer, primary_key=True, autoincrement=True),
+    Column("order_number", ORDER_NUMBER, nullable=False, unique=True),
+    Column("customer_id", Integer, ForeignKey("customers.customer_id"), nullable=False),
+    Column("placed_at", UTCDateTime, nullable=False),
+    # Higher priority is served first; ties go to the earlier order.
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("currency", String(3), nullable=False),
+    Column("cancelled_at", UTCDateTime),
+    Index(None, "customer_id", "placed_at"),
+)
+
+# qty_waiting = ordered - allocated - shipped - cancelled, kept in the row so the per-SKU
+# queue is one partial index scan. The queue key (queue_rank, queued_at, line_id) copies
+# the order's (queue_rank = -priority, so one ascending index serves the queue) and spares
+# the queue a join.
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("line_id", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", Integer, ForeignKey("orders.order_id"), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("sku", SKU, ForeignKey("products.sku"), nullable=False),
+    Column("qty_ordered", Integer, nullable=False),
+    Column("qty_allocated", Integer, nullable=False, server_default=text("0")),
+    Column("qty_shipped", Integer, nullable=False, server_default=text("0")),
+    Column("qty_cancelled", Integer, nullable=False, server_default=text("0")),
+    Column("qty_waiting", Integer, nullable=False),
+    Column("unit_price_minor", BigInteger, nullable=False),
+    Column("queue_rank", Integer, nullable=False, server_default=text("0")),
+    Column("queued_at", UTCDateTime, nullable=False),
+    Column("promised_date", Date),
+    Column("projected_date", Date),
+    Column("previous_projected_date", Date),
+    Column("projected_changed_at", UTCDateTime),
+    Column("queue_position", Integer),
+    Column("waits_for_restock_id", String(64), ForeignKey("restocks.restock_id")),
+    Column("last_told_date", Date),
+    Column("last_told_at", UTCDateTime),
+    # None: never asked; 'asked' | 'accepted' | 'declined'.
+    Column("delay_consent", String(16)),
+    Column("delay_consent_at", UTCDateTime),
+    UniqueConstraint("order_id", "line_no"),
+    CheckConstraint("qty_ordered > 0", name="qty_ordered_pos"),
+    CheckConstraint(
+        "qty_allocated >= 0 AND qty_shipped >= 0 AND qty_cancelled >= 0 AND qty_waiting >= 0"
+        " AND qty_allocated + qty_shipped + qty_cancelled + qty_waiting = qty_ordered",
+        name="qty_balance",
+    ),
+    Index(
+        "ix_order_lines_queue",
+        "sku",
+        "queue_rank",
+        "queued_at",
+        "line_id",
+        sqlite_where=text("qty_waiting > 0"),
+        postgresql_where=text("qty_waiting > 0"),
+    ),
+    Index(
+        "ix_order_lines_allocated",
+        "sku",
+        sqlite_where=text("qty_allocated > 0"),
+        postgresql_where=text("qty_allocated > 0"),
+    ),
+    Index("ix_order_lines_order", "order_id"),
+)
+
+shipments = Table(
+    "shipments",
+    metadata,
+    Column("shipment_id", String(64), primary_key=True),
+    Column("order_id", Integer, ForeignKey("orders.order_id"), nullable=False),
+    Column("carrier", String(64), nullable=False),
+    Column("tracking_number", String(100)),
+    Column("shipped_on", Date, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "order_id"),
+)
+
+shipment_lines = Table(
+    "shipment_lines",
+    metadata,
+    Column("shipment_id", String(64), ForeignKey("shipments.shipment_id"), primary_key=True),
+    Column("line_id", Integer, ForeignKey("order_lines.line_id"), primary_key=True),
+    Column("qty", Integer, nullable=False),
+    CheckConstraint("qty > 0", name="qty_pos"),
+)
+
+# Append-only: rows are inserted, never updated or deleted.
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("sku", SKU),
+    Column("order_id", Integer),
+    Column("line_id", Integer),
+    Column("restock_id", String(64)),
+    Column("customer_id", Integer),
+    Column("data", Text),
+    Index(None, "kind", "at"),
+    Index(None, "sku", "at"),
+)
+
+# Ids of operations already applied, so a re-run with the same id is a no-op.
+operations = Table(
+    "operations",
+    metadata,
+    Column("op_id", String(100), primary_key=True),
+    Column("kind", String(40), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("outbox_id", Integer, primary_key=True, autoincrement=True),
+    # The same change must never be queued twice: the key names the change.
+    Column("dedupe_key", String(200), nullable=False, unique=True),
+    Column("chat_id", BigInteger, nullable=False),
+    Column("customer_id", Integer, ForeignKey("customers.customer_id")),
+    Column("kind", String(40), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("claimed_by", String(100)),
+    Column("claimed_until", UTCDateTime),
+    Column("sent_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("status IN ('pending', 'sent', 'failed', 'dead')", name="status_known"),
+    Index(None, "status", "not_before"),
+)
+
+back_in_stock_subscriptions = Table(
+    "back_in_stock_subscriptions",
+    metadata,
+    Column("subscription_id", Integer, primary_key=True, autoincrement=True),
+    Column("chat_id", BigInteger, ForeignKey("chats.chat_id"), nullable=False),
+    Column("customer_id", Integer, ForeignKey("customers.customer_id")),
+    Column("sku", SKU, ForeignKey("products.sku"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("notified_at", UTCDateTime),
+    UniqueConstraint("chat_id", "sku"),
+    Index(None, "sku"),
+)
+
+used_link_tokens = Table(
+    "used_link_tokens",
+    metadata,
+    Column("token_id", String(100), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=False),
+)
+
+verification_attempts = Table(
+    "verification_attempts",
+    metadata,
+    Column("attempt_id", Integer, primary_key=True, autoincrement=True),
+    Column("chat_id", BigInteger, nullable=False),
+    Column("order_number", ORDER_NUMBER, nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index(None, "chat_id", "at"),
+    Index(None, "order_number", "at"),
+)

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import insert, text
+
+from store import Store, open_store
+from store.chats import (
+    Chat,
+    chat_of,
+    consume_link_token,
+    count_failed_attempts,
+    link_chat,
+    record_miss,
+    record_verification_attempt,
+    reset_misses,
+    set_chat_language,
+    subscribe_back_in_stock,
+    touch_chat,
+    unlink_chat,
+    verify_order_owner,
+)
+from store.errors import NotFound
+from store.schema import customers, orders, products
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+async def _seed(store: Store) -> None:
+    async with store.begin() as conn:
+        await conn.execute(
+            insert(customers),
+            [
+                dict(
+                    customer_id=1,
+                    name="Anna",
+                    email="Anna@Example.com",
+                    postcode="10115",
+                    language="de",
+                    created_at=NOW,
+                ),
+                dict(
+                    customer_id=2,
+                    name="Ben",
+                    email="ben@example.com",
+                    postcode="SW1A 1AA",
+                    language="en",
+                    created_at=NOW,
+                ),
+            ],
+        )
+        await conn.execute(
+            insert(orders),
+            [
+                dict(order_number="100001", customer_id=1, placed_at=NOW, currency="EUR"),
+                dict(order_number="100002", customer_id=2, placed_at=NOW, currency="GBP"),
+            ],
+        )
+        await conn.execute(
+            insert(products).values(
+                sku="KET-0001",
+                name_en="Kettle",
+                category="kettles",
+                price_minor=2999,
+                currency="EUR",
+                active=True,
+                backorderable=True,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+
+
+async def test_migrations_run_and_pragmas(db_url: str) -> None:
+    s = await open_store(db_url)
+    async with s.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+        assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+        assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == 10000
+        rev = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    await s.close()
+    assert rev is not None
+    # Opening again is a no-op upgrade.
+    s2 = await open_store(db_url)
+    await s2.close()
+
+
+async def test_chat_lifecycle(store: Store) -> None:
+    async with store.begin() as conn:
+        assert await chat_of(conn, 42) is None
+        assert await touch_chat(conn, 42) == Chat(42, None, None, 0)
+        assert await touch_chat(conn, 42) == Chat(42, None, None, 0)
+        assert await set_chat_language(conn, 42, "de") == Chat(42, "de", None, 0)
+        await record_miss(conn, 42)
+        assert await record_miss(conn, 42) == Chat(42, "de", None, 2)
+        assert await reset_misses(conn, 42) == Chat(42, "de", None, 0)
+        # Functions that update create the chat when needed.
+        assert await record_miss(conn, 7) == Chat(7, None, None, 1)
+    async with store.connect() as conn:
+        assert await chat_of(conn, 42) == Chat(42, "de", None, 0)
+
+
+async def test_link_moves_both_ways(store: Store) -> None:
+    await _seed(store)
+    async with store.begin() as conn:
+        assert (await link_chat(conn, 10, 1)).customer_id == 1
+        # The customer moves to another account: the old account is unlinked.
+        assert (await link_chat(conn, 11, 1)).customer_id == 1
+        assert (await chat_of(conn, 10)) == Chat(10, None, None, 0)
+        # An account links to another customer: the first customer is free again.
+        assert (await link_chat(conn, 11, 2)).customer_id == 2
+        assert (await link_chat(conn, 10, 1)).customer_id == 1
+        assert (await unlink_chat(conn, 10)).customer_id is None
+        with pytest.raises(NotFound):
+            await link_chat(conn, 10, 999)
+
+
+async def test_verify_order_owner(store: Store) -> None:
+    await _seed(store)
+    async with store.connect() as conn:
+        assert await verify_order_owner(conn, "100001", email=" anna@EXAMPLE.com ") == 1
+        assert await verify_order_owner(conn, "100002", postcode="sw1a1aa") == 2
+        assert await verify_order_owner(conn, "100002", postcode="sw1a 1aa", email="x@y") is None
+        assert await verify_order_owner(conn, "100001", email="ben@example.com") is None
+        assert await verify_order_owner(conn, "999999", email="anna@example.com") is None
+        assert await verify_order_owner(conn, "100001") is None
+        assert await verify_order_owner(conn, "100001", email="  ") is None
+
+
+async def test_link_tokens_single_use(store: Store) -> None:
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    async with store.begin() as conn:
+        assert await consume_link_token(conn, "t1", later) is True
+        assert await consume_link_token(conn, "t1", later) is False
+        assert await consume_link_token(conn, "t2", datetime.now(UTC) - timedelta(1)) is False
+    async with store.begin() as conn:
+        assert await consume_link_token(conn, "t1", later) is False
+
+
+async def test_verification_attempts(store: Store) -> None:
+    async with store.begin() as conn:
+        for i in range(3):
+            await record_verification_attempt(conn, 5, "100001", False, NOW + timedelta(i))
+        await record_verification_attempt(conn, 5, "100002", True, NOW)
+        await record_verification_attempt(conn, 6, "100001", False, NOW)
+        assert await count_failed_attempts(conn, chat_id=5, since=NOW) == 3
+        assert await count_failed_attempts(conn, chat_id=5, since=NOW + timedelta(1)) == 2
+        assert await count_failed_attempts(conn, order_number="100001", since=NOW) == 4
+        assert await count_failed_attempts(conn, 6, "100001", since=NOW) == 1
+        assert await count_failed_attempts(conn, order_number="100002", since=NOW) == 0
+
+
+async def test_subscribe_back_in_stock(store: Store) -> None:
+    await _seed(store)
+    async with store.begin() as conn:
+        assert await subscribe_back_in_stock(conn, 5, "ket-0001") is True
+        assert await subscribe_back_in_stock(conn, 5, "KET-0001") is False
+        with pytest.raises(NotFound):
+            await subscribe_back_in_stock(conn, 5, "NOP-0000")
