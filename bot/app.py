@@ -1,0 +1,80 @@
+"""The application factory: everything Telegram-facing is assembled here, and only here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import date
+
+from telegram import BotCommand, LinkPreviewOptions
+from telegram.constants import ParseMode
+from telegram.ext import AIORateLimiter, ApplicationBuilder, ContextTypes, Defaults
+from telegram.request import HTTPXRequest
+
+from bot.context import BotApplication, BotContext, BotData
+from bot.handlers import register_all
+from bot.render import Renderer
+from bot.settings import SUPPORTED_LANGUAGES, Settings
+from store.db import Store, migrate
+
+log = logging.getLogger(__name__)
+
+# Shown in Telegram's command menu; each description is a macro of commands.j2.
+COMMANDS = ("orders", "stock", "agent", "language", "help")
+
+
+def build_application(
+    settings: Settings, store: Store, *, today: Callable[[], date] | None = None
+) -> BotApplication:
+    """Assemble the bot. `today` replaces the shop's calendar (tests move time with it)."""
+    if settings.bot_token is None:
+        raise ValueError("build_application needs a token; run_bot.py supplies the sandbox's")
+    request = HTTPXRequest(
+        connection_pool_size=64,
+        read_timeout=settings.request_timeout,
+        write_timeout=settings.request_timeout,
+        connect_timeout=settings.request_timeout,
+        pool_timeout=settings.request_timeout,
+    )
+    app: BotApplication = (
+        ApplicationBuilder()
+        .token(settings.bot_token.get_secret_value())
+        .base_url(settings.bot_api_base_url)
+        .base_file_url(settings.bot_api_file_url)
+        .request(request)
+        .get_updates_request(HTTPXRequest(read_timeout=settings.request_timeout + 30))
+        .context_types(ContextTypes(context=BotContext, bot_data=BotData))
+        .defaults(
+            Defaults(
+                parse_mode=ParseMode.HTML,
+                link_preview_options=LinkPreviewOptions(is_disabled=True),
+            )
+        )
+        .rate_limiter(AIORateLimiter(max_retries=settings.max_retries))
+        .post_init(_post_init)
+        .post_shutdown(_post_shutdown)
+        .build()
+    )
+    app.bot_data.settings = settings
+    app.bot_data.store = store
+    app.bot_data.renderer = Renderer(settings.zone, today)
+    register_all(app)
+    return app
+
+
+async def _post_init(app: BotApplication) -> None:
+    # Migrations are idempotent, so every process brings the schema up to date on start.
+    await migrate(app.bot_data.store.engine)
+    renderer = app.bot_data.renderer
+    default = app.bot_data.settings.default_language
+    # Telegram shows the commands without a language code to users of any other language.
+    for language, code in [(default, None), *((lang, lang) for lang in SUPPORTED_LANGUAGES)]:
+        commands = [
+            BotCommand(name, renderer.plain("commands.j2", name, language)) for name in COMMANDS
+        ]
+        await app.bot.set_my_commands(commands, language_code=code)
+    log.info("bot @%s is up", app.bot.username)
+
+
+async def _post_shutdown(app: BotApplication) -> None:
+    await app.bot_data.store.close()

@@ -1,0 +1,104 @@
+"""Every text a person reads comes out of here: Jinja2 templates, translated with Babel catalogs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date, format_datetime, format_skeleton, format_timedelta
+from babel.numbers import format_currency, format_decimal, get_currency_precision
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+from bot.i18n import translations
+from bot.settings import SUPPORTED_LANGUAGES
+
+# A row of buttons: (label macro name, callback data) pairs, or (label, data, macro arguments).
+ButtonSpec = tuple[str, str] | tuple[str, str, Mapping[str, Any]]
+
+
+class Renderer:
+    """One Jinja2 environment per language, so a render never sees another language's catalog."""
+
+    def __init__(self, zone: ZoneInfo, today: Callable[[], date] | None = None) -> None:
+        self._zone = zone
+        self._today = today or (lambda: datetime.now(zone).date())
+        loader = PackageLoader("bot", "templates")
+        self._envs = {
+            language: self._environment(language, loader) for language in SUPPORTED_LANGUAGES
+        }
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self._zone
+
+    def today(self) -> date:
+        return self._today()
+
+    def text(self, template: str, language: str, **values: Any) -> str:
+        """Render a message template (HTML parse mode) in a language."""
+        return self._envs[language].get_template(template).render(**values).strip()
+
+    def plain(self, template: str, macro: str, language: str, **values: Any) -> str:
+        """A short plain text (a button label, a command description): one macro of a template.
+
+        Telegram shows these as they are, so the autoescaped HTML is turned back into text.
+        """
+        module = self._envs[language].get_template(template).module
+        return Markup(getattr(module, macro)(**values)).unescape().strip()
+
+    def label(self, name: str, language: str, **values: Any) -> str:
+        return self.plain("buttons.j2", name, language, **values)
+
+    def keyboard(self, language: str, rows: Sequence[Sequence[ButtonSpec]]) -> InlineKeyboardMarkup:
+        return InlineKeyboardMarkup(
+            [
+                [
+                    InlineKeyboardButton(
+                        self.label(spec[0], language, **(spec[2] if len(spec) == 3 else {})),
+                        callback_data=spec[1],
+                    )
+                    for spec in row
+                ]
+                for row in rows
+            ]
+        )
+
+    def _environment(self, language: str, loader: PackageLoader) -> Environment:
+        env = Environment(
+            loader=loader,
+            autoescape=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            undefined=StrictUndefined,
+            extensions=["jinja2.ext.i18n"],
+        )
+        env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+        env.filters.update(
+            day_month=lambda d: format_skeleton("MMMMd", d, locale=language),
+            long_date=lambda d: format_date(d, "long", locale=language),
+            moment=lambda dt: format_datetime(dt, "medium", tzinfo=self._zone, locale=language),
+            relative=lambda d: self._relative(d, language),
+            days_from_today=lambda d: (d - self._today()).days,
+            money=lambda minor, currency: _money(minor, currency, language),
+            number=lambda n: format_decimal(n, locale=language),
+            duration=lambda days: format_timedelta(
+                timedelta(days=days), granularity="day", threshold=1.5, locale=language
+            ),
+        )
+        env.globals["language"] = language
+        return env
+
+    def _relative(self, day: date, language: str) -> str:
+        return format_timedelta(
+            day - self._today(), granularity="day", add_direction=True, locale=language
+        )
+
+
+def _money(minor: int, currency: str, language: str) -> str:
+    amount = Decimal(minor).scaleb(-get_currency_precision(currency))
+    return format_currency(amount, currency, locale=language)

@@ -1,0 +1,42 @@
+"""Sending rendered texts: the one way handlers speak to a chat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from telegram import Message, Update
+
+from bot.context import BotContext
+from bot.render import ButtonSpec
+
+# The buttons that make sense when nothing more specific does.
+MAIN_MENU: tuple[tuple[ButtonSpec, ...], ...] = ((("help", "m:help"), ("language", "m:lang")),)
+
+
+async def send(
+    update: Update,
+    context: BotContext,
+    template: str,
+    *,
+    rows: Sequence[Sequence[ButtonSpec]] = (),
+    language: str | None = None,
+    **values: Any,
+) -> Message | None:
+    """Render a template in the reader's language and send it to the update's chat."""
+    chat = update.effective_chat
+    if chat is None:
+        return None
+    language = language or await context.language_for(update)
+    text = context.renderer.text(template, language, **values)
+    markup = context.renderer.keyboard(language, rows) if rows else None
+    thread_id = update.effective_message.message_thread_id if update.effective_message else None
+    return await context.bot.send_message(
+        chat.id, text, reply_markup=markup, message_thread_id=thread_id
+    )
+
+
+async def acknowledge(update: Update) -> None:
+    """Stop the button's spinner; a press must always be answered, even if nothing else happens."""
+    if update.callback_query is not None:
+        await update.callback_query.answer()

@@ -1,0 +1,130 @@
+"""Settings from environment variables, optionally from a file named by BACKORDER_SETTINGS_FILE.
+
+A missing or invalid setting stops start-up with one line naming it (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "de", "es", "ru")
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message is one line that names it."""
+
+
+def _check_language(value: str) -> str:
+    value = value.strip().lower()
+    if value not in SUPPORTED_LANGUAGES:
+        raise ValueError(f"must be one of {', '.join(SUPPORTED_LANGUAGES)}")
+    return value
+
+
+Language = Annotated[str, AfterValidator(_check_language)]
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot. Environment names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
+
+    bot_token: SecretStr | None = None
+    bot_api_base_url: str = "https://api.telegram.org/bot"
+    bot_api_file_url: str = "https://api.telegram.org/file/bot"
+    database_url: str = "sqlite+aiosqlite:///var/backorder.sqlite3"
+
+    webhook_url: str | None = None
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = Field(default=8443, ge=1, le=65535)
+    webhook_secret: SecretStr | None = None
+
+    shop_name: str = "Backorder Demo Shop"
+    shop_timezone: str = "Europe/Berlin"
+    default_language: Language = "en"
+    link_secret: SecretStr = SecretStr("change-me-in-production")
+
+    sandbox_host: str = "127.0.0.1"
+    sandbox_port: int = Field(default=8080, ge=0, le=65535)
+    demo_size: str = "small"
+
+    request_timeout: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment is passed in by load_settings, so tests can give their own.
+        return (init_settings, dotenv_settings)
+
+    @field_validator("shop_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown time zone") from exc
+        return value
+
+    @field_validator("bot_token", "webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    @field_validator("demo_size")
+    @classmethod
+    def _known_size(cls, value: str) -> str:
+        if value not in {"small", "medium", "large"}:
+            raise ValueError("must be small, medium or large")
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.shop_timezone)
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.bot_token is None
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read settings; raise SettingsError with one line naming the first bad setting."""
+    env = dict(os.environ if environ is None else environ)
+    settings_file = env.get("BACKORDER_SETTINGS_FILE")
+    if settings_file and not Path(settings_file).is_file():
+        raise SettingsError(f"BACKORDER_SETTINGS_FILE: no such file: {settings_file}")
+    keys = {name.upper() for name in Settings.model_fields}
+    values = {k.lower(): v for k, v in env.items() if k.upper() in keys}
+    try:
+        if settings_file:
+            return Settings(_env_file=settings_file, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"{name}: {message}") from None
+
+
+__all__ = ["SUPPORTED_LANGUAGES", "Settings", "SettingsError", "load_settings"]

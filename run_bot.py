@@ -1,0 +1,136 @@
+"""Start the bot.
+
+With BOT_TOKEN set it talks to Telegram (long polling, or webhooks when WEBHOOK_URL is set).
+Without a token it starts the local sandbox Bot API with its web playground, fills the
+database with demo data if it is empty, and runs the bot against the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from pydantic import SecretStr
+from store.demo import fill_demo, is_empty
+from telegram import Update
+
+from bot.app import build_application
+from bot.settings import Settings, SettingsError, load_settings
+from store.db import Store, create_engine_for, migrate
+
+log = logging.getLogger("backorder-bot")
+
+
+@dataclass(frozen=True)
+class _SandboxHandle:
+    url: str
+    api_base: str
+    file_base: str
+    token: str
+    thread: threading.Thread
+    loop: asyncio.AbstractEventLoop
+
+
+def _start_sandbox(settings: Settings) -> _SandboxHandle:
+    """Run the sandbox on a thread of its own, so PTB keeps the main thread and its signals."""
+    from sandbox import Sandbox
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    sandbox = Sandbox()
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(sandbox.start(settings.sandbox_host, settings.sandbox_port))
+        except BaseException as exc:
+            failure.append(exc)
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(sandbox.stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="sandbox", daemon=True)
+    thread.start()
+    ready.wait()
+    if failure:
+        raise failure[0]
+    return _SandboxHandle(
+        sandbox.url, sandbox.api_base, sandbox.file_base, sandbox.token, thread, loop
+    )
+
+
+async def _prepare_demo(settings: Settings) -> None:
+    engine = create_engine_for(settings.database_url)
+    store = Store(engine, settings.database_url)
+    try:
+        await migrate(engine)
+        async with store.connect() as conn:
+            empty = await is_empty(conn)
+        if empty:
+            log.info("empty database: loading %s demo data", settings.demo_size)
+            await fill_demo(store, size=settings.demo_size)
+    finally:
+        await store.close()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"backorder-bot: invalid setting {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    sandbox: _SandboxHandle | None = None
+    if settings.sandboxed:
+        try:
+            sandbox = _start_sandbox(settings)
+        except OSError as exc:
+            print(f"backorder-bot: cannot start the sandbox: {exc}", file=sys.stderr)
+            return 1
+        settings = settings.model_copy(
+            update={
+                "bot_token": SecretStr(sandbox.token),
+                "bot_api_base_url": sandbox.api_base,
+                "bot_api_file_url": sandbox.file_base,
+            }
+        )
+        asyncio.run(_prepare_demo(settings))
+
+    store = Store(create_engine_for(settings.database_url), settings.database_url)
+    app = build_application(settings, store)
+    if sandbox is not None:
+        print(f"Sandbox playground: {sandbox.url}/  (Ctrl+C to stop)", flush=True)
+    try:
+        if settings.webhook_url:
+            secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+            app.run_webhook(
+                listen=settings.webhook_listen,
+                port=settings.webhook_port,
+                url_path=urlparse(settings.webhook_url).path.lstrip("/"),
+                webhook_url=settings.webhook_url,
+                secret_token=secret,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        else:
+            app.run_polling(allowed_updates=Update.ALL_TYPES)
+    finally:
+        if sandbox is not None:
+            sandbox.loop.call_soon_threadsafe(sandbox.loop.stop)
+            sandbox.thread.join(timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
