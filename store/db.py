@@ -15,6 +15,8 @@ from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from store.catalog import ProductIndex
+
 DEFAULT_URL = "sqlite+aiosqlite:///var/backorder.sqlite3"
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
@@ -53,7 +55,7 @@ class Store:
     def __init__(self, engine: AsyncEngine, url: str) -> None:
         self.engine = engine
         self.url = url
-        self._index: Any = None
+        self._index: ProductIndex | None = None
         self._index_lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -67,6 +69,15 @@ class Store:
         """A connection for reads; anything written without commit is rolled back."""
         async with self.engine.connect() as conn:
             yield conn
+
+    async def product_index(self) -> ProductIndex:
+        """The fuzzy product index, rebuilt when the catalog has changed since last built."""
+        async with self._index_lock, self.engine.connect() as conn:
+            if self._index is None:
+                self._index = await ProductIndex.load(conn)
+            else:
+                await self._index.refresh(conn)
+            return self._index
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -1,0 +1,770 @@
+"""The domain rules: orders, allocation, receipts, cancellations, shipping, projected dates.
+
+Every function is one step inside the caller's transaction. Re-running a step with the same
+id (order number, restock id, shipment id) leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.errors import Conflict, NotFound, StoreError
+from store.events import log_event
+from store.schema import (
+    customers,
+    order_lines,
+    orders,
+    products,
+    restock_date_changes,
+    restocks,
+    shipment_lines,
+    shipments,
+    stock,
+    utcnow,
+)
+
+BATCH = 2000
+
+
+@dataclass(frozen=True)
+class NewLine:
+    sku: str
+    qty: int
+    unit_price_minor: int | None = None  # None: the catalog price
+
+
+@dataclass(frozen=True)
+class MovedLine:
+    line_id: int
+    order_id: int
+    old_date: date | None
+    new_date: date | None
+
+
+@dataclass(frozen=True)
+class Projection:
+    sku: str
+    waiting_lines: int
+    undated_lines: int
+    moved: tuple[MovedLine, ...]
+
+
+@dataclass(frozen=True)
+class Allocation:
+    line_id: int
+    qty: int
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    order_id: int
+    order_number: str
+    created: bool
+    allocated: tuple[Allocation, ...]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    restock_id: str
+    sku: str
+    changed: bool
+    qty: int
+    allocated: tuple[Allocation, ...]
+    to_free_stock: int
+    projection: Projection | None
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    changed: bool
+    cancelled_qty: int
+    released: int
+    reallocated: tuple[Allocation, ...]
+    projections: tuple[Projection, ...]
+
+
+@dataclass(frozen=True)
+class Shipped:
+    shipment_id: str
+    changed: bool
+    lines: tuple[Allocation, ...]
+
+
+# --- stock -------------------------------------------------------------------------------
+
+
+async def _ensure_stock_row(conn: AsyncConnection, sku: str) -> None:
+    have = await conn.scalar(select(stock.c.sku).where(stock.c.sku == sku))
+    if have is None:
+        await conn.execute(
+            insert(stock).values(sku=sku, on_hand=0, allocated=0, updated_at=utcnow())
+        )
+
+
+async def free_stock(conn: AsyncConnection, sku: str) -> int:
+    row = (
+        await conn.execute(select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == sku))
+    ).first()
+    return 0 if row is None else int(row.on_hand - row.allocated)
+
+
+async def set_stock(conn: AsyncConnection, sku: str, on_hand: int) -> tuple[Allocation, ...]:
+    """Set the units on hand (a stock count). Units beyond what is already allocated go to
+    waiting lines first."""
+    if on_hand < 0:
+        raise StoreError("stock on hand cannot be negative")
+    await _require_product(conn, sku)
+    await _ensure_stock_row(conn, sku)
+    allocated = await conn.scalar(select(stock.c.allocated).where(stock.c.sku == sku))
+    if on_hand < int(allocated or 0):
+        raise Conflict(f"{sku}: {on_hand} on hand is less than the {allocated} units allocated")
+    current = await conn.scalar(select(stock.c.on_hand).where(stock.c.sku == sku))
+    if current == on_hand:
+        return ()
+    await conn.execute(
+        update(stock).where(stock.c.sku == sku).values(on_hand=on_hand, updated_at=utcnow())
+    )
+    await log_event(conn, "stock_set", sku=sku, on_hand=on_hand, was=current)
+    result = await allocate_waiting(conn, sku)
+    await project_dates(conn, sku)
+    return result
+
+
+async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation, ...]:
+    """Give free stock of ``sku`` to waiting lines, first come first served, partial fills
+    allowed."""
+    free = await free_stock(conn, sku)
+    done: list[Allocation] = []
+    last: tuple[int, datetime, int] | None = None
+    while free > 0:
+        q = (
+            select(
+                order_lines.c.line_id,
+                order_lines.c.qty_waiting,
+                order_lines.c.queue_rank,
+                order_lines.c.queued_at,
+            )
+            .where(order_lines.c.sku == sku, order_lines.c.qty_waiting > 0)
+            .order_by(order_lines.c.queue_rank, order_lines.c.queued_at, order_lines.c.line_id)
+            .limit(BATCH)
+        )
+        if last is not None:
+            q = q.where(_after(last))
+        rows = (await conn.execute(q)).all()
+        if not rows:
+            break
+        batch: list[Allocation] = []
+        for r in rows:
+            give = min(free, int(r.qty_waiting))
+            batch.append(Allocation(int(r.line_id), give))
+            free -= give
+            if free == 0:
+                break
+        await _apply_allocations(conn, sku, batch)
+        done.extend(batch)
+        last_row = rows[-1]
+        last = (int(last_row.queue_rank), last_row.queued_at, int(last_row.line_id))
+    return tuple(done)
+
+
+def _after(last: tuple[int, datetime, int]) -> ColumnElement[bool]:
+    # Keyset paging over the queue index: no OFFSET, no re-reading earlier lines.
+    rank, at, line_id = last
+    c = order_lines.c
+    return (c.queue_rank > rank) | (
+        (c.queue_rank == rank)
+        & ((c.queued_at > at) | ((c.queued_at == at) & (c.line_id > line_id)))
+    )
+
+
+async def _apply_allocations(conn: AsyncConnection, sku: str, allocs: Sequence[Allocation]) -> None:
+    if not allocs:
+        return
+    c = order_lines.c
+    stmt = (
+        update(order_lines)
+        .where(c.line_id == bindparam("b_line"))
+        .values(
+            qty_allocated=c.qty_allocated + bindparam("b_qty"),
+            qty_waiting=c.qty_waiting - bindparam("b_qty"),
+        )
+    )
+    await conn.execute(stmt, [{"b_line": a.line_id, "b_qty": a.qty} for a in allocs])
+    total = sum(a.qty for a in allocs)
+    await conn.execute(
+        update(stock)
+        .where(stock.c.sku == sku)
+        .values(allocated=stock.c.allocated + total, updated_at=utcnow())
+    )
+    # Lines that stopped waiting leave the queue.
+    await conn.execute(
+        update(order_lines)
+        .where(c.line_id.in_([a.line_id for a in allocs]), c.qty_waiting == 0)
+        .values(queue_position=None, waits_for_restock_id=None)
+    )
+    await log_event(conn, "allocated", sku=sku, qty=total, lines=len(allocs))
+
+
+# --- projected dates ---------------------------------------------------------------------
+
+
+async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
+    """Recompute projected date, queue position and awaited restock of every waiting line of
+    ``sku`` in one pass, and record the lines whose date moved.
+
+    A line's date is the expected date of the open restock whose cumulative quantity covers
+    the line's last unit in the queue; past the last open restock it is undated.
+    """
+    c = order_lines.c
+    lines = (
+        await conn.execute(
+            select(
+                c.line_id,
+                c.order_id,
+                c.qty_waiting,
+                c.projected_date,
+                c.queue_position,
+                c.waits_for_restock_id,
+            )
+            .where(c.sku == sku, c.qty_waiting > 0)
+            .order_by(c.queue_rank, c.queued_at, c.line_id)
+        )
+    ).all()
+    open_restocks = (
+        await conn.execute(
+            select(
+                restocks.c.restock_id,
+                (restocks.c.qty - restocks.c.qty_received).label("left"),
+                restocks.c.expected_date,
+            )
+            .where(restocks.c.sku == sku, restocks.c.status == "open")
+            .order_by(restocks.c.expected_date, restocks.c.restock_id)
+        )
+    ).all()
+    free = await free_stock(conn, sku)
+    bounds: list[tuple[int, str, date]] = []  # (cumulative end, restock id, date)
+    cum = free
+    for r in open_restocks:
+        cum += int(r.left)
+        bounds.append((cum, str(r.restock_id), r.expected_date))
+
+    now = utcnow()
+    moved: list[MovedLine] = []
+    changed_dates: list[dict[str, object]] = []
+    changed_queue: list[dict[str, object]] = []
+    need = 0
+    k = 0
+    undated = 0
+    for pos, ln in enumerate(lines, start=1):
+        need += int(ln.qty_waiting)
+        while k < len(bounds) and bounds[k][0] < need:
+            k += 1
+        if k < len(bounds):
+            restock_id: str | None = bounds[k][1]
+            new_date: date | None = bounds[k][2]
+        else:
+            restock_id, new_date = None, None
+            undated += 1
+        if new_date != ln.projected_date:
+            moved.append(MovedLine(int(ln.line_id), int(ln.order_id), ln.projected_date, new_date))
+            changed_dates.append(
+                {
+                    "b_line": ln.line_id,
+                    "b_date": new_date,
+                    "b_prev": ln.projected_date,
+                    "b_pos": pos,
+                    "b_rs": restock_id,
+                    "b_at": now,
+                }
+            )
+        elif pos != ln.queue_position or restock_id != ln.waits_for_restock_id:
+            changed_queue.append({"b_line": ln.line_id, "b_pos": pos, "b_rs": restock_id})
+
+    for i in range(0, len(changed_dates), 20_000):
+        await conn.execute(
+            update(order_lines)
+            .where(c.line_id == bindparam("b_line"))
+            .values(
+                projected_date=bindparam("b_date"),
+                previous_projected_date=bindparam("b_prev"),
+                projected_changed_at=bindparam("b_at"),
+                queue_position=bindparam("b_pos"),
+                waits_for_restock_id=bindparam("b_rs"),
+            ),
+            changed_dates[i : i + 20_000],
+        )
+    for i in range(0, len(changed_queue), 20_000):
+        await conn.execute(
+            update(order_lines)
+            .where(c.line_id == bindparam("b_line"))
+            .values(queue_position=bindparam("b_pos"), waits_for_restock_id=bindparam("b_rs")),
+            changed_queue[i : i + 20_000],
+        )
+    if moved:
+        await log_event(
+            conn,
+            "dates_projected",
+            sku=sku,
+            moved=len(moved),
+            sample=[[m.line_id, m.old_date, m.new_date] for m in moved[:50]],
+        )
+    return Projection(sku, len(lines), undated, tuple(moved))
+
+
+# --- orders ------------------------------------------------------------------------------
+
+
+async def _require_product(conn: AsyncConnection, sku: str) -> Any:
+    row = (
+        await conn.execute(
+            select(
+                products.c.sku,
+                products.c.price_minor,
+                products.c.currency,
+                products.c.active,
+                products.c.backorderable,
+            ).where(products.c.sku == sku)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"unknown SKU {sku}")
+    return row
+
+
+async def place_order(
+    conn: AsyncConnection,
+    order_number: str,
+    customer_id: int,
+    lines: Sequence[NewLine],
+    *,
+    placed_at: datetime | None = None,
+    priority: int = 0,
+) -> PlacedOrder:
+    """Take an order: free stock is allocated at once, the rest of each line waits in the
+    SKU's queue. Placing the same order number again with the same content changes nothing."""
+    if not order_number.isdigit():
+        raise StoreError(f"order number must be digits: {order_number!r}")
+    if not lines:
+        raise StoreError("an order needs at least one line")
+    placed_at = placed_at or utcnow()
+    existing = (
+        await conn.execute(
+            select(orders.c.order_id, orders.c.customer_id).where(
+                orders.c.order_number == order_number
+            )
+        )
+    ).first()
+    if existing is not None:
+        have = (
+            await conn.execute(
+                select(order_lines.c.sku, order_lines.c.qty_ordered)
+                .where(order_lines.c.order_id == existing.order_id)
+                .order_by(order_lines.c.line_no)
+            )
+        ).all()
+        if existing.customer_id == customer_id and [(r.sku, r.qty_ordered) for r in have] == [
+            (ln.sku, ln.qty) for ln in lines
+        ]:
+            return PlacedOrder(int(existing.order_id), order_number, False, ())
+        raise Conflict(f"order {order_number} exists with different content")
+    if (
+        await conn.scalar(
+            select(customers.c.customer_id).where(customers.c.customer_id == customer_id)
+        )
+        is None
+    ):
+        raise NotFound(f"unknown customer {customer_id}")
+
+    prods = {}
+    for ln in lines:
+        if ln.qty <= 0:
+            raise StoreError(f"{ln.sku}: quantity must be positive")
+        p = await _require_product(conn, ln.sku)
+        if not p.active:
+            raise StoreError(f"{ln.sku} is discontinued")
+        prods[ln.sku] = p
+    currencies = {p.currency for p in prods.values()}
+    if len(currencies) != 1:
+        raise StoreError("all lines of an order must be in one currency")
+    for sku in prods:
+        if not prods[sku].backorderable:
+            want = sum(ln.qty for ln in lines if ln.sku == sku)
+            if await free_stock(conn, sku) < want:
+                raise StoreError(f"{sku} is out of stock and not sold on backorder")
+
+    order_id = (
+        await conn.execute(
+            insert(orders)
+            .values(
+                order_number=order_number,
+                customer_id=customer_id,
+                placed_at=placed_at,
+                priority=priority,
+                currency=currencies.pop(),
+            )
+            .returning(orders.c.order_id)
+        )
+    ).scalar_one()
+    line_ids: list[int] = []
+    for no, ln in enumerate(lines, start=1):
+        price = (
+            ln.unit_price_minor
+            if ln.unit_price_minor is not None
+            else int(prods[ln.sku].price_minor)
+        )
+        line_id = (
+            await conn.execute(
+                insert(order_lines)
+                .values(
+                    order_id=order_id,
+                    line_no=no,
+                    sku=ln.sku,
+                    qty_ordered=ln.qty,
+                    qty_waiting=ln.qty,
+                    unit_price_minor=price,
+                    queue_rank=-priority,
+                    queued_at=placed_at,
+                )
+                .returning(order_lines.c.line_id)
+            )
+        ).scalar_one()
+        line_ids.append(int(line_id))
+    await log_event(
+        conn, "order_placed", order_id=order_id, customer_id=customer_id, order_number=order_number
+    )
+
+    allocated: list[Allocation] = []
+    for sku in dict.fromkeys(ln.sku for ln in lines):
+        await _ensure_stock_row(conn, sku)
+        allocated.extend(await allocate_waiting(conn, sku))
+        await project_dates(conn, sku)
+    # What the customer is told at order time is the promise; later moves compare with it.
+    await conn.execute(
+        update(order_lines)
+        .where(order_lines.c.order_id == order_id)
+        .values(
+            promised_date=order_lines.c.projected_date,
+            last_told_date=order_lines.c.projected_date,
+            last_told_at=utcnow(),
+        )
+    )
+    return PlacedOrder(int(order_id), order_number, True, tuple(allocated))
+
+
+# --- restocks ----------------------------------------------------------------------------
+
+
+async def _restock(conn: AsyncConnection, restock_id: str) -> Any:
+    row = (
+        await conn.execute(
+            select(
+                restocks.c.restock_id,
+                restocks.c.sku,
+                restocks.c.qty,
+                restocks.c.expected_date,
+                restocks.c.status,
+                restocks.c.qty_received,
+            ).where(restocks.c.restock_id == restock_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"unknown restock {restock_id}")
+    return row
+
+
+async def receive_restock(
+    conn: AsyncConnection, restock_id: str, qty: int | None = None
+) -> Receipt:
+    """Book a restock as received (``qty`` units, default the quantity ordered): waiting
+    lines are filled first come first served, the rest becomes free stock."""
+    r = await _restock(conn, restock_id)
+    if r.status == "received":
+        return Receipt(restock_id, r.sku, False, int(r.qty_received), (), 0, None)
+    if r.status == "cancelled":
+        raise Conflict(f"restock {restock_id} is cancelled")
+    got = int(r.qty if qty is None else qty)
+    if got < 0:
+        raise StoreError("received quantity cannot be negative")
+    now = utcnow()
+    await conn.execute(
+        update(restocks)
+        .where(restocks.c.restock_id == restock_id)
+        .values(status="received", qty_received=got, received_at=now, updated_at=now)
+    )
+    await _ensure_stock_row(conn, r.sku)
+    await conn.execute(
+        update(stock)
+        .where(stock.c.sku == r.sku)
+        .values(on_hand=stock.c.on_hand + got, updated_at=now)
+    )
+    await log_event(conn, "restock_received", sku=r.sku, restock_id=restock_id, qty=got)
+    allocs = await allocate_waiting(conn, r.sku)
+    proj = await project_dates(conn, r.sku)
+    return Receipt(restock_id, r.sku, True, got, allocs, got - sum(a.qty for a in allocs), proj)
+
+
+async def change_restock_date(
+    conn: AsyncConnection, restock_id: str, new_date: date, reason: str
+) -> Projection | None:
+    """Move an open restock's expected date, keeping the change and its reason. None if the
+    date is already ``new_date``."""
+    if not reason.strip():
+        raise StoreError("a date change needs a reason")
+    r = await _restock(conn, restock_id)
+    if r.status != "open":
+        raise Conflict(f"restock {restock_id} is {r.status}")
+    if r.expected_date == new_date:
+        return None
+    now = utcnow()
+    await conn.execute(
+        update(restocks)
+        .where(restocks.c.restock_id == restock_id)
+        .values(expected_date=new_date, updated_at=now)
+    )
+    await conn.execute(
+        insert(restock_date_changes).values(
+            restock_id=restock_id,
+            old_date=r.expected_date,
+            new_date=new_date,
+            reason=reason.strip(),
+            changed_at=now,
+        )
+    )
+    await log_event(
+        conn,
+        "restock_date_changed",
+        sku=r.sku,
+        restock_id=restock_id,
+        old=r.expected_date,
+        new=new_date,
+        reason=reason,
+    )
+    return await project_dates(conn, r.sku)
+
+
+async def cancel_restock(
+    conn: AsyncConnection, restock_id: str, reason: str = ""
+) -> Projection | None:
+    r = await _restock(conn, restock_id)
+    if r.status == "cancelled":
+        return None
+    if r.status != "open":
+        raise Conflict(f"restock {restock_id} is {r.status}")
+    await conn.execute(
+        update(restocks)
+        .where(restocks.c.restock_id == restock_id)
+        .values(status="cancelled", updated_at=utcnow())
+    )
+    await log_event(conn, "restock_cancelled", sku=r.sku, restock_id=restock_id, reason=reason)
+    return await project_dates(conn, r.sku)
+
+
+# --- cancelling and shipping -------------------------------------------------------------
+
+
+async def _order_row(conn: AsyncConnection, order_number: str, customer_id: int | None) -> Any:
+    q = select(orders.c.order_id, orders.c.customer_id).where(orders.c.order_number == order_number)
+    if customer_id is not None:
+        q = q.where(orders.c.customer_id == customer_id)
+    row = (await conn.execute(q)).first()
+    if row is None:
+        raise NotFound(f"no order {order_number}")
+    return row
+
+
+async def _cancel_lines(conn: AsyncConnection, rows: Sequence[Any], reason: str) -> Cancellation:
+    c = order_lines.c
+    total = 0
+    released_by_sku: dict[str, int] = {}
+    for r in rows:
+        qty = int(r.qty_waiting) + int(r.qty_allocated)
+        if qty == 0:
+            continue
+        await conn.execute(
+            update(order_lines)
+            .where(c.line_id == r.line_id)
+            .values(
+                qty_cancelled=c.qty_cancelled + qty,
+                qty_waiting=0,
+                qty_allocated=0,
+                queue_position=None,
+                waits_for_restock_id=None,
+            )
+        )
+        total += qty
+        released_by_sku[r.sku] = released_by_sku.get(r.sku, 0) + int(r.qty_allocated)
+        released_by_sku.setdefault(r.sku, 0)
+        await log_event(
+            conn,
+            "line_cancelled",
+            sku=r.sku,
+            order_id=r.order_id,
+            line_id=r.line_id,
+            qty=qty,
+            reason=reason,
+        )
+    realloc: list[Allocation] = []
+    projs: list[Projection] = []
+    for sku, released in released_by_sku.items():
+        if released:
+            await conn.execute(
+                update(stock)
+                .where(stock.c.sku == sku)
+                .values(allocated=stock.c.allocated - released, updated_at=utcnow())
+            )
+            realloc.extend(await allocate_waiting(conn, sku))
+        projs.append(await project_dates(conn, sku))
+    return Cancellation(
+        total > 0, total, sum(released_by_sku.values()), tuple(realloc), tuple(projs)
+    )
+
+
+_LINE_COLS = (
+    order_lines.c.line_id,
+    order_lines.c.order_id,
+    order_lines.c.sku,
+    order_lines.c.qty_waiting,
+    order_lines.c.qty_allocated,
+)
+
+
+async def cancel_line(
+    conn: AsyncConnection,
+    order_number: str,
+    line_no: int,
+    *,
+    customer_id: int | None = None,
+    reason: str = "",
+) -> Cancellation:
+    """Cancel what is not shipped of one line; its allocation passes to the next waiting
+    line. ``customer_id`` scopes the change to that customer's order (None: an operator)."""
+    o = await _order_row(conn, order_number, customer_id)
+    rows = (
+        await conn.execute(
+            select(*_LINE_COLS).where(
+                order_lines.c.order_id == o.order_id, order_lines.c.line_no == line_no
+            )
+        )
+    ).all()
+    if not rows:
+        raise NotFound(f"order {order_number} has no line {line_no}")
+    return await _cancel_lines(conn, rows, reason)
+
+
+async def cancel_order(
+    conn: AsyncConnection, order_number: str, *, customer_id: int | None = None, reason: str = ""
+) -> Cancellation:
+    o = await _order_row(conn, order_number, customer_id)
+    rows = (
+        await conn.execute(
+            select(*_LINE_COLS)
+            .where(order_lines.c.order_id == o.order_id)
+            .order_by(order_lines.c.line_no)
+        )
+    ).all()
+    result = await _cancel_lines(conn, rows, reason)
+    if result.changed:
+        await conn.execute(
+            update(orders).where(orders.c.order_id == o.order_id).values(cancelled_at=utcnow())
+        )
+    return result
+
+
+async def ship(
+    conn: AsyncConnection,
+    shipment_id: str,
+    order_number: str,
+    *,
+    carrier: str,
+    tracking_number: str | None,
+    shipped_on: date,
+    lines: dict[int, int] | None = None,
+) -> Shipped:
+    """Ship allocated units of an order (``lines``: line number -> quantity; default all
+    allocated units). The same shipment id again changes nothing."""
+    o = await _order_row(conn, order_number, None)
+    existing = (
+        await conn.execute(
+            select(shipments.c.order_id).where(shipments.c.shipment_id == shipment_id)
+        )
+    ).first()
+    if existing is not None:
+        if existing.order_id != o.order_id:
+            raise Conflict(f"shipment {shipment_id} belongs to another order")
+        got = (
+            await conn.execute(
+                select(shipment_lines.c.line_id, shipment_lines.c.qty).where(
+                    shipment_lines.c.shipment_id == shipment_id
+                )
+            )
+        ).all()
+        return Shipped(
+            shipment_id, False, tuple(Allocation(int(r.line_id), int(r.qty)) for r in got)
+        )
+    c = order_lines.c
+    rows = (
+        await conn.execute(
+            select(c.line_id, c.line_no, c.sku, c.qty_allocated)
+            .where(c.order_id == o.order_id)
+            .order_by(c.line_no)
+        )
+    ).all()
+    by_no = {int(r.line_no): r for r in rows}
+    plan: list[tuple[int, str, int]] = []
+    if lines is None:
+        plan = [(int(r.line_id), r.sku, int(r.qty_allocated)) for r in rows if r.qty_allocated > 0]
+    else:
+        for no, qty in lines.items():
+            r = by_no.get(no)
+            if r is None:
+                raise NotFound(f"order {order_number} has no line {no}")
+            if qty <= 0:
+                raise StoreError("shipped quantity must be positive")
+            if qty > r.qty_allocated:
+                raise Conflict(f"line {no} has only {r.qty_allocated} allocated, cannot ship {qty}")
+            plan.append((int(r.line_id), r.sku, qty))
+    if not plan:
+        raise Conflict(f"order {order_number} has nothing allocated to ship")
+    now = utcnow()
+    await conn.execute(
+        insert(shipments).values(
+            shipment_id=shipment_id,
+            order_id=o.order_id,
+            carrier=carrier,
+            tracking_number=tracking_number,
+            shipped_on=shipped_on,
+            created_at=now,
+        )
+    )
+    for line_id, sku, qty in plan:
+        await conn.execute(
+            insert(shipment_lines).values(shipment_id=shipment_id, line_id=line_id, qty=qty)
+        )
+        await conn.execute(
+            update(order_lines)
+            .where(c.line_id == line_id)
+            .values(qty_allocated=c.qty_allocated - qty, qty_shipped=c.qty_shipped + qty)
+        )
+        await conn.execute(
+            update(stock)
+            .where(stock.c.sku == sku)
+            .values(
+                on_hand=stock.c.on_hand - qty, allocated=stock.c.allocated - qty, updated_at=now
+            )
+        )
+    await log_event(
+        conn,
+        "shipped",
+        order_id=o.order_id,
+        customer_id=o.customer_id,
+        shipment_id=shipment_id,
+        carrier=carrier,
+        tracking=tracking_number,
+    )
+    return Shipped(shipment_id, True, tuple(Allocation(li, q) for li, _, q in plan))

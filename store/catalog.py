@@ -1,0 +1,360 @@
+"""Products as the bot shows them: names per language, availability, alternatives, search."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+
+from rapidfuzz import fuzz, process
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.schema import order_lines, product_alternatives, products, restocks, stock
+
+LANGUAGES = ("en", "de", "es", "ru")
+
+
+class StockState(StrEnum):
+    IN_STOCK = "in_stock"
+    BACKORDER_DATED = "backorder_dated"
+    BACKORDER_UNDATED = "backorder_undated"
+    OUT_OF_STOCK = "out_of_stock"  # not sold on backorder
+    DISCONTINUED = "discontinued"
+
+
+@dataclass(frozen=True)
+class Product:
+    sku: str
+    name: str  # in the language asked for, English when there is none
+    names: dict[str, str] = field(hash=False, compare=True)
+    category: str = ""
+    price_minor: int = 0
+    currency: str = "EUR"
+    active: bool = True
+    backorderable: bool = True
+
+
+@dataclass(frozen=True)
+class Availability:
+    sku: str
+    state: StockState
+    free_qty: int
+    next_date: date | None  # when a unit ordered now would ship, if known
+    next_restock_qty: int | None  # units in the next open restock
+    waiting_qty: int  # units already waiting ahead of a new order
+
+
+@dataclass(frozen=True)
+class ProductMatch:
+    sku: str
+    name: str
+    score: float
+    language: str  # the language whose name matched best
+
+
+_PRODUCT_COLS = (
+    products.c.sku,
+    products.c.name_en,
+    products.c.name_de,
+    products.c.name_es,
+    products.c.name_ru,
+    products.c.category,
+    products.c.price_minor,
+    products.c.currency,
+    products.c.active,
+    products.c.backorderable,
+)
+
+
+def names_of(m: object) -> dict[str, str]:
+    mapping = m._mapping  # type: ignore[attr-defined]
+    return {lang: mapping[f"name_{lang}"] for lang in LANGUAGES if mapping[f"name_{lang}"]}
+
+
+def pick_name(names: dict[str, str], language: str | None) -> str:
+    return names.get(language or "en") or names["en"]
+
+
+def _product(row: object, language: str | None) -> Product:
+    m = row._mapping  # type: ignore[attr-defined]
+    names = names_of(row)
+    return Product(
+        sku=m["sku"],
+        name=pick_name(names, language),
+        names=names,
+        category=m["category"],
+        price_minor=int(m["price_minor"]),
+        currency=m["currency"],
+        active=bool(m["active"]),
+        backorderable=bool(m["backorderable"]),
+    )
+
+
+def normalize_sku(text: str) -> str:
+    return text.strip().upper()
+
+
+async def product_by_sku(
+    conn: AsyncConnection, sku: str, language: str | None = None
+) -> Product | None:
+    row = (
+        await conn.execute(select(*_PRODUCT_COLS).where(products.c.sku == normalize_sku(sku)))
+    ).first()
+    return _product(row, language) if row else None
+
+
+async def availability(conn: AsyncConnection, sku: str) -> Availability | None:
+    """Which of the five stock answers applies to ``sku`` (None for an unknown SKU)."""
+    sku = normalize_sku(sku)
+    p = (
+        await conn.execute(
+            select(products.c.active, products.c.backorderable).where(products.c.sku == sku)
+        )
+    ).first()
+    if p is None:
+        return None
+    s = (
+        await conn.execute(select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == sku))
+    ).first()
+    free = 0 if s is None else int(s.on_hand - s.allocated)
+    waiting = int(
+        await conn.scalar(
+            select(func.coalesce(func.sum(order_lines.c.qty_waiting), 0)).where(
+                order_lines.c.sku == sku, order_lines.c.qty_waiting > 0
+            )
+        )
+        or 0
+    )
+    open_rs = (
+        await conn.execute(
+            select(
+                (restocks.c.qty - restocks.c.qty_received).label("left"), restocks.c.expected_date
+            )
+            .where(restocks.c.sku == sku, restocks.c.status == "open")
+            .order_by(restocks.c.expected_date, restocks.c.restock_id)
+        )
+    ).all()
+    # A unit ordered now queues behind everything waiting; it ships with the restock whose
+    # cumulative quantity reaches it.
+    next_date: date | None = None
+    next_qty: int | None = None
+    cum = 0
+    for r in open_rs:
+        cum += int(r.left)
+        if cum >= waiting + 1:
+            next_date, next_qty = r.expected_date, int(r.left)
+            break
+    if not p.active:
+        state = StockState.DISCONTINUED
+    elif free > 0:
+        state = StockState.IN_STOCK
+    elif not p.backorderable:
+        state = StockState.OUT_OF_STOCK
+    elif next_date is not None:
+        state = StockState.BACKORDER_DATED
+    else:
+        state = StockState.BACKORDER_UNDATED
+    if state is StockState.IN_STOCK:
+        next_date, next_qty = None, None
+    return Availability(sku, state, max(free, 0), next_date, next_qty, waiting)
+
+
+async def alternatives_in_stock(
+    conn: AsyncConnection, sku: str, limit: int = 3, language: str | None = None
+) -> list[Product]:
+    """Products in stock now that can replace ``sku``: its explicit alternatives first (in
+    their order), then active products of the same category closest in price."""
+    sku = normalize_sku(sku)
+    base = (
+        await conn.execute(
+            select(products.c.category, products.c.price_minor).where(products.c.sku == sku)
+        )
+    ).first()
+    if base is None or limit <= 0:
+        return []
+    in_stock = (stock.c.on_hand - stock.c.allocated) > 0
+    joined = products.join(stock, stock.c.sku == products.c.sku)
+    explicit = (
+        await conn.execute(
+            select(*_PRODUCT_COLS)
+            .select_from(
+                joined.join(product_alternatives, product_alternatives.c.alt_sku == products.c.sku)
+            )
+            .where(product_alternatives.c.sku == sku, products.c.active.is_(True), in_stock)
+            .order_by(product_alternatives.c.rank)
+            .limit(limit)
+        )
+    ).all()
+    result = [_product(r, language) for r in explicit]
+    if len(result) < limit:
+        seen = {sku, *(p.sku for p in result)}
+        similar = (
+            await conn.execute(
+                select(*_PRODUCT_COLS)
+                .select_from(joined)
+                .where(
+                    products.c.category == base.category,
+                    products.c.active.is_(True),
+                    in_stock,
+                    products.c.sku.not_in(seen),
+                )
+                .order_by(func.abs(products.c.price_minor - base.price_minor), products.c.sku)
+                .limit(limit - len(result))
+            )
+        ).all()
+        result.extend(_product(r, language) for r in similar)
+    return result
+
+
+# --- fuzzy search ------------------------------------------------------------------------
+
+
+def _fold(text: str) -> str:
+    # Case and accents do not matter to a customer typing on a phone ("kaffeemaschine",
+    # "cafetera" for "Cafetera Exprés"); Cyrillic letters survive NFKD untouched except й/ё.
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _words(text: str) -> list[str]:
+    out, cur = [], []
+    for ch in _fold(text):
+        if ch.isalnum():
+            cur.append(ch)
+        elif cur:
+            out.append("".join(cur))
+            cur = []
+    if cur:
+        out.append("".join(cur))
+    return out
+
+
+class ProductIndex:
+    """An in-memory word index of product names in all languages.
+
+    Query words are matched against the vocabulary (exact, prefix, then fuzzy with rapidfuzz),
+    so the cost depends on the number of distinct words, not on the number of products.
+    """
+
+    def __init__(self) -> None:
+        self.version: tuple[int, datetime | None] = (0, None)
+        self._names: dict[str, dict[str, str]] = {}
+        self._postings: dict[str, dict[str, str]] = {}  # word -> sku -> language
+        self._vocab: list[str] = []
+        self._by_prefix: dict[str, list[str]] = {}
+
+    @classmethod
+    async def load(cls, conn: AsyncConnection) -> ProductIndex:
+        index = cls()
+        await index.refresh(conn, force=True)
+        return index
+
+    @staticmethod
+    async def _version(conn: AsyncConnection) -> tuple[int, datetime | None]:
+        row = (await conn.execute(select(func.count(), func.max(products.c.updated_at)))).one()
+        return int(row[0]), row[1]
+
+    async def refresh(self, conn: AsyncConnection, force: bool = False) -> bool:
+        """Rebuild if the catalog changed since the last build. True if rebuilt."""
+        version = await self._version(conn)
+        if not force and version == self.version:
+            return False
+        rows = (await conn.execute(select(*_PRODUCT_COLS).where(products.c.active.is_(True)))).all()
+        self.build({r.sku: names_of(r) for r in rows})
+        self.version = version
+        return True
+
+    def build(self, names: dict[str, dict[str, str]]) -> None:
+        postings: dict[str, dict[str, str]] = defaultdict(dict)
+        for sku, by_lang in names.items():
+            for w in _words(sku):
+                postings[w].setdefault(sku, "en")
+            for lang, name in by_lang.items():
+                for w in _words(name):
+                    postings[w].setdefault(sku, lang)
+        self._names = names
+        self._postings = dict(postings)
+        self._vocab = list(self._postings)
+        by_prefix: dict[str, list[str]] = defaultdict(list)
+        for w in self._vocab:
+            for n in range(1, min(len(w), 4) + 1):
+                by_prefix[w[:n]].append(w)
+        self._by_prefix = dict(by_prefix)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def _word_matches(self, token: str) -> dict[str, float]:
+        found: dict[str, float] = {}
+        if token in self._postings:
+            found[token] = 100.0
+        if len(token) >= 2:
+            for w in self._by_prefix.get(token[:4], ()):
+                if w != token and w.startswith(token):
+                    found[w] = max(found.get(w, 0), 90.0)
+        if len(token) >= 3:
+            cutoff = 75 if len(token) >= 5 else 80
+            for w, score, _ in process.extract(
+                token, self._vocab, scorer=fuzz.ratio, limit=8, score_cutoff=cutoff
+            ):
+                found[w] = max(found.get(w, 0.0), float(score) * 0.95)
+            if len(token) >= 5:
+                # Part of a compound word ("maschine" in "kaffeemaschine").
+                for w, score, _ in process.extract(
+                    token, self._vocab, scorer=fuzz.partial_ratio, limit=8, score_cutoff=90
+                ):
+                    if len(w) > len(token):
+                        found[w] = max(found.get(w, 0.0), float(score) * 0.8)
+        return found
+
+    def search(self, text: str, limit: int = 5, language: str | None = None) -> list[ProductMatch]:
+        tokens = _words(text)[:8]
+        if not tokens or limit <= 0:
+            return []
+        sku = normalize_sku(text)
+        if sku in self._names:
+            return [ProductMatch(sku, pick_name(self._names[sku], language), 100.0, "en")]
+        scores: dict[str, float] = defaultdict(float)
+        langs: dict[str, str] = {}
+        for token in tokens:
+            best: dict[str, tuple[float, str]] = {}
+            for w, s in self._word_matches(token).items():
+                for p_sku, lang in self._postings[w].items():
+                    if s > best.get(p_sku, (0.0, ""))[0]:
+                        best[p_sku] = (s, lang)
+            for p_sku, (s, lang) in best.items():
+                scores[p_sku] += s
+                langs.setdefault(p_sku, lang)
+        n = len(tokens)
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[: max(limit * 4, 20)]
+        out = []
+        for p_sku, total in ranked:
+            lang = langs[p_sku]
+            # Tie-break on the whole name so "kettle steel" prefers the steel kettle.
+            whole = fuzz.token_set_ratio(_fold(text), _fold(self._names[p_sku].get(lang, "")))
+            score = round(0.85 * total / n + 0.15 * whole, 1)
+            out.append(
+                ProductMatch(p_sku, pick_name(self._names[p_sku], language or lang), score, lang)
+            )
+        out.sort(key=lambda m: (-m.score, m.sku))
+        return [m for m in out if m.score >= 50][:limit]
+
+
+async def find_products(
+    conn_or_index: AsyncConnection | ProductIndex,
+    text: str,
+    limit: int = 5,
+    language: str | None = None,
+) -> list[ProductMatch]:
+    """Products matching ``text`` (SKU, or words of a name in any language, typos allowed),
+    best first. Pass a loaded ``ProductIndex`` (``Store.product_index()``) for speed; with a
+    connection an index is built for this one call."""
+    index = (
+        conn_or_index
+        if isinstance(conn_or_index, ProductIndex)
+        else await ProductIndex.load(conn_or_index)
+    )
+    return index.search(text, limit=limit, language=language)
