@@ -3,13 +3,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from sandbox import Sandbox
+from sandbox import Limits, Sandbox
 from sandbox.client import SandboxClient
 
 
 @pytest.fixture
 async def sb() -> AsyncIterator[Sandbox]:
-    sandbox = Sandbox()
+    # Flood limits are tested on their own; elsewhere they would only slow tests down.
+    sandbox = Sandbox(limits=Limits(enabled=False))
     await sandbox.start()
     try:
         yield sandbox
