@@ -1,0 +1,271 @@
+"""``backorder-admin``: the shop operations console.
+
+Every command runs in one transaction; on error nothing is written, the reason goes to
+stderr and the exit code is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.backorders import (
+    cancel_line,
+    cancel_order,
+    cancel_restock,
+    change_restock_date,
+    receive_restock,
+    ship,
+)
+from store.db import database_url, open_store
+from store.errors import StoreError
+from store.imports import KINDS, ImportFailed, apply_file, parse_file
+from store.schema import order_lines, products, restocks, stock
+
+
+def _iso(value: str) -> date:
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {value!r}") from None
+
+
+def _line_qty(value: str) -> tuple[int, int]:
+    try:
+        no, qty = value.split(":")
+        return int(no), int(qty)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LINE_NO:QTY, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="backorder-admin", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    p.add_argument(
+        "--db", help="database URL (default: $DATABASE_URL or the SQLite file under var/)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("init", help="create or upgrade the database")
+
+    imp = sub.add_parser("import", help="import a CSV file (docs/csv-formats.md)")
+    imp.add_argument("kind", choices=KINDS)
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--check", action="store_true", help="validate only, write nothing")
+
+    rd = sub.add_parser("restock-date", help="change a restock's expected date")
+    rd.add_argument("restock_id")
+    rd.add_argument("date", type=_iso)
+    rd.add_argument("--reason", required=True)
+
+    rc = sub.add_parser("receive", help="book a restock as received")
+    rc.add_argument("restock_id")
+    rc.add_argument("--qty", type=int, help="units received (default: the quantity ordered)")
+
+    cn = sub.add_parser("cancel", help="cancel an order line, an order or a restock")
+    cn_sub = cn.add_subparsers(dest="what", required=True)
+    cl = cn_sub.add_parser("line")
+    cl.add_argument("order_number")
+    cl.add_argument("line_no", type=int)
+    cl.add_argument("--reason", default="")
+    co = cn_sub.add_parser("order")
+    co.add_argument("order_number")
+    co.add_argument("--reason", default="")
+    cr = cn_sub.add_parser("restock")
+    cr.add_argument("restock_id")
+    cr.add_argument("--reason", default="")
+
+    sh = sub.add_parser("ship", help="ship allocated units of an order")
+    sh.add_argument("order_number")
+    sh.add_argument("--shipment-id", required=True)
+    sh.add_argument("--carrier", required=True)
+    sh.add_argument("--tracking")
+    sh.add_argument("--date", type=_iso, default=None, help="shipped on (default today)")
+    sh.add_argument(
+        "--line", type=_line_qty, action="append", help="LINE_NO:QTY (default: all allocated)"
+    )
+
+    rp = sub.add_parser("report", help="print the backorder report per SKU")
+    rp.add_argument("--limit", type=int, default=50)
+
+    dm = sub.add_parser("demo", help="fill an empty database with demo data")
+    dm.add_argument("--size", choices=["small", "medium", "large"], default="small")
+    dm.add_argument("--seed", type=int, default=7)
+    dm.add_argument("--force", action="store_true", help="even if the database is not empty")
+    return p
+
+
+async def _run(args: argparse.Namespace) -> int:
+    if args.command == "import":
+        # Check the whole file before touching the database.
+        parse_file(args.kind, args.file)
+        if args.check:
+            print(f"{args.file.name}: ok")
+            return 0
+    store = await open_store(database_url(args.db))
+    try:
+        if args.command == "init":
+            print(f"database ready: {store.url}")
+        elif args.command == "import":
+            async with store.begin() as conn:
+                r = await apply_file(conn, args.kind, args.file)
+            print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
+        elif args.command == "restock-date":
+            async with store.begin() as conn:
+                proj = await change_restock_date(conn, args.restock_id, args.date, args.reason)
+            print(
+                f"{args.restock_id}: "
+                + ("date unchanged" if proj is None else f"{len(proj.moved)} lines moved")
+            )
+        elif args.command == "receive":
+            if args.qty is not None and args.qty < 0:
+                raise StoreError("--qty cannot be negative")
+            async with store.begin() as conn:
+                rec = await receive_restock(conn, args.restock_id, args.qty)
+            if rec.changed:
+                print(
+                    f"{rec.restock_id}: received {rec.qty}, allocated {rec.qty - rec.to_free_stock}"
+                    f" to {len(rec.allocated)} lines, {rec.to_free_stock} to free stock"
+                )
+            else:
+                print(f"{rec.restock_id}: already received")
+        elif args.command == "cancel":
+            async with store.begin() as conn:
+                if args.what == "line":
+                    c = await cancel_line(conn, args.order_number, args.line_no, reason=args.reason)
+                    print(
+                        f"order {args.order_number} line {args.line_no}:"
+                        f" cancelled {c.cancelled_qty}"
+                    )
+                elif args.what == "order":
+                    c = await cancel_order(conn, args.order_number, reason=args.reason)
+                    print(f"order {args.order_number}: cancelled {c.cancelled_qty}")
+                else:
+                    proj = await cancel_restock(conn, args.restock_id, args.reason)
+                    print(
+                        f"{args.restock_id}: "
+                        + ("already cancelled" if proj is None else "cancelled")
+                    )
+        elif args.command == "ship":
+            async with store.begin() as conn:
+                s = await ship(
+                    conn,
+                    args.shipment_id,
+                    args.order_number,
+                    carrier=args.carrier,
+                    tracking_number=args.tracking,
+                    shipped_on=args.date or date.today(),
+                    lines=dict(args.line) if args.line else None,
+                )
+            print(
+                f"{s.shipment_id}: "
+                + (
+                    f"shipped {sum(a.qty for a in s.lines)} units"
+                    if s.changed
+                    else "already recorded"
+                )
+            )
+        elif args.command == "report":
+            async with store.connect() as conn:
+                await _report(conn, args.limit)
+        elif args.command == "demo":
+            from store.demo import fill_demo, is_empty
+
+            async with store.connect() as conn:
+                empty = await is_empty(conn)
+            if not empty and not args.force:
+                raise StoreError("database is not empty (use --force to add demo data anyway)")
+            summary = await fill_demo(store, args.size, args.seed)
+            print(summary)
+        return 0
+    finally:
+        await store.close()
+
+
+async def _report(conn: AsyncConnection, limit: int) -> None:
+    ol = order_lines.c
+    waiting = (
+        select(
+            ol.sku,
+            func.count().label("lines"),
+            func.sum(ol.qty_waiting).label("units"),
+            func.count(ol.projected_date).label("dated"),
+        )
+        .where(ol.qty_waiting > 0)
+        .group_by(ol.sku)
+        .subquery()
+    )
+    next_rs = (
+        select(
+            restocks.c.sku,
+            func.min(restocks.c.expected_date).label("next_date"),
+            func.sum(restocks.c.qty - restocks.c.qty_received).label("due"),
+        )
+        .where(restocks.c.status == "open")
+        .group_by(restocks.c.sku)
+        .subquery()
+    )
+    rows = (
+        await conn.execute(
+            select(
+                waiting.c.sku,
+                products.c.name_en,
+                waiting.c.lines,
+                waiting.c.units,
+                waiting.c.dated,
+                (stock.c.on_hand - stock.c.allocated).label("free"),
+                next_rs.c.next_date,
+                next_rs.c.due,
+            )
+            .select_from(
+                waiting.join(products, products.c.sku == waiting.c.sku)
+                .outerjoin(stock, stock.c.sku == waiting.c.sku)
+                .outerjoin(next_rs, next_rs.c.sku == waiting.c.sku)
+            )
+            .order_by(waiting.c.units.desc(), waiting.c.sku)
+            .limit(limit)
+        )
+    ).all()
+    print(
+        f"{'SKU':<10} {'product':<32} {'lines':>6} {'units':>6} {'undated':>7}"
+        f" {'due':>6}  next date"
+    )
+    for r in rows:
+        print(
+            f"{r.sku:<10} {r.name_en[:32]:<32} {r.lines:>6} {r.units:>6} {r.lines - r.dated:>7}"
+            f" {r.due or 0:>6}  {r.next_date.isoformat() if r.next_date else '-'}"
+        )
+    if not rows:
+        print("no backorders")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return asyncio.run(_run(args))
+    except ImportFailed as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        print("nothing written", file=sys.stderr)
+        return 1
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
