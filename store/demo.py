@@ -26,7 +26,7 @@ id  name             email                        postcode  lang orders
 === ================ ============================ ========= ==== ===========================
 
 Showcase products, one per stock answer: KET-0001 in stock; COF-0001 backorder dated
-(restock PO-000001 slipped twice, PO-000002 later); PRM-0001 backorder undated; BIK-0001 out
+(restock PO-000001, 4 units, slipped twice; PO-000002, 30 units, later); PRM-0001 backorder undated; BIK-0001 out
 of stock (not sold on backorder); SOF-0001 discontinued. Alternatives: COF-0001 -> COF-0002,
 PRM-0001 -> PRM-0002, BIK-0001 -> BIK-0002, SOF-0001 -> SOF-0002 (all in stock).
 """
@@ -324,7 +324,7 @@ def _simulate(size: str, seed: int, today: date) -> _Sim:
             (today + timedelta(days=13), "supplier delay: port congestion"),
         ],
     )
-    restock(cof, 10, today + timedelta(days=45))
+    restock(cof, 30, today + timedelta(days=45))
 
     n_skus = len(sim.skus)
     for i in range(n_skus):
@@ -377,6 +377,7 @@ def _simulate(size: str, seed: int, today: date) -> _Sim:
     # Random orders from customers 5.., most lines on SKUs with nothing free.
     pickable = [i for i in range(n_skus) if i not in showcase_idx and sim.prod[i]["active"]]
     weights = [rng.paretovariate(1.2) for _ in pickable]
+    fallback_skus = [i for i in pickable if sim.prod[i]["backorderable"]]
     span = 88 * 86_400
     remaining = n_orders - len(sim.o_number)
     hot_share = 100_000 / max(1, remaining * 2) if hot is not None else 0.0
@@ -397,11 +398,7 @@ def _simulate(size: str, seed: int, today: date) -> _Sim:
                     continue
                 lines.append((s, qty))
             if not lines:
-                lines = (
-                    [(picks[j * 3], 1)] if sim.prod[picks[j * 3]]["backorderable"] else [(ket, 1)]
-                )
-                if lines[0][0] == ket and sim.free[ket] < 3:
-                    lines = [(cof, 1)]
+                lines = [(fallback_skus[j % len(fallback_skus)], 1)]
             sim.add_order(cust, placed, lines)
         done += k
 

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import NewLine, place_order, set_stock
+from store.catalog import product_by_sku
 from store.errors import StoreError
 from store.master import (
     LANGUAGES,
@@ -294,8 +295,6 @@ async def apply_file(conn: AsyncConnection, kind: str, path: Path) -> ImportResu
         elif kind == "stock":
             for at, (sku, on_hand) in records:
                 line = at
-                from store.catalog import product_by_sku
-
                 if await product_by_sku(conn, sku) is None:
                     raise StoreError(f"unknown SKU {sku}")
                 before = await _on_hand(conn, sku)
@@ -312,6 +311,10 @@ async def apply_file(conn: AsyncConnection, kind: str, path: Path) -> ImportResu
         elif kind == "orders":
             grouped: dict[str, tuple[int, Any, list[tuple[int, NewLine]]]] = {}
             for at, (number, head, line_no, nl) in records:
+                line = at
+                # Unknown SKUs are named on their own row, not the order's first.
+                if await product_by_sku(conn, nl.sku) is None:
+                    raise StoreError(f"unknown SKU {nl.sku}")
                 grouped.setdefault(number, (at, head, []))[2].append((line_no, nl))
             for number, (at, (cid, placed_at, prio), lines) in grouped.items():
                 line = at
