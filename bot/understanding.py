@@ -1,0 +1,982 @@
+"""Language understanding for customer messages: intent, order number, product words, language.
+
+Pure and deterministic: no I/O, no Telegram, no store. `understand(text)` is the whole API.
+
+How it works, in order:
+
+1. The text is bounded (``MAX_CHARS``), HTML entities are decoded, apostrophes inside words are
+   dropped ("don't" -> "dont") and it is split into word tokens and clause breaks (.,!?;: ...).
+2. Every token is folded for matching: casefold (ß -> ss), accents stripped, ё -> е.
+3. Each folded token is mapped to *atoms* of the lexicon: exact words, stems written ``stem*``
+   (cheap morphology for Russian and German: заказ* covers заказа/заказе/заказом), and, for
+   tokens of 4+ letters that are not stop-words, a typo match (optimal string alignment
+   distance 1, or 2 for keywords of 8+ letters, same first letter) against keywords of 5+ letters.
+4. Lexicon phrases (one or more atoms in order, at most ``_GAP`` tokens apart) add their weight
+   to their intent. A CANCEL, AGENT or ALTERNATIVES phrase preceded in the same clause by a
+   negation ("I don't want to cancel", "no quiero cancelar", "не хочу отменять") is ignored;
+   phrases marked ``!`` carry their own negation ("ya no lo quiero") and are never ignored.
+5. The winner is picked by a fixed priority among intents that reach ``_THRESHOLD``:
+   AGENT > STOP_NOTIFICATIONS > CANCEL > ALTERNATIVES > (ORDER_STATUS vs STOCK by score)
+   > HELP > THANKS > GREETING. A customer who asks for a person, or to stop messages, or to
+   cancel, means that even when they also mention their order.
+6. Fallbacks: an order number alone means ORDER_STATUS; a short message that looks like a
+   product name ("Kaffeemaschine Barista Pro") means STOCK; anything else is UNKNOWN.
+
+Decisions worth knowing:
+
+* Order numbers are 4-10 ASCII digits. After a marker (#, No., Nr., №, n.º, order, Bestellung,
+  pedido, заказ, ...) digit groups written with thousands separators count as one number
+  ("order 10 234" -> "10234", "Bestellnummer 100.234" -> "100234"). Without a marker only a
+  plain run of digits counts, and not when it looks like a postcode, phone number, year, price,
+  quantity, date or the digits of a SKU ("KAF-2031").
+* ``product_words`` is only set for STOCK and ALTERNATIVES: the remaining words lower-cased
+  with their accents kept (for display and for the store's own fuzzy product search).
+* ``language`` is None for messages without language evidence (a bare number, emoji, gibberish).
+* ``confidence`` is 0.0 for UNKNOWN; handlers can treat low values as "ask again".
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+from rapidfuzz.distance import OSA
+
+__all__ = ["MAX_CHARS", "Intent", "Understanding", "understand"]
+
+# Telegram caps a message at 4096 characters; anything longer is not from Telegram.
+MAX_CHARS = 4096
+
+
+class Intent(StrEnum):
+    ORDER_STATUS = "order_status"
+    STOCK = "stock"
+    CANCEL = "cancel"
+    ALTERNATIVES = "alternatives"
+    AGENT = "agent"
+    STOP_NOTIFICATIONS = "stop_notifications"
+    GREETING = "greeting"
+    HELP = "help"
+    THANKS = "thanks"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Understanding:
+    intent: Intent
+    order_number: str | None
+    product_words: str | None
+    language: str | None
+    confidence: float
+
+
+# --------------------------------------------------------------------------------------------
+# Lexicons. A phrase is space-separated atoms; an atom is `word`, `stem*` or `a|b*|c`.
+# A trailing ` :0.5` sets the weight (default 1.0). A leading `!` marks a phrase that contains
+# its own negation, so a negation before it must not cancel it.
+# Entries are written naturally (accents, ё); they are folded like the messages.
+# --------------------------------------------------------------------------------------------
+
+_LEXICON: Mapping[Intent, Mapping[str, tuple[str, ...]]] = {
+    Intent.ORDER_STATUS: {
+        "en": (
+            "order* :0.6",
+            "my order",
+            "where|wheres order*|package|parcel|stuff|it|things",
+            "where|wheres :0.4",
+            "package*|parcel*|shipment*|delivery|deliveries",
+            "deliver*|dispatch*|shipped|ship|ships|shipping",
+            "arriv*",
+            "tracking|track",
+            "when come|coming|get",
+            "status",
+            "eta",
+            "update* :0.5",
+            "still nothing|waiting",
+            "waiting|waited|wait :0.6",
+            "late|delayed :0.6",
+            "received|receive :0.6",
+        ),
+        "de": (
+            "bestell* :0.6",
+            "meine bestellung",
+            "wo bleibt|bleiben",
+            "wo bestell*|lieferung|paket*",
+            "lieferung*|geliefert|liefern|liefert|lieferzeit|lieferdatum|lieferstatus",
+            "paket*|sendung*|versand*|verschickt|verschicken|versendet|versenden",
+            "angekommen|ankommen|eingetroffen",
+            "wann kommt|kommen",
+            "status",
+            "tracking*|trackingnummer",
+            "warte|warten|wartet :0.6",
+            "auftrag* :0.6",
+            "noch nix|nichts :0.6",
+            "nicht da :0.6",
+        ),
+        "es": (
+            "pedido* :0.6",
+            "pedi|compre :0.6",
+            "mi pedido|compra",
+            "donde|dnd pedido*|paquete|compra",
+            "donde|dnd esta|estan :0.6",
+            "lleg*",
+            "envi*",
+            "paquete*",
+            "seguimiento",
+            "estado",
+            "rastre*",
+            "entrega*",
+            "esperando|espero :0.6",
+            "compra :0.5",
+            "y|todavia|aun nada :0.6",
+        ),
+        "ru": (
+            "заказ* :0.6",
+            "мой заказ",
+            "где заказ*|посылк*",
+            "где :0.4",
+            "привез*",
+            "достав*",
+            "отправ*",
+            "пришел|пришла|пришло|придет|придут|прийдет",
+            "статус",
+            "трек*",
+            "посылк*",
+            "что с заказ*",
+            "жду|ждем|ожида* :0.6",
+            "до сих пор :0.6",
+            "опазд*|опозд*|задерж* :0.6",
+        ),
+    },
+    Intent.STOCK: {
+        "en": (
+            "in stock :2",
+            "stock",
+            "restock*",
+            "available|availability",
+            "sold out",
+            "when back",
+            "is|are back",
+            "do|have you|u have|got",
+            "carry :0.6",
+        ),
+        "de": (
+            "auf lager :2",
+            "lager",
+            "lieferbar",
+            "vorratig",
+            "verfugbar*",
+            "erhaltlich",
+            "wieder da|rein :2",
+            "wieder lager|vorratig|lieferbar|verfugbar*|erhaltlich",
+            "habt|haben|hast ihr|sie|du",
+            "gibt es",
+            "gibts",
+            "noch da",
+            "ausverkauft",
+            "nachschub",
+        ),
+        "es": (
+            "en stock :2",
+            "stock",
+            "disponible*",
+            "disponibilidad",
+            "hay :0.8",
+            "tienen|tienes|teneis",
+            "queda|quedan",
+            "repon*|reposicion",
+            "vuelve|vuelven",
+            "agotad*",
+            "existencia*",
+        ),
+        "ru": (
+            "в наличии :2",
+            "наличи*",
+            "есть ли",
+            "у вас есть",
+            "есть :0.6",
+            "появ*",
+            "поступ*",
+            "в продаже",
+            "продаж*",
+            "когда будет :0.6",
+            "закончил*",
+        ),
+    },
+    Intent.CANCEL: {
+        "en": (
+            "cancel*",
+            "refund*",
+            "money back",
+            "my money :0.6",
+            "!dont want anymore|longer",
+            "!dont need anymore|longer",
+            "return order|item|it",
+            "chargeback",
+            "withdraw :0.6",
+        ),
+        "de": (
+            "storn*",
+            "geld zuruck*",
+            "ruckerstatt*|erstatt*",
+            "zurucktreten|rucktritt",
+            "ruckgangig",
+            "widerruf*",
+            "!will nicht mehr",
+            "!brauche nicht mehr",
+            "abbrechen :0.6",
+            "geld :0.6",
+        ),
+        "es": (
+            "cancel*",
+            "reembols*",
+            "devuel*|devolv* dinero|plata",
+            "devolu* :0.8",
+            "dinero :0.6",
+            "!ya no quiero",
+            "anular*",
+        ),
+        "ru": (
+            "отмен*",
+            "отказ*",
+            "верн* деньг*|денег",
+            "возврат*",
+            "верните :0.8",
+            "деньг*|денег :0.6",
+            "!больше не нужн*|надо",
+            "передумал*",
+        ),
+    },
+    Intent.ALTERNATIVES: {
+        "en": (
+            "similar",
+            "comparabl*",
+            "alternativ*",
+            "another|other|different model|brand|option*|one",
+            "instead",
+            "replac*",
+            "substitut*",
+            "something else",
+            "anything like",
+            "suggest*|recommend* :0.6",
+        ),
+        "de": (
+            "ahnlich*",
+            "alternativ*",
+            "andere|anderes|anderen modell|produkt|marke|gerat",
+            "stattdessen|statt",
+            "ersatz*",
+            "vergleichbar*",
+        ),
+        "es": (
+            "parecid*",
+            "similar*",
+            "alternativ*",
+            "otro|otra modelo|marca|opcion|cosa|producto",
+            "en lugar|vez",
+            "reemplaz*",
+            "sustitu*",
+        ),
+        "ru": (
+            "похож*",
+            "аналог*",
+            "альтернатив*",
+            "друг* модел*|вариант*|товар*",
+            "вместо",
+            "замен*",
+        ),
+    },
+    Intent.AGENT: {
+        "en": (
+            "person",
+            "human",
+            "operator",
+            "agent",
+            "manager",
+            "supervisor",
+            "representative",
+            "complain*",
+            "call me",
+            "someone|somebody :0.5",
+            "talk|speak to|with :0.5",
+            "live chat|agent",
+            "staff :0.6",
+            "support :0.3",
+        ),
+        "de": (
+            "mitarbeiter*",
+            "mensch*",
+            "person",
+            "berater*",
+            "beschwer*",
+            "ruckruf",
+            "anrufen",
+            "ruf an",
+            "kundenservice|kundendienst|support :0.6",
+            "chef|vorgesetzt*|manager",
+            "echten|echte|echtem :0.4",
+            "sprechen|reden :0.4",
+        ),
+        "es": (
+            "persona",
+            "humano",
+            "agente",
+            "operador*",
+            "asesor*",
+            "encargado|gerente|supervisor",
+            "queja",
+            "reclam*",
+            "hablar con :0.6",
+            "alguien :0.5",
+            "llamenme|llamame|llameme|llamarme|llamada",
+        ),
+        "ru": (
+            "оператор*",
+            "человек*",
+            "менеджер*",
+            "сотрудник*",
+            "консультант*",
+            "жалоб*",
+            "позов* :0.6",
+            "соедин* :0.6",
+            "позвон*",
+            "живой|живым :0.5",
+            "поговорить :0.5",
+            "руководств*|начальник*",
+        ),
+    },
+    Intent.STOP_NOTIFICATIONS: {
+        "en": (
+            "unsubscribe*",
+            "cancel* notif*|updates|alert*|messag*|subscription*",
+            "stop messag*|notif*|updates|sending|texting|spam*|writing|alert*",
+            "no more messag*|notif*|updates|alert*",
+            "mute",
+            "opt out",
+            "leave me alone",
+            "!dont send|message|text|notify",
+            "!dont want messag*|notif*|updates",
+            "turn off|disable notif*|updates|alert*",
+            "stop :0.6",
+        ),
+        "de": (
+            "abmeld*",
+            "abbestell*",
+            "keine nachricht*|benachrichtigung*|updates|mails|infos|meldung*",
+            "nicht mehr schreiben|anschreiben|kontaktieren|benachrichtigen",
+            "auf schreiben|nachricht*",
+            "benachrichtigung* aus*|deaktiv*|abschalt*|ausschalt*",
+        ),
+        "es": (
+            "dejar|dejen|deja de recibir|enviar|mandar|escribir",
+            "dar|darme|darse de baja",
+            "baja :0.6",
+            "!no me envien|manden|escriban|mandes|envies|notifiquen",
+            "basta de mensajes|notificaciones|spam",
+            "!no recibir mensajes|notificaciones",
+            "desuscrib*|desinscrib*",
+            "cancelar suscripcion|notificaciones|mensajes",
+            "no mas mensajes|notificaciones",
+            "silenciar",
+        ),
+        "ru": (
+            "отпис*",
+            "!не присыла*|пишите|пиши|шлите|отправляйте",
+            "хватит|перестаньте|прекратите писать|присылать|слать|спам*",
+            "отключ*|выключ* уведомлен*|рассылк*|оповещен*",
+            "рассылк* :0.6",
+            "спам :0.6",
+        ),
+    },
+    Intent.GREETING: {
+        "en": ("hi|hello|hey|hiya|howdy|yo", "good morning|afternoon|evening"),
+        "de": (
+            "hallo|hi|hey|moin|servus|gruezi|huhu",
+            "guten tag|morgen|abend",
+            "gruss gott",
+        ),
+        "es": ("hola|buenas", "buenos|buen dias|dia", "buenas tardes|noches", "saludos :0.5"),
+        "ru": ("привет*|здравств*|хай|салют", "добр* день|вечер|утро", "доброго времени"),
+    },
+    Intent.HELP: {
+        "en": ("help", "what you do", "how work*|use", "menu", "commands"),
+        "de": ("hilfe", "helfen :0.6", "was kann*|kannst", "wie funktioniert", "menu", "befehle"),
+        "es": ("ayuda", "ayudame|ayudar :0.6", "que hacer", "como funciona", "menu", "comandos"),
+        "ru": (
+            "помощь|помоги*",
+            "что умеешь|умеете",
+            "как пользоваться|работает",
+            "меню",
+            "команды",
+        ),
+    },
+    Intent.THANKS: {
+        "en": ("thanks|thank|thx|thanx|tnx|ty|cheers|appreciate*", "bye|goodbye"),
+        "de": ("danke*|dankeschon", "dank :0.8", "tschuss|ciao", "auf wiedersehen"),
+        "es": ("gracias", "adios|chao|chau", "hasta luego"),
+        "ru": ("спасибо|спс|благодар*", "пока", "до свидания", "всего доброго|хорошего"),
+    },
+}
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Negation words that cancel a CANCEL/AGENT/ALTERNATIVES phrase just after them.
+_NEGATIONS = _words(
+    "dont not no never doesnt didnt wont without nicht kein keine nie ohne nunca sin не нет без"
+)
+_NEGATABLE = frozenset({Intent.CANCEL, Intent.AGENT, Intent.ALTERNATIVES})
+
+# Function words and filler per language: never product words, never typo-matched, and the
+# main evidence for the language guess.
+_STOPWORDS: Mapping[str, str] = {
+    "en": """a an the i me my mine we us our you your u ya he she it its they them their this that
+        these those is are was were be been being am im ive id do does did dont doesnt didnt
+        have has had hasnt havent having can cant could would should will wont shall may might
+        must and or but if then so of to in on at for from with by about as into than too very
+        just still yet also only any some something anything there here what whats when where
+        which who whom why how all please pls plz thank ok okay yes yeah yep no not hi hey
+        guys get got want wanted need like know tell let lets show now today tomorrow ago week
+        weeks month months day days again more much many one news info shop store item items
+        product products thing things ive youre sure really thats older
+        faster sooner cheaper better sell""",
+    "de": """der die das den dem des ein eine einen einem einer eines ich mich mir mein meine
+        meinen meinem meiner du dich dir dein deine er sie es ihr ihm ihn ihnen wir uns unser
+        unsere euch euer ist sind war waren bin bist sein hat habe hab haben hast habt hatte
+        wird werden wurde kann kannst konnen konnte mochte mochten will willst wollen soll und
+        oder aber wenn dann so von zu zum zur in im am an auf aus bei mit fur uber unter vor
+        nach seit bis um als wie was wer wo wann warum noch schon auch nur mal ja nein nicht
+        kein keine bitte danke hallo gibt gibts es da hier jetzt heute morgen sofort mehr viel
+        etwas alles artikel produkt ware laden shop nr denn doch eigentlich schneller
+        billiger besser""",
+    "es": """el la los las un una unos unas lo le les yo me mi mis tu tus te usted ustedes su sus
+        nos nosotros es son esta estan estoy ser estar fue era he ha han hay tengo tiene tienen
+        puede pueden puedo quiero quieres queria necesito y o pero si no que de del a al en con
+        por para sin sobre como cuando donde quien cual porque ya muy mas menos tambien solo
+        algo alguno alguna algun todo todos nada hola gracias favor hoy manana ahora aqui
+        este esta esto ese esa eso articulo producto tienda cosa pues bueno ofrecer saber
+        tener otro otra otros otras rapido barato mejor""",
+    "ru": """я меня мне мой моя моё мое мои моего моим моем ты тебя тебе вы вас вам ваш ваша ваше
+        ваши он она оно они его ее её их мы нас нам наш это этот эта эти этого этой тот та те
+        и или но а если то что чтобы как когда где кто почему зачем какой какая какие каких
+        в во на с со к ко по за из от до для о об при без у же ли бы не нет да уже еще ещё
+        очень просто только тоже также можно нужно надо есть был была было были будет будут
+        хочу хотел хотела хотим пожалуйста скажите подскажите сейчас сегодня завтра товар
+        магазин что-нибудь что-то кто-нибудь чем скажи расскажи
+        быстрее дешевле лучше""",
+}
+
+# Words allowed around a bare product name ("the red kettle", "filter für die Maschine").
+_PRODUCT_GLUE = _words(
+    "a an the for with of der die das den dem ein eine fur mit von el la los las un una de del "
+    "con para для с со и"
+)
+
+# Weak spelling cues for Latin-script languages when no word is known (product names).
+_LANG_HINT_RE: Mapping[str, re.Pattern[str]] = {
+    "de": re.compile(r"[äöüß]|sch|(?:ung|keit|heit|chen|maschine|kocher|sauger)\b"),
+    "es": re.compile(r"[ñ¿¡]|(?:cion|ciones|dad|era|eras|ora|oras|ero|eros|ado|ada)\b"),
+    "en": re.compile(r"\b(?:th|wh)|(?:ing|ness)\b"),
+}
+
+_EMOJI_INTENT: Mapping[str, Intent] = {
+    "🙏": Intent.THANKS,
+    "👍": Intent.THANKS,
+    "❤": Intent.THANKS,
+    "👋": Intent.GREETING,
+}
+_COMMANDS: Mapping[str, Intent] = {
+    "start": Intent.GREETING,
+    "help": Intent.HELP,
+    "stop": Intent.STOP_NOTIFICATIONS,
+}
+
+# Keywords whose near-misses are real, different words ("Laser" is not "Lager").
+_NO_FUZZY = frozenset({"lager", "stock", "human", "menu", "status", "person", "reden"})
+
+_THRESHOLD = 0.99  # a full-weight phrase; 0.99 so that 0.6 + 0.4 counts despite float sums
+_WEAK_THRESHOLD = 0.6  # a lone weak cue still beats UNKNOWN, with low confidence
+_GAP = 3  # at most this many other tokens between the atoms of one phrase
+_NEGATION_WINDOW = 3
+_MAX_FUZZY_LOOKUPS = 100  # per message: bounds the cost of long random text
+_MAX_PRODUCT_TOKENS = 6
+_ORDER_DIGITS = (4, 10)
+_MAX_NUMBER_RUNS = 64  # an order number is written early; a wall of digits is not a message
+_ORDER_NUMBER_BOOST = 0.5
+
+_PRIORITY = (
+    Intent.AGENT,
+    Intent.STOP_NOTIFICATIONS,
+    Intent.CANCEL,
+    Intent.ALTERNATIVES,
+)
+# "thanks for your help" is a closing, not a request for help.
+_CLOSING_PRIORITY = (Intent.THANKS, Intent.HELP, Intent.GREETING)
+
+# --------------------------------------------------------------------------------------------
+# Regular expressions. Every repetition is over a disjoint class or a bounded slice, so none
+# can backtrack catastrophically.
+# --------------------------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(r"([^\W_]+(?:-[^\W_]+)*)|([.,!?;:¿¡\n(){}\[\]]+)")
+_APOSTROPHE_RE = re.compile(r"(?<=[^\W\d_])['’`´](?=[^\W\d_])")
+_COMBINING_RE = re.compile(r"[\u0300-\u036f]")
+_DIGIT_RUN_RE = re.compile(r"(?<![0-9])[0-9]+(?:[ .,/:-][0-9]+)*")
+_GROUPED_RE = re.compile(r"[0-9]{1,3}(?:( |\.|,)[0-9]{3})(?:\1[0-9]{3})*")
+_MARKER_END_RE = re.compile(
+    r"(?:#|n°|(?<![^\W\d_])(?:n\.?o|nr|nro|n|num|numero|number|nummer|номер|id|ref"
+    r"|orders?|ordernumber|orden|bestell(?:ung|nummer|nr|no)?|auftrag(?:s?nummer|snr|nr)?"
+    r"|pedidos?|compra|заказ(?:а|е|у|ом|ы)?))[\s:.#°-]*$"
+)
+_NOT_ORDER_BEFORE_RE = re.compile(
+    r"(?<![^\W\d_])(?:post\s?code|zip|plz|postleitzahl|codigo\s?postal|cp\b|индекс|почтов"
+    r"|tel\b|tel\.|telefon|telephone|phone|handy|movil|whatsapp|call|телефон|звон"
+    r"|model|modell|modelo|модел|art\b|art\.|artikel|sku\b|serie|артикул)"
+)
+_NOT_ORDER_AFTER_RE = re.compile(
+    r"\s?(?:€|\$|£|₽|eur\b|euro|usd|dollar|руб|р\b|pcs|pieces|stuck|шт|units|unidades|x\b"
+    r"|kg\b|km\b|ml\b|mal\b|veces|раз|%)"
+)
+_CYRILLIC_RE = re.compile(r"[а-яё]")
+_LATIN_RE = re.compile(r"[a-z]")  # on folded text, where accents are gone
+_YEAR_RE = re.compile(r"(?:19|20)[0-9]{2}")
+_KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm", "йцукенгшщзхъ", "фывапролджэ", "ячсмитьбю")
+_REPEAT_RE = re.compile(r"(.{1,4}?)\1+.{0,3}")
+_VOWELS = frozenset("aeiouyäöüáéíóúаеёиоуыэюя")
+
+
+# --------------------------------------------------------------------------------------------
+# Lexicon compilation (once, at import).
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16384)
+def _fold(token: str) -> str:
+    """Matching form: accents stripped, casefolded, ё -> е, й kept (it is a letter of its own)."""
+    token = token.replace("й", "\x00").replace("Й", "\x00")
+    token = _COMBINING_RE.sub("", unicodedata.normalize("NFKD", token)).casefold()
+    return token.replace("\x00", "й").replace("ё", "е")
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    intent: Intent
+    langs: tuple[str, ...]  # a phrase written the same in several languages counts once
+    atoms: tuple[int, ...]
+    weight: float
+    negation_proof: bool
+
+
+@dataclass
+class _Compiled:
+    phrases: list[_Phrase]
+    by_first_atom: dict[int, list[_Phrase]]
+    exact: dict[str, set[int]]
+    stems: dict[str, set[int]]
+    fuzzy: dict[str, list[tuple[str, bool]]]  # first letter -> (word or stem, is_stem)
+    stem_lengths: tuple[int, ...]
+    stopwords: dict[str, frozenset[str]]
+    all_stopwords: frozenset[str]
+
+
+def _compile() -> _Compiled:
+    atom_ids: dict[str, int] = {}
+    exact: dict[str, set[int]] = {}
+    stems: dict[str, set[int]] = {}
+    phrases_raw: list[tuple[Intent, str, str, float, bool]] = []
+    for intent, by_lang in _LEXICON.items():
+        for lang, entries in by_lang.items():
+            for entry in entries:
+                body, _, weight = entry.partition(" :")
+                negation_proof = body.startswith("!")
+                body = _fold(body.lstrip("!"))
+                phrases_raw.append((intent, lang, body, float(weight or 1.0), negation_proof))
+                for atom in body.split():
+                    if atom in atom_ids:
+                        continue
+                    atom_id = atom_ids[atom] = len(atom_ids)
+                    for alt in atom.split("|"):
+                        table = stems if alt.endswith("*") else exact
+                        table.setdefault(alt.rstrip("*"), set()).add(atom_id)
+    langs_of: dict[tuple[Intent, str], list[str]] = {}
+    for intent, lang, body, _, _ in phrases_raw:
+        langs_of.setdefault((intent, body), []).append(lang)
+    phrases: list[_Phrase] = []
+    for intent, lang, body, score, proof in phrases_raw:
+        langs = tuple(langs_of[(intent, body)])
+        if lang != langs[0]:
+            continue
+        atoms = tuple(atom_ids[a] for a in body.split())
+        phrases.append(_Phrase(intent, langs, atoms, score, proof))
+    by_first: dict[int, list[_Phrase]] = {}
+    for phrase in phrases:
+        by_first.setdefault(phrase.atoms[0], []).append(phrase)
+    stopwords = {
+        lang: frozenset(_fold(w) for w in words.split()) for lang, words in _STOPWORDS.items()
+    }
+    all_stop = frozenset().union(*stopwords.values())
+    fuzzy: dict[str, list[tuple[str, bool]]] = {}
+    for table, is_stem in ((exact, False), (stems, True)):
+        for word in table:
+            if len(word) >= 5 and word not in _NO_FUZZY:
+                fuzzy.setdefault(word[0], []).append((word, is_stem))
+    return _Compiled(
+        phrases=phrases,
+        by_first_atom=by_first,
+        exact=exact,
+        stems=stems,
+        fuzzy=fuzzy,
+        stem_lengths=tuple(sorted({len(s) for s in stems})),
+        stopwords=stopwords,
+        all_stopwords=all_stop,
+    )
+
+
+_C = _compile()
+
+
+# --------------------------------------------------------------------------------------------
+# Token-level helpers.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Token:
+    text: str  # lower-cased original, accents kept (product words come from here)
+    folded: str  # matching form
+    clause: int
+    atoms: frozenset[int]
+
+
+_NO_ATOMS: frozenset[int] = frozenset()
+
+
+@lru_cache(maxsize=16384)
+def _direct_atoms(folded: str) -> frozenset[int]:
+    key = folded.replace("-", "")
+    found: set[int] = set(_C.exact.get(key, ()))
+    for n in _C.stem_lengths:
+        if n > len(key):
+            break
+        found.update(_C.stems.get(key[:n], ()))
+    return frozenset(found)
+
+
+@lru_cache(maxsize=16384)
+def _fuzzy_atoms(folded: str) -> frozenset[int]:
+    best: tuple[int, str] | None = None
+    for word, is_stem in _C.fuzzy.get(folded[0], ()):
+        max_distance = 1 if len(word) < 8 else 2
+        if is_stem and len(folded) > len(word):
+            candidate = folded[: len(word)]
+        elif abs(len(folded) - len(word)) <= max_distance:
+            candidate = folded
+        else:
+            continue
+        distance = OSA.distance(candidate, word, score_cutoff=max_distance)
+        if distance <= max_distance and (best is None or distance < best[0]):
+            best = (distance, word)
+    # the typo stands for the keyword, so it gets whatever the keyword itself would match
+    return _NO_ATOMS if best is None else _direct_atoms(best[1])
+
+
+@lru_cache(maxsize=16384)
+def _lookup(word: str) -> tuple[str, frozenset[int], bool]:
+    """Folded form, lexicon atoms, and whether a typo match is worth trying."""
+    folded = _fold(word)
+    atoms = _direct_atoms(folded)
+    typo_candidate = (
+        not atoms and len(folded) >= 4 and not folded.isdigit() and folded not in _C.all_stopwords
+    )
+    return folded, atoms, typo_candidate
+
+
+def _tokenize(text: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    clause = 0
+    fuzzy_budget = _MAX_FUZZY_LOOKUPS
+    for match in _TOKEN_RE.finditer(text):
+        word = match.group(1)
+        if word is None:
+            clause += 1
+            continue
+        folded, atoms, typo_candidate = _lookup(word)
+        if typo_candidate and fuzzy_budget > 0:
+            fuzzy_budget -= 1
+            atoms = _fuzzy_atoms(folded)
+        tokens.append(_Token(word, folded, clause, atoms))
+    return tokens
+
+
+def _negated(tokens: list[_Token], start: int) -> bool:
+    clause = tokens[start].clause
+    for i in range(max(0, start - _NEGATION_WINDOW), start):
+        if tokens[i].clause == clause and tokens[i].folded in _NEGATIONS:
+            return True
+    return False
+
+
+def _match_phrase(tokens: list[_Token], start: int, phrase: _Phrase) -> list[int] | None:
+    positions = [start]
+    for atom in phrase.atoms[1:]:
+        prev = positions[-1]
+        for j in range(prev + 1, min(len(tokens), prev + 2 + _GAP)):
+            if atom in tokens[j].atoms:
+                positions.append(j)
+                break
+        else:
+            return None
+    return positions
+
+
+@dataclass
+class _Scores:
+    by_intent: dict[Intent, float]
+    by_lang: dict[str, float]
+    used: set[int]  # token positions that belong to a matched phrase
+
+
+def _score(tokens: list[_Token]) -> _Scores:
+    matched: set[int] = set()  # phrase ids: each phrase counts once
+    by_intent: dict[Intent, float] = {}
+    by_lang: dict[str, float] = {}
+    used: set[int] = set()
+    for i, token in enumerate(tokens):
+        for atom in token.atoms:
+            for phrase in _C.by_first_atom.get(atom, ()):
+                if id(phrase) in matched:
+                    continue
+                positions = _match_phrase(tokens, i, phrase)
+                if positions is None:
+                    continue
+                if (
+                    phrase.intent in _NEGATABLE
+                    and not phrase.negation_proof
+                    and _negated(tokens, i)
+                ):
+                    used.update(positions)
+                    continue
+                matched.add(id(phrase))
+                used.update(positions)
+                by_intent[phrase.intent] = by_intent.get(phrase.intent, 0.0) + phrase.weight
+                for lang in phrase.langs:
+                    by_lang[lang] = by_lang.get(lang, 0.0) + 1.0 / len(phrase.langs)
+    return _Scores(by_intent, by_lang, used)
+
+
+# --------------------------------------------------------------------------------------------
+# Order numbers.
+# --------------------------------------------------------------------------------------------
+
+
+def _order_number(folded_text: str) -> tuple[str | None, bool]:
+    """The first plausible order number, marked ones first; and whether it was marked."""
+    unmarked: str | None = None
+    for n, match in enumerate(_DIGIT_RUN_RE.finditer(folded_text)):
+        if n >= _MAX_NUMBER_RUNS:
+            break
+        start, end = match.span()
+        run = match.group()
+        before = folded_text[max(0, start - 32) : start]
+        if before.endswith("+") or re.search(r"[^\W\d_]-$", before):
+            continue  # phone number or the digits of a SKU
+        marked = _MARKER_END_RE.search(before) is not None
+        if _NOT_ORDER_AFTER_RE.match(folded_text, end):
+            continue
+        if marked:
+            grouped = _GROUPED_RE.fullmatch(run)
+            digits = re.sub(r"[^0-9]", "", run) if grouped else run.split(" ", 1)[0]
+            if digits.isdigit() and _ORDER_DIGITS[0] <= len(digits) <= _ORDER_DIGITS[1]:
+                return digits, True
+            continue
+        if unmarked is not None:
+            continue
+        chunks = run.split(" ")
+        if len(chunks) > 1 and all(c.isdigit() and len(c) >= 5 for c in chunks):
+            run = chunks[0]  # a list of order numbers; phone numbers come in shorter groups
+        if not run.isdigit():
+            continue
+        if not _ORDER_DIGITS[0] <= len(run) <= _ORDER_DIGITS[1]:
+            continue
+        if before.endswith(("-", "/", ".", ",")) and before[-2:-1].isdigit():
+            continue
+        if _NOT_ORDER_BEFORE_RE.search(before[-20:]):
+            continue
+        if len(run) == 4 and _YEAR_RE.fullmatch(run):
+            continue
+        unmarked = run
+    return unmarked, False
+
+
+def _fold_text(text: str) -> str:
+    text = text.replace("й", "\x00").replace("Й", "\x00")
+    text = _COMBINING_RE.sub("", unicodedata.normalize("NFKD", text)).casefold()
+    return text.replace("\x00", "й").replace("ё", "е")
+
+
+# --------------------------------------------------------------------------------------------
+# Language, product words, gibberish.
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16384)
+def _token_votes(text: str, folded: str) -> tuple[tuple[str, float], ...]:
+    owners = [lang for lang, words in _C.stopwords.items() if folded in words]
+    votes = [(lang, 1.0 / len(owners)) for lang in owners]
+    votes.extend((lang, 0.3) for lang, pattern in _LANG_HINT_RE.items() if pattern.search(text))
+    return tuple(votes)
+
+
+def _language(
+    folded_text: str, tokens: list[_Token], scores: _Scores, gibberish: bool
+) -> str | None:
+    cyrillic = len(_CYRILLIC_RE.findall(folded_text))
+    latin = len(_LATIN_RE.findall(folded_text))
+    # Russian messages often carry Latin brand names ("кофемашина Barista Pro").
+    if cyrillic and 2 * cyrillic >= latin:
+        return "ru"
+    if latin == 0 or gibberish:
+        return None
+    score = {lang: 1.5 * s for lang, s in scores.by_lang.items() if lang != "ru"}
+    for token in tokens:
+        for lang, vote in _token_votes(token.text, token.folded):
+            score[lang] = score.get(lang, 0.0) + vote
+    ranked = sorted(score.items(), key=lambda kv: kv[1], reverse=True)
+    if not ranked or ranked[0][1] < 0.3:
+        return None
+    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] < 0.25:
+        return None
+    return ranked[0][0]
+
+
+def _is_gibberish(word: str) -> bool:
+    if word.isdigit() or len(word) < 4:
+        return False
+    if not any(ch in _VOWELS for ch in word):
+        return True
+    if word[0] in "ыьъ":
+        return True
+    if _REPEAT_RE.fullmatch(word) and len(set(word)) <= 4:
+        return True
+    return any(word[i : i + 4] in row for row in _KEYBOARD_ROWS for i in range(len(word) - 3))
+
+
+def _content(tokens: list[_Token], scores: _Scores, order_number: str | None) -> list[int]:
+    keep: list[int] = []
+    for i, token in enumerate(tokens):
+        if i in scores.used or token.folded in _C.all_stopwords:
+            continue
+        # a number is part of a product name only right after a kept word ("Roomba 980")
+        if token.folded.isdigit() and (
+            not keep or keep[-1] != i - 1 or token.folded == order_number
+        ):
+            continue
+        keep.append(i)
+    return keep
+
+
+def _looks_like_product(tokens: list[_Token], content: list[int], scores: _Scores) -> bool:
+    if not 1 <= len(content) <= _MAX_PRODUCT_TOKENS:
+        return False
+    kept = set(content)
+    for i, token in enumerate(tokens):
+        if i in kept or i in scores.used or token.folded in _PRODUCT_GLUE:
+            continue
+        if not token.folded.isdigit():
+            return False
+    words = [tokens[i].text for i in content if not tokens[i].folded.isdigit()]
+    return bool(words) and not any(_is_gibberish(w) for w in words)
+
+
+def _product_words(tokens: list[_Token], content: Iterable[int]) -> str | None:
+    words = " ".join(tokens[i].text for i in content)
+    return words or None
+
+
+# --------------------------------------------------------------------------------------------
+# The decision.
+# --------------------------------------------------------------------------------------------
+
+
+def _confidence(top: float, others: Iterable[float]) -> float:
+    second = max(others, default=0.0)
+    strength = min(1.0, top / 2.0)
+    margin = top / (top + second) if top + second > 0 else 0.0
+    return round(min(1.0, 0.5 * strength + 0.5 * margin), 3)
+
+
+def _decide(scores: dict[Intent, float], has_order_number: bool) -> tuple[Intent, float] | None:
+    strong = {intent: s for intent, s in scores.items() if s >= _THRESHOLD}
+
+    def pick(intent: Intent) -> tuple[Intent, float]:
+        rest = (s for other, s in scores.items() if other != intent)
+        return intent, _confidence(scores[intent], rest)
+
+    for intent in _PRIORITY:
+        if intent in strong:
+            return pick(intent)
+    order, stock = strong.get(Intent.ORDER_STATUS, 0.0), strong.get(Intent.STOCK, 0.0)
+    if order or stock:
+        if order > stock or (order == stock and has_order_number):
+            return pick(Intent.ORDER_STATUS)
+        return pick(Intent.STOCK)
+    for intent in _CLOSING_PRIORITY:
+        if intent in strong:
+            return pick(intent)
+    if scores:
+        intent, top = max(scores.items(), key=lambda kv: kv[1])
+        if top >= _WEAK_THRESHOLD:
+            return intent, round(min(0.45, pick(intent)[1]), 3)
+    return None
+
+
+def understand(text: str) -> Understanding:
+    """Read one customer message. Never raises for any `str`; bounded time for any length."""
+    text = text[:MAX_CHARS]
+    if "&" in text:
+        text = html.unescape(text)
+    text = unicodedata.normalize("NFC", text).lower()
+
+    command = re.match(r"\s*/([a-z]+)(?:@\w+)?\s*$", text)
+    if command and command.group(1) in _COMMANDS:
+        return Understanding(_COMMANDS[command.group(1)], None, None, None, 1.0)
+
+    text = _APOSTROPHE_RE.sub("", text)
+    tokens = _tokenize(text)
+    scores = _score(tokens)
+    for emoji, intent in _EMOJI_INTENT.items():
+        if emoji in text:
+            scores.by_intent[intent] = scores.by_intent.get(intent, 0.0) + 1.0
+
+    folded_text = _fold_text(text)
+    order_number, _marked = _order_number(folded_text)
+    if order_number is not None and Intent.ORDER_STATUS in scores.by_intent:
+        scores.by_intent[Intent.ORDER_STATUS] += _ORDER_NUMBER_BOOST
+
+    words = [t for t in tokens if not t.folded.isdigit()]
+    gibberish = bool(words) and all(_is_gibberish(t.folded) for t in words)
+    language = _language(folded_text, tokens, scores, gibberish)
+    content = _content(tokens, scores, order_number)
+
+    decided = _decide(scores.by_intent, order_number is not None)
+    if decided is None or decided[0] == Intent.GREETING:
+        if order_number is not None:
+            only_number = not words or all(t.folded in _C.all_stopwords for t in words)
+            decided = (Intent.ORDER_STATUS, 0.9 if only_number else 0.6)
+        elif _looks_like_product(tokens, content, scores):
+            decided = (Intent.STOCK, 0.5)
+    if decided is None:
+        return Understanding(Intent.UNKNOWN, None, None, language, 0.0)
+
+    intent, confidence = decided
+    product = None
+    if intent in (Intent.STOCK, Intent.ALTERNATIVES):
+        product = _product_words(tokens, content)
+    return Understanding(intent, order_number, product, language, confidence)

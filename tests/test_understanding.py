@@ -1,0 +1,340 @@
+"""Language understanding: exact behaviours, accuracy on the labelled set, robustness."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.understanding import MAX_CHARS, Intent, Understanding, understand
+
+DATA = Path(__file__).parent / "data" / "understanding.tsv"
+LANGUAGES = {"en", "de", "es", "ru"}
+
+
+def _rows() -> list[dict[str, str]]:
+    with DATA.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+# --- order numbers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("10234", "10234"),
+        ("#10234", "10234"),
+        ("No. 10234", "10234"),
+        ("Nr.10234", "10234"),
+        ("№ 10234", "10234"),
+        ("№10234", "10234"),
+        ("n.º 10234", "10234"),
+        ("nº10234", "10234"),
+        ("order 10234", "10234"),
+        ("ORDER#10234", "10234"),
+        ("order number: #1002345", "1002345"),
+        ("Bestellung 10234", "10234"),
+        ("Bestellnummer: 100.234", "100234"),
+        ("Auftragsnummer 100782", "100782"),
+        ("pedido 100,234", "100234"),
+        ("заказ 100 234", "100234"),
+        ("заказом 100123", "100123"),
+        ("order 10 234 please", "10234"),
+        ("where is 100234?", "100234"),
+        ("1234", "1234"),
+        ("1234567890", "1234567890"),
+        ("100234 100235", "100234"),
+        ("order #100555 & #100556", "100555"),
+        ("order 10234 2 kettles missing", "10234"),
+    ],
+)
+def test_order_number_forms(text: str, number: str) -> None:
+    assert understand(text).order_number == number
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I ordered 2 kettles",
+        "order 123",
+        "12345678901",
+        "my postcode is 10115, where is my order",
+        "PLZ 10115",
+        "mi código postal es 28013",
+        "мой индекс 101000",
+        "call me at +1 415 555 0134",
+        "позвоните +7 916 123-45-67",
+        "llámenme al 612 345 678",
+        "I ordered in 2024 and nothing came",
+        "ordered on 12.03.2024",
+        "pedí el 15/03/2024",
+        "is KAF-2031 in stock",
+        "the 1500 € model",
+        "order 1000 pieces",
+        "I need 5000 units",
+        "is model 3000 available",
+    ],
+)
+def test_not_order_numbers(text: str) -> None:
+    assert understand(text).order_number is None
+
+
+def test_bare_number_is_order_status() -> None:
+    u = understand("  100342 ")
+    assert u == Understanding(Intent.ORDER_STATUS, "100342", None, None, u.confidence)
+    assert u.confidence >= 0.8
+
+
+# --- product words ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "intent", "words"),
+    [
+        ("¿tienen la cafetera en stock?", Intent.STOCK, "cafetera"),
+        ("Ist die Kaffeemaschine wieder da?", Intent.STOCK, "kaffeemaschine"),
+        ("есть ли в наличии чайник", Intent.STOCK, "чайник"),
+        ("is the Barista Pro coffee machine in stock?", Intent.STOCK, "barista pro coffee machine"),
+        ("Kaffeemaschine Barista Pro", Intent.STOCK, "kaffeemaschine barista pro"),
+        ("Gibt es die Kopfhörer noch?", Intent.STOCK, "kopfhörer"),
+        ("is the Roomba 980 in stock", Intent.STOCK, "roomba 980"),
+        ("¿Hay stock de KAF-2031?", Intent.STOCK, "kaf-2031"),
+        ("Hi, Dyson V11?", Intent.STOCK, "dyson v11"),
+        ("do you have something similar to the Barista Pro?", Intent.ALTERNATIVES, "barista pro"),
+        ("какие есть аналоги этого чайника", Intent.ALTERNATIVES, "чайника"),
+        ("¿tienen algo parecido?", Intent.ALTERNATIVES, None),
+    ],
+)
+def test_product_words(text: str, intent: Intent, words: str | None) -> None:
+    u = understand(text)
+    assert (u.intent, u.product_words) == (intent, words)
+
+
+def test_product_words_only_for_stock_and_alternatives() -> None:
+    assert understand("where is my order for the kettle").product_words is None
+    assert understand("cancel the kettle").product_words is None
+
+
+# --- priorities, negation, typos -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("cancel order 10234", Intent.CANCEL),
+        ("where is my order, I want to talk to a person", Intent.AGENT),
+        ("stop sending me updates about my order", Intent.STOP_NOTIFICATIONS),
+        ("cancel the notifications", Intent.STOP_NOTIFICATIONS),
+        ("any alternatives to the kettle that ship now?", Intent.ALTERNATIVES),
+        ("can i still order the kettle? is it available", Intent.STOCK),
+        ("I ordered a kettle, it was out of stock, when will it ship?", Intent.ORDER_STATUS),
+        ("hi, where is my order?", Intent.ORDER_STATUS),
+        ("hi, what can you do?", Intent.HELP),
+        ("thanks for your help", Intent.THANKS),
+        ("Hallo", Intent.GREETING),
+        ("👋", Intent.GREETING),
+        ("🙏", Intent.THANKS),
+        ("/start", Intent.GREETING),
+        ("/help@backorder_bot", Intent.HELP),
+    ],
+)
+def test_priority(text: str, intent: Intent) -> None:
+    assert understand(text).intent == intent
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("I don't want to cancel, just tell me when it ships", Intent.ORDER_STATUS),
+        ("Ich will nicht stornieren, nur wissen wann es kommt", Intent.ORDER_STATUS),
+        ("no quiero cancelar, solo saber cuándo llega", Intent.ORDER_STATUS),
+        ("не хочу отменять, просто скажите когда привезут", Intent.ORDER_STATUS),
+        # a negation alone leaves nothing to act on: the bot asks again rather than cancel
+        ("I don't want to cancel", Intent.UNKNOWN),
+        # a negation in an earlier clause does not reach the verb
+        ("передумал, больше не нужно, отменяйте", Intent.CANCEL),
+        # negation that *is* the request
+        ("don't send me messages", Intent.STOP_NOTIFICATIONS),
+        ("не присылайте мне больше уведомления", Intent.STOP_NOTIFICATIONS),
+        ("ya no lo quiero, cancelen", Intent.CANCEL),
+    ],
+)
+def test_negation(text: str, intent: Intent) -> None:
+    assert understand(text).intent == intent
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("whre is my ordr", Intent.ORDER_STATUS),
+        ("wo ist meine bestellug", Intent.ORDER_STATUS),
+        ("bestelung 100234", Intent.ORDER_STATUS),
+        ("cancle my order plz", Intent.CANCEL),
+        ("cancelr mi pedido", Intent.CANCEL),
+        ("закз 100321 не пришел", Intent.ORDER_STATUS),
+        ("availabilty of standing desk", Intent.STOCK),
+        ("cuando llega mi pedido", Intent.ORDER_STATUS),
+        ("ГДЕ МОЙ ЗАКАЗ!!!", Intent.ORDER_STATUS),
+        ("Где мой заказ??? 😡😡", Intent.ORDER_STATUS),
+        ("<b>where is my order</b>", Intent.ORDER_STATUS),
+    ],
+)
+def test_typos_case_and_noise(text: str, intent: Intent) -> None:
+    assert understand(text).intent == intent
+
+
+def test_typo_matching_does_not_swallow_near_words() -> None:
+    # "Laser" is one letter from "Lager": it must stay the product
+    u = understand("Ist der Laser auf Lager?")
+    assert (u.intent, u.product_words) == (Intent.STOCK, "laser")
+
+
+@pytest.mark.parametrize("text", ["asdfghjkl", "🤔🤔🤔", "", "   ", "ok", "tell me a joke", "???"])
+def test_unknown(text: str) -> None:
+    u = understand(text)
+    assert u.intent == Intent.UNKNOWN
+    assert u.confidence == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("where is my order?", "en"),
+        ("Wo bleibt meine Bestellung?", "de"),
+        ("¿Dónde está mi pedido?", "es"),
+        ("Где мой заказ?", "ru"),
+        ("кофемашина Barista Pro", "ru"),
+        ("verfügbarkeit mixer", "de"),
+        ("100234", None),
+        ("🙂", None),
+        ("asdfghjkl", None),
+    ],
+)
+def test_language(text: str, language: str | None) -> None:
+    assert understand(text).language == language
+
+
+# --- the labelled set ------------------------------------------------------------------------
+
+
+def _report(name: str, hits: Counter[str], totals: Counter[str]) -> None:
+    parts = [f"{key or '-'} {hits[key]}/{totals[key]}" for key in sorted(totals)]
+    print(f"{name}: " + ", ".join(parts))
+
+
+def test_labelled_set_accuracy() -> None:
+    rows = _rows()
+    assert len(rows) >= 240
+    intent_ok = number_ok = product_ok = language_ok = 0
+    by_lang_hits: Counter[str] = Counter()
+    by_lang: Counter[str] = Counter()
+    by_intent_hits: Counter[str] = Counter()
+    by_intent: Counter[str] = Counter()
+    misses: list[str] = []
+    for row in rows:
+        u = understand(row["text"])
+        ok = u.intent == row["intent"]
+        intent_ok += ok
+        by_lang[row["language"]] += 1
+        by_lang_hits[row["language"]] += ok
+        by_intent[row["intent"]] += 1
+        by_intent_hits[row["intent"]] += ok
+        number_ok += (u.order_number or "") == row["order_number"]
+        product_ok += (u.product_words or "") == row["product_words"]
+        language_ok += (u.language or "") == row["language"]
+        if not ok or (u.order_number or "") != row["order_number"]:
+            misses.append(
+                f"  {row['text']!r}: expected {row['intent']}/{row['order_number']!r}, got {u}"
+            )
+    n = len(rows)
+    print(
+        f"\nlabelled set: {n} rows; intent {intent_ok / n:.3f}, order number {number_ok / n:.3f}, "
+        f"product words {product_ok / n:.3f}, language {language_ok / n:.3f}"
+    )
+    _report("intent by language", by_lang_hits, by_lang)
+    _report("intent by intent", by_intent_hits, by_intent)
+    print("misclassified:\n" + ("\n".join(misses) or "  none"))
+    assert intent_ok / n >= 0.90
+    assert number_ok / n >= 0.95
+    assert product_ok / n >= 0.85
+    assert language_ok / n >= 0.90
+
+
+def test_labelled_set_covers_every_intent_and_language() -> None:
+    rows = _rows()
+    assert {row["intent"] for row in rows} == {i.value for i in Intent}
+    counts = Counter(row["language"] for row in rows)
+    assert all(counts[lang] >= 55 for lang in LANGUAGES)
+
+
+# --- robustness ------------------------------------------------------------------------------
+
+
+def _check_bounds(u: Understanding) -> None:
+    assert isinstance(u.intent, Intent)
+    assert 0.0 <= u.confidence <= 1.0
+    assert u.language is None or u.language in LANGUAGES
+    if u.order_number is not None:
+        assert u.order_number.isascii() and u.order_number.isdigit()
+        assert 4 <= len(u.order_number) <= 10
+    if u.product_words is not None:
+        assert u.product_words.strip() == u.product_words != ""
+        assert u.intent in (Intent.STOCK, Intent.ALTERNATIVES)
+    if u.intent == Intent.UNKNOWN:
+        assert u.confidence == 0.0
+
+
+_PIECES = [
+    "order", "#", "Nr.", "№", "n.º", "заказ", "Bestellung", "pedido", "10234", "100 234",
+    "2024", "+49", "-", ".", ",", "!", "?", "¿", "&amp;", "<b>", "cancel", "stornieren",
+    "отменить", "no", "не", "nicht", "in stock", "wieder da", "есть ли", "hola", "спасибо",
+    "😀", "👍", "a\u0301", "ё", "ß", "İ", "\u200b", "\n", " ", "  ", "Kaffeemaschine",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=MAX_CHARS))
+def test_any_text_is_safe(text: str) -> None:
+    _check_bounds(understand(text))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_PIECES), max_size=400).map("".join))
+def test_keyword_soup_is_safe(text: str) -> None:
+    _check_bounds(understand(text))
+
+
+def test_longer_than_telegram_allows_is_cut() -> None:
+    tail = " cancel my order"
+    assert understand("x" * MAX_CHARS + tail).intent != Intent.CANCEL
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 " * 2048,
+        "1." * 2048,
+        "1 , " * 1024,
+        "order no # " * 372,
+        "no." * 1365,
+        "#" * MAX_CHARS,
+        "a" * MAX_CHARS,
+        "a-" * 2048,
+        "заказ" * 819,
+        "a\u0301" * 2048,
+        "&amp;" * 819,
+        "qwertzuiop " * 372,
+    ],
+)
+def test_pathological_input_is_fast(text: str) -> None:
+    understand(text)  # warm the caches the way a running bot has them
+    start = time.perf_counter()
+    _check_bounds(understand(text))
+    # generous: the typical figure is a few milliseconds (bench/bench_understanding.py)
+    assert time.perf_counter() - start < 0.05
