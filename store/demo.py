@@ -26,9 +26,11 @@ id  name             email                        postcode  lang orders
 === ================ ============================ ========= ==== ===========================
 
 Showcase products, one per stock answer: KET-0001 in stock; COF-0001 backorder dated
-(restock PO-000001, 4 units, slipped twice; PO-000002, 30 units, later); PRM-0001 backorder undated; BIK-0001 out
-of stock (not sold on backorder); SOF-0001 discontinued. Alternatives: COF-0001 -> COF-0002,
-PRM-0001 -> PRM-0002, BIK-0001 -> BIK-0002, SOF-0001 -> SOF-0002 (all in stock).
+(restock PO-000001, 4 units, slipped twice; PO-000002, 30 units, later); PRM-0001 backorder
+undated; BIK-0001 out of stock (not sold on backorder); SOF-0001 discontinued.
+Alternatives: COF-0001 -> COF-0002, PRM-0001 -> PRM-0002, BIK-0001 -> BIK-0002,
+SOF-0001 -> SOF-0002 (all in stock). At size "large", KET-0002 is the hot SKU with ~100,000
+waiting lines (restocks of 10,000 and 60,000 units) for the benchmark.
 """
 
 from __future__ import annotations
