@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from datetime import date
 
@@ -18,6 +19,10 @@ from bot.settings import SUPPORTED_LANGUAGES, Settings
 from store.db import Store, migrate
 
 log = logging.getLogger(__name__)
+
+# PTB 22 warns on every 429 unless durations are opted in to timedelta, which its next major
+# version makes the default; nothing of ours reads them as numbers.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 # Shown in Telegram's command menu; each description is a macro of commands.j2.
 COMMANDS = ("orders", "stock", "agent", "language", "help")

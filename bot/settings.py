@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
@@ -115,11 +115,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if settings_file and not Path(settings_file).is_file():
         raise SettingsError(f"BACKORDER_SETTINGS_FILE: no such file: {settings_file}")
     keys = {name.upper() for name in Settings.model_fields}
-    values = {k.lower(): v for k, v in env.items() if k.upper() in keys}
+    values: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.upper() in keys}
     try:
-        if settings_file:
-            return Settings(_env_file=settings_file, **values)  # type: ignore[call-arg]
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=settings_file or None, **values)  # type: ignore[call-arg]
     except ValidationError as exc:
         error = exc.errors()[0]
         name = ".".join(str(part) for part in error["loc"]).upper() or "settings"

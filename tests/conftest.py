@@ -1,0 +1,150 @@
+"""The harness for behaviour tests: the sandbox Bot API, a store with demo data, and the real
+bot application polling the sandbox over HTTP, exactly as run_bot.py assembles it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import build_application
+from bot.context import BotApplication
+from bot.settings import Settings, load_settings
+from sandbox import Limits, Sandbox
+from sandbox.client import SandboxClient
+from store import Store, open_store
+from store.demo import fill_demo
+
+# Demo data is generated relative to this day, and the bot's calendar starts on it.
+TODAY = date(2026, 11, 26)
+
+
+@dataclass
+class Clock:
+    """The shop's calendar as the bot sees it; tests move it."""
+
+    today: date = TODAY
+
+    def __call__(self) -> date:
+        return self.today
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(scope="session")
+def demo_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated database with the small demo shop, copied for every test that needs it."""
+    import asyncio
+
+    path = tmp_path_factory.mktemp("demo") / "demo.sqlite3"
+
+    async def build() -> None:
+        store = await open_store(f"sqlite+aiosqlite:///{path}")
+        try:
+            await fill_demo(store, "small", today=TODAY)
+        finally:
+            await store.close()
+
+    asyncio.run(build())
+    return path
+
+
+@pytest.fixture
+def db_url(tmp_path: Path, demo_db_template: Path) -> str:
+    path = tmp_path / "bot.sqlite3"
+    shutil.copyfile(demo_db_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(db_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def sandbox_limits() -> Limits:
+    """Flood limits are exercised by their own tests; elsewhere they only slow tests down."""
+    return Limits(enabled=False)
+
+
+@pytest.fixture
+async def sandbox(sandbox_limits: Limits) -> AsyncIterator[Sandbox]:
+    sb = Sandbox(limits=sandbox_limits)
+    await sb.start()
+    try:
+        yield sb
+    finally:
+        await sb.stop()
+
+
+@pytest.fixture
+async def tg(sandbox: Sandbox) -> AsyncIterator[SandboxClient]:
+    async with SandboxClient(sandbox.url) as client:
+        yield client
+
+
+@pytest.fixture
+def bot_environ() -> dict[str, str]:
+    """Extra settings for the bot under test; override in a test module to change them."""
+    return {}
+
+
+@pytest.fixture
+def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Settings:
+    return load_settings(
+        {
+            "BOT_TOKEN": sandbox.token,
+            "BOT_API_BASE_URL": sandbox.api_base,
+            "BOT_API_FILE_URL": sandbox.file_base,
+            "DATABASE_URL": db_url,
+            "SHOP_NAME": "Demo Shop",
+            "LINK_SECRET": "test-link-secret",
+            "MAX_RETRIES": "2",
+            **bot_environ,
+        }
+    )
+
+
+@pytest.fixture
+async def bot(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[BotApplication]:
+    """The real application, polling the sandbox, with its post_init and post_shutdown."""
+    app = build_application(settings, store, today=clock)
+    await app.initialize()
+    assert app.post_init is not None
+    await app.post_init(app)
+    await app.start()
+    assert app.updater is not None
+    await app.updater.start_polling(poll_interval=0, timeout=1)
+    try:
+        yield app
+    finally:
+        await app.updater.stop()
+        await app.stop()
+        if app.post_shutdown is not None:
+            await app.post_shutdown(app)
+        await app.shutdown()
+
+
+def texts(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["text"] for m in messages]
+
+
+def buttons(message: dict[str, Any]) -> list[list[tuple[str, str]]]:
+    """A message's inline keyboard as (label, callback data) rows."""
+    markup = message.get("reply_markup") or {}
+    return [
+        [(b["text"], b.get("callback_data", "")) for b in row]
+        for row in markup.get("inline_keyboard", [])
+    ]
