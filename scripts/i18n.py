@@ -50,7 +50,6 @@ def update() -> None:
                 language,
                 "--no-fuzzy-matching",
                 "--ignore-obsolete",
-                "--no-location",
             )
         else:
             _babel("init", "-i", str(POT), "-d", str(LOCALE), "-l", language)
