@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     shop_timezone: str = "Europe/Berlin"
     default_language: Language = "en"
     link_secret: SecretStr = SecretStr("change-me-in-production")
+    link_proof: Literal["email", "postcode"] = "email"
+    link_code_days: int = Field(default=30, ge=1, le=365)
+    verification_attempts_per_hour: int = Field(default=5, ge=1, le=100)
 
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = Field(default=8080, ge=0, le=65535)
