@@ -128,7 +128,7 @@ async def main() -> None:
     t = time.perf_counter()
     async with store.begin() as conn:
         proj = await change_restock_date(
-            conn, first[0].restock_id, first[0].expected_date + timedelta(days=9), "bench slip"
+            conn, first[0].restock_id, big.expected_date + timedelta(days=9), "bench slip"
         )
     dt = time.perf_counter() - t
     assert proj is not None
@@ -137,7 +137,7 @@ async def main() -> None:
     )
     t = time.perf_counter()
     async with store.begin() as conn:
-        rec = await receive_restock(conn, first[0].restock_id)
+        rec = await receive_restock(conn, big.restock_id)
     dt = time.perf_counter() - t
     print(
         f"{'receive 10,000-unit restock':<28} {dt * 1000:7.1f} ms  ({len(rec.allocated)} lines filled, re-projected {rec.projection.waiting_lines if rec.projection else 0})"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
@@ -261,7 +261,7 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
     need = 0
     k = 0
     undated = 0
-    for pos, ln in enumerate(lines, start=1):
+    for ln in lines:
         need += int(ln.qty_waiting)
         while k < len(bounds) and bounds[k][0] < need:
             k += 1
@@ -278,13 +278,12 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
                     "b_line": ln.line_id,
                     "b_date": new_date,
                     "b_prev": ln.projected_date,
-                    "b_pos": pos,
                     "b_rs": restock_id,
                     "b_at": now,
                 }
             )
-        elif pos != ln.queue_position or restock_id != ln.waits_for_restock_id:
-            changed_queue.append({"b_line": ln.line_id, "b_pos": pos, "b_rs": restock_id})
+        elif restock_id != ln.waits_for_restock_id:
+            changed_queue.append({"b_line": ln.line_id, "b_rs": restock_id})
 
     for i in range(0, len(changed_dates), 20_000):
         await conn.execute(
@@ -294,7 +293,6 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
                 projected_date=bindparam("b_date"),
                 previous_projected_date=bindparam("b_prev"),
                 projected_changed_at=bindparam("b_at"),
-                queue_position=bindparam("b_pos"),
                 waits_for_restock_id=bindparam("b_rs"),
             ),
             changed_dates[i : i + 20_000],
@@ -303,9 +301,24 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
         await conn.execute(
             update(order_lines)
             .where(c.line_id == bindparam("b_line"))
-            .values(queue_position=bindparam("b_pos"), waits_for_restock_id=bindparam("b_rs")),
+            .values(waits_for_restock_id=bindparam("b_rs")),
             changed_queue[i : i + 20_000],
         )
+    # Positions shift for the whole queue whenever a line ahead leaves it; one set-based
+    # UPDATE ... FROM with row_number() keeps that inside the database engine.
+    ranked = (
+        select(
+            c.line_id.label("lid"),
+            func.row_number().over(order_by=(c.queue_rank, c.queued_at, c.line_id)).label("pos"),
+        )
+        .where(c.sku == sku, c.qty_waiting > 0)
+        .subquery()
+    )
+    await conn.execute(
+        update(order_lines)
+        .where(c.line_id == ranked.c.lid, c.queue_position.is_distinct_from(ranked.c.pos))
+        .values(queue_position=ranked.c.pos)
+    )
     if moved:
         await log_event(
             conn,

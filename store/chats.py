@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -22,12 +22,28 @@ from store.schema import (
 )
 
 
+# A question left unanswered this long is forgotten: the customer has moved on, and a late
+# message must not be read as the answer to something they no longer see on screen.
+PENDING_TTL = timedelta(minutes=30)
+
+
 @dataclass(frozen=True)
 class Chat:
     chat_id: int
     language: str | None
     customer_id: int | None
     misses: int
+    pending: str | None = None
+    pending_order: str | None = None
+    pending_at: datetime | None = None
+
+    def pending_step(self, now: datetime | None = None) -> str | None:
+        """The step the bot is waiting on, or None when there is none or it is stale."""
+        if self.pending is None or self.pending_at is None:
+            return None
+        if (now or utcnow()) - self.pending_at >= PENDING_TTL:
+            return None
+        return self.pending
 
 
 def _chat(row: object) -> Chat:
@@ -37,10 +53,21 @@ def _chat(row: object) -> Chat:
         language=m["language"],
         customer_id=m["customer_id"],
         misses=m["misses"],
+        pending=m["pending"],
+        pending_order=m["pending_order"],
+        pending_at=m["pending_at"],
     )
 
 
-_CHAT_COLS = (chats.c.chat_id, chats.c.language, chats.c.customer_id, chats.c.misses)
+_CHAT_COLS = (
+    chats.c.chat_id,
+    chats.c.language,
+    chats.c.customer_id,
+    chats.c.misses,
+    chats.c.pending,
+    chats.c.pending_order,
+    chats.c.pending_at,
+)
 
 
 async def chat_of(conn: AsyncConnection, chat_id: int) -> Chat | None:
@@ -109,6 +136,30 @@ async def link_chat(conn: AsyncConnection, chat_id: int, customer_id: int) -> Ch
 
 async def unlink_chat(conn: AsyncConnection, chat_id: int) -> Chat:
     return await _update_chat(conn, chat_id, customer_id=None)
+
+
+async def set_pending(
+    conn: AsyncConnection,
+    chat_id: int,
+    step: str,
+    order_number: str | None = None,
+    *,
+    at: datetime | None = None,
+) -> Chat:
+    """Remember the question the bot just asked this chat (one at a time: replaces any other)."""
+    return await _update_chat(
+        conn, chat_id, pending=step, pending_order=order_number, pending_at=at or utcnow()
+    )
+
+
+async def clear_pending(conn: AsyncConnection, chat_id: int) -> bool:
+    """Forget the pending step. True if one was set (fresh or stale); never creates the chat."""
+    result = await conn.execute(
+        update(chats)
+        .where(chats.c.chat_id == chat_id, chats.c.pending.is_not(None))
+        .values(pending=None, pending_order=None, pending_at=None, updated_at=utcnow())
+    )
+    return bool(result.rowcount)
 
 
 def _norm(value: str) -> str:

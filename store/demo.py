@@ -391,7 +391,7 @@ def _simulate(size: str, seed: int, today: date) -> _Sim:
         for j in range(k):
             placed = start + timedelta(days=6, seconds=int(span * (done + j) / remaining))
             cust = rng.randint(5, n_customers)
-            n_lines = 1 if rng.random() < 0.35 else (2 if rng.random() < 0.8 else 3)
+            n_lines = 1 if rng.random() < 0.1 else (2 if rng.random() < 0.78 else 3)
             lines = []
             for t in range(n_lines):
                 s = hot if hot is not None and rng.random() < hot_share else picks[j * 3 + t]

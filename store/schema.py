@@ -177,6 +177,11 @@ chats = Table(
     Column("misses", Integer, nullable=False, server_default=text("0")),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # The question the bot is waiting for an answer to (e.g. "order_number", "proof"), so any
+    # bot process can take the answer; a step older than PENDING_TTL in store.chats is ignored.
+    Column("pending", String(32)),
+    Column("pending_order", ORDER_NUMBER),
+    Column("pending_at", UTCDateTime),
 )
 
 orders = Table(
