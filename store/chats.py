@@ -21,7 +21,6 @@ from store.schema import (
     verification_attempts,
 )
 
-
 # A question left unanswered this long is forgotten: the customer has moved on, and a late
 # message must not be read as the answer to something they no longer see on screen.
 PENDING_TTL = timedelta(minutes=30)
