@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, datetime
 
 from telegram import BotCommand, LinkPreviewOptions
 from telegram.constants import ParseMode
@@ -29,9 +29,9 @@ COMMANDS = ("orders", "stock", "agent", "language", "help")
 
 
 def build_application(
-    settings: Settings, store: Store, *, today: Callable[[], date] | None = None
+    settings: Settings, store: Store, *, now: Callable[[], datetime] | None = None
 ) -> BotApplication:
-    """Assemble the bot. `today` replaces the shop's calendar (tests move time with it)."""
+    """Assemble the bot. `now` (aware, UTC) replaces the clock: tests move time with it."""
     if settings.bot_token is None:
         raise ValueError("build_application needs a token; run_bot.py supplies the sandbox's")
     request = HTTPXRequest(
@@ -62,7 +62,11 @@ def build_application(
     )
     app.bot_data.settings = settings
     app.bot_data.store = store
-    app.bot_data.renderer = Renderer(settings.zone, today)
+    clock = now or (lambda: datetime.now(UTC))
+    app.bot_data.now = clock
+    app.bot_data.renderer = Renderer(
+        settings.zone, lambda: clock().astimezone(settings.zone).date()
+    )
     register_all(app)
     return app
 

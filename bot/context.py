@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from telegram import Update
@@ -20,6 +22,7 @@ class BotData:
     settings: Settings
     store: Store
     renderer: Renderer
+    now: Callable[[], datetime]  # aware UTC; tests replace it to move time
 
 
 class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], BotData]):
@@ -34,6 +37,9 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
     @property
     def renderer(self) -> Renderer:
         return self.bot_data.renderer
+
+    def now(self) -> datetime:
+        return self.bot_data.now()
 
     async def language_for(self, update: object) -> str:
         """The reader's language: saved choice, then Telegram's language_code, then the shop's."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +20,22 @@ from sandbox.client import SandboxClient
 from store import Store, open_store
 from store.demo import fill_demo
 
-# Demo data is generated relative to this day, and the bot's calendar starts on it.
+# Demo data is generated relative to this day, and the bot's clock starts on it.
 TODAY = date(2026, 11, 26)
+START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # 11:00 in the shop's zone, a Thursday
 
 
 @dataclass
 class Clock:
-    """The shop's calendar as the bot sees it; tests move it."""
+    """The bot's clock (aware UTC); tests move it."""
 
-    today: date = TODAY
+    now: datetime = START
 
-    def __call__(self) -> date:
-        return self.today
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
 
 
 @pytest.fixture
@@ -120,7 +124,7 @@ def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Sett
 @pytest.fixture
 async def bot(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[BotApplication]:
     """The real application, polling the sandbox, with its post_init and post_shutdown."""
-    app = build_application(settings, store, today=clock)
+    app = build_application(settings, store, now=clock)
     await app.initialize()
     assert app.post_init is not None
     await app.post_init(app)
