@@ -95,8 +95,31 @@ def create_engine_for(url: str) -> AsyncEngine:
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade, revision)
+    """Bring the schema to ``revision`` in one transaction.
+
+    On SQLite, Alembic's batch mode rebuilds a table by copy, drop and rename; with foreign
+    keys enforced the drop fails as soon as rows refer to the table. Enforcement is paused
+    for the migration (it can only be switched outside a transaction) and the whole database
+    is checked before commit instead.
+    """
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        try:
+            await conn.run_sync(_upgrade, revision)
+            if sqlite:
+                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if broken:
+                    raise RuntimeError(f"migration to {revision} broke foreign keys: {broken[:5]}")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+        finally:
+            if sqlite:
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await conn.commit()
 
 
 async def open_store(url: str | None = None, *, migrate_schema: bool = True) -> Store:
