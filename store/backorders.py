@@ -465,6 +465,8 @@ async def place_order(
             promised_date=order_lines.c.projected_date,
             last_told_date=order_lines.c.projected_date,
             last_told_at=utcnow(),
+            # Units reserved at once were part of the order confirmation, not later news.
+            told_ready_qty=order_lines.c.qty_allocated,
         )
     )
     return PlacedOrder(int(order_id), order_number, True, tuple(allocated))

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,8 +27,10 @@ from store.backorders import (
     ship,
 )
 from store.db import database_url, open_store
+from store.delays import DelayPolicy, apply_delay_policy, consent_report, delay_lines
 from store.errors import StoreError
 from store.imports import KINDS, ImportFailed, apply_file, parse_file
+from store.outbox import queue_notices
 from store.schema import order_lines, products, restocks, stock
 
 
@@ -119,10 +123,12 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "import":
             async with store.begin() as conn:
                 r = await apply_file(conn, args.kind, args.file)
+                await queue_after_change(conn)
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
             async with store.begin() as conn:
                 proj = await change_restock_date(conn, args.restock_id, args.date, args.reason)
+                await queue_after_change(conn)
             print(
                 f"{args.restock_id}: "
                 + ("date unchanged" if proj is None else f"{len(proj.moved)} lines moved")
@@ -132,6 +138,7 @@ async def _run(args: argparse.Namespace) -> int:
                 raise StoreError("--qty cannot be negative")
             async with store.begin() as conn:
                 rec = await receive_restock(conn, args.restock_id, args.qty)
+                await queue_after_change(conn)
             if rec.changed:
                 print(
                     f"{rec.restock_id}: received {rec.qty}, allocated {rec.qty - rec.to_free_stock}"
@@ -156,6 +163,7 @@ async def _run(args: argparse.Namespace) -> int:
                         f"{args.restock_id}: "
                         + ("already cancelled" if proj is None else "cancelled")
                     )
+                await queue_after_change(conn)
         elif args.command == "ship":
             async with store.begin() as conn:
                 s = await ship(
@@ -167,6 +175,7 @@ async def _run(args: argparse.Namespace) -> int:
                     shipped_on=args.date or date.today(),
                     lines=dict(args.line) if args.line else None,
                 )
+                await queue_after_change(conn)
             print(
                 f"{s.shipment_id}: "
                 + (
@@ -178,6 +187,7 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "report":
             async with store.connect() as conn:
                 await _report(conn, args.limit)
+                await _delay_report(conn, args.limit)
         elif args.command == "demo":
             from store.demo import fill_demo, is_empty
 
@@ -190,6 +200,63 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.close()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else default
+    except ValueError:
+        raise StoreError(f"{name}: not a whole number: {value!r}") from None
+
+
+async def queue_after_change(conn: AsyncConnection) -> None:
+    """Queue the notices a change owes customers, in the change's own transaction, so a
+    notice is never lost and never queued twice. Reads the bot's settings from the same
+    environment variables the bot reads."""
+    zone = ZoneInfo(os.environ.get("SHOP_TIMEZONE") or "Europe/Berlin")
+    action = os.environ.get("DELAY_NO_ANSWER_ACTION", "cancel").strip() or "cancel"
+    if action not in ("cancel", "agents"):
+        raise StoreError(f"DELAY_NO_ANSWER_ACTION: must be cancel or agents: {action!r}")
+    policy = DelayPolicy(
+        silent_consent_days=_env_int("DELAY_SILENT_CONSENT_DAYS", 30),
+        default_ship_days=_env_int("DELAY_DEFAULT_SHIP_DAYS", 30),
+        min_answer_days=_env_int("DELAY_MIN_ANSWER_DAYS", 7),
+        no_answer_action="agents" if action == "agents" else "cancel",
+    )
+    now = datetime.now(UTC)
+    await apply_delay_policy(conn, today=now.astimezone(zone).date(), now=now, policy=policy)
+    await queue_notices(conn, threshold_days=_env_int("NOTICE_THRESHOLD_DAYS", 1), now=now)
+
+
+async def _delay_report(conn: AsyncConnection, limit: int) -> None:
+    totals = await consent_report(conn)
+    print()
+    print(
+        f"delays: {totals.awaiting} awaiting consent, {totals.consented} consented,"
+        f" {totals.cancelled_for_delay} cancelled for delay, {totals.to_agents} with agents"
+    )
+    for status, title in (
+        ("awaiting", "awaiting consent"),
+        ("consented", "consented"),
+        ("cancelled", "cancelled for delay"),
+    ):
+        rows = await delay_lines(conn, status, limit)
+        if not rows:
+            continue
+        print(f"{title}:")
+        for r in rows:
+            answered = (
+                f" {r.answer} {r.answered_at:%Y-%m-%d %H:%M} via {r.answer_channel}"
+                if r.answered_at
+                else ""
+            )
+            print(
+                f"  {r.order_number} line {r.line_no} {r.sku}: promised {r.promised_date},"
+                f" now {r.revised_date or 'unknown'}"
+                + (f", answer by {r.answer_by}" if r.answer_by and not r.answered_at else "")
+                + answered
+            )
 
 
 async def _report(conn: AsyncConnection, limit: int) -> None:

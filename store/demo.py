@@ -663,6 +663,10 @@ async def fill_demo(
                     last_told_date=promised,
                     last_told_at=now,
                     delay_consent=None,
+                    # The demo's history happened before the bot was there to tell it.
+                    told_ready_qty=sim.l_alloc[li] + sim.l_ship[li],
+                    told_shipped_qty=sim.l_ship[li],
+                    told_cancelled_qty=sim.l_cancel[li],
                 )
             )
             if len(rows) >= 20_000:

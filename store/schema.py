@@ -165,6 +165,9 @@ customers = Table(
     Column("notify_delays", Boolean, nullable=False, server_default=true()),
     Column("notify_back_in_stock", Boolean, nullable=False, server_default=true()),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("notify_shipping", Boolean, nullable=False, server_default=true()),
+    # Set when Telegram answered 403 (the customer blocked the bot): nothing more is sent.
+    Column("unreachable_at", UTCDateTime),
     Index(None, "email"),
 )
 
@@ -228,6 +231,11 @@ order_lines = Table(
     # None: never asked; 'asked' | 'accepted' | 'declined'.
     Column("delay_consent", String(16)),
     Column("delay_consent_at", UTCDateTime),
+    # Units the customer has been told about (or queued a notice for), so each allocation,
+    # shipment and cancellation is news exactly once.
+    Column("told_ready_qty", Integer, nullable=False, server_default=text("0")),
+    Column("told_shipped_qty", Integer, nullable=False, server_default=text("0")),
+    Column("told_cancelled_qty", Integer, nullable=False, server_default=text("0")),
     UniqueConstraint("order_id", "line_no"),
     CheckConstraint("qty_ordered > 0", name="qty_ordered_pos"),
     CheckConstraint(
@@ -318,8 +326,45 @@ outbox = Table(
     Column("sent_at", UTCDateTime),
     Column("last_error", Text),
     Column("created_at", UTCDateTime, nullable=False),
-    CheckConstraint("status IN ('pending', 'sent', 'failed', 'dead')", name="status_known"),
+    CheckConstraint(
+        "status IN ('pending', 'sent', 'failed', 'dead', 'no_chat', 'skipped', 'superseded')",
+        name="status_known",
+    ),
     Index(None, "status", "not_before"),
+    Index(None, "customer_id", "status"),
+)
+
+# The record of every delay-option offer (US FTC Mail Order Rule): what was shown, which
+# buttons, the answer, when and through which channel. One row per offer; seq counts the
+# offers made for a line (1 = the first delay).
+delay_offers = Table(
+    "delay_offers",
+    metadata,
+    Column("offer_id", Integer, primary_key=True, autoincrement=True),
+    Column("line_id", Integer, ForeignKey("order_lines.line_id"), nullable=False),
+    Column("order_id", Integer, ForeignKey("orders.order_id"), nullable=False),
+    Column("customer_id", Integer, ForeignKey("customers.customer_id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("promised_date", Date, nullable=False),
+    Column("revised_date", Date),  # None: not known yet
+    Column("consent_needed", Boolean, nullable=False),
+    Column("answer_by", Date),  # explicit consent needed by this day, else the line is cancelled
+    Column("buttons", Text, nullable=False),  # JSON list of the callback data offered
+    Column("shown_text", Text),  # the text as the customer saw it, set when delivered
+    Column("offered_at", UTCDateTime, nullable=False),
+    Column("shown_at", UTCDateTime),
+    Column("channel", String(32)),
+    Column("status", String(16), nullable=False),
+    Column("answer", String(32)),
+    Column("answered_at", UTCDateTime),
+    Column("answer_channel", String(32)),
+    Column("answer_detail", Text),
+    CheckConstraint(
+        "status IN ('open', 'consented', 'cancelled', 'to_agents', 'superseded', 'closed')",
+        name="status_known",
+    ),
+    UniqueConstraint("line_id", "seq"),
+    Index(None, "status", "answer_by"),
 )
 
 back_in_stock_subscriptions = Table(
