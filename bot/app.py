@@ -86,4 +86,7 @@ async def _post_init(app: BotApplication) -> None:
 
 
 async def _post_shutdown(app: BotApplication) -> None:
+    from bot.notices import close
+
+    await close(app)
     await app.bot_data.store.close()

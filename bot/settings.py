@@ -6,6 +6,7 @@ A missing or invalid setting stops start-up with one line naming it (see `load_s
 from __future__ import annotations
 
 import os
+from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -61,6 +62,21 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=3, ge=0, le=10)
     log_level: str = "INFO"
 
+    # Notices the bot sends first (the scheduler): see bot/notices.py and store/outbox.py.
+    notice_threshold_days: int = Field(default=1, ge=1, le=365)
+    send_rate_per_second: float = Field(default=25.0, gt=0, le=10_000)
+    per_chat_interval_seconds: float = Field(default=1.0, ge=0, le=3600)
+    quiet_hours: str = "21:00-08:00"
+    notice_job_interval_seconds: float = Field(default=2.0, ge=0, le=3600)
+    notice_batch_size: int = Field(default=500, ge=1, le=10_000)
+    lease_seconds: int = Field(default=60, ge=5, le=3600)
+    notice_max_attempts: int = Field(default=8, ge=1, le=100)
+    delay_silent_consent_days: int = Field(default=30, ge=0, le=365)
+    delay_default_ship_days: int = Field(default=30, ge=1, le=365)
+    delay_min_answer_days: int = Field(default=7, ge=1, le=90)
+    delay_no_answer_action: Literal["cancel", "agents"] = "cancel"
+    alternative_action: Literal["confirm", "agents"] = "confirm"
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -101,6 +117,26 @@ class Settings(BaseSettings):
         if value not in {"small", "medium", "large"}:
             raise ValueError("must be small, medium or large")
         return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _known_quiet_hours(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", "off"):
+            return "off"
+        try:
+            start, end = (time.fromisoformat(part.strip()) for part in value.split("-"))
+        except ValueError:
+            raise ValueError("must be HH:MM-HH:MM (or off)") from None
+        return f"{start:%H:%M}-{end:%H:%M}"
+
+    @property
+    def quiet_window(self) -> tuple[time, time] | None:
+        """Quiet hours in the shop's zone as (start, end); None when there are none."""
+        if self.quiet_hours == "off":
+            return None
+        start, end = self.quiet_hours.split("-")
+        return time.fromisoformat(start), time.fromisoformat(end)
 
     @property
     def zone(self) -> ZoneInfo:

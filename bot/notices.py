@@ -1,0 +1,603 @@
+"""The scheduler: queue what changed, apply the delay policy, deliver due notices.
+
+Everything here reads the app clock (`app.bot_data.now`), so tests move time and call
+`run_policy`, `queue_due` and `deliver_due` directly; the JobQueue runs `tick` periodically.
+
+Delivery is crash-safe through leases (store.outbox.claim_due): a notice whose send was never
+confirmed is claimed again when its lease runs out, so a killed process loses nothing and
+repeats at most what it had in flight. Rate limits are real time (Telegram's), so the pacer
+uses the monotonic clock, not the app clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from sqlalchemy import select
+from telegram import Bot
+from telegram.constants import ParseMode
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram.request import HTTPXRequest
+
+from bot.context import BotApplication, BotContext
+from bot.render import ButtonSpec
+from store.catalog import names_of, pick_name
+from store.delays import DelayPolicy, apply_delay_policy, offer_for, record_shown
+from store.outbox import (
+    BACK_IN_STOCK,
+    DELAY_CANCELLED,
+    DELAY_OFFER,
+    ORDER_UPDATE,
+    Claimed,
+    claim_due,
+    finish,
+    mark_unreachable,
+    queue_notices,
+    retry_later,
+)
+from store.schema import products
+
+log = logging.getLogger(__name__)
+
+# Backoff for 5xx and timeouts: 2, 4, 8 ... seconds, at most this.
+MAX_BACKOFF = timedelta(minutes=5)
+# While an agent owns the thread and the topic cannot take the notice yet, look again then.
+HOLD = timedelta(minutes=1)
+# Results are written back in small batches: a kill repeats at most these plus what was in
+# flight.
+FLUSH_EVERY = 64
+FLUSH_SECONDS = 0.1
+
+
+@dataclass
+class DeliveryReport:
+    claimed: int = 0
+    sent: int = 0
+    to_agents: int = 0
+    skipped: int = 0  # nothing left after the customer's choices
+    retried: int = 0  # 5xx, timeouts: back later
+    rate_limited: int = 0  # 429s received
+    failed: int = 0
+    unreachable: int = 0  # 403: customer blocked the bot
+    held: int = 0  # agent owns the thread
+    no_chat: int = 0
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    rows: tuple[tuple[ButtonSpec, ...], ...]
+    offer_id: int | None = None
+
+
+@dataclass
+class _Sender:
+    """Per-application delivery state: its own Bot (PTB's AIORateLimiter would cap and retry
+    behind our back), the pacer, and the last send per chat."""
+
+    bot: Bot
+    rate: float
+    per_chat: float
+    next_slot: float = 0.0
+    paused_until: float = 0.0
+    last_to_chat: dict[int, float] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    worker: str = field(default_factory=lambda: f"pid{os.getpid()}")
+
+    async def slot(self) -> None:
+        while True:
+            now = time.monotonic()
+            start = max(now, self.next_slot, self.paused_until)
+            if start <= now:
+                self.next_slot = now + 1 / self.rate
+                return
+            await asyncio.sleep(start - now)
+
+    async def chat_slot(self, chat_id: int) -> None:
+        last = self.last_to_chat.get(chat_id)
+        if last is not None:
+            wait = last + self.per_chat - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        await self.slot()
+        self.last_to_chat[chat_id] = time.monotonic()
+        if len(self.last_to_chat) > 100_000:
+            horizon = time.monotonic() - self.per_chat
+            self.last_to_chat = {c: t for c, t in self.last_to_chat.items() if t > horizon}
+
+
+_senders: weakref.WeakKeyDictionary[BotApplication, _Sender] = weakref.WeakKeyDictionary()
+
+
+def _sender(app: BotApplication) -> _Sender:
+    sender = _senders.get(app)
+    if sender is None:
+        s = app.bot_data.settings
+        request = HTTPXRequest(
+            connection_pool_size=256,
+            read_timeout=s.request_timeout,
+            write_timeout=s.request_timeout,
+            connect_timeout=s.request_timeout,
+            pool_timeout=s.request_timeout,
+        )
+        bot = Bot(
+            app.bot.token,
+            base_url=app.bot.base_url.removesuffix(app.bot.token),
+            base_file_url=app.bot.base_file_url.removesuffix(app.bot.token),
+            request=request,
+        )
+        sender = _Sender(bot, s.send_rate_per_second, s.per_chat_interval_seconds)
+        _senders[app] = sender
+    return sender
+
+
+async def close(app: BotApplication) -> None:
+    sender = _senders.pop(app, None)
+    if sender is not None:
+        # Bot.shutdown skips a bot that never ran initialize (a get_me we do not need).
+        await sender.bot.request.shutdown()
+
+
+def delay_policy(app: BotApplication) -> DelayPolicy:
+    s = app.bot_data.settings
+    return DelayPolicy(
+        silent_consent_days=s.delay_silent_consent_days,
+        default_ship_days=s.delay_default_ship_days,
+        min_answer_days=s.delay_min_answer_days,
+        no_answer_action=s.delay_no_answer_action,
+    )
+
+
+def shop_today(app: BotApplication) -> date:
+    return app.bot_data.now().astimezone(app.bot_data.settings.zone).date()
+
+
+def in_quiet_hours(app: BotApplication, now: datetime | None = None) -> bool:
+    window = app.bot_data.settings.quiet_window
+    if window is None:
+        return False
+    local = (now or app.bot_data.now()).astimezone(app.bot_data.settings.zone).time()
+    start, end = window
+    if start <= end:
+        return start <= local < end
+    return local >= start or local < end
+
+
+async def run_policy(app: BotApplication) -> None:
+    """Apply the delay policy and queue what changed: one transaction, like any change."""
+    now = app.bot_data.now()
+    async with app.bot_data.store.begin() as conn:
+        await apply_delay_policy(conn, today=shop_today(app), now=now, policy=delay_policy(app))
+        await queue_notices(
+            conn, threshold_days=app.bot_data.settings.notice_threshold_days, now=now
+        )
+
+
+async def tick(context: BotContext) -> None:
+    app: BotApplication = context.application  # type: ignore[assignment]
+    try:
+        await run_policy(app)
+        await deliver_due(app)
+    except Exception:
+        # The job must outlive one bad round; the next tick tries again.
+        log.exception("notice round failed")
+
+
+def schedule(app: BotApplication) -> None:
+    interval = app.bot_data.settings.notice_job_interval_seconds
+    if interval <= 0 or app.job_queue is None:
+        return
+    app.job_queue.run_repeating(
+        tick, interval=interval, first=interval, name="notices", job_kwargs={"max_instances": 1}
+    )
+
+
+# --- delivery ----------------------------------------------------------------------------
+
+
+async def deliver_due(app: BotApplication, *, max_rounds: int | None = None) -> DeliveryReport:
+    """Send every notice that is due now, within the limits; returns what happened."""
+    report = DeliveryReport()
+    if in_quiet_hours(app):
+        report.quiet = True
+        return report
+    sender = _sender(app)
+    if sender.lock.locked():
+        return report  # another round is running in this process
+    async with sender.lock:
+        rounds = 0
+        while max_rounds is None or rounds < max_rounds:
+            rounds += 1
+            if not await _round(app, sender, report):
+                break
+            if in_quiet_hours(app):
+                break
+    return report
+
+
+async def _round(app: BotApplication, sender: _Sender, report: DeliveryReport) -> bool:
+    settings = app.bot_data.settings
+    store = app.bot_data.store
+    now = app.bot_data.now()
+    async with store.begin() as conn:
+        batch = await claim_due(
+            conn,
+            worker=sender.worker,
+            now=now,
+            lease=timedelta(seconds=settings.lease_seconds),
+            limit=settings.notice_batch_size,
+        )
+    if not batch:
+        return False
+    report.claimed += len(batch)
+    names = await _names(app, batch)
+    results = _Results(app, report)
+    flusher = asyncio.create_task(results.run())
+    try:
+        by_chat: dict[int, list[Claimed]] = defaultdict(list)
+        for notice in batch:
+            by_chat[notice.chat_id].append(notice)
+        await asyncio.gather(
+            *(
+                _to_chat(app, sender, chat_id, items, names, results)
+                for chat_id, items in by_chat.items()
+            )
+        )
+    finally:
+        results.closing = True
+        await flusher
+    return True
+
+
+class _Results:
+    """Outcomes written back in small batches by one task, so sends never wait on the
+    database and a kill repeats little."""
+
+    def __init__(self, app: BotApplication, report: DeliveryReport) -> None:
+        self.app = app
+        self.report = report
+        self.pending: list[Callable[[Any], Awaitable[None]]] = []
+        self.closing = False
+        self.sent: list[int] = []
+
+    def add(self, step: Callable[[Any], Awaitable[None]]) -> None:
+        self.pending.append(step)
+
+    def sent_now(self, outbox_id: int) -> None:
+        self.sent.append(outbox_id)
+
+    async def flush(self) -> None:
+        steps, self.pending = self.pending, []
+        sent, self.sent = self.sent, []
+        if not steps and not sent:
+            return
+        async with self.app.bot_data.store.begin() as conn:
+            if sent:
+                await finish(conn, sent, "sent", at=self.app.bot_data.now())
+            for step in steps:
+                await step(conn)
+
+    async def run(self) -> None:
+        while not self.closing:
+            await asyncio.sleep(FLUSH_SECONDS)
+            if len(self.sent) + len(self.pending) >= 1:
+                await self.flush()
+        await self.flush()
+
+
+async def _to_chat(
+    app: BotApplication,
+    sender: _Sender,
+    chat_id: int,
+    items: list[Claimed],
+    names: dict[str, dict[str, str]],
+    results: _Results,
+) -> None:
+    for notice in items:
+        await _one(app, sender, notice, names, results)
+
+
+async def _one(
+    app: BotApplication,
+    sender: _Sender,
+    notice: Claimed,
+    names: dict[str, dict[str, str]],
+    results: _Results,
+) -> None:
+    report = results.report
+    nid = notice.outbox_id
+    if notice.chat_id == 0:
+        report.no_chat += 1
+        results.add(partial(finish, outbox_ids=[nid], status="no_chat"))
+        return
+    if notice.unreachable:
+        report.unreachable += 1
+        results.add(partial(finish, outbox_ids=[nid], status="dead", error="customer unreachable"))
+        return
+    language = notice.language or app.bot_data.settings.default_language
+    rendered = await _render(app, notice, names, language)
+    if rendered is None:
+        report.skipped += 1
+        results.add(partial(finish, outbox_ids=[nid], status="skipped", error="nothing to tell"))
+        return
+
+    handoff = await _agent_route(app, notice.chat_id)
+    if handoff is not None:
+        route, post = handoff
+        if post is not None and await post(app, notice.chat_id, rendered.text):
+            report.to_agents += 1
+            results.add(partial(finish, outbox_ids=[nid], status="sent", at=app.bot_data.now()))
+            if rendered.offer_id is not None:
+                await _shown(results, rendered, "agent_topic")
+            return
+        report.held += 1
+        until = app.bot_data.now() + HOLD
+        results.add(
+            lambda conn: retry_later(
+                conn,
+                [nid],
+                until,
+                error=f"held: agent owns the thread ({route})",
+                refund_attempt=True,
+            )
+        )
+        return
+
+    markup = app.bot_data.renderer.keyboard(language, rendered.rows) if rendered.rows else None
+    attempts_429 = 0
+    while True:
+        await sender.chat_slot(notice.chat_id)
+        try:
+            await sender.bot.send_message(
+                notice.chat_id,
+                rendered.text,
+                parse_mode=ParseMode.HTML,
+                reply_markup=markup,
+                disable_web_page_preview=True,
+            )
+        except RetryAfter as exc:
+            report.rate_limited += 1
+            attempts_429 += 1
+            wait = exc.retry_after
+            seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+            # A 429 is about the whole bot, not this chat: everyone waits.
+            sender.paused_until = max(sender.paused_until, time.monotonic() + seconds)
+            if attempts_429 <= 3:
+                continue
+            until = app.bot_data.now() + timedelta(seconds=seconds)
+            report.retried += 1
+            results.add(
+                partial(
+                    retry_later,
+                    outbox_ids=[nid],
+                    not_before=until,
+                    error="429",
+                    refund_attempt=True,
+                )
+            )
+            return
+        except Forbidden as exc:
+            report.unreachable += 1
+            customer_id = notice.customer_id
+            error = str(exc)
+            at = app.bot_data.now()
+
+            results.add(partial(_blocked, nid=nid, customer_id=customer_id, at=at, error=error))
+            return
+        except BadRequest as exc:
+            report.failed += 1
+            error = str(exc)
+            results.add(partial(finish, outbox_ids=[nid], status="failed", error=error))
+            return
+        except (NetworkError, TelegramError) as exc:
+            # 5xx and timeouts: maybe delivered, maybe not; try again after a backoff.
+            error = f"{type(exc).__name__}: {exc}"
+            if notice.attempts >= app.bot_data.settings.notice_max_attempts:
+                report.failed += 1
+                results.add(partial(finish, outbox_ids=[nid], status="failed", error=error))
+                return
+            report.retried += 1
+            backoff = min(timedelta(seconds=2**notice.attempts), MAX_BACKOFF)
+            until = app.bot_data.now() + backoff
+            results.add(partial(retry_later, outbox_ids=[nid], not_before=until, error=error))
+            return
+        report.sent += 1
+        results.sent_now(nid)
+        if rendered.offer_id is not None:
+            await _shown(results, rendered, "telegram")
+        return
+
+
+async def _blocked(
+    conn: Any, *, nid: int, customer_id: int | None, at: datetime, error: str
+) -> None:
+    if customer_id is not None:
+        await mark_unreachable(conn, customer_id, at)
+    await finish(conn, [nid], "dead", error=error)
+
+
+async def _shown(results: _Results, rendered: Rendered, channel: str) -> None:
+    offer_id = rendered.offer_id
+    assert offer_id is not None
+    at = results.app.bot_data.now()
+    buttons = [spec[1] for row in rendered.rows for spec in row]
+    results.add(
+        lambda conn: record_shown(
+            conn, offer_id, text=rendered.text, buttons=buttons, channel=channel, at=at
+        )
+    )
+
+
+AgentRoute = tuple[str, Callable[[Any, int, str], Awaitable[bool]] | None]
+
+
+async def _agent_route(app: BotApplication, chat_id: int) -> AgentRoute | None:
+    """While an agent owns the customer's thread, notices go to the agent's topic. The
+    handoff capability lives in its own modules; without them nobody owns a thread."""
+    try:
+        handoffs = importlib.import_module("store.handoffs")
+    except ImportError:
+        return None
+    active = getattr(handoffs, "active_handoff", None)
+    if active is None:
+        return None
+    async with app.bot_data.store.connect() as conn:
+        found = await active(conn, chat_id)
+    if not found:
+        return None
+    try:
+        post = getattr(importlib.import_module("bot.handlers.handoff"), "post_to_topic", None)
+    except ImportError:
+        post = None
+    return ("topic", post)
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+async def _names(app: BotApplication, batch: Sequence[Claimed]) -> dict[str, dict[str, str]]:
+    skus: set[str] = set()
+    for n in batch:
+        if n.kind == ORDER_UPDATE:
+            skus.update(line["sku"] for line in n.payload["lines"])
+        elif n.kind == BACK_IN_STOCK:
+            skus.add(n.payload["sku"])
+    if not skus:
+        return {}
+    found: dict[str, dict[str, str]] = {}
+    cols = (
+        products.c.sku,
+        products.c.name_en,
+        products.c.name_de,
+        products.c.name_es,
+        products.c.name_ru,
+    )
+    async with app.bot_data.store.connect() as conn:
+        sku_list = sorted(skus)
+        for i in range(0, len(sku_list), 900):
+            for r in await conn.execute(
+                select(*cols).where(products.c.sku.in_(sku_list[i : i + 900]))
+            ):
+                found[r.sku] = names_of(r)
+    return found
+
+
+def _day(value: str | None) -> date | None:
+    return date.fromisoformat(value) if value else None
+
+
+async def _render(
+    app: BotApplication, notice: Claimed, names: dict[str, dict[str, str]], language: str
+) -> Rendered | None:
+    renderer = app.bot_data.renderer
+    p = notice.payload
+    if notice.kind == ORDER_UPDATE:
+        lines = []
+        for line in p["lines"]:
+            view: dict[str, Any] = {
+                "ready": 0,
+                "shipped": 0,
+                "cancelled": 0,
+                "carrier": None,
+                "tracking": None,
+                **line,
+            }
+            view["name"] = pick_name(names.get(line["sku"], {"en": line["sku"]}), language)
+            view["old"] = _day(line.get("old"))
+            view["new"] = _day(line.get("new"))
+            view["shipped_on"] = _day(line.get("shipped_on"))
+            view["moved"] = "old" in line or "new" in line
+            if view["moved"] and not notice.notify_delays:
+                view["moved"] = False
+            if not notice.notify_shipping:
+                view["ready"] = view["shipped"] = 0
+            if view["moved"] or view.get("ready") or view.get("shipped") or view.get("cancelled"):
+                lines.append(view)
+        if not lines:
+            return None
+        text = renderer.text(
+            "notice_order.j2", language, order_number=p["order_number"], lines=lines
+        )
+        rows: tuple[tuple[ButtonSpec, ...], ...] = (
+            (("notice_order", f"o:{p['order_number']}", {"number": p["order_number"]}),),
+            (("notifications", "ntf:menu"),),
+        )
+        return Rendered(text, rows)
+    if notice.kind == BACK_IN_STOCK:
+        if not notice.notify_back_in_stock:
+            return None
+        name = pick_name(names.get(p["sku"], {"en": p["sku"]}), language)
+        text = renderer.text("notice_back_in_stock.j2", language, name=name)
+        return Rendered(text, ((("notice_product", f"p:{p['sku']}", {"name": name}),),))
+    if notice.kind in (DELAY_OFFER, DELAY_CANCELLED):
+        return await _render_delay(app, notice, language)
+    log.warning("unknown notice kind %s", notice.kind)
+    return None
+
+
+async def _render_delay(app: BotApplication, notice: Claimed, language: str) -> Rendered | None:
+    from store.catalog import alternatives_in_stock
+
+    renderer = app.bot_data.renderer
+    offer_id = int(notice.payload["offer_id"])
+    if notice.customer_id is None:
+        return None
+    async with app.bot_data.store.connect() as conn:
+        offer = await offer_for(conn, offer_id, notice.customer_id)
+        if offer is None:
+            return None
+        name = await _product_name(conn, offer.sku, language)
+        alternatives = (
+            await alternatives_in_stock(conn, offer.sku, limit=1)
+            if notice.kind == DELAY_OFFER
+            else []
+        )
+    if notice.kind == DELAY_CANCELLED:
+        qty = int(notice.payload.get("qty") or 0)
+        text = renderer.text(
+            "delay_auto_cancelled.j2",
+            language,
+            offer=offer,
+            name=name,
+            qty=qty,
+            refund=qty * offer.unit_price_minor,
+        )
+        rows: tuple[tuple[ButtonSpec, ...], ...] = (
+            (("notice_order", f"o:{offer.order_number}", {"number": offer.order_number}),),
+        )
+        return Rendered(text, rows)
+    from bot.handlers.delays import offer_rows
+
+    if offer.status not in ("open", "consented") or not offer.latest:
+        return None  # answered or replaced before it could be sent
+    text = renderer.text(
+        "delay_offer.j2",
+        language,
+        offer=offer,
+        name=name,
+        refund=offer.qty_waiting * offer.unit_price_minor,
+    )
+    return Rendered(text, offer_rows(offer, has_alternatives=bool(alternatives)), offer_id)
+
+
+async def _product_name(conn: Any, sku: str, language: str) -> str:
+    row = (
+        await conn.execute(
+            select(
+                products.c.name_en, products.c.name_de, products.c.name_es, products.c.name_ru
+            ).where(products.c.sku == sku)
+        )
+    ).first()
+    return pick_name(names_of(row), language) if row is not None else sku
