@@ -11,7 +11,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,10 +28,14 @@ from store.backorders import (
 )
 from store.db import database_url, open_store
 from store.delays import DelayPolicy, apply_delay_policy, consent_report, delay_lines
-from store.errors import StoreError
+from store.errors import NotFound, StoreError
 from store.imports import KINDS, ImportFailed, apply_file, parse_file
+from store.links import make_link_code
 from store.outbox import queue_notices
-from store.schema import order_lines, products, restocks, stock
+from store.schema import customers, order_lines, orders, products, restocks, stock
+
+# The bot's own default (bot.settings), so demo links work without configuring anything.
+DEMO_LINK_SECRET = "change-me-in-production"
 
 
 def _iso(value: str) -> date:
@@ -101,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="print the backorder report per SKU")
     rp.add_argument("--limit", type=int, default=50)
+
+    ln = sub.add_parser("link", help="print a deep link that links a Telegram chat to a customer")
+    target = ln.add_mutually_exclusive_group(required=True)
+    target.add_argument("--customer", type=int, help="customer id")
+    target.add_argument("--order", help="order number (the link opens that order)")
+    ln.add_argument(
+        "--bot-username",
+        default=os.environ.get("BOT_USERNAME") or "backorder_demo_bot",
+        help="the bot's username (default: $BOT_USERNAME or backorder_demo_bot)",
+    )
+    ln.add_argument(
+        "--secret",
+        default=os.environ.get("LINK_SECRET"),
+        help="the bot's LINK_SECRET (default: $LINK_SECRET)",
+    )
+    ln.add_argument("--days", type=int, default=30, help="days the link stays valid (default 30)")
 
     dm = sub.add_parser("demo", help="fill an empty database with demo data")
     dm.add_argument("--size", choices=["small", "medium", "large"], default="small")
@@ -188,6 +208,10 @@ async def _run(args: argparse.Namespace) -> int:
             async with store.connect() as conn:
                 await _report(conn, args.limit)
                 await _delay_report(conn, args.limit)
+        elif args.command == "link":
+            async with store.connect() as conn:
+                code = await _link_code(conn, args)
+            print(f"https://t.me/{args.bot_username.lstrip('@')}?start={code}")
         elif args.command == "demo":
             from store.demo import fill_demo, is_empty
 
@@ -200,6 +224,36 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.close()
+
+
+async def _link_code(conn: AsyncConnection, args: argparse.Namespace) -> str:
+    if not 1 <= args.days <= 365:
+        raise StoreError("--days must be between 1 and 365")
+    secret = args.secret
+    if not secret:
+        print("warning: LINK_SECRET is not set; using the demo default", file=sys.stderr)
+        secret = DEMO_LINK_SECRET
+    order_id: int | None = None
+    if args.order is not None:
+        row = (
+            await conn.execute(
+                select(orders.c.order_id, orders.c.customer_id).where(
+                    orders.c.order_number == args.order.strip()
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"no order {args.order}")
+        order_id, customer_id = int(row.order_id), int(row.customer_id)
+    else:
+        customer_id = args.customer
+        found = await conn.scalar(
+            select(customers.c.customer_id).where(customers.c.customer_id == customer_id)
+        )
+        if found is None:
+            raise NotFound(f"no customer {customer_id}")
+    expires_at = datetime.now(UTC) + timedelta(days=args.days)
+    return make_link_code(secret, customer_id, expires_at=expires_at, order_id=order_id)
 
 
 def _env_int(name: str, default: int) -> int:

@@ -8,11 +8,11 @@ must come last or it would swallow everything.
 from __future__ import annotations
 
 from bot.context import BotApplication
-from bot.handlers import delays, errors, fallback, language, notifications, start
+from bot.handlers import account, delays, errors, fallback, language, notifications, start
 
 
 def register_all(app: BotApplication) -> None:
-    for module in (start, language, notifications, delays):
+    for module in (account, start, language, notifications, delays):
         module.register(app)
     fallback.register(app)
     errors.register(app)

@@ -1,0 +1,137 @@
+"""`backorder-admin link`: the deep link for a customer or one order."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from store import open_store
+from store.cli import DEMO_LINK_SECRET, main
+from store.demo import fill_demo
+from store.links import read_link_code
+from store.schema import orders
+
+URL = re.compile(r"https://t\.me/(\w+)\?start=([A-Za-z0-9_-]{1,64})")
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('link') / 'demo.sqlite3'}"
+
+    async def build() -> None:
+        store = await open_store(url)
+        try:
+            await fill_demo(store, "small")
+        finally:
+            await store.close()
+
+    asyncio.run(build())
+    return url
+
+
+@pytest.fixture(autouse=True)
+def _no_bot_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BOT_USERNAME", "LINK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def link(demo_url: str, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[str, str]:
+    assert main(["--db", demo_url, "link", *argv]) == 0
+    out = capsys.readouterr().out
+    match = URL.fullmatch(out.strip())
+    assert match is not None, out
+    return match.group(1), match.group(2)
+
+
+def order_id(demo_url: str, number: str) -> int:
+    async def read() -> int:
+        store = await open_store(demo_url)
+        try:
+            async with store.connect() as conn:
+                found = await conn.scalar(
+                    select(orders.c.order_id).where(orders.c.order_number == number)
+                )
+        finally:
+            await store.close()
+        assert found is not None
+        return int(found)
+
+    return asyncio.run(read())
+
+
+def test_a_link_for_a_customer(demo_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    before = datetime.now(UTC)
+    bot, code = link(
+        demo_url, capsys, "--customer", "1", "--bot-username", "shop_bot", "--secret", "s3cret"
+    )
+    assert bot == "shop_bot"
+    decoded = read_link_code("s3cret", code)
+    assert decoded is not None
+    assert (decoded.customer_id, decoded.order_id) == (1, None)
+    # Whole seconds in the code, so allow for the truncation.
+    assert before + timedelta(days=30, seconds=-1) <= decoded.expires_at
+    assert decoded.expires_at <= datetime.now(UTC) + timedelta(days=30)
+    assert read_link_code("another-secret", code) is None
+
+
+def test_a_link_for_an_order_names_its_customer_and_the_order(
+    demo_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _bot, code = link(demo_url, capsys, "--order", "100005", "--secret", "s3cret", "--days", "7")
+    decoded = read_link_code("s3cret", code)
+    assert decoded is not None
+    assert (decoded.customer_id, decoded.order_id) == (2, order_id(demo_url, "100005"))
+    assert decoded.expires_at <= datetime.now(UTC) + timedelta(days=7)
+    assert decoded.expires_at > datetime.now(UTC) + timedelta(days=6)
+
+
+def test_defaults_come_from_the_environment(
+    demo_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_USERNAME", "envshop_bot")
+    monkeypatch.setenv("LINK_SECRET", "from-env")
+    bot, code = link(demo_url, capsys, "--customer", "4")
+    assert bot == "envshop_bot"
+    decoded = read_link_code("from-env", code)
+    assert decoded is not None and decoded.customer_id == 4
+
+
+def test_without_any_secret_the_demo_default_is_used_with_a_warning(
+    demo_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--db", demo_url, "link", "--customer", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == "warning: LINK_SECRET is not set; using the demo default"
+    match = URL.fullmatch(out.strip())
+    assert match is not None and match.group(1) == "backorder_demo_bot"
+    assert read_link_code(DEMO_LINK_SECRET, match.group(2)) is not None
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--customer", "999"], "error: no customer 999"),
+        (["--order", "999999"], "error: no order 999999"),
+        (["--customer", "1", "--days", "0"], "error: --days must be between 1 and 365"),
+    ],
+)
+def test_unknown_targets_are_refused(
+    demo_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], error: str
+) -> None:
+    assert main(["--db", demo_url, "link", *argv, "--secret", "s"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == error
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["--customer", "1", "--order", "100001"], ["--customer", "one"]]
+)
+def test_exactly_one_target_is_required(
+    demo_url: str, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main(["--db", demo_url, "link", *argv]) == 2
+    assert capsys.readouterr().out == ""
