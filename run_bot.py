@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from pydantic import SecretStr
-from store.demo import fill_demo, is_empty
 from telegram import Update
 
 from bot.app import build_application
 from bot.settings import Settings, SettingsError, load_settings
 from store.db import Store, create_engine_for, migrate
+from store.demo import fill_demo, is_empty
 
 log = logging.getLogger("backorder-bot")
 
@@ -81,6 +81,27 @@ async def _prepare_demo(settings: Settings) -> None:
         await store.close()
 
 
+# --- sandbox only: the support group, so the playground shows the agents' side ------------
+
+SANDBOX_SUPPORT_CHAT_ID = -1001000000999
+SANDBOX_AGENT_ID = 900001
+
+
+async def _sandbox_support_group(sandbox: _SandboxHandle, settings: Settings) -> Settings:
+    """Create a forum supergroup with one agent in the sandbox and point the bot at it,
+    unless SUPPORT_CHAT_ID names one already."""
+    if settings.support_chat_id is not None:
+        return settings
+    from sandbox.client import SandboxClient
+
+    async with SandboxClient(sandbox.url) as client:
+        await client.create_user(SANDBOX_AGENT_ID, first_name="Agent")
+        await client.create_supergroup(
+            "Support", chat_id=SANDBOX_SUPPORT_CHAT_ID, administrators=[SANDBOX_AGENT_ID]
+        )
+    return settings.model_copy(update={"support_chat_id": SANDBOX_SUPPORT_CHAT_ID})
+
+
 def main() -> int:
     try:
         settings = load_settings()
@@ -107,6 +128,7 @@ def main() -> int:
             }
         )
         asyncio.run(_prepare_demo(settings))
+        settings = asyncio.run(_sandbox_support_group(sandbox, settings))
 
     store = Store(create_engine_for(settings.database_url), settings.database_url)
     app = build_application(settings, store)

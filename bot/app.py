@@ -14,6 +14,7 @@ from telegram.request import HTTPXRequest
 
 from bot.context import BotApplication, BotContext, BotData
 from bot.handlers import register_all
+from bot.handlers.handoff import check_support_group
 from bot.render import Renderer
 from bot.settings import SUPPORTED_LANGUAGES, Settings
 from store.db import Store, migrate
@@ -82,6 +83,7 @@ async def _post_init(app: BotApplication) -> None:
             BotCommand(name, renderer.plain("commands.j2", name, language)) for name in COMMANDS
         ]
         await app.bot.set_my_commands(commands, language_code=code)
+    await check_support_group(app)
     log.info("bot @%s is up", app.bot.username)
 
 

@@ -77,6 +77,17 @@ class Settings(BaseSettings):
     delay_no_answer_action: Literal["cancel", "agents"] = "cancel"
     alternative_action: Literal["confirm", "agents"] = "confirm"
 
+    # Handoff to people: the support supergroup (a forum) with one topic per customer.
+    support_chat_id: int | None = None
+    agents: Literal["members", "admins"] = "members"
+    business_hours: str = "09:00-18:00"
+    business_days: str = "mon-fri"
+    agent_signature: bool = False
+    support_contact: str = ""
+    no_answer_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    idle_handback_hours: int = Field(default=24, ge=1, le=24 * 30)
+    handoff_check_seconds: int = Field(default=60, ge=5, le=3600)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -118,6 +129,34 @@ class Settings(BaseSettings):
             raise ValueError("must be small, medium or large")
         return value
 
+    @field_validator("support_chat_id", mode="before")
+    @classmethod
+    def _blank_chat_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("business_hours")
+    @classmethod
+    def _known_hours(cls, value: str) -> str:
+        opens, closes = parse_business_hours(value)
+        if opens >= closes:
+            raise ValueError("must be HH:MM-HH:MM with the opening before the closing")
+        return value.strip()
+
+    @field_validator("business_days")
+    @classmethod
+    def _known_days(cls, value: str) -> str:
+        parse_business_days(value)
+        return value.strip().lower()
+
+    @property
+    def open_hours(self) -> tuple[time, time]:
+        return parse_business_hours(self.business_hours)
+
+    @property
+    def open_days(self) -> frozenset[int]:
+        """Weekdays the team works, Monday = 0."""
+        return parse_business_days(self.business_days)
+
     @field_validator("quiet_hours")
     @classmethod
     def _known_quiet_hours(cls, value: str) -> str:
@@ -145,6 +184,32 @@ class Settings(BaseSettings):
     @property
     def sandboxed(self) -> bool:
         return self.bot_token is None
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def parse_business_hours(value: str) -> tuple[time, time]:
+    """ "09:00-18:00" -> (09:00, 18:00)."""
+    try:
+        opens, closes = (time.fromisoformat(part.strip()) for part in value.split("-"))
+    except ValueError:
+        raise ValueError("must be HH:MM-HH:MM, e.g. 09:00-18:00") from None
+    return opens, closes
+
+
+def parse_business_days(value: str) -> frozenset[int]:
+    """ "mon-fri", "mon,wed,fri", "mon-fri,sun" -> weekday numbers (Monday = 0)."""
+    days: set[int] = set()
+    for part in value.lower().replace(" ", "").split(","):
+        first, _, last = part.partition("-")
+        if first not in _DAYS or (last and last not in _DAYS):
+            raise ValueError("must be days like mon-fri or mon,wed,fri")
+        start, stop = _DAYS.index(first), _DAYS.index(last or first)
+        days.update(
+            range(start, stop + 1) if start <= stop else [*range(start, 7), *range(stop + 1)]
+        )
+    return frozenset(days)
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -398,4 +399,70 @@ verification_attempts = Table(
     Column("at", UTCDateTime, nullable=False),
     Index(None, "chat_id", "at"),
     Index(None, "order_number", "at"),
+)
+
+# One row per customer chat that was ever handed to a person: the chat's forum topic in the
+# support group, reused for every later escalation. UNIQUE(chat_id) is what keeps it one topic
+# even when two bot processes escalate the same customer at once.
+handoffs = Table(
+    "handoffs",
+    metadata,
+    Column("handoff_id", Integer, primary_key=True, autoincrement=True),
+    Column("chat_id", BigInteger, ForeignKey("chats.chat_id"), nullable=False, unique=True),
+    Column("support_chat_id", BigInteger, nullable=False),
+    Column("thread_id", BigInteger),
+    Column("card_message_id", BigInteger),
+    # 'waiting': the customer wrote last (or nobody yet); 'answered': an agent did; 'closed'.
+    Column("state", String(16), nullable=False),
+    Column("reason", String(20), nullable=False),
+    Column("customer_name", String(200), nullable=False),
+    Column("username", String(64)),
+    Column("telegram_language", String(16)),
+    Column("escalations", Integer, nullable=False, server_default=text("0")),
+    Column("opened_at", UTCDateTime, nullable=False),
+    Column("last_activity_at", UTCDateTime, nullable=False),
+    Column("answered_at", UTCDateTime),
+    Column("no_answer_due_at", UTCDateTime),
+    Column("no_answer_told_at", UTCDateTime),
+    Column("closed_at", UTCDateTime),
+    Column("customer_blocked", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("support_chat_id", "thread_id"),
+    CheckConstraint("state IN ('waiting', 'answered', 'closed')", name="state_known"),
+    CheckConstraint(
+        "reason IN ('asked', 'misunderstood', 'delay_policy', 'agent_pulled')", name="reason_known"
+    ),
+    Index(None, "state", "no_answer_due_at"),
+    Index(None, "state", "last_activity_at"),
+)
+
+# Every escalation of a handoff, for the card's history ("earlier escalations").
+handoff_escalations = Table(
+    "handoff_escalations",
+    metadata,
+    Column("escalation_id", Integer, primary_key=True, autoincrement=True),
+    Column("handoff_id", Integer, ForeignKey("handoffs.handoff_id"), nullable=False),
+    Column("reason", String(20), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    # 'agent' | 'idle' | 'customer' | 'failed'
+    Column("ended_by", String(16)),
+    Column("agent_name", String(200)),
+    Index(None, "handoff_id", "started_at"),
+)
+
+# Which relayed copy belongs to which original, so edits can follow; dropped at hand-back.
+handoff_messages = Table(
+    "handoff_messages",
+    metadata,
+    Column("link_id", Integer, primary_key=True, autoincrement=True),
+    Column("handoff_id", Integer, ForeignKey("handoffs.handoff_id"), nullable=False),
+    Column("source_chat_id", BigInteger, nullable=False),
+    Column("source_message_id", BigInteger, nullable=False),
+    Column("copy_chat_id", BigInteger, nullable=False),
+    Column("copy_message_id", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("source_chat_id", "source_message_id"),
+    Index(None, "handoff_id"),
 )
