@@ -288,7 +288,7 @@ async def test_messages_of_every_kind_and_their_edits_are_relayed_both_ways(
     await tg.say(ANNA, "/agent", quiet=QUIET)
     thread = (await _topic(tg))["message_thread_id"]
     # Customer -> topic: text and every kind of media, silently for the customer.
-    assert await tg.say(ANNA, "Wo bleibt meine Kaffeemaschine?", quiet=QUIET) == []
+    assert await tg.say(ANNA, "Wo bleibt meine Kaffeemaschine?", timeout=0.5, quiet=QUIET) == []
     for media in MEDIA:
         sent = await tg.send_message(ANNA, **media)
         assert await tg.collect(ANNA, sent["message_id"], timeout=0.5, quiet=QUIET) == []
@@ -356,10 +356,10 @@ async def test_the_bot_is_silent_to_the_customer_and_its_notices_go_to_the_topic
     await tg.say(ANNA, "/agent", quiet=QUIET)
     thread = (await _topic(tg))["message_thread_id"]
     # Commands and buttons the bot would answer are the agent's business now.
-    assert await tg.say(ANNA, "/help", quiet=QUIET) == []
+    assert await tg.say(ANNA, "/help", timeout=0.5, quiet=QUIET) == []
     [greeting] = [r for r in await tg.transcript(ANNA) if r["from_bot"]]
     answered, replies = await tg.press(
-        ANNA, greeting["message_id"], "m:help", forge=True, quiet=QUIET
+        ANNA, greeting["message_id"], "m:help", forge=True, timeout=1.0, quiet=QUIET
     )
     assert replies == []
     assert answered["answer"]["text"] == (
@@ -449,7 +449,7 @@ async def test_no_answer_in_time_then_the_customer_goes_back_to_the_bot(
     assert (await _in_topic(tg, thread))[-1] == (
         "⏰ Nobody answered within 15 minutes: the customer was told and may go back to the bot."
     )
-    answered, _ = await tg.press(JOHN, notice["message_id"], "h:wait:1", quiet=QUIET)
+    answered, _ = await tg.press(JOHN, notice["message_id"], "h:wait:1", timeout=1.0, quiet=QUIET)
     assert answered["answer"]["text"] == "Thanks for your patience. Your chat stays with our team."
     assert (await _handoff(store, JOHN)).state == "waiting"
     # The keyboard went with "keep waiting"; pressing "back" on it now is a forged press.
@@ -554,7 +554,7 @@ async def test_only_the_support_team_acts_as_agents(
     assert await tg.collect(other["id"], sent["message_id"], timeout=0.5, quiet=QUIET) == []
     assert (await _handoff(store, JOHN)).state == "waiting"
     # A customer's text never reaches agent handling: it is relayed as words.
-    await tg.say(JOHN, "/close", quiet=QUIET)
+    await tg.say(JOHN, "/close", timeout=0.5, quiet=QUIET)
     assert (await _handoff(store, JOHN)).state == "waiting"
 
 
