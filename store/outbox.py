@@ -562,3 +562,33 @@ async def set_reachable(conn: AsyncConnection, customer_id: int) -> None:
 async def outbox_counts(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status))
     return {str(r[0]): int(r[1]) for r in rows}
+
+
+async def mark_cancellation_told(
+    conn: AsyncConnection, order_number: str, customer_id: int, line_no: int | None = None
+) -> None:
+    """The customer cancelled (a line of) their order in the chat and was answered there:
+    what was cancelled is told, so no "cancelled" notice repeats it. ``line_no`` None: the
+    whole order. Scoped to the customer's own order."""
+    ol = order_lines.c
+    own = select(orders.c.order_id).where(
+        orders.c.order_number == order_number, orders.c.customer_id == customer_id
+    )
+    query = update(order_lines).where(ol.order_id.in_(own.scalar_subquery()))
+    if line_no is not None:
+        query = query.where(ol.line_no == line_no)
+    await conn.execute(query.values(told_cancelled_qty=ol.qty_cancelled))
+
+
+async def reachable_again(conn: AsyncConnection, chat_id: int) -> bool:
+    """A chat whose customer had blocked the bot wrote again: they can be reached. Returns
+    whether anything changed (one indexed read when nothing did)."""
+    customer_id = await conn.scalar(
+        select(customers.c.customer_id)
+        .select_from(customers.join(chats, chats.c.customer_id == customers.c.customer_id))
+        .where(chats.c.chat_id == chat_id, customers.c.unreachable_at.is_not(None))
+    )
+    if customer_id is None:
+        return False
+    await set_reachable(conn, int(customer_id))
+    return True

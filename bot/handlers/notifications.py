@@ -13,14 +13,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy import update as sql_update
 from telegram import Update
-from telegram.ext import CallbackQueryHandler, CommandHandler
+from telegram.ext import CallbackQueryHandler, CommandHandler, TypeHandler
 
 from bot.context import BotApplication, BotContext
 from bot.notices import schedule
 from bot.render import ButtonSpec
 from bot.reply import acknowledge, send
 from store.chats import chat_of
+from store.outbox import reachable_again
 from store.schema import back_in_stock_subscriptions, customers, utcnow
+
+# Before everything else (handoff's group -1 stops the updates it relays): a customer who had
+# blocked the bot (a 403 stopped their notices) and writes or unblocks again is reachable.
+REACHABLE_GROUP = -2
 
 TOPICS = {"delays": "notify_delays", "stock": "notify_back_in_stock", "ship": "notify_shipping"}
 
@@ -134,7 +139,19 @@ async def button(update: Update, context: BotContext) -> None:
         await send(update, context, "notifications_menu.j2", rows=_menu_rows(prefs), prefs=prefs)
 
 
+async def writes_again(update: Update, context: BotContext) -> None:
+    chat = update.effective_chat
+    if chat is None or chat.type != "private":
+        return
+    member = update.my_chat_member
+    if member is not None and member.new_chat_member.status != "member":
+        return  # blocking is learnt from the 403, not here
+    async with context.store.begin() as conn:
+        await reachable_again(conn, chat.id)
+
+
 def register(app: BotApplication) -> None:
+    app.add_handler(TypeHandler(Update, writes_again), group=REACHABLE_GROUP)
     app.add_handler(CommandHandler("notifications", show_menu))
     app.add_handler(
         CallbackQueryHandler(button, pattern=r"^ntf:(menu|off|on|t:(delays|stock|ship))$")
