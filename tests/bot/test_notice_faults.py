@@ -1,0 +1,159 @@
+"""Delivery under Telegram's flood limits and failures, through the sandbox with its limits on:
+a 429 storm is waited out, 5xx and timeouts come back after a backoff, a 403 stops sending to
+that customer. Nothing is lost and nothing is sent twice except what may have been delivered."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.context import BotApplication
+from bot.notices import deliver_due, run_policy
+from sandbox import Limits
+from sandbox.client import SandboxClient
+from store import Store
+from store.backorders import change_restock_date
+from store.schema import customers, outbox
+from tests.bot.notice_helpers import CUSTOMER_BASE, RESTOCK, day, seed
+from tests.conftest import Clock
+
+
+@pytest.fixture
+def sandbox_limits() -> Limits:
+    return Limits()  # Telegram's: 30 per second in all, 1 per second per chat
+
+
+@pytest.fixture
+def bot_environ() -> dict[str, str]:
+    return {
+        "REQUEST_TIMEOUT": "0.5",
+        "NOTICE_MAX_ATTEMPTS": "3",
+        "NOTICE_JOB_INTERVAL_SECONDS": "0",
+    }
+
+
+async def statuses(store: Store) -> dict[str, int]:
+    async with store.connect() as conn:
+        rows = await conn.execute(
+            select(outbox.c.status, func.count())
+            .where(outbox.c.customer_id >= CUSTOMER_BASE)
+            .group_by(outbox.c.status)
+        )
+        return {r[0]: r[1] for r in rows}
+
+
+async def per_chat(tg: SandboxClient, chats: list[int]) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    for chat in chats:
+        counts[chat] = len(await tg.transcript(chat))
+    return counts
+
+
+async def slip(bot: BotApplication, store: Store, to: int = 24) -> None:
+    async with store.begin() as conn:
+        await change_restock_date(conn, RESTOCK, day(to), "supplier delay")
+    await run_policy(bot)
+
+
+async def test_a_429_storm_is_waited_out_and_everyone_hears_once(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    made = await seed(store, tg, 30)
+    chats = [chat for _, chat, _ in made]
+    await slip(bot, store)
+    # Short storms are waited out in the round (retry_after honoured for everyone) ...
+    await tg.inject_fault("429", method="sendMessage", count=4, retry_after=1)
+    report = await deliver_due(bot)
+    assert (report.sent, report.rate_limited) == (30, 4)
+    assert await tg.count_429() == 4  # no 429 of our own making on top of the injected ones
+    assert set((await per_chat(tg, chats)).values()) == {1}
+
+
+async def test_a_429_that_outlasts_the_retries_puts_the_notice_back_for_later(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    [(_, chat, _)] = await seed(store, tg, 1)
+    await slip(bot, store)
+    await tg.inject_fault("429", method="sendMessage", count=4, retry_after=1)
+    report = await deliver_due(bot)
+    assert (report.sent, report.rate_limited, report.retried) == (0, 4, 1)
+    assert await statuses(store) == {"pending": 1}
+    assert (await deliver_due(bot)).claimed == 0  # not due before its retry_after
+    clock.advance(seconds=1)
+    assert (await deliver_due(bot)).sent == 1
+    assert await statuses(store) == {"sent": 1}
+    assert len(await tg.transcript(chat)) == 1
+    async with store.connect() as conn:
+        # A 429 is Telegram's pace, not a failed try: it does not count against the notice.
+        assert (
+            await conn.scalar(
+                select(outbox.c.attempts).where(outbox.c.customer_id >= CUSTOMER_BASE)
+            )
+            == 1
+        )
+
+
+async def test_5xx_and_timeouts_are_retried_with_backoff(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    made = await seed(store, tg, 6)
+    chats = [chat for _, chat, _ in made]
+    await slip(bot, store)
+    await tg.inject_fault("5xx", method="sendMessage", count=2, status=502)
+    report = await deliver_due(bot)
+    assert (report.sent, report.retried, report.failed) == (4, 2, 0)
+    assert await statuses(store) == {"sent": 4, "pending": 2}
+    clock.advance(seconds=1)
+    assert (await deliver_due(bot)).claimed == 0  # backoff: 2 s after the first try
+    clock.advance(seconds=1)
+    await tg.inject_fault("slow", method="sendMessage", count=1, delay=1.0)
+    report = await deliver_due(bot)
+    assert (report.sent, report.retried) == (1, 1)  # the timeout is tried again later
+    clock.advance(seconds=4)
+    assert (await deliver_due(bot)).sent == 1
+    assert await statuses(store) == {"sent": 6}
+    counts = await per_chat(tg, chats)
+    # A timed-out send may have arrived (here it did): that one chat may hear twice.
+    assert sorted(counts.values()) in ([1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 2])
+
+
+async def test_5xx_forever_gives_up_after_the_attempts_setting(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    await seed(store, tg, 1)
+    await slip(bot, store)
+    await tg.inject_fault("5xx", method="sendMessage", duration=60)
+    tries = 0
+    while (await statuses(store)).get("pending"):
+        report = await deliver_due(bot)
+        tries += report.claimed
+        clock.advance(minutes=5)
+        assert tries <= 3
+    assert tries == 3  # NOTICE_MAX_ATTEMPTS
+    assert await statuses(store) == {"failed": 1}
+
+
+async def test_a_blocked_customer_is_marked_unreachable_and_not_tried_again(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    made = await seed(store, tg, 4)
+    blocked = made[1]
+    await tg.block(blocked[1])
+    await slip(bot, store)
+    report = await deliver_due(bot)
+    assert (report.sent, report.unreachable) == (3, 1)
+    async with store.connect() as conn:
+        unreachable = (
+            await conn.execute(
+                select(customers.c.customer_id).where(customers.c.unreachable_at.is_not(None))
+            )
+        ).all()
+    assert [r.customer_id for r in unreachable] == [blocked[0]]
+    calls = len(await tg.calls("sendMessage"))
+    await slip(bot, store, 31)
+    report = await deliver_due(bot)
+    assert (report.sent, report.unreachable) == (3, 1)
+    assert len(await tg.calls("sendMessage")) == calls + 3  # no send to the blocked chat
+    assert await statuses(store) == {"sent": 6, "dead": 2}
