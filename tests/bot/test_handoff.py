@@ -220,11 +220,11 @@ async def test_the_delay_policy_and_free_text_routes(
 
 
 async def test_free_text_asking_for_a_person_is_copied_into_the_topic(
-    tg: SandboxClient, store: Store, customers: None
+    bot: BotApplication, tg: SandboxClient, store: Store, customers: None
 ) -> None:
     from telegram.ext import MessageHandler, filters
 
-    app: BotApplication = _bot_of(tg)
+    app = bot
 
     async def wants_a_person(update: Update, context: BotContext) -> None:
         await escalate(update, context, "asked")
@@ -236,18 +236,6 @@ async def test_free_text_asking_for_a_person_is_copied_into_the_topic(
     thread = (await _topic(tg))["message_thread_id"]
     texts = await _in_topic(tg, thread)
     assert texts[1:] == ["Ich möchte mit einem Menschen sprechen"]
-
-
-_APPS: dict[int, BotApplication] = {}
-
-
-def _bot_of(tg: SandboxClient) -> BotApplication:
-    return _APPS[id(tg)]
-
-
-@pytest.fixture(autouse=True)
-def _remember_bot(bot: BotApplication, tg: SandboxClient) -> None:
-    _APPS[id(tg)] = bot
 
 
 async def test_an_agent_pulls_a_customer_in_from_the_group(
