@@ -215,6 +215,8 @@ async def _enforce_deadlines(
                 d.customer_id,
                 ol.line_no,
                 ol.qty_waiting,
+                ol.projected_date,
+                d.promised_date,
                 orders.c.order_number,
                 chats.c.chat_id,
             )
@@ -230,8 +232,9 @@ async def _enforce_deadlines(
     cancelled = to_agents = closed = 0
     notices: list[dict[str, Any]] = []
     for r in due:
-        if r.qty_waiting == 0:
-            # It shipped, was filled or cancelled in the meantime: nothing left to decide.
+        if r.qty_waiting == 0 or not is_delayed(r.projected_date, r.promised_date):
+            # It shipped, was filled or cancelled in the meantime, or its date came back
+            # within the promise: nothing left to decide, and nothing to cancel.
             await _close(conn, r.offer_id, "closed", None, now, "policy", None)
             closed += 1
             continue

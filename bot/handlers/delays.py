@@ -97,7 +97,9 @@ async def delay_button(update: Update, context: BotContext) -> None:
             if alt is None:
                 await stale_press(update, context)
                 return
-            if action == "pick" and context.settings.alternative_action == "agents":
+            # With ALTERNATIVE_ACTION=agents there is no swap button: a "swap" press is forged
+            # and only hands over to the agents, like a pick.
+            if context.settings.alternative_action == "agents":
                 await answer_alternative(
                     conn,
                     offer,

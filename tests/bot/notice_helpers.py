@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from sandbox.client import SandboxClient
 from store import Store
@@ -18,7 +18,7 @@ from store.master import (
     upsert_product,
     upsert_supplier,
 )
-from store.schema import order_lines, orders
+from store.schema import delay_offers, order_lines, orders
 from tests.conftest import START, TODAY
 
 SKU = "QQT-0001"
@@ -95,3 +95,25 @@ async def order_id_of(store: Store, number: str) -> int:
 
 def day(offset: int) -> date:
     return TODAY + timedelta(days=offset)
+
+
+async def quiet_demo(store: Store) -> None:
+    """Take the demo shop's own waiting lines and delay offers out of the way: tests that move
+    the clock by months would otherwise apply the delay policy to a thousand demo lines."""
+    demo = select(orders.c.order_id).where(orders.c.customer_id < CUSTOMER_BASE)
+    ol = order_lines.c
+    async with store.begin() as conn:
+        await conn.execute(
+            update(order_lines)
+            .where(ol.order_id.in_(demo.scalar_subquery()), ol.qty_waiting > 0)
+            .values(
+                qty_cancelled=ol.qty_cancelled + ol.qty_waiting,
+                told_cancelled_qty=ol.qty_cancelled + ol.qty_waiting,
+                qty_waiting=0,
+            )
+        )
+        await conn.execute(
+            update(delay_offers)
+            .where(delay_offers.c.customer_id < CUSTOMER_BASE)
+            .values(status="closed")
+        )
