@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -16,6 +17,8 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.i18n import translations
 from bot.settings import SUPPORTED_LANGUAGES
+
+_EXTRA_BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
 
 # A row of buttons: (label macro name, callback data) pairs, or (label, data, macro arguments).
 ButtonSpec = tuple[str, str] | tuple[str, str, Mapping[str, Any]]
@@ -41,9 +44,11 @@ class Renderer:
 
     def text(self, template: str, language: str, **values: Any) -> str:
         """Render a message template (HTML parse mode) in a language."""
-        return self._envs[language].get_template(template).render(**values).strip()
+        rendered = self._envs[language].get_template(template).render(**values)
+        # Templates compose macros; whatever blank lines they leave, a message keeps at most one.
+        return _EXTRA_BLANK_LINES.sub("\n\n", rendered).strip()
 
-    def plain(self, template: str, macro: str, language: str, **values: Any) -> str:
+    def plain(self, template: str, macro: str, language: str, /, **values: Any) -> str:
         """A short plain text (a button label, a command description): one macro of a template.
 
         Telegram shows these as they are, so the autoescaped HTML is turned back into text.
@@ -51,8 +56,8 @@ class Renderer:
         module = self._envs[language].get_template(template).module
         return Markup(getattr(module, macro)(**values)).unescape().strip()
 
-    def label(self, name: str, language: str, **values: Any) -> str:
-        return self.plain("buttons.j2", name, language, **values)
+    def label(self, macro: str, language: str, /, **values: Any) -> str:
+        return self.plain("buttons.j2", macro, language, **values)
 
     def keyboard(self, language: str, rows: Sequence[Sequence[ButtonSpec]]) -> InlineKeyboardMarkup:
         return InlineKeyboardMarkup(
@@ -81,13 +86,16 @@ class Renderer:
         env.filters.update(
             day_month=lambda d: format_skeleton("MMMMd", d, locale=language),
             long_date=lambda d: format_date(d, "long", locale=language),
+            local_day=lambda dt: format_date(
+                dt.astimezone(self._zone).date(), "medium", locale=language
+            ),
             moment=lambda dt: format_datetime(dt, "medium", tzinfo=self._zone, locale=language),
             relative=lambda d: self._relative(d, language),
             days_from_today=lambda d: (d - self._today()).days,
             money=lambda minor, currency: _money(minor, currency, language),
             number=lambda n: format_decimal(n, locale=language),
             duration=lambda days: format_timedelta(
-                timedelta(days=days), granularity="day", threshold=1.5, locale=language
+                timedelta(days=days), granularity="day", threshold=4, locale=language
             ),
         )
         env.globals["language"] = language

@@ -11,7 +11,11 @@ from bot.context import BotContext
 from bot.render import ButtonSpec
 
 # The buttons that make sense when nothing more specific does.
-MAIN_MENU: tuple[tuple[ButtonSpec, ...], ...] = ((("help", "m:help"), ("language", "m:lang")),)
+MAIN_MENU: tuple[tuple[ButtonSpec, ...], ...] = (
+    (("orders", "m:orders"), ("stock", "m:stock")),
+    (("agent", "m:agent"),),
+    (("help", "m:help"), ("language", "m:lang")),
+)
 
 
 async def send(
@@ -40,3 +44,12 @@ async def acknowledge(update: Update) -> None:
     """Stop the button's spinner; a press must always be answered, even if nothing else happens."""
     if update.callback_query is not None:
         await update.callback_query.answer()
+
+
+async def stale_press(update: Update, context: BotContext) -> None:
+    """A press that no longer fits the store (forged, stale, or not this chat's): say so."""
+    query = update.callback_query
+    if query is None:
+        return
+    language = await context.language_for(update)
+    await query.answer(context.renderer.text("stale_button.j2", language))

@@ -60,7 +60,9 @@ def _fill_source_language(po: Path) -> None:
     with po.open("rb") as fh:
         catalog = read_po(fh, locale="en")
     for message in catalog:
-        if message.id and not message.string:
+        # A plural message's id and string are tuples: (singular, plural) fits English's forms.
+        strings = message.string if isinstance(message.string, tuple) else (message.string,)
+        if message.id and not all(strings):
             message.string = message.id
     with po.open("wb") as fh:
         write_po(fh, catalog, no_location=True, width=100)

@@ -262,7 +262,8 @@ class ProductIndex:
         version = await self._version(conn)
         if not force and version == self.version:
             return False
-        rows = (await conn.execute(select(*_PRODUCT_COLS).where(products.c.active.is_(True)))).all()
+        # Discontinued products stay findable: "discontinued, here are alternatives" is an answer.
+        rows = (await conn.execute(select(*_PRODUCT_COLS))).all()
         self.build({r.sku: names_of(r) for r in rows})
         self.version = version
         return True

@@ -116,6 +116,8 @@ def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Sett
             "SHOP_NAME": "Demo Shop",
             "LINK_SECRET": "test-link-secret",
             "MAX_RETRIES": "2",
+            # The notice job would speak first at random moments; tests that want it run it.
+            "NOTICE_JOB_INTERVAL_SECONDS": "0",
             **bot_environ,
         }
     )
@@ -139,6 +141,19 @@ async def bot(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[B
         if app.post_shutdown is not None:
             await app.post_shutdown(app)
         await app.shutdown()
+
+
+async def link_customer(
+    tg: SandboxClient, store: Store, chat: int, customer: int, language: str
+) -> None:
+    """A Telegram user whose chat is already linked to a demo customer and speaks `language`."""
+    from store.chats import link_chat, set_chat_language, touch_chat
+
+    await tg.create_user(chat, first_name="Customer", language_code=language)
+    async with store.begin() as conn:
+        await touch_chat(conn, chat)
+        await link_chat(conn, chat, customer)
+        await set_chat_language(conn, chat, language)
 
 
 def texts(messages: list[dict[str, Any]]) -> list[str]:

@@ -1,8 +1,10 @@
 """Every handler of the bot, registered in one place.
 
 Order matters: PTB runs the first matching handler of a group. Commands and buttons with
-specific patterns come first; the fallback, which matches any private message and any press,
-must come last or it would swallow everything.
+specific patterns come first (account before start, so that `/start <code>` links before the
+plain `/start` greets); free text (conversation) comes after every command and button; the
+fallback, which matches any private message and any press, must come last or it would swallow
+everything.
 
 handoff registers most of its handlers in group -1 (handoff.HANDOFF_GROUP), which PTB runs
 before group 0: while a person owns a customer's thread, that customer's messages and presses
@@ -17,18 +19,23 @@ from __future__ import annotations
 from bot.context import BotApplication
 from bot.handlers import (
     account,
+    cancel,
+    conversation,
     delays,
     errors,
     fallback,
     handoff,
     language,
     notifications,
+    orders,
     start,
+    stock,
 )
 
 
 def register_all(app: BotApplication) -> None:
-    for module in (account, start, language, notifications, delays, handoff):
+    for module in (account, start, language, orders, stock, cancel, notifications, delays, handoff):
         module.register(app)
+    conversation.register(app)
     fallback.register(app)
     errors.register(app)

@@ -6,30 +6,26 @@ from telegram import Update
 from telegram.ext import CallbackQueryHandler, MessageHandler, filters
 
 from bot.context import BotApplication, BotContext
-from bot.reply import MAIN_MENU, send
+from bot.reply import MAIN_MENU, send, stale_press
 from store.chats import record_miss
 
 # After this many misses in a row the bot stops guessing and offers a person.
 MISSES_BEFORE_OFFERING_A_PERSON = 2
+OFFER_A_PERSON = ((("agent", "m:agent"),), MAIN_MENU[0], MAIN_MENU[2])
 
 
 async def not_understood(update: Update, context: BotContext) -> None:
     async with context.store.begin() as conn:
         chat = await record_miss(conn, update.effective_chat.id)  # type: ignore[union-attr]
-    template = (
-        "fallback_offer_agent.j2"
-        if chat.misses >= MISSES_BEFORE_OFFERING_A_PERSON
-        else "fallback.j2"
-    )
-    await send(update, context, template, rows=MAIN_MENU)
+    if chat.misses >= MISSES_BEFORE_OFFERING_A_PERSON:
+        await send(update, context, "fallback_offer_agent.j2", rows=OFFER_A_PERSON)
+    else:
+        await send(update, context, "fallback.j2", rows=MAIN_MENU)
 
 
 async def stale_button(update: Update, context: BotContext) -> None:
     """A press nobody recognised: forged, or from a keyboard of an older version."""
-    query = update.callback_query
-    assert query is not None
-    language = await context.language_for(update)
-    await query.answer(context.renderer.text("stale_button.j2", language), show_alert=False)
+    await stale_press(update, context)
 
 
 def register(app: BotApplication) -> None:

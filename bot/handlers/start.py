@@ -11,8 +11,13 @@ from store.chats import touch_chat
 
 
 async def start(update: Update, context: BotContext) -> None:
-    async with context.store.begin() as conn:
-        await touch_chat(conn, update.effective_chat.id)  # type: ignore[union-attr]
+    await greet(update, context)
+
+
+async def greet(update: Update, context: BotContext) -> None:
+    if update.effective_chat is not None:
+        async with context.store.begin() as conn:
+            await touch_chat(conn, update.effective_chat.id)
     user = update.effective_user
     await send(
         update,

@@ -19,10 +19,26 @@ pytestmark = pytest.mark.usefixtures("bot")
 QUIET = 0.15
 
 MENU = {
-    "en": [[("❓ Help", "m:help"), ("🌐 Language", "m:lang")]],
-    "de": [[("❓ Hilfe", "m:help"), ("🌐 Sprache", "m:lang")]],
-    "es": [[("❓ Ayuda", "m:help"), ("🌐 Idioma", "m:lang")]],
-    "ru": [[("❓ Помощь", "m:help"), ("🌐 Язык", "m:lang")]],
+    "en": [
+        [("📦 My orders", "m:orders"), ("🔎 Is it in stock?", "m:stock")],
+        [("🙋 Talk to a person", "m:agent")],
+        [("❓ Help", "m:help"), ("🌐 Language", "m:lang")],
+    ],
+    "de": [
+        [("📦 Meine Bestellungen", "m:orders"), ("🔎 Ist es vorrätig?", "m:stock")],
+        [("🙋 Mit einem Menschen sprechen", "m:agent")],
+        [("❓ Hilfe", "m:help"), ("🌐 Sprache", "m:lang")],
+    ],
+    "es": [
+        [("📦 Mis pedidos", "m:orders"), ("🔎 ¿Hay en stock?", "m:stock")],
+        [("🙋 Hablar con una persona", "m:agent")],
+        [("❓ Ayuda", "m:help"), ("🌐 Idioma", "m:lang")],
+    ],
+    "ru": [
+        [("📦 Мои заказы", "m:orders"), ("🔎 Есть ли в наличии?", "m:stock")],
+        [("🙋 Связаться с сотрудником", "m:agent")],
+        [("❓ Помощь", "m:help"), ("🌐 Язык", "m:lang")],
+    ],
 }
 
 GREETING = {

@@ -1,0 +1,70 @@
+"""Free text: understand what the customer wants and hand it to the capability that answers it.
+
+Runs for every private text message that is not a command, after the account module has had
+the chance to take it as the answer to a question it asked (a pending step in the store).
+"""
+
+from __future__ import annotations
+
+from telegram import Update
+from telegram.ext import MessageHandler, filters
+
+from bot.context import BotApplication, BotContext
+from bot.handlers import account, cancel, fallback, handoff, notifications, orders, start, stock
+from bot.reply import MAIN_MENU, send
+from bot.understanding import Intent, understand
+from store.chats import reset_misses, touch_chat
+
+# understand() gives a bare product-looking phrase this confidence; a real question scores higher.
+GUESS_CONFIDENCE = 0.5
+
+
+async def on_text(update: Update, context: BotContext) -> None:
+    message = update.effective_message
+    if message is None or message.text is None or update.effective_chat is None:
+        return
+    if await account.continue_pending(update, context):
+        return
+    meaning = understand(message.text)
+    if meaning.intent is Intent.UNKNOWN:
+        await fallback.not_understood(update, context)
+        return
+    if meaning.intent is Intent.STOCK and meaning.confidence <= GUESS_CONFIDENCE:
+        # A few unknown words read as a product name only if the catalog agrees.
+        if not await stock.stock_question(update, context, meaning.product_words, guessed=True):
+            await fallback.not_understood(update, context)
+            return
+        await _reset_misses(update, context)
+        return
+    await _reset_misses(update, context)
+    match meaning.intent:
+        case Intent.ORDER_STATUS:
+            await orders.where_is_my_order(update, context, meaning.order_number)
+        case Intent.STOCK:
+            await stock.stock_question(update, context, meaning.product_words)
+        case Intent.CANCEL:
+            await cancel.begin_cancel(update, context, meaning.order_number)
+        case Intent.ALTERNATIVES:
+            await stock.alternatives_for(update, context, meaning.product_words)
+        case Intent.AGENT:
+            await handoff.escalate(update, context, "asked")
+        case Intent.STOP_NOTIFICATIONS:
+            await notifications.stop_all(update, context)
+        case Intent.GREETING:
+            await start.greet(update, context)
+        case Intent.HELP:
+            await start.show_help(update, context)
+        case Intent.THANKS:
+            await send(update, context, "thanks.j2", rows=MAIN_MENU)
+
+
+async def _reset_misses(update: Update, context: BotContext) -> None:
+    assert update.effective_chat is not None
+    async with context.store.begin() as conn:
+        await touch_chat(conn, update.effective_chat.id)
+        await reset_misses(conn, update.effective_chat.id)
+
+
+def register(app: BotApplication) -> None:
+    text = filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND
+    app.add_handler(MessageHandler(text & ~filters.UpdateType.EDITED_MESSAGE, on_text))

@@ -1,0 +1,156 @@
+""" "Where is my order?": the linked customer's orders, and one order in detail.
+
+Every read goes through the store's customer-scoped queries: an order number alone never
+reveals anything, so someone else's order and a mistyped one get the same reply.
+"""
+
+from __future__ import annotations
+
+from telegram import Update
+from telegram.ext import CallbackQueryHandler, CommandHandler, filters
+
+from bot.context import BotApplication, BotContext
+from bot.render import ButtonSpec
+from bot.reply import MAIN_MENU, acknowledge, send, stale_press
+from store.chats import chat_of
+from store.queries import Order, mark_told, order_of, orders_of
+
+# A phone screen's worth; older orders are one "all my orders" tap away.
+ORDERS_SHOWN = 6
+ALL_ORDERS_SHOWN = 20
+
+
+async def linked_customer(update: Update, context: BotContext) -> int | None:
+    if update.effective_chat is None:
+        return None
+    async with context.store.connect() as conn:
+        chat = await chat_of(conn, update.effective_chat.id)
+    return chat.customer_id if chat else None
+
+
+async def where_is_my_order(update: Update, context: BotContext, number: str | None) -> None:
+    """The entry for /orders, the menu and free text: an unlinked chat proves ownership first."""
+    customer_id = await linked_customer(update, context)
+    if customer_id is None:
+        # Imported here: account shows orders after linking, so the modules refer to each other.
+        from bot.handlers.account import begin_verification
+
+        await begin_verification(update, context, number)
+    elif number:
+        await show_order(update, context, customer_id, number)
+    else:
+        await show_open_orders(update, context, customer_id)
+
+
+async def show_open_orders(update: Update, context: BotContext, customer_id: int) -> None:
+    await _show_orders(update, context, customer_id, open_only=True)
+
+
+async def show_all_orders(update: Update, context: BotContext, customer_id: int) -> None:
+    await _show_orders(update, context, customer_id, open_only=False)
+
+
+async def _show_orders(
+    update: Update, context: BotContext, customer_id: int, *, open_only: bool
+) -> None:
+    language = await context.language_for(update)
+    limit = ORDERS_SHOWN if open_only else ALL_ORDERS_SHOWN
+    async with context.store.connect() as conn:
+        orders = await orders_of(
+            conn, customer_id, open_only=open_only, limit=limit, language=language
+        )
+    rows: list[list[ButtonSpec]] = _order_buttons(orders)
+    if open_only:
+        rows.append([("all_orders", "ol:all")])
+    await send(
+        update,
+        context,
+        "orders_list.j2",
+        rows=[*rows, *MAIN_MENU],
+        language=language,
+        orders=orders,
+        open_only=open_only,
+    )
+
+
+async def show_order(
+    update: Update, context: BotContext, customer_id: int, order_number: str
+) -> None:
+    language = await context.language_for(update)
+    async with context.store.begin() as conn:
+        order = await order_of(conn, customer_id, order_number, language=language)
+        if order is not None:
+            # The customer now knows each waiting line's date; a later change is news again.
+            told = [line.line_id for line in order.lines if line.qty_waiting]
+            await mark_told(conn, told)
+        else:
+            open_orders = await orders_of(conn, customer_id, open_only=True, limit=ORDERS_SHOWN)
+    if order is None:
+        await send(
+            update,
+            context,
+            "order_not_found.j2",
+            rows=[*_order_buttons(open_orders), *MAIN_MENU],
+            language=language,
+            number=order_number,
+        )
+        return
+    moved_later = any(
+        line.qty_waiting
+        and line.last_told_date is not None
+        and (line.projected_date is None or line.projected_date > line.last_told_date)
+        for line in order.lines
+    )
+    rows: list[list[ButtonSpec]] = []
+    if any(line.qty_waiting or line.qty_allocated for line in order.lines):
+        rows.append([("cancel_item", f"cx:{order.order_number}")])
+    if any(line.qty_waiting for line in order.lines):
+        rows.append([("alternatives", f"alt:o:{order.order_number}")])
+    rows.append([("orders", "m:orders")])
+    await send(
+        update,
+        context,
+        "order.j2",
+        rows=[*rows, *MAIN_MENU[1:]],
+        language=language,
+        order=order,
+        moved_later=moved_later,
+    )
+
+
+def _order_buttons(orders: list[Order]) -> list[list[ButtonSpec]]:
+    specs: list[ButtonSpec] = [
+        ("order", f"o:{o.order_number}", {"number": o.order_number}) for o in orders
+    ]
+    return [specs[i : i + 2] for i in range(0, len(specs), 2)]
+
+
+async def orders_command(update: Update, context: BotContext) -> None:
+    number = context.args[0] if context.args else None
+    await where_is_my_order(update, context, number if number and number.isdigit() else None)
+
+
+async def orders_button(update: Update, context: BotContext) -> None:
+    await acknowledge(update)
+    await where_is_my_order(update, context, None)
+
+
+async def order_button(update: Update, context: BotContext) -> None:
+    """`o:<number>` and `ol:all`: re-checked against the chat's link on every press."""
+    query = update.callback_query
+    assert query is not None and query.data is not None  # guaranteed by the pattern
+    customer_id = await linked_customer(update, context)
+    if customer_id is None:
+        await stale_press(update, context)
+        return
+    await acknowledge(update)
+    if query.data == "ol:all":
+        await show_all_orders(update, context, customer_id)
+    else:
+        await show_order(update, context, customer_id, query.data.removeprefix("o:"))
+
+
+def register(app: BotApplication) -> None:
+    app.add_handler(CommandHandler("orders", orders_command, filters=filters.ChatType.PRIVATE))
+    app.add_handler(CallbackQueryHandler(orders_button, pattern=r"^m:orders$"))
+    app.add_handler(CallbackQueryHandler(order_button, pattern=r"^(o:\d{1,20}|ol:all)$"))
