@@ -120,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("LINK_SECRET"),
         help="the bot's LINK_SECRET (default: $LINK_SECRET)",
     )
-    ln.add_argument("--days", type=int, default=30, help="days the link stays valid (default 30)")
+    ln.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="days the link stays valid (default: LINK_CODE_DAYS, else 30)",
+    )
 
     dm = sub.add_parser("demo", help="fill an empty database with demo data")
     dm.add_argument("--size", choices=["small", "medium", "large"], default="small")
@@ -227,6 +232,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _link_code(conn: AsyncConnection, args: argparse.Namespace) -> str:
+    if args.days is None:
+        args.days = _env_int("LINK_CODE_DAYS", 30)
     if not 1 <= args.days <= 365:
         raise StoreError("--days must be between 1 and 365")
     secret = args.secret

@@ -150,7 +150,13 @@ async function refresh() {
   try {
     const [users, chats] = await Promise.all([control("users"), control("chats")]);
     $("status").textContent = users.length + " users · " + chats.length + " chats";
-    if (state.userId === null && users.length) state.userId = users[0].id;
+    if (state.userId === null && users.length) {
+      // Open on a customer: the most recent private conversation, not a support agent.
+      const agents = new Set(chats.flatMap((c) => Object.keys(c.members || {}).map(Number)));
+      const talked = chats.filter((c) => c.type === "private" && c.last_message_id > 0 && !agents.has(c.id));
+      const customer = users.find((u) => !agents.has(u.id));
+      state.userId = talked.length ? talked[talked.length - 1].id : (customer || users[0]).id;
+    }
     fillSelect($("user-select"), users, state.userId, (u) => u.first_name + " (" + u.id + ", " + (u.language_code || "-") + ")" + (u.blocked ? " blocked" : ""));
     const names = Object.fromEntries(users.map((u) => [u.id, u.first_name]));
     if (state.userId !== null) {
