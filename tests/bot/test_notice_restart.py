@@ -1,0 +1,141 @@
+"""kill -9 in the middle of a fan-out: the real bot runs in its own process against a sandbox
+in this one; it is killed while sending, started again, and every customer hears at least once,
+with duplicates no more than what was in flight (claimed, not confirmed) at the kill."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from sandbox import Limits, Sandbox
+from sandbox.client import SandboxClient
+from store import Store, open_store
+from store.backorders import change_restock_date
+from store.outbox import queue_notices
+from store.schema import outbox
+from tests.bot.notice_helpers import CUSTOMER_BASE, RESTOCK, day, quiet_demo, seed
+
+ROOT = Path(__file__).resolve().parents[2]
+CUSTOMERS = 400
+
+
+@pytest.fixture
+def sandbox_limits() -> Limits:
+    # Telegram's per-chat limit, a global one above the bot's rate: no 429s expected.
+    return Limits(global_per_sec=1000, global_burst=100)
+
+
+@pytest.fixture
+async def world(
+    store: Store, sandbox: Sandbox, tg: SandboxClient, db_url: str
+) -> AsyncIterator[dict[str, str]]:
+    await quiet_demo(store)
+    await seed(store, tg, CUSTOMERS)
+    async with store.begin() as conn:
+        await change_restock_date(conn, RESTOCK, day(24), "supplier delay")
+        report = await queue_notices(conn, now=None)
+    assert report.lines == CUSTOMERS
+    yield {
+        **os.environ,
+        "BOT_TOKEN": sandbox.token,
+        "BOT_API_BASE_URL": sandbox.api_base,
+        "BOT_API_FILE_URL": sandbox.file_base,
+        "DATABASE_URL": db_url,
+        "QUIET_HOURS": "off",
+        "SEND_RATE_PER_SECOND": "100",
+        "NOTICE_JOB_INTERVAL_SECONDS": "0.2",
+        "NOTICE_BATCH_SIZE": "100",
+        "LEASE_SECONDS": "5",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "notice_bot_process.py")],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+
+
+async def sends(tg: SandboxClient) -> int:
+    return len([c for c in await tg.calls("sendMessage") if c["status"] == 200])
+
+
+async def in_flight(db_url: str) -> int:
+    store = await open_store(db_url)
+    try:
+        async with store.connect() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count()).where(
+                        outbox.c.customer_id >= CUSTOMER_BASE,
+                        outbox.c.status == "pending",
+                        outbox.c.claimed_until.is_not(None),
+                    )
+                )
+                or 0
+            )
+    finally:
+        await store.close()
+
+
+async def test_killed_mid_fan_out_loses_nothing_and_repeats_only_what_was_in_flight(
+    world: dict[str, str], tg: SandboxClient, store: Store, db_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "bot.log"
+    first = start(world, log)
+    try:
+        deadline = time.monotonic() + 30
+        while await sends(tg) < CUSTOMERS // 3:
+            assert first.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the bot never got going"
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    sent_before = await sends(tg)
+    flying = await in_flight(db_url)
+    assert 0 < sent_before < CUSTOMERS  # really killed in the middle
+    second = start(world, log)
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            async with store.connect() as conn:
+                left = await conn.scalar(
+                    select(func.count()).where(
+                        outbox.c.customer_id >= CUSTOMER_BASE, outbox.c.status != "sent"
+                    )
+                )
+            if left == 0:
+                break
+            assert second.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"{left} notices never sent"
+            await asyncio.sleep(0.2)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            second.wait()
+    counts = [len(await tg.transcript(chat)) for chat in range(700_000, 700_000 + CUSTOMERS)]
+    duplicates = sum(n - 1 for n in counts)
+    assert min(counts) == 1  # nothing lost
+    assert duplicates <= flying  # repeats bounded by what was in flight at the kill
+    assert await tg.count_429() == 0
