@@ -99,10 +99,13 @@ class _Sender:
     async def slot(self) -> None:
         while True:
             now = time.monotonic()
-            start = max(now, self.next_slot, self.paused_until)
+            start = max(self.next_slot, self.paused_until)
             if start <= now:
-                self.next_slot = now + 1 / self.rate
+                # Keep the schedule: a late wake-up must not push every later slot back (that
+                # lost ~8% of the rate), nor may an idle spell bank more than one slot.
+                self.next_slot = max(start, now - 1 / self.rate) + 1 / self.rate
                 return
+            start = max(now, start)
             await asyncio.sleep(start - now)
 
     async def chat_slot(self, chat_id: int) -> None:
@@ -244,6 +247,8 @@ async def _round(app: BotApplication, sender: _Sender, report: DeliveryReport) -
     report.claimed += len(batch)
     names = await _names(app, batch)
     results = _Results(app, report)
+    # One connection for the whole batch: a lookup per notice, all at once, drained the pool.
+    results.owned = await _agent_owned(app, {n.chat_id for n in batch if n.chat_id})
     flusher = asyncio.create_task(results.run())
     try:
         by_chat: dict[int, list[Claimed]] = defaultdict(list)
@@ -271,6 +276,7 @@ class _Results:
         self.pending: list[Callable[[Any], Awaitable[None]]] = []
         self.closing = False
         self.sent: list[int] = []
+        self.owned: set[int] = set()  # chats whose thread an agent owns now
 
     def add(self, step: Callable[[Any], Awaitable[None]]) -> None:
         self.pending.append(step)
@@ -333,7 +339,7 @@ async def _one(
         results.add(partial(finish, outbox_ids=[nid], status="skipped", error="nothing to tell"))
         return
 
-    handoff = await _agent_route(app, notice.chat_id)
+    handoff = await _agent_route(app, notice.chat_id) if notice.chat_id in results.owned else None
     if handoff is not None:
         route, post = handoff
         if post is not None and await post(app, notice.chat_id, rendered.text):
@@ -438,6 +444,23 @@ async def _shown(results: _Results, rendered: Rendered, channel: str) -> None:
             conn, offer_id, text=rendered.text, buttons=buttons, channel=channel, at=at
         )
     )
+
+
+async def _agent_owned(app: BotApplication, chat_ids: set[int]) -> set[int]:
+    """The chats of a batch whose thread an agent owns, looked up on one connection."""
+    try:
+        handoffs = importlib.import_module("store.handoffs")
+    except ImportError:
+        return set()
+    active = getattr(handoffs, "active_handoff", None)
+    if active is None or not chat_ids:
+        return set()
+    owned: set[int] = set()
+    async with app.bot_data.store.connect() as conn:
+        for chat_id in sorted(chat_ids):
+            if await active(conn, chat_id):
+                owned.add(chat_id)
+    return owned
 
 
 AgentRoute = tuple[str, Callable[[Any, int, str], Awaitable[bool]] | None]

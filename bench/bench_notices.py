@@ -1,0 +1,209 @@
+# ruff: noqa: E501  (a hand-run script: long report lines, blocking file setup)
+"""Notice benchmark: one restock's date change moves 100,000 waiting lines. Run by hand;
+prints figures, asserts nothing.
+
+    .venv/bin/python bench/bench_notices.py [--lines 100000] [--seconds 20]
+
+Figures: the time to queue every notice (the date change and queue_notices in one
+transaction); the delivered rate against the sandbox (its own thread and event loop, flood
+limits on) at the default SEND_RATE_PER_SECOND=25 and at 1,000 per second, each measured over
+about ``--seconds`` of sending, with the count of 429s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert, update
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.app import build_application  # noqa: E402
+from bot.notices import close, deliver_due  # noqa: E402
+from bot.settings import load_settings  # noqa: E402
+from sandbox import Limits, Sandbox  # noqa: E402
+from sandbox._control import create_user  # noqa: E402
+from sandbox.client import SandboxClient  # noqa: E402
+from store import Store, open_store  # noqa: E402
+from store.backorders import change_restock_date, project_dates  # noqa: E402
+from store.master import ProductIn, add_restock, upsert_product, upsert_supplier  # noqa: E402
+from store.outbox import outbox_counts, queue_notices  # noqa: E402
+from store.schema import chats, customers, order_lines, orders  # noqa: E402
+
+SKU = "HOT-0001"
+RESTOCK = "PO-HOT-1"
+TODAY = date(2026, 11, 26)
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # 11:00 in Berlin: outside quiet hours
+CHAT_BASE = 10_000_000
+
+
+async def build(store: Store, n: int) -> None:
+    first = TODAY + timedelta(days=10)
+    async with store.begin() as conn:
+        await upsert_product(conn, ProductIn(SKU, "Hot Item", "hot", 1000, "EUR"))
+        await upsert_supplier(conn, "SUP-HOT", "Hot Supplier")
+        await add_restock(conn, RESTOCK, "SUP-HOT", SKU, n, first)
+        for start in range(0, n, 5000):
+            ids = range(start, min(n, start + 5000))
+            await conn.execute(
+                insert(customers),
+                [
+                    {
+                        "customer_id": i + 1,
+                        "name": f"C{i}",
+                        "email": f"c{i}@example.com",
+                        "created_at": NOW,
+                    }
+                    for i in ids
+                ],
+            )
+            await conn.execute(
+                insert(chats),
+                [
+                    {
+                        "chat_id": CHAT_BASE + i,
+                        "customer_id": i + 1,
+                        "language": "en",
+                        "created_at": NOW,
+                        "updated_at": NOW,
+                    }
+                    for i in ids
+                ],
+            )
+            await conn.execute(
+                insert(orders),
+                [
+                    {
+                        "order_id": i + 1,
+                        "order_number": str(100001 + i),
+                        "customer_id": i + 1,
+                        "placed_at": NOW - timedelta(seconds=n - i),
+                        "currency": "EUR",
+                    }
+                    for i in ids
+                ],
+            )
+            await conn.execute(
+                insert(order_lines),
+                [
+                    {
+                        "order_id": i + 1,
+                        "line_no": 1,
+                        "sku": SKU,
+                        "qty_ordered": 1,
+                        "qty_waiting": 1,
+                        "unit_price_minor": 1000,
+                        "queued_at": NOW - timedelta(seconds=n - i),
+                        "promised_date": TODAY + timedelta(days=90),
+                    }
+                    for i in ids
+                ],
+            )
+        await project_dates(conn, SKU)
+        await conn.execute(update(order_lines).values(last_told_date=order_lines.c.projected_date))
+
+
+def start_sandbox(limits: Limits) -> tuple[Sandbox, asyncio.AbstractEventLoop, threading.Thread]:
+    loop = asyncio.new_event_loop()
+    sandbox = Sandbox(limits=limits)
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(sandbox.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(sandbox.stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait()
+    return sandbox, loop, thread
+
+
+async def deliver(
+    store: Store, sandbox: Sandbox, db_url: str, rate: float, seconds: float
+) -> tuple[int, float]:
+    # NOTICE_BATCH_SIZE's default (500) at the default rate; bigger rounds at 1,000/s.
+    rounds = max(1, round(rate * seconds / 500)) if rate <= 25 else 4
+    batch = 500 if rate <= 25 else int(rate * seconds / rounds)
+    settings = load_settings(
+        {
+            "BOT_TOKEN": sandbox.token,
+            "BOT_API_BASE_URL": sandbox.api_base,
+            "BOT_API_FILE_URL": sandbox.file_base,
+            "DATABASE_URL": db_url,
+            "SEND_RATE_PER_SECOND": str(rate),
+            "NOTICE_BATCH_SIZE": str(min(batch, 10_000)),
+            "NOTICE_JOB_INTERVAL_SECONDS": "0",
+            "LEASE_SECONDS": "600",
+        }
+    )
+    app = build_application(settings, store, now=lambda: NOW)
+    try:
+        t0 = time.perf_counter()
+        report = await deliver_due(app, max_rounds=rounds)
+        elapsed = time.perf_counter() - t0
+    finally:
+        await close(app)
+    print(report)
+    return report.sent, elapsed
+
+
+async def main(n: int, seconds: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.sqlite3'}"
+        store = await open_store(db_url)
+        t0 = time.perf_counter()
+        await build(store, n)
+        print(f"built {n:,} waiting lines in {time.perf_counter() - t0:.1f} s")
+
+        t0 = time.perf_counter()
+        async with store.begin() as conn:
+            await change_restock_date(conn, RESTOCK, TODAY + timedelta(days=24), "supplier delay")
+            t1 = time.perf_counter()
+            report = await queue_notices(conn, now=NOW)
+        t2 = time.perf_counter()
+        print(
+            f"date change re-projected {n:,} lines in {t1 - t0:.2f} s; queued {report.notices:,} notices"
+            f" for {report.lines:,} lines in {t2 - t1:.2f} s (change + queue + commit {t2 - t0:.2f} s)"
+        )
+        async with store.begin() as conn:
+            again = await queue_notices(conn, now=NOW)
+        print(f"queue again: {again.notices} new notices")
+
+        sandbox, loop, thread = start_sandbox(Limits())  # Telegram's: 30/s in all, 1/s per chat
+        for i in range(n):
+            create_user(sandbox._world, {"id": CHAT_BASE + i})
+        async with SandboxClient(sandbox.url) as tg:
+            for rate, global_limit in ((25.0, 30.0), (1000.0, 1100.0)):
+                await tg.set_limits(global_per_sec=global_limit, global_burst=int(global_limit))
+                before = await tg.count_429()
+                sent, elapsed = await deliver(store, sandbox, db_url, rate, seconds)
+                got = await tg.count_429() - before
+                print(
+                    f"rate {rate:,.0f}/s (sandbox allows {global_limit:,.0f}/s): {sent:,} sent in {elapsed:.1f} s ="
+                    f" {sent / elapsed:,.1f}/s ({100 * sent / elapsed / rate:.1f}% of the setting), 429s: {got}"
+                )
+        async with store.connect() as conn:
+            print("outbox:", await outbox_counts(conn))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        await store.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    asyncio.run(main(args.lines, args.seconds))
