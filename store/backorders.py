@@ -9,9 +9,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
+from sqlalchemy import (
+    CTE,
+    BigInteger,
+    ColumnElement,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
@@ -214,111 +225,79 @@ async def _apply_allocations(conn: AsyncConnection, sku: str, allocs: Sequence[A
 # --- projected dates ---------------------------------------------------------------------
 
 
-async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
+async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True) -> Projection:
     """Recompute projected date, queue position and awaited restock of every waiting line of
-    ``sku`` in one pass, and record the lines whose date moved.
+    ``sku``, and record the lines whose date moved.
 
     A line's date is the expected date of the open restock whose cumulative quantity covers
     the line's last unit in the queue; past the last open restock it is undated.
+
+    The queue is walked inside the database, on the queue index alone (it carries every
+    column read here): running sums of the waiting quantities are matched against the open
+    restocks' cumulative ranges, and set-based UPDATE ... FROM statements write only the
+    lines that changed, first those whose date moved (returned), then those whose place or
+    awaited restock changed.
+
+    ``requeue=False`` is for callers that changed only restocks (a date, a cancellation):
+    no line joined, left or moved in the queue, so the stored places are still right and
+    the queue positions (the one column the index does not carry) are not compared.
     """
     c = order_lines.c
-    lines = (
-        await conn.execute(
-            select(
-                c.line_id,
-                c.order_id,
-                c.qty_waiting,
-                c.projected_date,
-                c.queue_position,
-                c.waits_for_restock_id,
-            )
-            .where(c.sku == sku, c.qty_waiting > 0)
-            .order_by(c.queue_rank, c.queued_at, c.line_id)
-        )
-    ).all()
-    open_restocks = (
-        await conn.execute(
-            select(
-                restocks.c.restock_id,
-                (restocks.c.qty - restocks.c.qty_received).label("left"),
-                restocks.c.expected_date,
-            )
-            .where(restocks.c.sku == sku, restocks.c.status == "open")
-            .order_by(restocks.c.expected_date, restocks.c.restock_id)
-        )
-    ).all()
     free = await free_stock(conn, sku)
-    bounds: list[tuple[int, str, date]] = []  # (cumulative end, restock id, date)
-    cum = free
-    for r in open_restocks:
-        cum += int(r.left)
-        bounds.append((cum, str(r.restock_id), r.expected_date))
-
     now = utcnow()
-    moved: list[MovedLine] = []
-    changed_dates: list[dict[str, object]] = []
-    changed_queue: list[dict[str, object]] = []
-    need = 0
-    k = 0
-    undated = 0
-    for ln in lines:
-        need += int(ln.qty_waiting)
-        while k < len(bounds) and bounds[k][0] < need:
-            k += 1
-        if k < len(bounds):
-            restock_id: str | None = bounds[k][1]
-            new_date: date | None = bounds[k][2]
-        else:
-            restock_id, new_date = None, None
-            undated += 1
-        if new_date != ln.projected_date:
-            moved.append(MovedLine(int(ln.line_id), int(ln.order_id), ln.projected_date, new_date))
-            changed_dates.append(
-                {
-                    "b_line": ln.line_id,
-                    "b_date": new_date,
-                    "b_prev": ln.projected_date,
-                    "b_rs": restock_id,
-                    "b_at": now,
-                }
-            )
-        elif restock_id != ln.waits_for_restock_id:
-            changed_queue.append({"b_line": ln.line_id, "b_rs": restock_id})
-
-    for i in range(0, len(changed_dates), 20_000):
+    moved_rows = _projection(sku, free, "dates")
+    returned = (
         await conn.execute(
             update(order_lines)
-            .where(c.line_id == bindparam("b_line"))
+            .add_cte(moved_rows)
+            .where(c.line_id == moved_rows.c.line_id)
             .values(
-                projected_date=bindparam("b_date"),
-                previous_projected_date=bindparam("b_prev"),
-                projected_changed_at=bindparam("b_at"),
-                waits_for_restock_id=bindparam("b_rs"),
-            ),
-            changed_dates[i : i + 20_000],
+                # Right-hand sides see the row as it was: the old date becomes the previous.
+                previous_projected_date=c.projected_date,
+                projected_date=moved_rows.c.new_date,
+                projected_changed_at=now,
+                waits_for_restock_id=moved_rows.c.new_restock,
+                queue_position=moved_rows.c.pos,
+            )
+            .returning(
+                c.line_id, c.order_id, c.previous_projected_date, c.projected_date, c.queue_position
+            )
         )
-    for i in range(0, len(changed_queue), 20_000):
+    ).all()
+    if requeue:
+        # Every line that stays in the queue behind one that left shifts by one: a
+        # set-based UPDATE ... FROM with row_number() keeps that inside the database engine.
+        placed = _projection(sku, free, "places")
         await conn.execute(
             update(order_lines)
-            .where(c.line_id == bindparam("b_line"))
-            .values(waits_for_restock_id=bindparam("b_rs")),
-            changed_queue[i : i + 20_000],
+            .add_cte(placed)
+            .where(
+                c.line_id == placed.c.line_id,
+                c.queue_position.is_distinct_from(placed.c.pos)
+                | c.waits_for_restock_id.is_distinct_from(placed.c.new_restock),
+            )
+            .values(waits_for_restock_id=placed.c.new_restock, queue_position=placed.c.pos)
         )
-    # Positions shift for the whole queue whenever a line ahead leaves it; one set-based
-    # UPDATE ... FROM with row_number() keeps that inside the database engine.
-    ranked = (
-        select(
-            c.line_id.label("lid"),
-            func.row_number().over(order_by=(c.queue_rank, c.queued_at, c.line_id)).label("pos"),
+    else:
+        rerouted = _projection(sku, free, "restocks")
+        await conn.execute(
+            update(order_lines)
+            .add_cte(rerouted)
+            .where(c.line_id == rerouted.c.line_id)
+            .values(waits_for_restock_id=rerouted.c.new_restock)
         )
-        .where(c.sku == sku, c.qty_waiting > 0)
-        .subquery()
-    )
-    await conn.execute(
-        update(order_lines)
-        .where(c.line_id == ranked.c.lid, c.queue_position.is_distinct_from(ranked.c.pos))
-        .values(queue_position=ranked.c.pos)
-    )
+    moved = [
+        MovedLine(int(r.line_id), int(r.order_id), r.previous_projected_date, r.projected_date)
+        for r in sorted(returned, key=lambda r: int(r.queue_position))
+    ]
+    counts = (
+        await conn.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(case((c.projected_date.is_(None), 1), else_=0)), 0),
+            ).where(c.sku == sku, c.qty_waiting > 0)
+        )
+    ).one()
     if moved:
         await log_event(
             conn,
@@ -327,7 +306,76 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
             moved=len(moved),
             sample=[[m.line_id, m.old_date, m.new_date] for m in moved[:50]],
         )
-    return Projection(sku, len(lines), undated, tuple(moved))
+    return Projection(sku, int(counts[0]), int(counts[1]), tuple(moved))
+
+
+def _projection(sku: str, free: int, changed: Literal["dates", "restocks", "places"]) -> CTE:
+    """Waiting lines of ``sku`` with their place in the queue and the restock (id, date)
+    that covers their last unit, NULLs past the last open restock. ``changed``: "dates",
+    the lines whose date moved; "restocks", those whose date is right but whose awaited
+    restock changed; "places", every line whose date is right (the caller compares the
+    stored place, which is not in the index).
+
+    Restock k covers the units (lo_k, hi_k] of the queue, hi_k = free + the open quantity of
+    restocks 1..k in date order; a line whose running need falls in that range waits for it
+    (units within the free stock count as the first restock's). Everything read from
+    order_lines is in the queue index."""
+    c = order_lines.c
+    r = restocks.c
+    left = r.qty - r.qty_received
+    in_date_order = (r.expected_date, r.restock_id)
+    hi = literal(free, BigInteger) + func.sum(left).over(order_by=in_date_order, rows=(None, 0))
+    bounds = (
+        select(
+            r.restock_id.label("restock_id"),
+            r.expected_date.label("expected_date"),
+            hi.label("hi"),
+            case(
+                (func.row_number().over(order_by=in_date_order) == 1, None), else_=hi - left
+            ).label("lo"),
+        )
+        .where(r.sku == sku, r.status == "open")
+        .subquery("bounds")
+    )
+    queue_order = (c.queue_rank, c.queued_at, c.line_id)
+    queue = (
+        select(
+            c.line_id.label("line_id"),
+            c.projected_date.label("projected_date"),
+            c.waits_for_restock_id.label("waits_for_restock_id"),
+            func.row_number().over(order_by=queue_order, rows=(None, 0)).label("pos"),
+            func.sum(c.qty_waiting).over(order_by=queue_order, rows=(None, 0)).label("need"),
+        )
+        .where(c.sku == sku, c.qty_waiting > 0)
+        .subquery("queue")
+    )
+    date_moved = queue.c.projected_date.is_distinct_from(bounds.c.expected_date)
+    return (
+        select(
+            queue.c.line_id,
+            queue.c.pos,
+            bounds.c.restock_id.label("new_restock"),
+            bounds.c.expected_date.label("new_date"),
+        )
+        .select_from(
+            queue.outerjoin(
+                bounds,
+                (queue.c.need <= bounds.c.hi)
+                & (bounds.c.lo.is_(None) | (queue.c.need > bounds.c.lo)),
+            )
+        )
+        .where(
+            date_moved
+            if changed == "dates"
+            else ~date_moved & queue.c.waits_for_restock_id.is_distinct_from(bounds.c.restock_id)
+            if changed == "restocks"
+            else ~date_moved
+        )
+        # Materialized, so the database filters the queue (on the index) before it joins
+        # order_lines to update, instead of fetching every queued row first.
+        .cte("proj")
+        .prefix_with("MATERIALIZED")
+    )
 
 
 # --- orders ------------------------------------------------------------------------------
@@ -560,7 +608,7 @@ async def change_restock_date(
         new=new_date,
         reason=reason,
     )
-    return await project_dates(conn, r.sku)
+    return await project_dates(conn, r.sku, requeue=False)
 
 
 async def cancel_restock(
@@ -577,7 +625,7 @@ async def cancel_restock(
         .values(status="cancelled", updated_at=utcnow())
     )
     await log_event(conn, "restock_cancelled", sku=r.sku, restock_id=restock_id, reason=reason)
-    return await project_dates(conn, r.sku)
+    return await project_dates(conn, r.sku, requeue=False)
 
 
 # --- cancelling and shipping -------------------------------------------------------------

@@ -205,7 +205,11 @@ orders = Table(
 # qty_waiting = ordered - allocated - shipped - cancelled, kept in the row so the per-SKU
 # queue is one partial index scan. The queue key (queue_rank, queued_at, line_id) copies
 # the order's (queue_rank = -priority, so one ascending index serves the queue) and spares
-# the queue a join.
+# the queue a join. The queue index also carries what allocation and projection read and
+# compare (qty_waiting, projected_date, waits_for_restock_id): a SKU's lines are spread
+# over the whole table, its index entries sit together. queue_position stays out of it: a
+# receipt shifts the place of every line behind the filled ones, and each shift would
+# move an index entry too.
 order_lines = Table(
     "order_lines",
     metadata,
@@ -250,6 +254,9 @@ order_lines = Table(
         "queue_rank",
         "queued_at",
         "line_id",
+        "qty_waiting",
+        "projected_date",
+        "waits_for_restock_id",
         sqlite_where=text("qty_waiting > 0"),
         postgresql_where=text("qty_waiting > 0"),
     ),
