@@ -62,7 +62,9 @@ async def world(
 def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as err:
         return subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "notice_bot_process.py")],
+            # As a module from the repo root: run as a script, tests/ would come first on the
+            # path and tests/bot would shadow the bot package.
+            [sys.executable, "-m", "tests.notice_bot_process"],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
