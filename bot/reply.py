@@ -18,6 +18,13 @@ MAIN_MENU: tuple[tuple[ButtonSpec, ...], ...] = (
 )
 
 
+def chat_id_of(update: Update) -> int:
+    """The chat of an update that handlers registered for chats receive (never None there)."""
+    if update.effective_chat is None:
+        raise ValueError(f"update {update.update_id} has no chat")
+    return update.effective_chat.id
+
+
 async def send(
     update: Update,
     context: BotContext,

@@ -26,7 +26,7 @@ from telegram.ext import (
 from bot.context import BotApplication, BotContext
 from bot.handlers.fallback import stale_button
 from bot.render import ButtonSpec
-from bot.reply import MAIN_MENU, acknowledge, send
+from bot.reply import MAIN_MENU, acknowledge, chat_id_of, send
 from bot.understanding import Intent, Understanding, understand
 from store.chats import (
     chat_of,
@@ -79,7 +79,7 @@ Outcome = Literal["linked", "no_match", "limited"]
 
 async def start_with_code(update: Update, context: BotContext) -> None:
     """``/start <code>``: the link from an order e-mail or the order page."""
-    chat_id = update.effective_chat.id  # type: ignore[union-attr]
+    chat_id = chat_id_of(update)
     code = context.args[0] if context.args else ""
     link = read_link_code(context.settings.link_secret.get_secret_value(), code)
     proof = context.settings.link_proof
@@ -165,7 +165,7 @@ async def _tell_previous_chat(context: BotContext, chat_id: int | None) -> None:
 
 async def begin_verification(update: Update, context: BotContext, order_number: str | None) -> None:
     """Start linking this chat: ask for the order number, or, when known, for the proof."""
-    chat_id = update.effective_chat.id  # type: ignore[union-attr]
+    chat_id = chat_id_of(update)
     async with context.store.begin() as conn:
         chat = await touch_chat(conn, chat_id)
         if chat.customer_id is not None:
@@ -248,7 +248,7 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
             return True
         return await _not_an_answer(update, context, understood, "account_ask_proof_again.j2")
 
-    chat_id = update.effective_chat.id  # type: ignore[union-attr]
+    chat_id = chat_id_of(update)
     outcome: Outcome
     moved_from: int | None = None
     customer_id: int | None = None
@@ -304,7 +304,7 @@ async def _not_an_answer(
 ) -> bool:
     """A message that does not answer the question: a change of mind, another question, or a
     slip, which is asked again and costs no attempt."""
-    chat_id = update.effective_chat.id  # type: ignore[union-attr]
+    chat_id = chat_id_of(update)
     if understood.intent == Intent.CANCEL:
         async with context.store.begin() as conn:
             await clear_pending(conn, chat_id)
@@ -342,7 +342,7 @@ async def unlink_command(update: Update, context: BotContext) -> None:
     """/unlink and its button: ask first, with the customer id in the button to re-check."""
     await acknowledge(update)
     async with context.store.connect() as conn:
-        chat = await chat_of(conn, update.effective_chat.id)  # type: ignore[union-attr]
+        chat = await chat_of(conn, chat_id_of(update))
     if chat is None or chat.customer_id is None:
         await send(update, context, "account_not_linked.j2", rows=LINK_MENU)
         return
@@ -363,7 +363,7 @@ async def unlink_confirmed(update: Update, context: BotContext) -> None:
     query = update.callback_query
     assert query is not None and query.data is not None  # guaranteed by the pattern
     customer_id = int(query.data.rsplit(":", 1)[1])
-    chat_id = update.effective_chat.id  # type: ignore[union-attr]
+    chat_id = chat_id_of(update)
     async with context.store.begin() as conn:
         chat = await chat_of(conn, chat_id)
         current = chat is not None and chat.customer_id == customer_id
@@ -380,7 +380,7 @@ async def unlink_confirmed(update: Update, context: BotContext) -> None:
 
 async def keep_linked(update: Update, context: BotContext) -> None:
     async with context.store.connect() as conn:
-        chat = await chat_of(conn, update.effective_chat.id)  # type: ignore[union-attr]
+        chat = await chat_of(conn, chat_id_of(update))
     if chat is None or chat.customer_id is None:
         await stale_button(update, context)
         return
@@ -390,7 +390,7 @@ async def keep_linked(update: Update, context: BotContext) -> None:
 
 async def cancel(update: Update, context: BotContext) -> None:
     """/cancel and the Cancel button: withdraw the question, if one is open."""
-    chat_id = update.effective_chat.id  # type: ignore[union-attr]
+    chat_id = chat_id_of(update)
     async with context.store.begin() as conn:
         chat = await chat_of(conn, chat_id)
         open_step = chat is not None and chat.pending_step(context.now()) in (

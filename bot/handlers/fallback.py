@@ -6,7 +6,7 @@ from telegram import Update
 from telegram.ext import CallbackQueryHandler, MessageHandler, filters
 
 from bot.context import BotApplication, BotContext
-from bot.reply import MAIN_MENU, send, stale_press
+from bot.reply import MAIN_MENU, chat_id_of, send, stale_press
 from store.chats import record_miss
 
 # After this many misses in a row the bot stops guessing and offers a person.
@@ -16,7 +16,7 @@ OFFER_A_PERSON = ((("agent", "m:agent"),), MAIN_MENU[0], MAIN_MENU[2])
 
 async def not_understood(update: Update, context: BotContext) -> None:
     async with context.store.begin() as conn:
-        chat = await record_miss(conn, update.effective_chat.id)  # type: ignore[union-attr]
+        chat = await record_miss(conn, chat_id_of(update))
     if chat.misses >= MISSES_BEFORE_OFFERING_A_PERSON:
         await send(update, context, "fallback_offer_agent.j2", rows=OFFER_A_PERSON)
     else:

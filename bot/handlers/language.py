@@ -6,7 +6,7 @@ from telegram import Update
 from telegram.ext import CallbackQueryHandler, CommandHandler, filters
 
 from bot.context import BotApplication, BotContext
-from bot.reply import MAIN_MENU, acknowledge, send
+from bot.reply import MAIN_MENU, acknowledge, chat_id_of, send
 from bot.settings import SUPPORTED_LANGUAGES
 from store.chats import set_chat_language
 
@@ -28,7 +28,7 @@ async def chosen(update: Update, context: BotContext) -> None:
     assert query is not None and query.data is not None  # guaranteed by the pattern
     language = query.data.removeprefix("lang:")
     async with context.store.begin() as conn:
-        await set_chat_language(conn, update.effective_chat.id, language)  # type: ignore[union-attr]
+        await set_chat_language(conn, chat_id_of(update), language)
     await acknowledge(update)
     await send(update, context, "language_set.j2", rows=MAIN_MENU, language=language)
 
