@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 from telegram import BotCommand, LinkPreviewOptions
 from telegram.constants import ParseMode
 from telegram.ext import AIORateLimiter, ApplicationBuilder, ContextTypes, Defaults
-from telegram.request import HTTPXRequest
+from telegram.request import BaseRequest, HTTPXRequest
 
 from bot.context import BotApplication, BotContext, BotData
 from bot.handlers import register_all
 from bot.handlers.handoff import check_support_group
 from bot.render import Renderer
+from bot.request import AiohttpRequest
 from bot.settings import SUPPORTED_LANGUAGES, Settings
 from store.db import Store, migrate
 
@@ -35,20 +36,16 @@ def build_application(
     """Assemble the bot. `now` (aware, UTC) replaces the clock: tests move time with it."""
     if settings.bot_token is None:
         raise ValueError("build_application needs a token; run_bot.py supplies the sandbox's")
-    request = HTTPXRequest(
-        connection_pool_size=64,
-        read_timeout=settings.request_timeout,
-        write_timeout=settings.request_timeout,
-        connect_timeout=settings.request_timeout,
-        pool_timeout=settings.request_timeout,
-    )
+    request = _request(settings, pool=64, read_timeout=settings.request_timeout)
+    # Long polling holds its connection for the poll's timeout (PTB adds it to read_timeout).
+    updates_request = _request(settings, pool=1, read_timeout=settings.request_timeout + 30)
     app: BotApplication = (
         ApplicationBuilder()
         .token(settings.bot_token.get_secret_value())
         .base_url(settings.bot_api_base_url)
         .base_file_url(settings.bot_api_file_url)
         .request(request)
-        .get_updates_request(HTTPXRequest(read_timeout=settings.request_timeout + 30))
+        .get_updates_request(updates_request)
         .context_types(ContextTypes(context=BotContext, bot_data=BotData))
         .defaults(
             Defaults(
@@ -70,6 +67,26 @@ def build_application(
     )
     register_all(app)
     return app
+
+
+def _request(settings: Settings, *, pool: int, read_timeout: float) -> BaseRequest:
+    """The HTTP layer named by REQUEST_LAYER, with the bot's timeouts."""
+    timeout = settings.request_timeout
+    if settings.request_layer == "httpx":
+        return HTTPXRequest(
+            connection_pool_size=pool,
+            read_timeout=read_timeout,
+            write_timeout=timeout,
+            connect_timeout=timeout,
+            pool_timeout=timeout,
+        )
+    return AiohttpRequest(
+        connection_pool_size=pool,
+        read_timeout=read_timeout,
+        write_timeout=timeout,
+        connect_timeout=timeout,
+        pool_timeout=timeout,
+    )
 
 
 async def _post_init(app: BotApplication) -> None:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
 
     request_timeout: float = Field(default=10.0, gt=0)
     max_retries: int = Field(default=3, ge=0, le=10)
+    # The HTTP client under PTB (bot/request.py) and how many updates are handled at once
+    # (bot/updates.py: one chat's updates stay in order).
+    request_layer: Literal["aiohttp", "httpx"] = "aiohttp"
+    concurrent_updates: int = Field(default=64, ge=1, le=4096)
     log_level: str = "INFO"
 
     # Notices the bot sends first (the scheduler): see bot/notices.py and store/outbox.py.
