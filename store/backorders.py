@@ -217,7 +217,7 @@ async def _apply_allocations(conn: AsyncConnection, sku: str, allocs: Sequence[A
     await conn.execute(
         update(order_lines)
         .where(c.line_id.in_([a.line_id for a in allocs]), c.qty_waiting == 0)
-        .values(queue_position=None, waits_for_restock_id=None)
+        .values(waits_for_restock_id=None)
     )
     await log_event(conn, "allocated", sku=sku, qty=total, lines=len(allocs))
 
@@ -225,9 +225,9 @@ async def _apply_allocations(conn: AsyncConnection, sku: str, allocs: Sequence[A
 # --- projected dates ---------------------------------------------------------------------
 
 
-async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True) -> Projection:
-    """Recompute projected date, queue position and awaited restock of every waiting line of
-    ``sku``, and record the lines whose date moved.
+async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
+    """Recompute projected date and awaited restock of every waiting line of ``sku``, and
+    record the lines whose date moved.
 
     A line's date is the expected date of the open restock whose cumulative quantity covers
     the line's last unit in the queue; past the last open restock it is undated.
@@ -235,12 +235,11 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
     The queue is walked inside the database, on the queue index alone (it carries every
     column read here): running sums of the waiting quantities are matched against the open
     restocks' cumulative ranges, and set-based UPDATE ... FROM statements write only the
-    lines that changed, first those whose date moved (returned), then those whose place or
-    awaited restock changed.
+    lines that changed, first those whose date moved (returned), then those whose date is
+    right but whose awaited restock changed.
 
-    ``requeue=False`` is for callers that changed only restocks (a date, a cancellation):
-    no line joined, left or moved in the queue, so the stored places are still right and
-    the queue positions (the one column the index does not carry) are not compared.
+    A line's place in the queue is not stored (a receipt would shift every line behind the
+    filled ones): readers count it from the queue index (``store.queries``).
     """
     c = order_lines.c
     free = await free_stock(conn, sku)
@@ -257,38 +256,27 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
                 projected_date=moved_rows.c.new_date,
                 projected_changed_at=now,
                 waits_for_restock_id=moved_rows.c.new_restock,
-                queue_position=moved_rows.c.pos,
             )
             .returning(
-                c.line_id, c.order_id, c.previous_projected_date, c.projected_date, c.queue_position
+                c.line_id,
+                c.order_id,
+                c.previous_projected_date,
+                c.projected_date,
+                c.queue_rank,
+                c.queued_at,
             )
         )
     ).all()
-    if requeue:
-        # Every line that stays in the queue behind one that left shifts by one: a
-        # set-based UPDATE ... FROM with row_number() keeps that inside the database engine.
-        placed = _projection(sku, free, "places")
-        await conn.execute(
-            update(order_lines)
-            .add_cte(placed)
-            .where(
-                c.line_id == placed.c.line_id,
-                c.queue_position.is_distinct_from(placed.c.pos)
-                | c.waits_for_restock_id.is_distinct_from(placed.c.new_restock),
-            )
-            .values(waits_for_restock_id=placed.c.new_restock, queue_position=placed.c.pos)
-        )
-    else:
-        rerouted = _projection(sku, free, "restocks")
-        await conn.execute(
-            update(order_lines)
-            .add_cte(rerouted)
-            .where(c.line_id == rerouted.c.line_id)
-            .values(waits_for_restock_id=rerouted.c.new_restock)
-        )
+    rerouted = _projection(sku, free, "restocks")
+    await conn.execute(
+        update(order_lines)
+        .add_cte(rerouted)
+        .where(c.line_id == rerouted.c.line_id)
+        .values(waits_for_restock_id=rerouted.c.new_restock)
+    )
     moved = [
         MovedLine(int(r.line_id), int(r.order_id), r.previous_projected_date, r.projected_date)
-        for r in sorted(returned, key=lambda r: int(r.queue_position))
+        for r in sorted(returned, key=lambda r: (r.queue_rank, r.queued_at, r.line_id))
     ]
     counts = (
         await conn.execute(
@@ -309,12 +297,10 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
     return Projection(sku, int(counts[0]), int(counts[1]), tuple(moved))
 
 
-def _projection(sku: str, free: int, changed: Literal["dates", "restocks", "places"]) -> CTE:
-    """Waiting lines of ``sku`` with their place in the queue and the restock (id, date)
-    that covers their last unit, NULLs past the last open restock. ``changed``: "dates",
-    the lines whose date moved; "restocks", those whose date is right but whose awaited
-    restock changed; "places", every line whose date is right (the caller compares the
-    stored place, which is not in the index).
+def _projection(sku: str, free: int, changed: Literal["dates", "restocks"]) -> CTE:
+    """Waiting lines of ``sku`` with the restock (id, date) that covers their last unit,
+    NULLs past the last open restock. ``changed``: "dates", the lines whose date moved;
+    "restocks", those whose date is right but whose awaited restock changed.
 
     Restock k covers the units (lo_k, hi_k] of the queue, hi_k = free + the open quantity of
     restocks 1..k in date order; a line whose running need falls in that range waits for it
@@ -343,7 +329,6 @@ def _projection(sku: str, free: int, changed: Literal["dates", "restocks", "plac
             c.line_id.label("line_id"),
             c.projected_date.label("projected_date"),
             c.waits_for_restock_id.label("waits_for_restock_id"),
-            func.row_number().over(order_by=queue_order, rows=(None, 0)).label("pos"),
             func.sum(c.qty_waiting).over(order_by=queue_order, rows=(None, 0)).label("need"),
         )
         .where(c.sku == sku, c.qty_waiting > 0)
@@ -353,7 +338,6 @@ def _projection(sku: str, free: int, changed: Literal["dates", "restocks", "plac
     return (
         select(
             queue.c.line_id,
-            queue.c.pos,
             bounds.c.restock_id.label("new_restock"),
             bounds.c.expected_date.label("new_date"),
         )
@@ -368,8 +352,6 @@ def _projection(sku: str, free: int, changed: Literal["dates", "restocks", "plac
             date_moved
             if changed == "dates"
             else ~date_moved & queue.c.waits_for_restock_id.is_distinct_from(bounds.c.restock_id)
-            if changed == "restocks"
-            else ~date_moved
         )
         # Materialized, so the database filters the queue (on the index) before it joins
         # order_lines to update, instead of fetching every queued row first.
@@ -608,7 +590,7 @@ async def change_restock_date(
         new=new_date,
         reason=reason,
     )
-    return await project_dates(conn, r.sku, requeue=False)
+    return await project_dates(conn, r.sku)
 
 
 async def cancel_restock(
@@ -625,7 +607,7 @@ async def cancel_restock(
         .values(status="cancelled", updated_at=utcnow())
     )
     await log_event(conn, "restock_cancelled", sku=r.sku, restock_id=restock_id, reason=reason)
-    return await project_dates(conn, r.sku, requeue=False)
+    return await project_dates(conn, r.sku)
 
 
 # --- cancelling and shipping -------------------------------------------------------------
@@ -656,7 +638,6 @@ async def _cancel_lines(conn: AsyncConnection, rows: Sequence[Any], reason: str)
                 qty_cancelled=c.qty_cancelled + qty,
                 qty_waiting=0,
                 qty_allocated=0,
-                queue_position=None,
                 waits_for_restock_id=None,
             )
         )

@@ -487,9 +487,8 @@ async def fill_demo(
     for ch in sim.changes:
         slipped_first.setdefault(ch["restock_id"], ch["old_date"])
     need: dict[int, int] = defaultdict(int)
-    pos: dict[int, int] = defaultdict(int)
     n_lines = len(sim.l_qty)
-    proj: list[tuple[date | None, int | None, str | None]] = [(None, None, None)] * n_lines
+    proj: list[tuple[date | None, str | None]] = [(None, None)] * n_lines
     waiting_count = 0
     for li in range(n_lines):
         w = sim.l_qty[li] - sim.l_alloc[li] - sim.l_ship[li] - sim.l_cancel[li]
@@ -497,7 +496,6 @@ async def fill_demo(
             continue
         s = sim.l_sku[li]
         need[s] += w
-        pos[s] += 1
         waiting_count += 1
         cum = sim.free[s]
         hit = None
@@ -506,9 +504,7 @@ async def fill_demo(
             if cum >= need[s]:
                 hit = r
                 break
-        proj[li] = (
-            (hit["expected_date"], pos[s], hit["restock_id"]) if hit else (None, pos[s], None)
-        )
+        proj[li] = (hit["expected_date"], hit["restock_id"]) if hit else (None, None)
 
     async with store.begin() as conn:
         await conn.execute(
@@ -638,7 +634,7 @@ async def fill_demo(
             line_no[o] += 1
             s = sim.l_sku[li]
             w = sim.l_qty[li] - sim.l_alloc[li] - sim.l_ship[li] - sim.l_cancel[li]
-            pdate, ppos, prs = proj[li]
+            pdate, prs = proj[li]
             promised = slipped_first.get(prs, pdate) if prs else pdate
             rows.append(
                 dict(
@@ -658,7 +654,6 @@ async def fill_demo(
                     projected_date=pdate,
                     previous_projected_date=promised if promised != pdate else None,
                     projected_changed_at=now if promised != pdate else None,
-                    queue_position=ppos,
                     waits_for_restock_id=prs,
                     last_told_date=promised,
                     last_told_at=now,

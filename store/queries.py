@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import ColumnElement, case, exists, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.catalog import names_of, pick_name
@@ -177,6 +177,28 @@ async def customer_of(conn: AsyncConnection, customer_id: int) -> Customer | Non
     return Customer(**row._mapping) if row else None
 
 
+def _queue_position() -> ColumnElement[int | None]:
+    """A line's place among its SKU's waiting lines (1 = next to be served), None when not
+    waiting: the waiting lines of the same SKU ahead of it in (queue_rank, queued_at,
+    line_id) order, counted on the queue index (a range scan that stops at the line), + 1.
+    Counted when read, for the lines read: a stored place would shift for every line behind
+    each one that leaves the queue."""
+    ol = order_lines.c
+    ahead = order_lines.alias("ahead")
+    a = ahead.c
+    count_ahead = (
+        select(func.count())
+        .where(
+            a.sku == ol.sku,
+            a.qty_waiting > 0,
+            tuple_(a.queue_rank, a.queued_at, a.line_id)
+            < tuple_(ol.queue_rank, ol.queued_at, ol.line_id),
+        )
+        .scalar_subquery()
+    )
+    return case((ol.qty_waiting > 0, count_ahead + 1), else_=None)
+
+
 async def _lines_by_order(
     conn: AsyncConnection, order_ids: list[int], currency: dict[int, str], language: str | None
 ) -> dict[int, list[OrderLine]]:
@@ -198,7 +220,7 @@ async def _lines_by_order(
                 ol.projected_date,
                 ol.previous_projected_date,
                 ol.last_told_date,
-                ol.queue_position,
+                _queue_position().label("queue_position"),
                 ol.delay_consent,
                 products.c.name_en,
                 products.c.name_de,

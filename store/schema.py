@@ -207,9 +207,9 @@ orders = Table(
 # the order's (queue_rank = -priority, so one ascending index serves the queue) and spares
 # the queue a join. The queue index also carries what allocation and projection read and
 # compare (qty_waiting, projected_date, waits_for_restock_id): a SKU's lines are spread
-# over the whole table, its index entries sit together. queue_position stays out of it: a
-# receipt shifts the place of every line behind the filled ones, and each shift would
-# move an index entry too.
+# over the whole table, its index entries sit together. A line's place in the queue is not
+# stored (a receipt would shift the place of every line behind the filled ones, rows spread
+# over the whole table): readers count the waiting lines ahead of it on this index.
 order_lines = Table(
     "order_lines",
     metadata,
@@ -229,7 +229,6 @@ order_lines = Table(
     Column("projected_date", Date),
     Column("previous_projected_date", Date),
     Column("projected_changed_at", UTCDateTime),
-    Column("queue_position", Integer),
     Column("waits_for_restock_id", String(64), ForeignKey("restocks.restock_id")),
     Column("last_told_date", Date),
     Column("last_told_at", UTCDateTime),

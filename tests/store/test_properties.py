@@ -25,6 +25,7 @@ from store.backorders import (
 )
 from store.errors import StoreError
 from store.master import add_restock
+from store.queries import _queue_position, order_of
 from store.schema import order_lines, restocks, stock
 
 from .helpers import at, seed_catalog
@@ -58,7 +59,8 @@ async def _queue(conn: AsyncConnection) -> list:
                 c.qty_cancelled,
                 c.qty_waiting,
                 c.projected_date,
-                c.queue_position,
+                # The place as readers get it: counted on the queue index, not stored.
+                _queue_position().label("queue_position"),
             )
             .where(c.sku == SKU)
             .order_by(c.queue_rank, c.queued_at, c.line_id)
@@ -75,6 +77,7 @@ async def _scenario(script: list[tuple[str, int, int]], initial: int) -> None:
                 await set_stock(conn, SKU, initial)
             received_total = 0
             orders: list[str] = []
+            owner: dict[str, int] = {}
             restock_ids: list[str] = []
             for step, (kind, a, b) in enumerate(script):
                 async with store.begin() as conn:
@@ -90,6 +93,7 @@ async def _scenario(script: list[tuple[str, int, int]], initial: int) -> None:
                                 priority=b,
                             )
                             orders.append(number)
+                            owner[number] = 1 + step % 2
                         elif kind == "restock":
                             rid = f"PO-{len(restock_ids)}"
                             await add_restock(conn, rid, "SUP-1", SKU, a, BASE + timedelta(days=b))
@@ -134,7 +138,7 @@ async def _scenario(script: list[tuple[str, int, int]], initial: int) -> None:
                     except StoreError:
                         pass
                 async with store.connect() as conn:
-                    await _check_invariants(conn, initial + received_total)
+                    await _check_invariants(conn, initial + received_total, owner)
         finally:
             await store.close()
 
@@ -150,7 +154,7 @@ def _assert_fcfs(before: list, after: list, given: int) -> None:
     assert left == 0 or not any(y.qty_waiting for y in after)
 
 
-async def _check_invariants(conn: AsyncConnection, supplied: int) -> None:
+async def _check_invariants(conn: AsyncConnection, supplied: int, owner: dict[str, int]) -> None:
     rows = await _queue(conn)
     s = (
         await conn.execute(select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == SKU))
@@ -177,6 +181,14 @@ async def _check_invariants(conn: AsyncConnection, supplied: int) -> None:
         assert not seen_none and d >= last
         last = d
     assert [r.queue_position for r in waiting] == list(range(1, len(waiting) + 1))
+    assert all(r.queue_position is None for r in rows if not r.qty_waiting)
+    # The customer's view reads the same places (every order here has one line).
+    place = {r.line_id: i for i, r in enumerate(waiting, start=1)}
+    for number, customer in owner.items():
+        order = await order_of(conn, customer, number)
+        assert order is not None
+        (line,) = order.lines
+        assert line.queue_position == place.get(line.line_id), (number, line)
     # The last dated line is covered by the open restocks.
     open_qty = sum(
         q
