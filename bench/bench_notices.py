@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import insert, update
+from telegram import Bot
+from telegram.request import HTTPXRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -111,36 +114,72 @@ async def build(store: Store, n: int) -> None:
         await conn.execute(update(order_lines).values(last_told_date=order_lines.c.projected_date))
 
 
-def start_sandbox(limits: Limits) -> tuple[Sandbox, asyncio.AbstractEventLoop, threading.Thread]:
-    loop = asyncio.new_event_loop()
-    sandbox = Sandbox(limits=limits)
-    ready = threading.Event()
+async def serve_sandbox(n: int) -> None:
+    """The sandbox in its own process (as in production, Telegram is not in the bot's
+    process): users for every chat, then the addresses on stdout, then serve until killed."""
+    sandbox = Sandbox(limits=Limits())
+    await sandbox.start()
+    for i in range(n):
+        create_user(sandbox._world, {"id": CHAT_BASE + i})
+    print(
+        json.dumps(
+            {
+                "url": sandbox.url,
+                "api": sandbox.api_base,
+                "file": sandbox.file_base,
+                "token": sandbox.token,
+            }
+        ),
+        flush=True,
+    )
+    await asyncio.Event().wait()
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(sandbox.start())
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(sandbox.stop())
-        loop.close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait()
-    return sandbox, loop, thread
+def start_sandbox(n: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-sandbox", str(n)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())
+
+
+async def ceiling(where: dict[str, str], n: int, seconds: float) -> float:
+    """sendMessage as fast as the request layer and the sandbox go: 64 concurrent sends."""
+    bot = Bot(
+        where["token"],
+        base_url=where["api"],
+        base_file_url=where["file"],
+        request=HTTPXRequest(connection_pool_size=128),
+    )
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(k: int) -> None:
+        nonlocal sent
+        i = k
+        while time.perf_counter() < deadline:
+            await bot.send_message(CHAT_BASE + i % n, "ceiling <b>probe</b>", parse_mode="HTML")
+            sent += 1
+            i += 64
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(64)))
+    elapsed = time.perf_counter() - t0
+    await bot.request.shutdown()
+    return sent / elapsed
 
 
 async def deliver(
-    store: Store, sandbox: Sandbox, db_url: str, rate: float, seconds: float
+    store: Store, where: dict[str, str], db_url: str, rate: float, seconds: float
 ) -> tuple[int, float]:
     # NOTICE_BATCH_SIZE's default (500) at the default rate; bigger rounds at 1,000/s.
     rounds = max(1, round(rate * seconds / 500)) if rate <= 25 else 4
     batch = 500 if rate <= 25 else int(rate * seconds / rounds)
     settings = load_settings(
         {
-            "BOT_TOKEN": sandbox.token,
-            "BOT_API_BASE_URL": sandbox.api_base,
-            "BOT_API_FILE_URL": sandbox.file_base,
+            "BOT_TOKEN": where["token"],
+            "BOT_API_BASE_URL": where["api"],
+            "BOT_API_FILE_URL": where["file"],
             "DATABASE_URL": db_url,
             "SEND_RATE_PER_SECOND": str(rate),
             "NOTICE_BATCH_SIZE": str(min(batch, 10_000)),
@@ -181,23 +220,29 @@ async def main(n: int, seconds: float) -> None:
             again = await queue_notices(conn, now=NOW)
         print(f"queue again: {again.notices} new notices")
 
-        sandbox, loop, thread = start_sandbox(Limits())  # Telegram's: 30/s in all, 1/s per chat
-        for i in range(n):
-            create_user(sandbox._world, {"id": CHAT_BASE + i})
-        async with SandboxClient(sandbox.url) as tg:
-            for rate, global_limit in ((25.0, 30.0), (1000.0, 1100.0)):
-                await tg.set_limits(global_per_sec=global_limit, global_burst=int(global_limit))
-                before = await tg.count_429()
-                sent, elapsed = await deliver(store, sandbox, db_url, rate, seconds)
-                got = await tg.count_429() - before
+        proc, where = start_sandbox(n)  # Telegram's limits: 30/s in all, 1/s per chat
+        try:
+            async with SandboxClient(where["url"]) as tg:
+                await tg.set_limits(enabled=False)
+                top = await ceiling(where, n, 5.0)
                 print(
-                    f"rate {rate:,.0f}/s (sandbox allows {global_limit:,.0f}/s): {sent:,} sent in {elapsed:.1f} s ="
-                    f" {sent / elapsed:,.1f}/s ({100 * sent / elapsed / rate:.1f}% of the setting), 429s: {got}"
+                    f"sandbox ceiling (own process, 64 concurrent PTB sends, limits off): {top:,.0f}/s"
                 )
-        async with store.connect() as conn:
-            print("outbox:", await outbox_counts(conn))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5)
+                await tg.set_limits(enabled=True)
+                for rate, global_limit in ((25.0, 30.0), (1000.0, 1100.0)):
+                    await tg.set_limits(global_per_sec=global_limit, global_burst=int(global_limit))
+                    before = await tg.count_429()
+                    sent, elapsed = await deliver(store, where, db_url, rate, seconds)
+                    got = await tg.count_429() - before
+                    print(
+                        f"rate {rate:,.0f}/s (sandbox allows {global_limit:,.0f}/s): {sent:,} sent in {elapsed:.1f} s ="
+                        f" {sent / elapsed:,.1f}/s ({100 * sent / elapsed / rate:.1f}% of the setting), 429s: {got}"
+                    )
+            async with store.connect() as conn:
+                print("outbox:", await outbox_counts(conn))
+        finally:
+            proc.kill()
+            proc.wait()
         await store.close()
 
 
@@ -205,5 +250,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--serve-sandbox", type=int, metavar="USERS", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.lines, args.seconds))
+    if args.serve_sandbox is not None:
+        asyncio.run(serve_sandbox(args.serve_sandbox))
+    else:
+        asyncio.run(main(args.lines, args.seconds))

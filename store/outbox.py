@@ -190,6 +190,16 @@ async def queue_notices(
         if r.qty_cancelled > r.told_cancelled_qty:
             entry["cancelled"] = r.qty_cancelled - r.told_cancelled_qty
         news = len(entry) > 3
+        if r.chat_id is None:
+            # Nobody to tell yet: the lines stay untold, so the order view still shows the
+            # change and the customer hears it once they link a chat.
+            if news:
+                entry["stamp"] = (
+                    r.projected_changed_at.isoformat() if r.projected_changed_at else ""
+                )
+                by_order[r.order_id].append(entry)
+                heads[r.order_id] = r
+            continue
         told.append(
             {
                 "b_line": r.line_id,
@@ -214,9 +224,12 @@ async def queue_notices(
     no_chat = 0
     for order_id, entries in by_order.items():
         head = heads[order_id]
+        status = "pending" if head.chat_id is not None else "no_chat"
         key = _key(
             "order",
             order_id,
+            # Stored once while unlinked; a linked chat gets its own notice for the change.
+            *(("no_chat",) if status == "no_chat" else ()),
             *(
                 (
                     e["line_id"],
@@ -232,7 +245,6 @@ async def queue_notices(
         )
         for e in entries:
             e.pop("stamp", None)
-        status = "pending" if head.chat_id is not None else "no_chat"
         no_chat += status == "no_chat"
         rows.append(
             {

@@ -15,7 +15,7 @@ from bot.notices import deliver_due, run_policy
 from sandbox.client import SandboxClient
 from store import Store
 from store.backorders import NewLine, change_restock_date, place_order, receive_restock, ship
-from store.chats import subscribe_back_in_stock
+from store.chats import link_chat, subscribe_back_in_stock, unlink_chat
 from store.schema import customers, order_lines, orders, outbox
 from tests.bot.notice_helpers import CHAT_BASE, CUSTOMER_BASE, RESTOCK, SKU, day, seed
 from tests.conftest import START, Clock, buttons
@@ -298,3 +298,53 @@ async def test_a_customer_who_blocked_the_bot_is_reachable_again_after_writing(
     await run_policy(bot)
     assert (await deliver_due(bot)).sent == 1
     assert (await tg.transcript(chat))[-1]["text"].startswith(f"📦 Order {number}\n")
+
+
+async def test_a_customer_without_a_chat_is_not_told_and_hears_of_the_move_once_linked(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    [(cid, chat, number)] = await seed(store, tg, 1)
+    async with store.begin() as conn:
+        await unlink_chat(conn, chat)
+        await change_restock_date(conn, RESTOCK, day(24), "supplier delay")
+    await run_policy(bot)
+    report = await deliver_due(bot)
+    assert report.claimed == 0
+    await run_policy(bot)  # nothing new while they have no chat
+    async with store.connect() as conn:
+        rows = (
+            await conn.execute(select(outbox.c.status).where(outbox.c.customer_id == cid))
+        ).all()
+        told = await conn.scalar(
+            select(order_lines.c.last_told_date)
+            .select_from(order_lines.join(orders, orders.c.order_id == order_lines.c.order_id))
+            .where(orders.c.order_number == number)
+        )
+    assert [r.status for r in rows] == ["no_chat"]
+    assert told == day(10)  # still the date they were given
+    async with store.begin() as conn:
+        await link_chat(conn, chat, cid)
+    [reply] = await tg.say(chat, f"/orders {number}", quiet=QUIET)
+    assert reply["text"].startswith("Sorry: a delivery date in this order has moved.")
+    assert "New date: December 20 instead of December 6 (14 days later)." in reply["text"]
+    # The order view told them: no notice repeats it.
+    await run_policy(bot)
+    assert (await deliver_due(bot)).claimed == 0
+
+
+async def test_a_customer_who_links_later_gets_the_notice_they_missed(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    [(cid, chat, number)] = await seed(store, tg, 1)
+    async with store.begin() as conn:
+        await unlink_chat(conn, chat)
+        await change_restock_date(conn, RESTOCK, day(24), "supplier delay")
+    await run_policy(bot)
+    assert (await deliver_due(bot)).claimed == 0
+    async with store.begin() as conn:
+        await link_chat(conn, chat, cid)
+    await run_policy(bot)
+    assert (await deliver_due(bot)).sent == 1
+    assert (await last_message(tg, chat))["text"] == SLIPPED.format(number=number)
+    await run_policy(bot)
+    assert (await deliver_due(bot)).claimed == 0
