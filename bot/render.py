@@ -9,7 +9,13 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_date, format_datetime, format_skeleton, format_timedelta
+from babel.dates import (
+    format_date,
+    format_skeleton,
+    format_time,
+    format_timedelta,
+    get_datetime_format,
+)
 from babel.numbers import format_currency, format_decimal, get_currency_precision
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
@@ -89,7 +95,9 @@ class Renderer:
             local_day=lambda dt: format_date(
                 dt.astimezone(self._zone).date(), "medium", locale=language
             ),
-            moment=lambda dt: format_datetime(dt, "medium", tzinfo=self._zone, locale=language),
+            # The shop's local date of a stored UTC moment (then day_month, long_date ...).
+            local_date=lambda dt: dt.astimezone(self._zone).date(),
+            moment=lambda dt: self._moment(dt, language),
             relative=lambda d: self._relative(d, language),
             days_from_today=lambda d: (d - self._today()).days,
             money=lambda minor, currency: _money(minor, currency, language),
@@ -100,6 +108,15 @@ class Renderer:
         )
         env.globals["language"] = language
         return env
+
+    def _moment(self, dt: datetime, language: str) -> str:
+        """A moment to the minute (no seconds) in the shop's zone: "Nov 26, 2026, 11:00 AM"."""
+        local = dt.astimezone(self._zone)
+        return (
+            str(get_datetime_format("medium", locale=language))
+            .replace("{1}", format_date(local, "medium", locale=language))
+            .replace("{0}", format_time(local, "short", locale=language))
+        )
 
     def _relative(self, day: date, language: str) -> str:
         return format_timedelta(

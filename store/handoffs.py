@@ -1,4 +1,12 @@
-"""Handoffs to people: one support topic per customer chat, its escalations, relayed messages.
+"""Handoffs to people: one support topic per customer, its escalations, relayed messages.
+
+A linked customer has one topic, whichever Telegram account they write from: when their link
+moves to another chat (store.chats.link_chat), their next escalation moves the topic to the
+new chat and reopens it there (UNIQUE(customer_id) on handoffs). An escalation still open on
+the old chat is ended then ("moved": the old account goes back to the bot, silently; the
+conversation continues in the same topic with the new account). A topic the new chat had of
+its own before it was linked is detached (chat_id NULL) and stays closed. An unlinked chat
+keeps one topic per chat (UNIQUE(chat_id)).
 
 Several bot processes may act on the same customer at once, so every transition is a
 conditional UPDATE (or an INSERT guarded by a UNIQUE constraint) whose row count says who won;
@@ -8,17 +16,19 @@ the loser re-reads and follows the winner.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.chats import touch_chat
+from store.errors import Conflict
 from store.schema import (
     chats,
     customers,
     handoff_escalations,
+    handoff_held,
     handoff_messages,
     handoffs,
     orders,
@@ -27,13 +37,16 @@ from store.schema import (
 
 STATES = ("waiting", "answered", "closed")
 REASONS = ("asked", "misunderstood", "delay_policy", "agent_pulled")
-ENDED_BY = ("agent", "idle", "customer", "failed")
+ENDED_BY = ("agent", "idle", "customer", "failed", "moved")
+# How long the escalating process has to open the topic before the sweep may do it.
+TOPIC_LEASE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
 class Handoff:
     handoff_id: int
-    chat_id: int  # the customer's private chat
+    chat_id: int  # the customer's private chat (detached topics are never returned)
+    customer_id: int | None  # the linked customer whose topic this is; None: the chat's own
     support_chat_id: int
     thread_id: int | None  # the forum topic; None until the topic is created
     card_message_id: int | None
@@ -73,6 +86,7 @@ class Claim:
     handoff: Handoff
     started: bool  # False: an escalation was already running, nothing changed
     needs_topic: bool  # this caller won the escalation and no topic exists yet: create it
+    moved_from: int | None = None  # the customer's topic came over from this (old) chat
 
 
 @dataclass(frozen=True)
@@ -91,8 +105,91 @@ def _handoff(row: object) -> Handoff:
 
 
 async def _one(conn: AsyncConnection, *where: object) -> Handoff | None:
-    row = (await conn.execute(select(*_COLS).where(*where))).first()  # type: ignore[arg-type]
+    row = (
+        await conn.execute(select(*_COLS).where(handoffs.c.chat_id.is_not(None), *where))  # type: ignore[arg-type]
+    ).first()
     return _handoff(row) if row else None
+
+
+async def is_detached_topic(conn: AsyncConnection, support_chat_id: int, thread_id: int) -> bool:
+    """True for a topic no chat talks to any more (its customer writes from elsewhere)."""
+    found = await conn.scalar(
+        select(handoffs.c.handoff_id).where(
+            handoffs.c.support_chat_id == support_chat_id,
+            handoffs.c.thread_id == thread_id,
+            handoffs.c.chat_id.is_(None),
+        )
+    )
+    return found is not None
+
+
+async def _detach(conn: AsyncConnection, h: Handoff, now: datetime) -> None:
+    """The chat no longer talks to this (closed) topic."""
+    await conn.execute(
+        update(handoffs)
+        .where(handoffs.c.handoff_id == h.handoff_id, handoffs.c.chat_id == h.chat_id)
+        .values(chat_id=None, updated_at=now)
+    )
+
+
+async def _settle_topic(
+    conn: AsyncConnection, chat_id: int, customer_id: int | None, now: datetime
+) -> int | None:
+    """Before an escalation of the chat (which has no active handoff): make the chat's row
+    the right topic. A linked customer's topic comes to the chat from wherever it is; the
+    chat's own topic is adopted by its customer when they have none. Returns the chat the
+    customer's topic came from, if it moved."""
+    mine = await handoff_of(conn, chat_id)
+    if customer_id is None:
+        if mine is not None and mine.customer_id is not None:
+            await _detach(conn, mine, now)  # someone else's topic: the chat is not theirs now
+        return None
+    theirs = (
+        await conn.execute(
+            select(handoffs.c.handoff_id, handoffs.c.chat_id, handoffs.c.state).where(
+                handoffs.c.customer_id == customer_id
+            )
+        )
+    ).first()
+    if theirs is None:
+        if mine is not None and mine.customer_id is None:
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(
+                        update(handoffs)
+                        .where(
+                            handoffs.c.handoff_id == mine.handoff_id,
+                            handoffs.c.customer_id.is_(None),
+                        )
+                        .values(customer_id=customer_id, updated_at=now)
+                    )
+            except IntegrityError:
+                pass  # another process gave the customer a topic first
+        elif mine is not None:
+            await _detach(conn, mine, now)
+        return None
+    if mine is not None and mine.handoff_id == theirs.handoff_id:
+        return None
+    if mine is not None:
+        await _detach(conn, mine, now)
+    old_chat = theirs.chat_id
+    if theirs.state != "closed":
+        await close_handoff(conn, theirs.handoff_id, now=now, by="moved")
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                update(handoffs)
+                .where(
+                    handoffs.c.handoff_id == theirs.handoff_id,
+                    handoffs.c.chat_id.is_(None)
+                    if old_chat is None
+                    else handoffs.c.chat_id == old_chat,
+                )
+                .values(chat_id=chat_id, customer_blocked=False, updated_at=now)
+            )
+    except IntegrityError:
+        return None  # another process gave this chat a row first: theirs stands
+    return int(old_chat) if old_chat is not None else None
 
 
 async def handoff_of(conn: AsyncConnection, customer_chat_id: int) -> Handoff | None:
@@ -136,7 +233,11 @@ async def claim_handoff(
     exactly one starts it."""
     if reason not in REASONS:
         raise ValueError(f"unknown escalation reason {reason!r}")
-    await touch_chat(conn, chat_id)
+    chat = await touch_chat(conn, chat_id)
+    current = await handoff_of(conn, chat_id)
+    if current is not None and current.active:
+        return Claim(current, started=False, needs_topic=False)
+    moved_from = await _settle_topic(conn, chat_id, chat.customer_id, now)
     fresh = {
         "state": "waiting",
         "reason": reason,
@@ -150,6 +251,7 @@ async def claim_handoff(
         "no_answer_told_at": None,
         "closed_at": None,
         "customer_blocked": False,
+        "topic_lease_until": now + TOPIC_LEASE,
         "updated_at": now,
     }
     started = False
@@ -159,6 +261,7 @@ async def claim_handoff(
                 await conn.execute(
                     insert(handoffs).values(
                         chat_id=chat_id,
+                        customer_id=chat.customer_id,
                         support_chat_id=support_chat_id,
                         escalations=1,
                         created_at=now,
@@ -176,7 +279,9 @@ async def claim_handoff(
         )
         started = bool(result.rowcount)
     found = await handoff_of(conn, chat_id)
-    assert found is not None
+    if found is None:
+        # Lost a race on the customer's topic to another chat's escalation.
+        raise Conflict(f"the topic of chat {chat_id} is being moved; try again")
     if not started:
         return Claim(found, started=False, needs_topic=False)
     if found.support_chat_id != support_chat_id:
@@ -193,24 +298,158 @@ async def claim_handoff(
             handoff_id=found.handoff_id, reason=reason, started_at=now
         )
     )
-    return Claim(found, started=True, needs_topic=found.thread_id is None)
+    return Claim(found, started=True, needs_topic=found.thread_id is None, moved_from=moved_from)
 
 
-async def set_topic(conn: AsyncConnection, handoff_id: int, thread_id: int) -> Handoff:
-    await conn.execute(
-        update(handoffs).where(handoffs.c.handoff_id == handoff_id).values(thread_id=thread_id)
+async def set_topic(conn: AsyncConnection, handoff_id: int, thread_id: int) -> Handoff | None:
+    """Record the topic just opened. None if the handoff has one already (another process
+    opened it first: the caller's topic is surplus) or is gone."""
+    result = await conn.execute(
+        update(handoffs)
+        .where(handoffs.c.handoff_id == handoff_id, handoffs.c.thread_id.is_(None))
+        .values(thread_id=thread_id, topic_lease_until=None)
     )
-    found = await handoff_by_id(conn, handoff_id)
-    assert found is not None
-    return found
+    if not result.rowcount:
+        return None
+    return await handoff_by_id(conn, handoff_id)
 
 
-async def set_card(conn: AsyncConnection, handoff_id: int, message_id: int) -> None:
+async def without_topic(conn: AsyncConnection, now: datetime, limit: int = 100) -> list[Handoff]:
+    """Active handoffs whose topic was never opened and whose opener's lease ran out (the
+    process crashed between the claim and the topic)."""
+    rows = await conn.execute(
+        select(*_COLS)
+        .where(
+            handoffs.c.chat_id.is_not(None),
+            handoffs.c.state != "closed",
+            handoffs.c.thread_id.is_(None),
+            (handoffs.c.topic_lease_until.is_(None)) | (handoffs.c.topic_lease_until <= now),
+        )
+        .order_by(handoffs.c.opened_at)
+        .limit(max(1, min(limit, 1000)))
+    )
+    return [_handoff(r) for r in rows]
+
+
+async def claim_topic_lease(conn: AsyncConnection, handoff_id: int, now: datetime) -> bool:
+    """True for exactly one caller: the one who opens the missing topic now."""
+    result = await conn.execute(
+        update(handoffs)
+        .where(
+            handoffs.c.handoff_id == handoff_id,
+            handoffs.c.state != "closed",
+            handoffs.c.thread_id.is_(None),
+            (handoffs.c.topic_lease_until.is_(None)) | (handoffs.c.topic_lease_until <= now),
+        )
+        .values(topic_lease_until=now + TOPIC_LEASE)
+    )
+    return bool(result.rowcount)
+
+
+async def hold_message(
+    conn: AsyncConnection, handoff_id: int, source: tuple[int, int], now: datetime
+) -> None:
+    """Keep a customer message that came before the topic, to relay it once it exists."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(handoff_held).values(
+                    handoff_id=handoff_id,
+                    source_chat_id=source[0],
+                    source_message_id=source[1],
+                    created_at=now,
+                )
+            )
+    except IntegrityError:
+        pass  # held twice (a redelivered update)
+
+
+async def held_messages(
+    conn: AsyncConnection, handoff_id: int, limit: int = 100
+) -> list[tuple[int, int, int]]:
+    """(held id, chat id, message id) of the handoff's held messages, oldest first."""
+    hm = handoff_held.c
+    rows = await conn.execute(
+        select(hm.held_id, hm.source_chat_id, hm.source_message_id)
+        .where(hm.handoff_id == handoff_id)
+        .order_by(hm.held_id)
+        .limit(max(1, min(limit, 1000)))
+    )
+    return [(int(r.held_id), int(r.source_chat_id), int(r.source_message_id)) for r in rows]
+
+
+async def take_held(conn: AsyncConnection, held_id: int) -> bool:
+    """True for exactly one caller: the one who relays this held message."""
+    result = await conn.execute(delete(handoff_held).where(handoff_held.c.held_id == held_id))
+    return bool(result.rowcount)
+
+
+async def with_held(conn: AsyncConnection, limit: int = 100) -> list[Handoff]:
+    """Active handoffs with a topic and messages still held for it."""
+    ids = select(handoff_held.c.handoff_id).distinct().scalar_subquery()
+    rows = await conn.execute(
+        select(*_COLS)
+        .where(
+            handoffs.c.chat_id.is_not(None),
+            handoffs.c.state != "closed",
+            handoffs.c.thread_id.is_not(None),
+            handoffs.c.handoff_id.in_(ids),
+        )
+        .order_by(handoffs.c.handoff_id)
+        .limit(max(1, min(limit, 1000)))
+    )
+    return [_handoff(r) for r in rows]
+
+
+async def set_card(
+    conn: AsyncConnection, handoff_id: int, message_id: int, digest: str | None = None
+) -> None:
     await conn.execute(
         update(handoffs)
         .where(handoffs.c.handoff_id == handoff_id)
-        .values(card_message_id=message_id)
+        .values(card_message_id=message_id, card_digest=digest)
     )
+
+
+async def card_digest(conn: AsyncConnection, handoff_id: int) -> str | None:
+    """The digest of the card as last posted or edited."""
+    found = await conn.scalar(
+        select(handoffs.c.card_digest).where(handoffs.c.handoff_id == handoff_id)
+    )
+    return str(found) if found is not None else None
+
+
+async def set_card_digest(
+    conn: AsyncConnection, handoff_id: int, digest: str, now: datetime
+) -> None:
+    await conn.execute(
+        update(handoffs)
+        .where(handoffs.c.handoff_id == handoff_id)
+        .values(card_digest=digest, card_checked_at=now)
+    )
+
+
+async def cards_to_check(conn: AsyncConnection, now: datetime, limit: int = 100) -> list[Handoff]:
+    """Active handoffs with a card, the longest unchecked first; marked checked now, so that
+    a batch at a time goes round all of them."""
+    rows = await conn.execute(
+        select(*_COLS)
+        .where(
+            handoffs.c.chat_id.is_not(None),
+            handoffs.c.state != "closed",
+            handoffs.c.card_message_id.is_not(None),
+        )
+        .order_by(handoffs.c.card_checked_at.is_not(None), handoffs.c.card_checked_at)
+        .limit(max(1, min(limit, 1000)))
+    )
+    found = [_handoff(r) for r in rows]
+    if found:
+        await conn.execute(
+            update(handoffs)
+            .where(handoffs.c.handoff_id.in_([h.handoff_id for h in found]))
+            .values(card_checked_at=now)
+        )
+    return found
 
 
 async def record_customer_message(conn: AsyncConnection, handoff_id: int, now: datetime) -> bool:
@@ -279,6 +518,7 @@ async def close_handoff(
     )
     # Edits of messages from a finished conversation are not relayed any more.
     await conn.execute(delete(handoff_messages).where(handoff_messages.c.handoff_id == handoff_id))
+    await conn.execute(delete(handoff_held).where(handoff_held.c.handoff_id == handoff_id))
     return await handoff_by_id(conn, handoff_id)
 
 

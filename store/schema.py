@@ -414,7 +414,13 @@ handoffs = Table(
     "handoffs",
     metadata,
     Column("handoff_id", Integer, primary_key=True, autoincrement=True),
-    Column("chat_id", BigInteger, ForeignKey("chats.chat_id"), nullable=False, unique=True),
+    # The chat the topic talks to now; NULL when the topic is detached from every chat (its
+    # customer moved to another Telegram account that has its own topic, or the chat was
+    # relinked to someone else).
+    Column("chat_id", BigInteger, ForeignKey("chats.chat_id"), unique=True),
+    # The linked customer whose topic this is: one topic per customer, following their link
+    # from chat to chat. NULL for an unlinked chat's topic (one per chat).
+    Column("customer_id", Integer, ForeignKey("customers.customer_id"), unique=True),
     Column("support_chat_id", BigInteger, nullable=False),
     Column("thread_id", BigInteger),
     Column("card_message_id", BigInteger),
@@ -432,6 +438,12 @@ handoffs = Table(
     Column("no_answer_told_at", UTCDateTime),
     Column("closed_at", UTCDateTime),
     Column("customer_blocked", Boolean, nullable=False, server_default=false()),
+    # Who opens the missing topic: the escalating process until then, the sweep after.
+    Column("topic_lease_until", UTCDateTime),
+    # What the context card shows (a digest of its text) and when the sweep last compared it
+    # with the store, so that changes no notice reports still reach the card.
+    Column("card_digest", String(64)),
+    Column("card_checked_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("support_chat_id", "thread_id"),
@@ -452,10 +464,23 @@ handoff_escalations = Table(
     Column("reason", String(20), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("ended_at", UTCDateTime),
-    # 'agent' | 'idle' | 'customer' | 'failed'
+    # 'agent' | 'idle' | 'customer' | 'failed' | 'moved'
     Column("ended_by", String(16)),
     Column("agent_name", String(200)),
     Index(None, "handoff_id", "started_at"),
+)
+
+# Customer messages that arrived while the topic did not exist yet, relayed once it does.
+handoff_held = Table(
+    "handoff_held",
+    metadata,
+    Column("held_id", Integer, primary_key=True, autoincrement=True),
+    Column("handoff_id", Integer, ForeignKey("handoffs.handoff_id"), nullable=False),
+    Column("source_chat_id", BigInteger, nullable=False),
+    Column("source_message_id", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("source_chat_id", "source_message_id"),
+    Index(None, "handoff_id", "held_id"),
 )
 
 # Which relayed copy belongs to which original, so edits can follow; dropped at hand-back.

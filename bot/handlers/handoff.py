@@ -13,6 +13,7 @@ customer-facing handlers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -48,8 +49,11 @@ from store.events import log_event
 from store.handoffs import (
     Handoff,
     active_handoff,
+    card_digest,
+    cards_to_check,
     claim_handoff,
     claim_no_answer_notice,
+    claim_topic_lease,
     close_handoff,
     date_changes,
     due_idle,
@@ -59,13 +63,20 @@ from store.handoffs import (
     handoff_by_id,
     handoff_by_thread,
     handoff_of,
+    held_messages,
+    hold_message,
+    is_detached_topic,
     link_message,
     linked_copy,
     record_agent_message,
     record_customer_message,
     set_card,
+    set_card_digest,
     set_customer_blocked,
     set_topic,
+    take_held,
+    with_held,
+    without_topic,
 )
 from store.queries import Customer, customer_of, order_of, orders_of
 
@@ -298,14 +309,26 @@ async def _set_topic_state(
             log.warning("could not close or reopen topic %s: %s", h.thread_id, exc)
 
 
-async def refresh_card(context_or_app: AppOrContext, chat_id: int) -> None:
-    """Bring the context card of the chat's active handoff up to date (orders, dates)."""
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def refresh_card(context_or_app: AppOrContext, chat_id: int, *, force: bool = True) -> None:
+    """Bring the context card of the chat's active handoff up to date (orders, dates).
+
+    With ``force`` False the card is edited only when what it shows has changed since it
+    was last posted or edited (the sweep's check)."""
     app = _app(context_or_app)
     async with app.bot_data.store.connect() as conn:
         h = await active_handoff(conn, chat_id)
         if h is None or h.card_message_id is None:
             return
         text = await _card(app, conn, h)
+        unchanged = await card_digest(conn, h.handoff_id) == _digest(text)
+    if unchanged and not force:
+        return
+    async with app.bot_data.store.begin() as conn:
+        await set_card_digest(conn, h.handoff_id, _digest(text), app.bot_data.now())
     try:
         await app.bot.edit_message_text(
             text,
@@ -418,12 +441,8 @@ async def _escalate(
             await _relay_from_customer(app, h, trigger)
         return h
     if claim.needs_topic:
-        async with store.connect() as conn:
-            name = _topic_name(app, h, await _customer(conn, h), "waiting")
-        try:
-            topic = await app.bot.create_forum_topic(h.support_chat_id, name)
-        except TelegramError as exc:
-            log.error("cannot open a topic in the support group %s: %s", h.support_chat_id, exc)
+        opened_topic = await _open_topic(app, h)
+        if opened_topic is None:
             async with store.begin() as conn:
                 await close_handoff(conn, h.handoff_id, now=now, by="failed")
             if query is not None:
@@ -435,23 +454,87 @@ async def _escalate(
                 reply_markup=renderer.keyboard(language, MAIN_MENU),
             )
             return None
-        async with store.begin() as conn:
-            h = await set_topic(conn, h.handoff_id, topic.message_thread_id)
+        h = opened_topic
     else:
         await _set_topic_state(app, h, "waiting", reopen=True)
+    await _post_card(app, h, reason)
+    if claim.moved_from is not None:
+        await _notice(app, h, "moved", old=claim.moved_from, new=h.chat_id)
+    await _relay_held(app, h)
+    if trigger is not None:
+        await _relay_from_customer(app, h, trigger)
+    if query is not None:
+        await query.answer()
+    await _tell_started(app, h, reason)
+    return h
+
+
+async def _open_topic(app: BotApplication, h: Handoff) -> Handoff | None:
+    """Open the handoff's topic. None when Telegram refused (logged)."""
+    store = app.bot_data.store
+    async with store.connect() as conn:
+        name = _topic_name(app, h, await _customer(conn, h), "waiting")
+    try:
+        topic = await app.bot.create_forum_topic(h.support_chat_id, name)
+    except TelegramError as exc:
+        log.error("cannot open a topic in the support group %s: %s", h.support_chat_id, exc)
+        return None
+    async with store.begin() as conn:
+        found = await set_topic(conn, h.handoff_id, topic.message_thread_id)
+    if found is not None:
+        return found
+    # Another process (the sweep) opened it meanwhile: ours is surplus.
+    with contextlib.suppress(TelegramError):
+        await app.bot.delete_forum_topic(h.support_chat_id, topic.message_thread_id)
+    async with store.connect() as conn:
+        return await handoff_by_id(conn, h.handoff_id)
+
+
+async def _post_card(app: BotApplication, h: Handoff, reason: str) -> None:
+    store = app.bot_data.store
     async with store.connect() as conn:
         card = await _card(app, conn, h)
     card_id = await _to_topic(app, h, card, _tools(app, h.handoff_id))
     if card_id is not None:
         async with store.begin() as conn:
-            await set_card(conn, h.handoff_id, card_id)
-            await log_event(conn, "handoff_started", reason=reason, chat_id=chat_id)
-    if trigger is not None:
-        await _relay_from_customer(app, h, trigger)
-    if query is not None:
-        await query.answer()
-    opened = _is_open(settings, now)
+            await set_card(conn, h.handoff_id, card_id, _digest(card))
+            await log_event(conn, "handoff_started", reason=reason, chat_id=h.chat_id)
+
+
+async def _relay_held(app: BotApplication, h: Handoff) -> None:
+    """Relay, oldest first, the customer's messages that came before the topic existed."""
+    if h.thread_id is None:
+        return
+    store = app.bot_data.store
     async with store.connect() as conn:
+        held = await held_messages(conn, h.handoff_id)
+    for held_id, source_chat, source_message in held:
+        async with store.begin() as conn:
+            mine = await take_held(conn, held_id)
+        if not mine:
+            continue  # another process relays it
+        try:
+            copy = await app.bot.copy_message(
+                h.support_chat_id, source_chat, source_message, message_thread_id=h.thread_id
+            )
+        except TelegramError as exc:
+            log.error("could not relay a held message of chat %s: %s", h.chat_id, exc)
+            continue
+        async with store.begin() as conn:
+            await link_message(
+                conn,
+                h.handoff_id,
+                (source_chat, source_message),
+                (h.support_chat_id, copy.message_id),
+                app.bot_data.now(),
+            )
+
+
+async def _tell_started(app: BotApplication, h: Handoff, reason: str) -> None:
+    settings = app.bot_data.settings
+    now = app.bot_data.now()
+    opened = _is_open(settings, now)
+    async with app.bot_data.store.connect() as conn:
         language = await _customer_language(app, conn, h)
     back = next_opening(settings, now) if not opened else None
     await _to_customer(
@@ -467,7 +550,6 @@ async def _escalate(
         if back
         else None,
     )
-    return h
 
 
 async def ask_for_agent(update: Update, context: BotContext) -> None:
@@ -486,7 +568,14 @@ async def ask_for_agent(update: Update, context: BotContext) -> None:
 
 async def _relay_from_customer(app: BotApplication, h: Handoff, message: Message) -> None:
     if h.thread_id is None:
-        log.warning("message of chat %s while its topic is being opened", h.chat_id)
+        # The topic is being opened (or its opener crashed: the sweep opens it): hold the
+        # message, it is relayed once the topic exists.
+        now = app.bot_data.now()
+        async with app.bot_data.store.begin() as conn:
+            await hold_message(conn, h.handoff_id, (message.chat_id, message.message_id), now)
+            current = await handoff_by_id(conn, h.handoff_id)
+        if current is not None and current.thread_id is not None:
+            await _relay_held(app, current)  # it opened meanwhile
         return
     try:
         copy = await app.bot.copy_message(
@@ -669,6 +758,41 @@ async def sweep_handoffs(context_or_app: AppOrContext) -> None:
             await _to_customer(app, h, "handoff_no_answer.j2", rows=rows)
     for h in idle:
         await hand_back(app, h, "idle")
+    await _recover_topics(app, now)
+    await _refresh_cards(app, now)
+
+
+async def _recover_topics(app: BotApplication, now: datetime) -> None:
+    """Open the topics a crashed process claimed but never opened, post their cards, relay
+    what the customer wrote meanwhile and tell the customer; relay anything still held."""
+    store = app.bot_data.store
+    async with store.connect() as conn:
+        missing = await without_topic(conn, now, limit=SWEEP_BATCH)
+    for h in missing:
+        async with store.begin() as conn:
+            mine = await claim_topic_lease(conn, h.handoff_id, now)
+        if not mine:
+            continue
+        opened = await _open_topic(app, h)
+        if opened is None or opened.thread_id is None:
+            continue  # the lease runs out and the next sweep tries again
+        await _post_card(app, opened, opened.reason)
+        await _relay_held(app, opened)
+        if not opened.customer_blocked:
+            await _tell_started(app, opened, opened.reason)
+    async with store.connect() as conn:
+        pending = await with_held(conn, limit=SWEEP_BATCH)
+    for h in pending:
+        await _relay_held(app, h)
+
+
+async def _refresh_cards(app: BotApplication, now: datetime) -> None:
+    """Cards follow the store: receipts, date changes and cancellations that reached no
+    notice (and so no post_to_topic) still show up on the card within one sweep."""
+    async with app.bot_data.store.begin() as conn:
+        open_cards = await cards_to_check(conn, now, limit=SWEEP_BATCH)
+    for h in open_cards:
+        await refresh_card(app, h.chat_id, force=False)
 
 
 async def _sweep_job(context: BotContext) -> None:
@@ -706,6 +830,13 @@ async def _topic_handoff(app: BotApplication, message: Message) -> Handoff | Non
         return await handoff_by_thread(conn, message.chat_id, message.message_thread_id)
 
 
+async def _in_detached_topic(app: BotApplication, message: Message) -> bool:
+    if not message.is_topic_message or message.message_thread_id is None:
+        return False
+    async with app.bot_data.store.connect() as conn:
+        return await is_detached_topic(conn, message.chat_id, message.message_thread_id)
+
+
 async def _reply(app: BotApplication, message: Message, kind: str, **values: Any) -> None:
     await message.reply_text(_agent_text(app, "agent_notice.j2", kind=kind, **values))
 
@@ -731,15 +862,19 @@ async def agent_message(update: Update, context: BotContext) -> None:
         raise ApplicationHandlerStop
     h = await _topic_handoff(app, message)
     if h is None:
+        if await _in_detached_topic(app, message) and await _agent_gate(update, context):
+            await _reply(app, message, "detached")
         raise ApplicationHandlerStop  # the team talking among themselves
     if await _agent_gate(update, context) is None:
         raise ApplicationHandlerStop
     if update.edited_message is not None:
+        async with context.store.connect() as conn:
+            language = await _customer_language(app, conn, h)
         await _follow_edit(
             app,
             message,
-            _signed(app, message.text_html, message) if message.text else None,
-            _signed(app, message.caption_html, message) if message.caption else None,
+            _signed(app, message.text_html, message, language) if message.text else None,
+            _signed(app, message.caption_html, message, language) if message.caption else None,
         )
         raise ApplicationHandlerStop
     if not h.active:
@@ -754,16 +889,15 @@ async def agent_message(update: Update, context: BotContext) -> None:
     raise ApplicationHandlerStop
 
 
-def _signed(app: BotApplication, html: str, message: Message) -> str:
+def _signed(app: BotApplication, html: str, message: Message, language: str) -> str:
+    """The agent's words as the customer gets them: signed, in the customer's language."""
     settings = app.bot_data.settings
     name = _agent_name(message)
     if not settings.agent_signature or not name:
         return html
-    # The signature is in the shop's default language: the customer's would need the
-    # customer's row here, and it reads the same in every language the shop uses.
     return app.bot_data.renderer.text(
         "handoff_signed.j2",
-        _agent_language(app),
+        language,
         text=Markup(html),
         name=name,
         shop=settings.shop_name,
@@ -773,12 +907,18 @@ def _signed(app: BotApplication, html: str, message: Message) -> str:
 async def _relay_to_customer(app: BotApplication, h: Handoff, message: Message) -> None:
     settings = app.bot_data.settings
     signing = settings.agent_signature and _agent_name(message) is not None
+    async with app.bot_data.store.connect() as conn:
+        language = await _customer_language(app, conn, h)
     try:
         if signing and message.text:
-            sent = await app.bot.send_message(h.chat_id, _signed(app, message.text_html, message))
+            sent = await app.bot.send_message(
+                h.chat_id, _signed(app, message.text_html, message, language)
+            )
             copy_id = sent.message_id
         elif signing and not message.sticker and not message.video_note:
-            caption = _signed(app, message.caption_html if message.caption else "", message)
+            caption = _signed(
+                app, message.caption_html if message.caption else "", message, language
+            )
             copy_id = (
                 await app.bot.copy_message(
                     h.chat_id, message.chat_id, message.message_id, caption=caption
@@ -1103,7 +1243,7 @@ async def _send_canned(
     if settings.agent_signature and name:
         text = renderer.text(
             "handoff_signed.j2",
-            _agent_language(app),
+            language,
             text=Markup(text),
             name=name,
             shop=settings.shop_name,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,7 +25,14 @@ from bot.handlers.handoff import (
 from sandbox.client import SandboxClient
 from store import Store
 from store.chats import link_chat, record_miss
-from store.handoffs import Handoff, active_handoff, escalations_of, handoff_of
+from store.handoffs import (
+    Handoff,
+    active_handoff,
+    claim_handoff,
+    escalations_of,
+    handoff_of,
+    hold_message,
+)
 from tests.conftest import Clock, buttons
 
 QUIET = 0.15
@@ -35,6 +43,7 @@ EVE = 9003  # not in the group
 ANNA = 601  # customer 1 of the demo shop (German)
 JOHN = 602  # customer 2 (English)
 NEW = 603  # not linked to a customer record
+ANNA_2 = 604  # Anna's second Telegram account, linked later
 
 pytestmark = pytest.mark.usefixtures("bot")
 
@@ -116,7 +125,7 @@ STARTED_EN = (
 CARD_ANNA = """🙋 Anna Schmidt · #1 · Deutsch
 anna.schmidt@example.com · +49 30 1234567
 Telegram: Anna (@anna_s) · 601
-Why: asked for a person, Nov 26, 2026, 11:00:00\u202fAM
+Why: asked for a person, Nov 26, 2026, 11:00\u202fAM
 
 100003 · August 30 · €300.88
 1. City Pram ×1 · waiting · no date · queue 1
@@ -176,7 +185,7 @@ async def test_the_menu_button_after_two_misses_escalates_as_misunderstood(
     topic = await _topic(tg)
     assert topic["name"] == "⏳ John Smith · #2"
     [card] = await _in_topic(tg, topic["message_thread_id"])
-    assert "Why: the bot misunderstood twice in a row, Nov 26, 2026, 11:00:00\u202fAM" in card
+    assert "Why: the bot misunderstood twice in a row, Nov 26, 2026, 11:00\u202fAM" in card
     h = await _handoff(store, JOHN)
     assert h.reason == "misunderstood"
 
@@ -214,7 +223,7 @@ async def test_the_delay_policy_and_free_text_routes(
         "🙋 Nora Neu · Español",
         "Not linked to a customer record.",
         f"Telegram: Nora Neu · {NEW}",
-        "Why: a long delay needs a person's decision, Nov 26, 2026, 11:00:00\u202fAM",
+        "Why: a long delay needs a person's decision, Nov 26, 2026, 11:00\u202fAM",
     ]
     assert (await _handoff(store, NEW)).reason == "delay_policy"
 
@@ -333,7 +342,8 @@ async def test_agents_sign_with_their_first_name_when_the_shop_wants_it(
     before = (await tg.chat(ANNA))["last_message_id"]
     await _agent_says(tg, MARIA, thread, "Ihr Paket kommt morgen.")
     [copy] = await tg.collect(ANNA, before, quiet=QUIET)
-    assert copy["text"] == "Ihr Paket kommt morgen.\n\n— Maria, Demo Shop team"
+    # The signature is in the customer's language, like everything the customer reads.
+    assert copy["text"] == "Ihr Paket kommt morgen.\n\n— Maria, Team von Demo Shop"
     assert "Maria" not in str(copy["message"]["from"])
 
 
@@ -390,7 +400,7 @@ async def test_hand_back_by_command_then_the_bot_answers_and_a_new_escalation_re
         (thread, "⏳ Anna Schmidt · #1", False)
     ]
     card = (await _in_topic(tg, thread))[-1]
-    assert "Earlier:\n• Nov 26, 2026, 11:00:00\u202fAM: asked for a person, closed by Maria" in card
+    assert "Earlier:\n• Nov 26, 2026, 11:00\u202fAM: asked for a person, closed by Maria" in card
     h = await _handoff(store, ANNA)
     assert (h.state, h.escalations) == ("waiting", 2)
     async with store.connect() as conn:
@@ -675,3 +685,195 @@ async def test_without_a_support_group_the_customer_hears_how_else_to_reach_the_
     async with store.connect() as conn:
         assert await handoff_of(conn, JOHN) is None
     assert await check_support_group(bot) == ["SUPPORT_CHAT_ID is not set"]
+
+
+# --- one topic per customer, whichever account they write from --------------------------
+
+
+async def test_a_customer_on_a_new_account_gets_their_topic_back_and_the_old_chat_is_freed(
+    tg: SandboxClient, store: Store, customers: None
+) -> None:
+    await tg.say(ANNA, "/agent", quiet=QUIET)
+    thread = (await _topic(tg))["message_thread_id"]
+    # Anna links a new Telegram account while her thread is still open on the old one.
+    await tg.create_user(ANNA_2, first_name="Anna", language_code="de")
+    async with store.begin() as conn:
+        await link_chat(conn, ANNA_2, 1)
+    [reply] = await tg.say(ANNA_2, "/agent", quiet=QUIET)
+    assert reply["text"] == STARTED_DE
+    topics = await tg.topics(SUPPORT)
+    assert [(t["message_thread_id"], t["name"], t["closed"]) for t in topics] == [
+        (thread, "⏳ Anna Schmidt · #1", False)
+    ]
+    h = await _handoff(store, ANNA_2)
+    assert (h.thread_id, h.customer_id, h.state, h.escalations) == (thread, 1, "waiting", 2)
+    async with store.connect() as conn:
+        assert await handoff_of(conn, ANNA) is None
+        history = await escalations_of(conn, h.handoff_id)
+    assert [(e.reason, e.ended_by) for e in history] == [("asked", None), ("asked", "moved")]
+    posted = await _in_topic(tg, thread)
+    assert posted[-1] == (
+        f"↪️ The customer now writes from another Telegram account (chat {ANNA} → {ANNA_2}). "
+        "Their old chat is back with the bot."
+    )
+    assert posted[-2].startswith("🙋 Anna Schmidt · #1 · Deutsch")
+    assert "asked for a person, moved to another Telegram account" in posted[-2]
+    # The new account talks to the topic, both ways ...
+    assert await tg.say(ANNA_2, "Hallo, neues Handy!", timeout=0.5, quiet=QUIET) == []
+    await asyncio.sleep(0.2)
+    assert (await _in_topic(tg, thread))[-1] == "Hallo, neues Handy!"
+    before = (await tg.chat(ANNA_2))["last_message_id"]
+    await _agent_says(tg, MARIA, thread, "Willkommen zurück!")
+    [copy] = await tg.collect(ANNA_2, before, quiet=QUIET)
+    assert copy["text"] == "Willkommen zurück!"
+    # ... and the old account is the bot's again.
+    [answer] = await tg.say(ANNA, "/help", quiet=QUIET)
+    assert answer["text"].startswith("Was ich kann")
+
+
+async def test_an_unlinked_chat_has_its_own_topic_which_its_customer_keeps_after_linking(
+    tg: SandboxClient, store: Store, customers: None
+) -> None:
+    await tg.say(NEW, "/agent", quiet=QUIET)
+    thread = (await _topic(tg))["message_thread_id"]
+    assert (await _handoff(store, NEW)).customer_id is None
+    await _agent_says(tg, MARIA, thread, "/close")
+    await asyncio.sleep(0.3)
+    async with store.begin() as conn:
+        await link_chat(conn, NEW, 3)
+    await tg.say(NEW, "/agent", quiet=QUIET)
+    [topic] = await tg.topics(SUPPORT)
+    assert (topic["message_thread_id"], topic["closed"]) == (thread, False)
+    assert topic["name"].startswith("⏳ ") and topic["name"].endswith(" · #3")
+    assert (await _handoff(store, NEW)).customer_id == 3
+    # Another unlinked chat gets a topic of its own.
+    await tg.create_user(ANNA_2, first_name="Otto", language_code="de")
+    await tg.say(ANNA_2, "/agent", quiet=QUIET)
+    assert [t["name"] for t in await tg.topics(SUPPORT)][-1] == "⏳ Otto"
+
+
+async def test_the_sweep_opens_a_topic_that_a_crashed_process_never_opened(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock, customers: None
+) -> None:
+    # The escalation was claimed, then the process died before it opened the topic.
+    async with store.begin() as conn:
+        claim = await claim_handoff(
+            conn,
+            JOHN,
+            support_chat_id=SUPPORT,
+            reason="asked",
+            now=clock.now,
+            no_answer_due_at=clock.now + timedelta(minutes=15),
+            customer_name="John",
+            telegram_language="en",
+        )
+    assert claim.needs_topic
+    # What John writes meanwhile is held for the topic, and the bot stays silent.
+    assert await tg.say(JOHN, "Where is my kettle?", timeout=0.5, quiet=QUIET) == []
+    await sweep_handoffs(bot)  # the opener's lease still runs: not the sweep's business yet
+    assert await tg.topics(SUPPORT) == []
+    clock.advance(minutes=3)
+    before = (await tg.chat(JOHN))["last_message_id"]
+    await asyncio.gather(sweep_handoffs(bot), sweep_handoffs(bot))  # two processes at once
+    topic = await _topic(tg)
+    assert (topic["name"], topic["closed"]) == ("⏳ John Smith · #2", False)
+    posted = await _in_topic(tg, topic["message_thread_id"])
+    assert posted[0].startswith("🙋 John Smith · #2 · English")
+    assert posted[1:] == ["Where is my kettle?"]
+    h = await _handoff(store, JOHN)
+    assert h.thread_id == topic["message_thread_id"] and h.card_message_id is not None
+    [told] = await tg.collect(JOHN, before, quiet=QUIET)
+    assert told["text"] == STARTED_EN
+    # Nothing is relayed twice by a later run.
+    await sweep_handoffs(bot)
+    assert len(await _in_topic(tg, topic["message_thread_id"])) == 2
+
+
+async def test_a_held_message_left_behind_is_relayed_by_the_sweep(
+    bot: BotApplication, tg: SandboxClient, store: Store, customers: None
+) -> None:
+    await tg.say(JOHN, "/agent", quiet=QUIET)
+    thread = (await _topic(tg))["message_thread_id"]
+    sent = await tg.send_message(JOHN, "Sent while the topic was opening")
+    await asyncio.sleep(0.3)
+    # As if it had been held (no topic yet) after the opener relayed the others.
+    h = await _handoff(store, JOHN)
+    async with store.begin() as conn:
+        await hold_message(conn, h.handoff_id, (JOHN, sent["message_id"]), datetime.now(UTC))
+    await sweep_handoffs(bot)
+    texts = await _in_topic(tg, thread)
+    assert texts[1:] == ["Sent while the topic was opening", "Sent while the topic was opening"]
+
+
+# --- the card keeps up ----------------------------------------------------------------------
+
+
+async def test_a_notice_posted_to_the_topic_brings_the_card_up_to_date(
+    bot: BotApplication, tg: SandboxClient, store: Store, customers: None
+) -> None:
+    from store.backorders import change_restock_date
+    from store.queries import orders_of
+
+    await tg.say(ANNA, "/agent", quiet=QUIET)
+    h = await _handoff(store, ANNA)
+    async with store.begin() as conn:
+        [order] = [o for o in await orders_of(conn, 1) if o.order_number == "100002"]
+        waits = order.lines[0].waits_for
+        assert waits is not None
+        await change_restock_date(conn, waits.restock_id, date(2027, 1, 8), "supplier")
+    # The notice scheduler's path: it posts the rendered notice through post_to_topic.
+    assert await post_to_topic(bot, ANNA, "📅 <b>Order 100002</b>: new date") is True
+    await asyncio.sleep(0.2)
+    card = next(r for r in await tg.transcript(SUPPORT) if r["message_id"] == h.card_message_id)
+    assert "Barista Pro Coffee Machine ×1 · waiting · ~January 8 · queue 1" in card["text"]
+    assert "December 20 → January 8" in card["text"]
+
+
+async def test_the_card_shows_order_dates_as_the_shops_local_day(
+    tg: SandboxClient, store: Store, customers: None
+) -> None:
+    from sqlalchemy import update
+
+    from store.schema import orders
+
+    # 23:30 UTC on August 30 is already August 31 in Berlin.
+    async with store.begin() as conn:
+        await conn.execute(
+            update(orders)
+            .where(orders.c.order_number == "100003")
+            .values(placed_at=datetime(2026, 8, 30, 23, 30, tzinfo=UTC))
+        )
+    await tg.say(ANNA, "/agent", quiet=QUIET)
+    [card] = (await _in_topic(tg, (await _topic(tg))["message_thread_id"]))[:1]
+    assert "100003 · August 31 · €300.88" in card
+    assert "Why: asked for a person, Nov 26, 2026, 11:00\u202fAM" in card
+
+
+async def test_the_sweep_brings_the_card_up_to_date_after_a_receipt_and_a_cancellation(
+    bot: BotApplication, tg: SandboxClient, store: Store, customers: None
+) -> None:
+    from store.backorders import cancel_order, receive_restock
+    from store.queries import orders_of
+
+    await tg.say(ANNA, "/agent", quiet=QUIET)
+    h = await _handoff(store, ANNA)
+
+    async def card() -> str:
+        records = await tg.transcript(SUPPORT)
+        return str(next(r for r in records if r["message_id"] == h.card_message_id)["text"])
+
+    first = await card()
+    await sweep_handoffs(bot)  # nothing changed: the card stays as it is
+    assert await card() == first
+    # The restock arrives (no notice goes to the topic for that) and the shop cancels an
+    # order from the command line.
+    async with store.begin() as conn:
+        [order] = [o for o in await orders_of(conn, 1) if o.order_number == "100002"]
+        waits = order.lines[0].waits_for
+        assert waits is not None
+        await receive_restock(conn, waits.restock_id)
+        await cancel_order(conn, "100003", customer_id=1, reason="shop")
+    await sweep_handoffs(bot)
+    updated = await card()
+    assert "1. Barista Pro Coffee Machine ×1 · ready to ship" in updated
+    assert "1. City Pram ×1 · cancelled" in updated
