@@ -18,6 +18,7 @@ from bot.handlers.handoff import check_support_group
 from bot.render import Renderer
 from bot.request import AiohttpRequest
 from bot.settings import SUPPORTED_LANGUAGES, Settings
+from bot.updates import ChatOrderedProcessor
 from store.db import Store, migrate
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def build_application(
         .base_file_url(settings.bot_api_file_url)
         .request(request)
         .get_updates_request(updates_request)
+        # Up to CONCURRENT_UPDATES at once; one chat's updates one after another, in order.
+        .concurrent_updates(ChatOrderedProcessor(settings.concurrent_updates))
         .context_types(ContextTypes(context=BotContext, bot_data=BotData))
         .defaults(
             Defaults(

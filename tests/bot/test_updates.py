@@ -1,0 +1,160 @@
+"""bot/updates.py: updates processed concurrently, each chat's in the order they came."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from telegram import Chat, Message, Update
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+
+from bot.request import AiohttpRequest
+from bot.updates import ChatOrderedProcessor, chat_key
+from sandbox import Sandbox
+from sandbox.client import SandboxClient
+
+BURST = 20
+
+
+def _update(update_id: int, chat_id: int) -> Update:
+    chat = Chat(chat_id, Chat.PRIVATE)
+    message = Message(update_id, datetime(2026, 1, 1, tzinfo=UTC), chat, text=str(update_id))
+    return Update(update_id, message=message)
+
+
+async def test_an_update_of_a_busy_chat_waits_while_other_chats_proceed() -> None:
+    processor = ChatOrderedProcessor(4)
+    ran: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(name: str) -> None:
+        ran.append(f"{name} start")
+        await release.wait()
+        ran.append(f"{name} end")
+
+    async def quick(name: str) -> None:
+        ran.append(name)
+
+    first = asyncio.create_task(processor.process_update(_update(1, 10), slow("a1")))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(processor.process_update(_update(2, 10), quick("a2")))
+    other = asyncio.create_task(processor.process_update(_update(3, 20), quick("b1")))
+    await asyncio.wait_for(asyncio.gather(second, other), 1)
+    # a2 handed its slot back at once but has not run; b1 ran.
+    assert ran == ["a1 start", "b1"]
+    assert processor.busy_chats == 1
+    assert processor.current_concurrent_updates == 1
+    release.set()
+    await asyncio.wait_for(first, 1)
+    assert ran == ["a1 start", "b1", "a1 end", "a2"]
+    assert processor.busy_chats == 0  # an idle chat is forgotten
+
+
+async def test_a_failing_update_does_not_stall_the_chat() -> None:
+    processor = ChatOrderedProcessor(2)
+    ran: list[int] = []
+    gate = asyncio.Event()
+
+    async def boom() -> None:
+        await gate.wait()
+        raise RuntimeError("handler bug")
+
+    async def ok(n: int) -> None:
+        ran.append(n)
+
+    first = asyncio.create_task(processor.process_update(_update(1, 7), boom()))
+    await asyncio.sleep(0)
+    await processor.process_update(_update(2, 7), ok(2))
+    gate.set()
+    await asyncio.wait_for(first, 1)
+    assert ran == [2]
+
+
+async def test_cancelled_work_leaves_no_coroutine_unawaited() -> None:
+    processor = ChatOrderedProcessor(2)
+    started = asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def never() -> None:
+        raise AssertionError("must not run")
+
+    runner = asyncio.create_task(processor.process_update(_update(1, 7), forever()))
+    await started.wait()
+    await processor.process_update(_update(2, 7), never())
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert processor.busy_chats == 0
+
+
+def test_the_order_key_is_the_chat_else_the_user() -> None:
+    assert chat_key(_update(1, 42)) == 42
+    assert chat_key(object()) is None
+    assert chat_key(Update(5)) is None
+
+
+# --- through the sandbox: a bot whose later replies would overtake earlier ones -------------
+
+
+@pytest.fixture
+async def jittery(sandbox: Sandbox) -> AsyncIterator[Application]:  # type: ignore[type-arg]
+    """An echo bot on the processor whose early messages take longest: without per-chat
+    order, a burst would be answered backwards."""
+
+    async def echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.message is not None and update.message.text is not None
+        number = int(update.message.text.split()[-1])
+        await asyncio.sleep(0.002 * (BURST - number % 100))
+        await update.message.reply_text(update.message.text)
+
+    app = (
+        ApplicationBuilder()
+        .token(sandbox.token)
+        .base_url(sandbox.api_base)
+        .request(AiohttpRequest(connection_pool_size=32))
+        .get_updates_request(AiohttpRequest(connection_pool_size=1, read_timeout=10))
+        .concurrent_updates(ChatOrderedProcessor(16))
+        .build()
+    )
+    app.add_handler(MessageHandler(filters.TEXT, echo))
+    await app.initialize()
+    await app.start()
+    assert app.updater is not None
+    await app.updater.start_polling(poll_interval=0, timeout=1)
+    try:
+        yield app
+    finally:
+        await app.updater.stop()
+        await app.stop()
+        await app.shutdown()
+
+
+async def test_a_burst_is_answered_in_order_while_other_chats_proceed(
+    jittery: Application,  # type: ignore[type-arg]
+    tg: SandboxClient,
+) -> None:
+    burst, others = 501, [502, 503, 504]
+    for user in (burst, *others):
+        await tg.create_user(user)
+    for n in range(BURST):
+        await tg.send_message(burst, f"burst {n}")
+    for user in others:
+        await tg.send_message(user, f"other {BURST - 1}")  # the quickest to handle
+    replies: list[str] = []
+    after = 0
+    async with asyncio.timeout(10):
+        while len(replies) < BURST:
+            found = await tg.collect(burst, after, timeout=5, quiet=0.2)
+            replies += [m["text"] for m in found if m["from_bot"]]
+            after = found[-1]["message_id"] if found else after
+    assert replies == [f"burst {n}" for n in range(BURST)]
+    # The other chats did not wait for the burst: each was answered before its last reply.
+    calls = [c for c in await tg.calls("sendMessage") if c["status"] == 200]
+    order = [int(c["params"]["chat_id"]) for c in calls]
+    last_of_burst = max(i for i, chat in enumerate(order) if chat == burst)
+    assert all(order.index(user) < last_of_burst for user in others)
