@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -270,6 +271,71 @@ def send_user_message(world: World, body: dict[str, Any]) -> Record:
 @_ROUTES.post("/control/messages")
 async def _send_message(request: web.Request) -> web.Response:
     return _ok(send_user_message(_world(request), await _body(request)).control())
+
+
+def _press_last(world: World, user_id: Any, data: str) -> str:
+    """A user presses ``data`` on the last bot message of their private chat (forged: the
+    button need not be on it). Returns the callback query id."""
+    user = _user(world, user_id)
+    chat = _chat(world, user.id)
+    if user.blocked:
+        raise ControlError(409, "the user has blocked the bot; unblock first")
+    rec = next((r for r in reversed(chat.messages.values()) if r.from_bot), None)
+    if rec is None:
+        raise ControlError(409, f"no bot message in chat {chat.id} to press on")
+    query = CallbackQuery(
+        id=str(7_000_000_000_000_000 + world.next_callback_id),
+        chat_id=chat.id,
+        message_id=rec.message["message_id"],
+        user_id=user.id,
+        data=data,
+        created=asyncio.get_running_loop().time(),
+    )
+    world.next_callback_id += 1
+    world.remember_callback(query)
+    world.enqueue(
+        "callback_query",
+        {
+            "id": query.id,
+            "from": user.public(),
+            "message": rec.message,
+            "chat_instance": str(abs(chat.id) * 7919 % 10**12),
+            "data": data,
+        },
+    )
+    return query.id
+
+
+@_ROUTES.post("/control/bulk")
+async def _bulk(request: web.Request) -> web.Response:
+    """Many users and updates in one call, for load drivers: ``{"users": [{"id": ...}],
+    "messages": [{"user_id": ..., "text": ...} | {"user_id": ..., "press": data}]}``.
+    Items are applied in order; the answer carries the wall-clock time (``time.time()``) at
+    which the updates became available, and per message its message id or callback query id.
+    A bad item stops the batch with its index; the items before it stay applied."""
+    world = _world(request)
+    body = await _body(request)
+    users = body.get("users") or []
+    messages = body.get("messages") or []
+    if not isinstance(users, list) or not isinstance(messages, list):
+        raise ControlError(400, "users and messages must be lists")
+    done: list[dict[str, Any]] = []
+    for i, item in enumerate([*users, *messages]):
+        if not isinstance(item, dict):
+            raise ControlError(400, f"item {i} is not an object")
+        try:
+            if i < len(users):
+                create_user(world, item)
+            elif "press" in item:
+                query_id = _press_last(world, item.get("user_id"), str(item["press"]))
+                done.append({"chat_id": _int(item["user_id"], "user_id"), "query_id": query_id})
+            else:
+                rec = send_user_message(world, item)
+                chat_id = rec.message["chat"]["id"]
+                done.append({"chat_id": chat_id, "message_id": rec.message_id})
+        except ControlError as err:
+            raise ControlError(err.status, f"item {i}: {err.message}") from None
+    return _ok({"time": time.time(), "users": len(users), "messages": done})
 
 
 @_ROUTES.post("/control/edits")

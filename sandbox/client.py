@@ -221,6 +221,21 @@ class SandboxClient:
         result: dict[str, Any] = await self._call("POST", "unblock", {"user_id": user_id})
         return result
 
+    async def bulk(
+        self,
+        users: list[dict[str, Any]] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Many users and updates in one call (load drivers). ``messages`` items are
+        ``{"user_id", "text"}`` or ``{"user_id", "press": data}`` (a forged press on the
+        chat's last bot message). Returns ``{"time", "users", "messages": [{"chat_id",
+        "message_id" | "query_id"}]}``, ``time`` being the sandbox's ``time.time()`` when the
+        updates became available."""
+        result: dict[str, Any] = await self._call(
+            "POST", "bulk", {"users": users or [], "messages": messages or []}
+        )
+        return result
+
     # --- waiting for the bot ---------------------------------------------------------------
 
     async def wait_for_bot_message(
