@@ -168,16 +168,14 @@ async def _settle_topic(
         elif mine is not None:
             await _detach(conn, mine, now)
         return None
-    if mine is not None and mine.handoff_id == theirs.handoff_id:
-        return None
+    if theirs.chat_id == chat_id or (mine is not None and mine.handoff_id == theirs.handoff_id):
+        return None  # already here (another process of this chat may have just claimed it)
     if mine is not None:
         await _detach(conn, mine, now)
     old_chat = theirs.chat_id
-    if theirs.state != "closed":
-        await close_handoff(conn, theirs.handoff_id, now=now, by="moved")
     try:
         async with conn.begin_nested():
-            await conn.execute(
+            moved = await conn.execute(
                 update(handoffs)
                 .where(
                     handoffs.c.handoff_id == theirs.handoff_id,
@@ -189,6 +187,10 @@ async def _settle_topic(
             )
     except IntegrityError:
         return None  # another process gave this chat a row first: theirs stands
+    if not moved.rowcount:
+        return None  # another process moved it first
+    # The move is ours: an escalation still open on the old chat ends here.
+    await close_handoff(conn, theirs.handoff_id, now=now, by="moved")
     return int(old_chat) if old_chat is not None else None
 
 
