@@ -28,10 +28,12 @@ from sqlalchemy import select
 from telegram import Bot
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
-from telegram.request import HTTPXRequest
+from telegram.request import BaseRequest, HTTPXRequest
 
 from bot.context import BotApplication, BotContext
 from bot.render import ButtonSpec
+from bot.request import AiohttpRequest
+from bot.settings import Settings
 from store.catalog import names_of, pick_name
 from store.delays import DelayPolicy, apply_delay_policy, offer_for, record_shown
 from store.outbox import (
@@ -82,11 +84,34 @@ class Rendered:
     offer_id: int | None = None
 
 
-# Sends in flight at once, whatever the rate. PTB's httpx request layer is fastest with few
-# requests in flight and slows down with more (against the local sandbox, 2 cores: 455/s with
-# 1, 469/s with 4, 164/s with 16, 65/s with 64), so a few reused connections carry it all.
-MAX_IN_FLIGHT = 4
-POOL_SIZE = 8
+# Sends in flight at once, whatever the rate, and the sender's HTTP pool, per request layer
+# (REQUEST_LAYER). PTB's httpx layer is fastest with few requests in flight and slows down
+# with more (against the local sandbox, 2 cores: 455/s with 1, 469/s with 4, 164/s with 16,
+# 65/s with 64), so a few reused connections carry it all. The aiohttp layer keeps its pace
+# as concurrency rises; IN_FLIGHT_AIOHTTP is what measured best (bench/bench_notices.py).
+IN_FLIGHT = {"aiohttp": 16, "httpx": 4}
+POOL_SIZE = {"aiohttp": 16, "httpx": 8}
+
+
+def sender_request(settings: Settings) -> BaseRequest:
+    """The notice sender's own HTTP layer: the one REQUEST_LAYER names, sized for sending."""
+    timeout = settings.request_timeout
+    pool = POOL_SIZE[settings.request_layer]
+    if settings.request_layer == "httpx":
+        return HTTPXRequest(
+            connection_pool_size=pool,
+            read_timeout=timeout,
+            write_timeout=timeout,
+            connect_timeout=timeout,
+            pool_timeout=timeout,
+        )
+    return AiohttpRequest(
+        connection_pool_size=pool,
+        read_timeout=timeout,
+        write_timeout=timeout,
+        connect_timeout=timeout,
+        pool_timeout=timeout,
+    )
 
 
 @dataclass
@@ -97,18 +122,23 @@ class _Sender:
     The pacer hands out slots by reservation: each sender takes the next free instant and
     sleeps once until it. (Polling for a free slot woke every waiting send on every slot: with
     thousands waiting at 1,000/s the event loop did nothing else, the HTTP requests in flight
-    starved into timeouts and a round delivered nothing.) At most ``MAX_IN_FLIGHT`` sends hold
-    or wait for a slot; the rest wait on a semaphore, which wakes one at a time."""
+    starved into timeouts and a round delivered nothing.) At most ``max_in_flight`` (IN_FLIGHT,
+    by request layer) sends hold or wait for a slot; the rest wait on a semaphore, which wakes
+    one at a time."""
 
     bot: Bot
     rate: float
     per_chat: float
+    max_in_flight: int = 4
     next_slot: float = 0.0
     paused_until: float = 0.0
     last_to_chat: dict[int, float] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    in_flight: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_IN_FLIGHT))
+    in_flight: asyncio.Semaphore = field(init=False)
     worker: str = field(default_factory=lambda: f"pid{os.getpid()}")
+
+    def __post_init__(self) -> None:
+        self.in_flight = asyncio.Semaphore(self.max_in_flight)
 
     async def slot(self) -> None:
         interval = 1 / self.rate
@@ -145,20 +175,19 @@ def _sender(app: BotApplication) -> _Sender:
     sender = _senders.get(app)
     if sender is None:
         s = app.bot_data.settings
-        request = HTTPXRequest(
-            connection_pool_size=POOL_SIZE,
-            read_timeout=s.request_timeout,
-            write_timeout=s.request_timeout,
-            connect_timeout=s.request_timeout,
-            pool_timeout=s.request_timeout,
-        )
+        request = sender_request(s)
         bot = Bot(
             app.bot.token,
             base_url=app.bot.base_url.removesuffix(app.bot.token),
             base_file_url=app.bot.base_file_url.removesuffix(app.bot.token),
             request=request,
         )
-        sender = _Sender(bot, s.send_rate_per_second, s.per_chat_interval_seconds)
+        sender = _Sender(
+            bot,
+            s.send_rate_per_second,
+            s.per_chat_interval_seconds,
+            max_in_flight=IN_FLIGHT[s.request_layer],
+        )
         _senders[app] = sender
     return sender
 

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    Table,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,6 +49,8 @@ from store.schema import (
 CHUNK = 5000
 # SQLite allows 32766 bound parameters; PostgreSQL 65535. IN lists stay well below.
 IN_CHUNK = 900
+# outbox.dedupe_key's length.
+KEY_MAX = 200
 
 ORDER_UPDATE = "order_update"
 BACK_IN_STOCK = "back_in_stock"
@@ -81,8 +93,21 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-def _iso(d: date | None) -> str | None:
-    return d.isoformat() if d is not None else None
+# One JSON encoder for every payload (json.dumps with options builds a new one per call).
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+# The lines queue_notices marks told, with what they were told, for one UPDATE ... FROM.
+# A temporary table of its own, created and dropped inside the caller's transaction.
+_told = Table(
+    "outbox_told_lines",
+    MetaData(),
+    Column("line_id", Integer, primary_key=True),
+    Column("moved", Integer, nullable=False),  # 1: the date is told (moved past the threshold)
+    Column("ready_qty", Integer, nullable=False),
+    Column("shipped_qty", Integer, nullable=False),
+    Column("cancelled_qty", Integer, nullable=False),
+    prefixes=["TEMPORARY"],
+)
 
 
 def _key(kind: str, *parts: object) -> str:
@@ -90,35 +115,53 @@ def _key(kind: str, *parts: object) -> str:
     return f"{kind}:{parts[0]}:{digest}"
 
 
+def _order_key(order_id: int, no_chat: bool, entries: list[dict[str, Any]]) -> str:
+    """The change an order notice tells, named in plain text: per line its id, old and new
+    date, when the date changed, and the units ready, shipped, cancelled. Only a key too long
+    for the column (many lines in one notice) is hashed."""
+    fingerprint = ";".join(
+        f"{e['line_id']},{e.get('old')},{e.get('new')},{e.get('stamp')},"
+        f"{e.get('ready')},{e.get('shipped')},{e.get('cancelled')}"
+        for e in entries
+    )
+    # Stored once while unlinked; a linked chat gets its own notice for the change.
+    head = f"order:{order_id}:{'n' if no_chat else 'c'}:"
+    if len(head) + len(fingerprint) > KEY_MAX:
+        fingerprint = "#" + hashlib.sha1(fingerprint.encode()).hexdigest()
+    return head + fingerprint
+
+
 async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
     """Write outbox rows (dedupe_key, chat_id, customer_id, kind, payload dict, status,
     not_before); rows whose key exists are skipped. Returns how many were new."""
     now = utcnow()
+    # What rows share (the creation time, usually the due time) is bound once per statement,
+    # not once per row: binding a datetime costs more than writing the row.
+    by_due: dict[datetime, list[dict[str, Any]]] = {}
+    for r in rows:
+        due = r.get("not_before") or now
+        if due in by_due:
+            by_due[due].append(r)
+        else:
+            by_due[due] = [r]
     written = 0
-    for part in _chunks(rows, CHUNK):
-        values = [
-            {
-                "dedupe_key": r["dedupe_key"],
-                "chat_id": r.get("chat_id") or 0,
-                "customer_id": r.get("customer_id"),
-                "kind": r["kind"],
-                "payload": json.dumps(r["payload"], sort_keys=True, separators=(",", ":")),
-                "status": r.get("status", "pending"),
-                "attempts": 0,
-                "not_before": r.get("not_before") or now,
-                "created_at": now,
-            }
-            for r in part
-        ]
-        result = await conn.execute(_insert(conn), values)
-        written += max(result.rowcount, 0)
+    for due, group in by_due.items():
+        statement = _insert(conn).values(attempts=0, created_at=now, not_before=due)
+        for part in _chunks(group, CHUNK):
+            values = [
+                {
+                    "dedupe_key": r["dedupe_key"],
+                    "chat_id": r.get("chat_id") or 0,
+                    "customer_id": r.get("customer_id"),
+                    "kind": r["kind"],
+                    "payload": _encode(r["payload"]),
+                    "status": r.get("status", "pending"),
+                }
+                for r in part
+            ]
+            result = await conn.execute(statement, values)
+            written += max(result.rowcount, 0)
     return written
-
-
-def _moved_enough(old: date | None, new: date | None, threshold_days: int) -> bool:
-    if old is None or new is None:
-        return old is not new  # gaining or losing a date is always news
-    return abs((new - old).days) >= threshold_days
 
 
 async def queue_notices(
@@ -168,52 +211,61 @@ async def queue_notices(
         )
     ).all()
 
-    by_order: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    by_order: dict[int, list[dict[str, Any]]] = {}
     heads: dict[int, Any] = {}
-    told: list[dict[str, Any]] = []
+    told: list[tuple[int, int, int, int, int]] = []
     shipped_lines: list[int] = []
     for r in candidates:
-        entry: dict[str, Any] = {"line_id": r.line_id, "line_no": r.line_no, "sku": r.sku}
-        moved = r.qty_waiting > 0 and _moved_enough(
-            r.last_told_date, r.projected_date, threshold_days
-        )
+        (
+            line_id,
+            order_id,
+            line_no,
+            sku,
+            waiting,
+            allocated,
+            shipped,
+            cancelled,
+            projected,
+            told_date,
+            changed_at,
+            told_ready,
+            told_shipped,
+            told_cancelled,
+            _,
+            _,
+            chat_id,
+        ) = r
+        entry: dict[str, Any] = {"line_id": line_id, "line_no": line_no, "sku": sku}
+        moved = False
+        if waiting > 0:
+            if projected is None or told_date is None:
+                moved = projected is not told_date  # gaining or losing a date is always news
+            else:
+                moved = abs((projected - told_date).days) >= threshold_days
         if moved:
-            entry["old"] = _iso(r.last_told_date)
-            entry["new"] = _iso(r.projected_date)
-            entry["waiting"] = r.qty_waiting
-        ready = r.qty_allocated + r.qty_shipped - r.told_ready_qty
-        if r.qty_allocated > 0 and ready > 0:
-            entry["ready"] = min(ready, r.qty_allocated)
-        if r.qty_shipped > r.told_shipped_qty:
-            entry["shipped"] = r.qty_shipped - r.told_shipped_qty
-            shipped_lines.append(r.line_id)
-        if r.qty_cancelled > r.told_cancelled_qty:
-            entry["cancelled"] = r.qty_cancelled - r.told_cancelled_qty
-        news = len(entry) > 3
-        if r.chat_id is None:
-            # Nobody to tell yet: the lines stay untold, so the order view still shows the
-            # change and the customer hears it once they link a chat.
-            if news:
-                entry["stamp"] = (
-                    r.projected_changed_at.isoformat() if r.projected_changed_at else ""
-                )
-                by_order[r.order_id].append(entry)
-                heads[r.order_id] = r
-            continue
-        told.append(
-            {
-                "b_line": r.line_id,
-                # A move below the threshold is not told, so it keeps adding up.
-                "b_date": r.projected_date if moved else r.last_told_date,
-                "b_ready": r.qty_allocated + r.qty_shipped,
-                "b_shipped": r.qty_shipped,
-                "b_cancelled": r.qty_cancelled,
-            }
-        )
-        if news:
-            entry["stamp"] = r.projected_changed_at.isoformat() if r.projected_changed_at else ""
-            by_order[r.order_id].append(entry)
-            heads[r.order_id] = r
+            entry["old"] = told_date.isoformat() if told_date is not None else None
+            entry["new"] = projected.isoformat() if projected is not None else None
+            entry["waiting"] = waiting
+        ready = allocated + shipped - told_ready
+        if allocated > 0 and ready > 0:
+            entry["ready"] = min(ready, allocated)
+        if shipped > told_shipped:
+            entry["shipped"] = shipped - told_shipped
+            shipped_lines.append(line_id)
+        if cancelled > told_cancelled:
+            entry["cancelled"] = cancelled - told_cancelled
+        if chat_id is not None:
+            # A move below the threshold is not told, so it keeps adding up.
+            told.append((line_id, int(moved), allocated + shipped, shipped, cancelled))
+        # Without a chat nobody is told yet: the lines stay untold, so the order view still
+        # shows the change and the customer hears it once they link a chat.
+        if len(entry) > 3:
+            entry["stamp"] = changed_at.isoformat() if changed_at else ""
+            if order_id in by_order:
+                by_order[order_id].append(entry)
+            else:
+                by_order[order_id] = [entry]
+            heads[order_id] = r
 
     if shipped_lines:
         await _attach_shipments(conn, by_order, shipped_lines)
@@ -224,28 +276,11 @@ async def queue_notices(
     no_chat = 0
     for order_id, entries in by_order.items():
         head = heads[order_id]
-        status = "pending" if head.chat_id is not None else "no_chat"
-        key = _key(
-            "order",
-            order_id,
-            # Stored once while unlinked; a linked chat gets its own notice for the change.
-            *(("no_chat",) if status == "no_chat" else ()),
-            *(
-                (
-                    e["line_id"],
-                    e.get("old"),
-                    e.get("new"),
-                    e.get("stamp"),
-                    e.get("ready"),
-                    e.get("shipped"),
-                    e.get("cancelled"),
-                )
-                for e in entries
-            ),
-        )
+        unlinked = head.chat_id is None
+        key = _order_key(order_id, unlinked, entries)
         for e in entries:
             e.pop("stamp", None)
-        no_chat += status == "no_chat"
+        no_chat += unlinked
         rows.append(
             {
                 "dedupe_key": key,
@@ -257,28 +292,42 @@ async def queue_notices(
                     "order_number": head.order_number,
                     "lines": entries,
                 },
-                "status": status,
+                "status": "no_chat" if unlinked else "pending",
                 "not_before": now,
             }
         )
     written = await insert_notices(conn, rows)
 
     if told:
-        await conn.execute(
-            update(order_lines)
-            .where(ol.line_id == bindparam("b_line"))
-            .values(
-                last_told_date=bindparam("b_date"),
-                last_told_at=now,
-                told_ready_qty=bindparam("b_ready"),
-                told_shipped_qty=bindparam("b_shipped"),
-                told_cancelled_qty=bindparam("b_cancelled"),
-            ),
-            told,
-        )
+        await _mark_told(conn, told, now)
 
     written += await _queue_back_in_stock(conn, now)
     return QueueReport(written, sum(len(v) for v in by_order.values()), no_chat, superseded)
+
+
+async def _mark_told(
+    conn: AsyncConnection, told: list[tuple[int, int, int, int, int]], now: datetime
+) -> None:
+    """Record what the queued notices tell, in one UPDATE ... FROM over a temporary table
+    (the told units as read, not as they may be by now)."""
+    ol = order_lines.c
+    t = _told.c
+    await conn.run_sync(_told.create)
+    names = ("line_id", "moved", "ready_qty", "shipped_qty", "cancelled_qty")
+    for part in _chunks(told, CHUNK * 4):
+        await conn.execute(insert(_told), [dict(zip(names, row, strict=True)) for row in part])
+    await conn.execute(
+        update(order_lines)
+        .where(ol.line_id == t.line_id)
+        .values(
+            last_told_date=case((t.moved == 1, ol.projected_date), else_=ol.last_told_date),
+            last_told_at=now,
+            told_ready_qty=t.ready_qty,
+            told_shipped_qty=t.shipped_qty,
+            told_cancelled_qty=t.cancelled_qty,
+        )
+    )
+    await conn.run_sync(_told.drop)
 
 
 async def _attach_shipments(
