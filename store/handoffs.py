@@ -648,6 +648,12 @@ async def date_changes(
     return {k: v[-per_restock:] for k, v in out.items()}
 
 
+async def linked_chat(conn: AsyncConnection, customer_id: int) -> int | None:
+    """The chat the customer is linked to now, if any."""
+    found = await conn.scalar(select(chats.c.chat_id).where(chats.c.customer_id == customer_id))
+    return int(found) if found is not None else None
+
+
 async def find_customer_chat(conn: AsyncConnection, query: str) -> int | None:
     """The private chat an agent means: an order number, a customer's e-mail, or a chat id
     the bot knows. None when nothing (or no linked chat) matches."""

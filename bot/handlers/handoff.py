@@ -67,6 +67,7 @@ from store.handoffs import (
     hold_message,
     is_detached_topic,
     link_message,
+    linked_chat,
     linked_copy,
     record_agent_message,
     record_customer_message,
@@ -878,9 +879,17 @@ async def agent_message(update: Update, context: BotContext) -> None:
         )
         raise ApplicationHandlerStop
     if not h.active:
-        # Writing in a closed topic takes the customer back from the bot.
+        # Writing in a closed topic takes the customer back from the bot, on the account
+        # they are linked from now (the topic follows them there).
+        chat_id: int | None = h.chat_id
+        if h.customer_id is not None:
+            async with context.store.connect() as conn:
+                chat_id = await linked_chat(conn, h.customer_id)
+        if chat_id is None:
+            await _reply(app, message, "detached")
+            raise ApplicationHandlerStop
         pulled = await _escalate(
-            app, h.chat_id, "agent_pulled", _Who(h.customer_name, h.username, h.telegram_language)
+            app, chat_id, "agent_pulled", _Who(h.customer_name, h.username, h.telegram_language)
         )
         if pulled is None:
             raise ApplicationHandlerStop

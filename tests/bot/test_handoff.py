@@ -877,3 +877,26 @@ async def test_the_sweep_brings_the_card_up_to_date_after_a_receipt_and_a_cancel
     updated = await card()
     assert "1. Barista Pro Coffee Machine ×1 · ready to ship" in updated
     assert "1. City Pram ×1 · cancelled" in updated
+
+
+async def test_an_agent_writing_in_a_closed_topic_reaches_the_customers_current_account(
+    tg: SandboxClient, store: Store, customers: None
+) -> None:
+    await tg.say(ANNA, "/agent", quiet=QUIET)
+    thread = (await _topic(tg))["message_thread_id"]
+    closing = (await tg.chat(ANNA))["last_message_id"]
+    await _agent_says(tg, MARIA, thread, "/close")
+    [back] = await tg.collect(ANNA, closing, quiet=QUIET)
+    assert back["text"].startswith("Unser Team hat das Gespräch beendet.")
+    await tg.create_user(ANNA_2, first_name="Anna", language_code="de")
+    async with store.begin() as conn:
+        await link_chat(conn, ANNA_2, 1)
+    before = (await tg.chat(ANNA_2))["last_message_id"]
+    old_before = (await tg.chat(ANNA))["last_message_id"]
+    await _agent_says(tg, MARIA, thread, "Anna, eine Frage noch.")
+    replies = await tg.collect(ANNA_2, before, quiet=QUIET)
+    assert [r["text"] for r in replies][-1] == "Anna, eine Frage noch."
+    assert await tg.collect(ANNA, old_before, timeout=0.3, quiet=QUIET) == []
+    assert len(await tg.topics(SUPPORT)) == 1
+    h = await _handoff(store, ANNA_2)
+    assert (h.thread_id, h.state, h.reason) == (thread, "answered", "agent_pulled")
