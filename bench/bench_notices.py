@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.app import build_application  # noqa: E402
-from bot.notices import close, deliver_due  # noqa: E402
+from bot.notices import IN_FLIGHT, close, deliver_due  # noqa: E402
+from bot.request import AiohttpRequest  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from sandbox import Limits, Sandbox  # noqa: E402
 from sandbox._control import create_user  # noqa: E402
@@ -46,6 +48,7 @@ RESTOCK = "PO-HOT-1"
 TODAY = date(2026, 11, 26)
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # 11:00 in Berlin: outside quiet hours
 CHAT_BASE = 10_000_000
+LAYER = os.environ.get("REQUEST_LAYER", "aiohttp")
 
 
 async def build(store: Store, n: int) -> None:
@@ -143,13 +146,18 @@ def start_sandbox(n: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
     return proc, json.loads(proc.stdout.readline())
 
 
-async def ceiling(where: dict[str, str], n: int, seconds: float) -> float:
+async def ceiling(where: dict[str, str], n: int, seconds: float, layer: str) -> float:
     """sendMessage as fast as the request layer and the sandbox go: 64 concurrent sends."""
+    request = (
+        HTTPXRequest(connection_pool_size=128)
+        if layer == "httpx"
+        else AiohttpRequest(connection_pool_size=128)
+    )
     bot = Bot(
         where["token"],
         base_url=where["api"],
         base_file_url=where["file"],
-        request=HTTPXRequest(connection_pool_size=128),
+        request=request,
     )
     sent = 0
     deadline = time.perf_counter() + seconds
@@ -185,6 +193,7 @@ async def deliver(
             "NOTICE_BATCH_SIZE": str(min(batch, 10_000)),
             "NOTICE_JOB_INTERVAL_SECONDS": "0",
             "LEASE_SECONDS": "600",
+            "REQUEST_LAYER": LAYER,
         }
     )
     app = build_application(settings, store, now=lambda: NOW)
@@ -224,10 +233,12 @@ async def main(n: int, seconds: float) -> None:
         try:
             async with SandboxClient(where["url"]) as tg:
                 await tg.set_limits(enabled=False)
-                top = await ceiling(where, n, 5.0)
-                print(
-                    f"sandbox ceiling (own process, 64 concurrent PTB sends, limits off): {top:,.0f}/s"
-                )
+                for layer in ("aiohttp", "httpx"):
+                    top = await ceiling(where, n, 5.0, layer)
+                    print(
+                        f"sandbox ceiling (own process, 64 concurrent PTB sends over {layer}, limits off): {top:,.0f}/s"
+                    )
+                print(f"sender: REQUEST_LAYER={LAYER}, {IN_FLIGHT[LAYER]} sends in flight")
                 await tg.set_limits(enabled=True)
                 for rate, global_limit in ((25.0, 30.0), (1000.0, 1100.0)):
                     await tg.set_limits(global_per_sec=global_limit, global_burst=int(global_limit))

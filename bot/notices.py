@@ -85,12 +85,13 @@ class Rendered:
 
 
 # Sends in flight at once, whatever the rate, and the sender's HTTP pool, per request layer
-# (REQUEST_LAYER). PTB's httpx layer is fastest with few requests in flight and slows down
-# with more (against the local sandbox, 2 cores: 455/s with 1, 469/s with 4, 164/s with 16,
-# 65/s with 64), so a few reused connections carry it all. The aiohttp layer keeps its pace
-# as concurrency rises; IN_FLIGHT_AIOHTTP is what measured best (bench/bench_notices.py).
-IN_FLIGHT = {"aiohttp": 16, "httpx": 4}
-POOL_SIZE = {"aiohttp": 16, "httpx": 8}
+# (REQUEST_LAYER). Measured against the sandbox in its own process (2 loaded cores, limits
+# off): PTB's httpx layer is fastest with few requests in flight and slows down with more
+# (152/s with 4, 29/s with 16, 41/s with 64), so a few reused connections carry it all; the
+# aiohttp layer gains with concurrency (532/s with 4, 570/s with 16, 661/s with 32, 708/s
+# with 64).
+IN_FLIGHT = {"aiohttp": 64, "httpx": 4}
+POOL_SIZE = {"aiohttp": 64, "httpx": 8}
 
 
 def sender_request(settings: Settings) -> BaseRequest:

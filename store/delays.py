@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import cancel_line, cancel_order
 from store.errors import NotFound
-from store.outbox import DELAY_CANCELLED, DELAY_OFFER, insert_notices
+from store.outbox import DELAY_CANCELLED, DELAY_OFFER, IN_CHUNK, insert_notices
 from store.schema import chats, delay_offers, order_lines, orders, utcnow
 
 OPEN = ("open", "consented")
@@ -176,8 +176,11 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
     if not new_offers:
         return 0
     notices: list[dict[str, Any]] = []
+    reached: list[int] = []
     for offer in new_offers:
         chat_id = offer.pop("chat_id")
+        if chat_id is not None:
+            reached.append(offer["line_id"])
         offer_id = (
             await conn.execute(delay_offers.insert().values(**offer).returning(d.offer_id))
         ).scalar_one()
@@ -193,12 +196,15 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
             }
         )
     await insert_notices(conn, notices)
-    # The offer tells the new date; a plain date-change notice about it would repeat it.
-    await conn.execute(
-        update(order_lines)
-        .where(ol.line_id.in_([o["line_id"] for o in new_offers]))
-        .values(last_told_date=ol.projected_date, last_told_at=now)
-    )
+    # The offer tells the new date; a plain date-change notice about it would repeat it. A
+    # customer without a chat is told nothing yet (the outbox's rule): their lines stay
+    # untold, so the order view shows the move and they hear of it once they link a chat.
+    for start in range(0, len(reached), IN_CHUNK):
+        await conn.execute(
+            update(order_lines)
+            .where(ol.line_id.in_(reached[start : start + IN_CHUNK]))
+            .values(last_told_date=ol.projected_date, last_told_at=now)
+        )
     return len(new_offers)
 
 
@@ -245,7 +251,9 @@ async def _enforce_deadlines(
         result = await cancel_line(
             conn, r.order_number, r.line_no, reason="delay: no consent by the answer-by day"
         )
-        await _told_cancelled(conn, [r.line_id])
+        if r.chat_id is not None:
+            # Without a chat the cancellation stays untold, like any change (see _offer_new).
+            await _told_cancelled(conn, [r.line_id])
         await _close(
             conn,
             r.offer_id,

@@ -8,10 +8,11 @@ import json
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store
+from store.delays import DelayPolicy, apply_delay_policy
 from store.outbox import (
     QueueReport,
     claim_due,
@@ -41,7 +42,13 @@ async def add_chat(conn: AsyncConnection, customer_id: int) -> int:
     return chat_id
 
 
-async def add_order(conn: AsyncConnection, order_id: int, customer_id: int, lines: int) -> None:
+async def add_order(
+    conn: AsyncConnection,
+    order_id: int,
+    customer_id: int,
+    lines: int,
+    promised: date | None = None,
+) -> None:
     """An order whose lines wait for KET-0001, each told D0 and projected D0."""
     await conn.execute(
         insert(orders).values(
@@ -66,6 +73,7 @@ async def add_order(conn: AsyncConnection, order_id: int, customer_id: int, line
                 "queued_at": T0,
                 "projected_date": D0,
                 "last_told_date": D0,
+                "promised_date": promised,
             }
             for n in range(1, lines + 1)
         ],
@@ -353,3 +361,47 @@ async def test_mark_unreachable_closes_the_customers_waiting_notices_only(store:
     ]
     assert unreachable[1] == at(4)
     assert unreachable[2] is None
+
+
+async def test_a_delay_offer_to_a_customer_without_a_chat_leaves_the_line_untold(
+    store: Store,
+) -> None:
+    ol = order_lines.c
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        await add_chat(conn, 1)
+        await add_order(conn, 1, 1, lines=1, promised=D0)  # reached
+        await add_order(conn, 2, 3, lines=1, promised=D0)  # no chat
+        await move(conn, [11, 21], day(14), at(1))
+        run = await apply_delay_policy(conn, today=D0, now=at(2), policy=DelayPolicy())
+        lines = await told(conn)
+        offered = [(r.customer_id, r.kind, r.status) for r in await notices(conn)]
+        report = await queue_notices(conn, now=at(3))
+        rows = await notices(conn)
+    assert run.offered == 2
+    assert offered == [(1, "delay_offer", "pending"), (3, "delay_offer", "no_chat")]
+    # The offer told the reached customer the date; the other one was told nothing.
+    assert lines == {11: (day(14), at(2)), 21: (D0, None)}
+    assert report == QueueReport(1, 1, 1, 0)
+    assert [(r.customer_id, r.kind, r.status) for r in rows[2:]] == [(3, "order_update", "no_chat")]
+    async with store.begin() as conn:
+        await add_chat(conn, 3)
+        linked = await queue_notices(conn, now=at(4))
+        rows = await notices(conn)
+        lines = await told(conn)
+    assert linked == QueueReport(1, 1, 0, 0)
+    assert (rows[-1].customer_id, rows[-1].status) == (3, "pending")
+    assert json.loads(rows[-1].payload)["lines"] == [moved_line(21, D0, day(14))]
+    assert lines[21] == (day(14), at(4))
+
+    # Past the answer-by day without consent the line is cancelled; without a chat the
+    # cancellation is not marked told either.
+    async with store.begin() as conn:
+        await conn.execute(delete(chats).where(chats.c.customer_id == 3))
+        await move(conn, [11, 21], day(60), at(5))
+        await apply_delay_policy(conn, today=day(1), now=at(6), policy=DelayPolicy())
+        await apply_delay_policy(conn, today=day(61), now=at(7), policy=DelayPolicy())
+        cancelled = dict((await conn.execute(select(ol.line_id, ol.told_cancelled_qty))).all())
+        states = dict((await conn.execute(select(ol.line_id, ol.qty_cancelled))).all())
+    assert states == {11: 1, 21: 1}
+    assert cancelled == {11: 1, 21: 0}
