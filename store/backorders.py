@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     bindparam,
     case,
+    delete,
     func,
     insert,
     literal,
@@ -32,6 +33,7 @@ from store.schema import (
     order_lines,
     orders,
     products,
+    queue_marks,
     restock_date_changes,
     restocks,
     shipment_lines,
@@ -41,6 +43,9 @@ from store.schema import (
 )
 
 BATCH = 2000
+# Every MARK_EVERY-th waiting line of a SKU is a queue mark (see store.queries): a reader
+# counts at most this many index entries to place a line.
+MARK_EVERY = 500
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,7 @@ async def _apply_allocations(conn: AsyncConnection, sku: str, allocs: Sequence[A
 # --- projected dates ---------------------------------------------------------------------
 
 
-async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
+async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True) -> Projection:
     """Recompute projected date and awaited restock of every waiting line of ``sku``, and
     record the lines whose date moved.
 
@@ -239,7 +244,10 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
     right but whose awaited restock changed.
 
     A line's place in the queue is not stored (a receipt would shift every line behind the
-    filled ones): readers count it from the queue index (``store.queries``).
+    filled ones): readers count it on the queue index from the nearest queue mark, and the
+    SKU's marks are rewritten here (a few rows). ``requeue=False`` is for callers that
+    changed only restocks (a date, a cancellation): no line joined, left or moved in the
+    queue, so the marks are still right.
     """
     c = order_lines.c
     free = await free_stock(conn, sku)
@@ -267,6 +275,8 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
             )
         )
     ).all()
+    if requeue:
+        await mark_queues(conn, sku)
     rerouted = _projection(sku, free, "restocks")
     await conn.execute(
         update(order_lines)
@@ -295,6 +305,34 @@ async def project_dates(conn: AsyncConnection, sku: str) -> Projection:
             sample=[[m.line_id, m.old_date, m.new_date] for m in moved[:50]],
         )
     return Projection(sku, int(counts[0]), int(counts[1]), tuple(moved))
+
+
+async def mark_queues(conn: AsyncConnection, sku: str | None = None) -> None:
+    """Rewrite the queue marks of ``sku`` (None: of every SKU): every MARK_EVERY-th waiting
+    line in queue order with the number of waiting lines ahead of it, one pass over the
+    queue index."""
+    c = order_lines.c
+    queue_order = (c.queue_rank, c.queued_at, c.line_id)
+    ahead = func.row_number().over(
+        partition_by=None if sku is not None else c.sku, order_by=queue_order
+    )
+    waiting = select(c.sku, *queue_order, (ahead - 1).label("lines_before")).where(
+        c.qty_waiting > 0
+    )
+    wipe = delete(queue_marks)
+    if sku is not None:
+        waiting = waiting.where(c.sku == sku)
+        wipe = wipe.where(queue_marks.c.sku == sku)
+    await conn.execute(wipe)
+    q = waiting.subquery("queue").c
+    await conn.execute(
+        insert(queue_marks).from_select(
+            ["sku", "queue_rank", "queued_at", "line_id", "lines_before"],
+            select(q.sku, q.queue_rank, q.queued_at, q.line_id, q.lines_before).where(
+                q.lines_before % MARK_EVERY == 0
+            ),
+        )
+    )
 
 
 def _projection(sku: str, free: int, changed: Literal["dates", "restocks"]) -> CTE:
@@ -590,7 +628,7 @@ async def change_restock_date(
         new=new_date,
         reason=reason,
     )
-    return await project_dates(conn, r.sku)
+    return await project_dates(conn, r.sku, requeue=False)
 
 
 async def cancel_restock(
@@ -607,7 +645,7 @@ async def cancel_restock(
         .values(status="cancelled", updated_at=utcnow())
     )
     await log_event(conn, "restock_cancelled", sku=r.sku, restock_id=restock_id, reason=reason)
-    return await project_dates(conn, r.sku)
+    return await project_dates(conn, r.sku, requeue=False)
 
 
 # --- cancelling and shipping -------------------------------------------------------------

@@ -45,6 +45,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from store.backorders import mark_queues
 from store.db import Store
 from store.schema import (
     customers,
@@ -669,6 +670,7 @@ async def fill_demo(
                 rows = []
         if rows:
             await conn.execute(insert(order_lines), rows)
+        await mark_queues(conn)
         if sim.shipments:
             for part in range(0, len(sim.shipments), 20_000):
                 ship_chunk = sim.shipments[part : part + 20_000]

@@ -19,6 +19,7 @@ from store.schema import (
     order_lines,
     orders,
     products,
+    queue_marks,
     restocks,
     shipment_lines,
     shipments,
@@ -180,23 +181,41 @@ async def customer_of(conn: AsyncConnection, customer_id: int) -> Customer | Non
 def _queue_position() -> ColumnElement[int | None]:
     """A line's place among its SKU's waiting lines (1 = next to be served), None when not
     waiting: the waiting lines of the same SKU ahead of it in (queue_rank, queued_at,
-    line_id) order, counted on the queue index (a range scan that stops at the line), + 1.
-    Counted when read, for the lines read: a stored place would shift for every line behind
-    each one that leaves the queue."""
+    line_id) order, + 1. Counted when read, for the lines read (a stored place would shift
+    for every line behind each one that leaves the queue): from the nearest queue mark at
+    or before the line (its ``lines_before``) plus the waiting lines between the mark and
+    the line, a range of at most MARK_EVERY entries of the queue index. Without a mark
+    (none written yet) the count starts at the head of the queue."""
     ol = order_lines.c
+    m = queue_marks.c
     ahead = order_lines.alias("ahead")
     a = ahead.c
-    count_ahead = (
+    line_key = tuple_(ol.queue_rank, ol.queued_at, ol.line_id)
+    ahead_key = tuple_(a.queue_rank, a.queued_at, a.line_id)
+    mark_key = tuple_(m.queue_rank, m.queued_at, m.line_id)
+    between = (
         select(func.count())
-        .where(
-            a.sku == ol.sku,
-            a.qty_waiting > 0,
-            tuple_(a.queue_rank, a.queued_at, a.line_id)
-            < tuple_(ol.queue_rank, ol.queued_at, ol.line_id),
-        )
+        .where(a.sku == m.sku, a.qty_waiting > 0, ahead_key >= mark_key, ahead_key < line_key)
+        .correlate_except(ahead)
         .scalar_subquery()
     )
-    return case((ol.qty_waiting > 0, count_ahead + 1), else_=None)
+    from_mark = (
+        select(m.lines_before + between)
+        .where(m.sku == ol.sku, mark_key <= line_key)
+        .order_by(m.queue_rank.desc(), m.queued_at.desc(), m.line_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    from_head = (
+        select(func.count())
+        .where(a.sku == ol.sku, a.qty_waiting > 0, ahead_key < line_key)
+        .scalar_subquery()
+    )
+    return case((ol.qty_waiting > 0, func.coalesce(from_mark, from_head) + 1), else_=None)
+
+
+# Built once: building the alias and subqueries costs more than running them.
+_QUEUE_POSITION = _queue_position().label("queue_position")
 
 
 async def _lines_by_order(
@@ -220,7 +239,7 @@ async def _lines_by_order(
                 ol.projected_date,
                 ol.previous_projected_date,
                 ol.last_told_date,
-                _queue_position().label("queue_position"),
+                _QUEUE_POSITION,
                 ol.delay_consent,
                 products.c.name_en,
                 products.c.name_de,

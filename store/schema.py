@@ -209,7 +209,8 @@ orders = Table(
 # compare (qty_waiting, projected_date, waits_for_restock_id): a SKU's lines are spread
 # over the whole table, its index entries sit together. A line's place in the queue is not
 # stored (a receipt would shift the place of every line behind the filled ones, rows spread
-# over the whole table): readers count the waiting lines ahead of it on this index.
+# over the whole table): readers count the waiting lines ahead of it on this index, from
+# the nearest of the queue_marks.
 order_lines = Table(
     "order_lines",
     metadata,
@@ -266,6 +267,20 @@ order_lines = Table(
         postgresql_where=text("qty_allocated > 0"),
     ),
     Index("ix_order_lines_order", "order_id"),
+)
+
+# Marks in each SKU's queue, every MARK_EVERY-th waiting line (store.backorders): the line's
+# queue key and how many waiting lines are ahead of it. Rewritten with the projection each
+# time the queue changes (a few rows per SKU instead of every line's place), so a reader
+# counts a line's place from the nearest mark before it: a short range of the queue index.
+queue_marks = Table(
+    "queue_marks",
+    metadata,
+    Column("sku", SKU, primary_key=True),
+    Column("queue_rank", Integer, primary_key=True),
+    Column("queued_at", UTCDateTime, primary_key=True),
+    Column("line_id", Integer, primary_key=True),
+    Column("lines_before", Integer, nullable=False),
 )
 
 shipments = Table(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store import open_store
+from store import backorders, open_store
 from store.backorders import (
     NewLine,
     cancel_line,
@@ -69,6 +69,15 @@ async def _queue(conn: AsyncConnection) -> list:
 
 
 async def _scenario(script: list[tuple[str, int, int]], initial: int) -> None:
+    # Marks every other line, so that places are counted from marks, not only from the head.
+    mark_every, backorders.MARK_EVERY = backorders.MARK_EVERY, 2
+    try:
+        await _run(script, initial)
+    finally:
+        backorders.MARK_EVERY = mark_every
+
+
+async def _run(script: list[tuple[str, int, int]], initial: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = await open_store(f"sqlite+aiosqlite:///{Path(tmp) / 'p.sqlite3'}")
         try:
