@@ -18,21 +18,28 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Integer,
     MetaData,
+    String,
     Table,
+    Text,
     case,
+    delete,
     func,
     insert,
+    literal,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.schema import (
+    UTCDateTime,
     back_in_stock_subscriptions,
     chats,
     customers,
@@ -82,10 +89,10 @@ class Claimed:
 
 
 def _insert(conn: AsyncConnection) -> Any:
-    # Insert-or-ignore on the dedupe key, in each dialect's own words.
+    # The dialect's INSERT, which knows ON CONFLICT (on the dedupe key: insert-or-ignore).
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    return sqlite.insert(outbox).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        return postgresql.insert(outbox)
+    return sqlite.insert(outbox)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -106,6 +113,21 @@ _told = Table(
     Column("ready_qty", Integer, nullable=False),
     Column("shipped_qty", Integer, nullable=False),
     Column("cancelled_qty", Integer, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
+# Notices on their way into the outbox (see insert_notices).
+_new = Table(
+    "outbox_new_notices",
+    MetaData(),
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # the callers' order
+    Column("dedupe_key", String(200), nullable=False),
+    Column("chat_id", BigInteger, nullable=False),
+    Column("customer_id", Integer),
+    Column("kind", String(40), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("status", String(16), nullable=False),
     prefixes=["TEMPORARY"],
 )
 
@@ -145,22 +167,43 @@ async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
         else:
             by_due[due] = [r]
     written = 0
+    # Rows go through a temporary table into the outbox in one INSERT ... SELECT: what they
+    # share (creation and due time) is bound once, not once per row (binding a datetime costs
+    # more than writing the row).
+    n = _new.c
+    await conn.run_sync(_new.create)
     for due, group in by_due.items():
-        statement = _insert(conn).values(attempts=0, created_at=now, not_before=due)
-        for part in _chunks(group, CHUNK):
-            values = [
-                {
-                    "dedupe_key": r["dedupe_key"],
-                    "chat_id": r.get("chat_id") or 0,
-                    "customer_id": r.get("customer_id"),
-                    "kind": r["kind"],
-                    "payload": _encode(r["payload"]),
-                    "status": r.get("status", "pending"),
-                }
-                for r in part
-            ]
-            result = await conn.execute(statement, values)
-            written += max(result.rowcount, 0)
+        for part in _chunks(group, CHUNK * 4):
+            await conn.execute(
+                insert(_new),
+                [
+                    {
+                        "dedupe_key": r["dedupe_key"],
+                        "chat_id": r.get("chat_id") or 0,
+                        "customer_id": r.get("customer_id"),
+                        "kind": r["kind"],
+                        "payload": _encode(r["payload"]),
+                        "status": r.get("status", "pending"),
+                    }
+                    for r in part
+                ],
+            )
+        columns = ("dedupe_key", "chat_id", "customer_id", "kind", "payload", "status")
+        rows_in = select(
+            *(n[c] for c in columns),
+            literal(0, Integer),
+            literal(due, UTCDateTime()),
+            literal(now, UTCDateTime()),
+        ).where(true())  # SQLite: without a WHERE, ON CONFLICT would parse as a join's ON
+        rows_in = rows_in.order_by(n.seq)
+        result = await conn.execute(
+            _insert(conn)
+            .from_select([*columns, "attempts", "not_before", "created_at"], rows_in)
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
+        written += max(result.rowcount, 0)
+        await conn.execute(delete(_new))
+    await conn.run_sync(_new.drop)
     return written
 
 
