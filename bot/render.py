@@ -87,6 +87,8 @@ class Renderer:
             lstrip_blocks=True,
             undefined=StrictUndefined,
             extensions=["jinja2.ext.i18n"],
+            # Templates ship with the code: checking their files on every render is wasted work.
+            auto_reload=False,
         )
         env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
         env.filters.update(

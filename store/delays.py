@@ -225,6 +225,7 @@ async def _enforce_deadlines(
                 d.promised_date,
                 orders.c.order_number,
                 chats.c.chat_id,
+                d.shown_at,
             )
             .select_from(
                 delay_offers.join(order_lines, ol.line_id == d.line_id)
@@ -243,6 +244,12 @@ async def _enforce_deadlines(
             # within the promise: nothing left to decide, and nothing to cancel.
             await _close(conn, r.offer_id, "closed", None, now, "policy", None)
             closed += 1
+            continue
+        if r.shown_at is None:
+            # The offer never reached the customer (no chat, blocked, undeliverable): their
+            # silence is not consent to anything, so people must reach them another way.
+            await _close(conn, r.offer_id, "to_agents", "never_shown", now, "policy", None)
+            to_agents += 1
             continue
         if policy.no_answer_action == "agents":
             await _close(conn, r.offer_id, "to_agents", "no_answer", now, "policy", None)

@@ -259,6 +259,21 @@ async def test_no_answer_goes_to_the_agents_when_the_shop_says_so(
     assert (offer.status, offer.answer) == ("to_agents", "no_answer")
 
 
+async def test_an_offer_that_never_reached_the_customer_goes_to_the_agents(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    [(_, chat, number)] = await seed(store, tg, 1, promised_in_days=None)
+    await tg.block(chat)  # the offer cannot be delivered
+    await slip(bot, store, 60)
+    [offer] = await offers(store)
+    assert offer.shown_at is None
+    clock.now = datetime(2027, 1, 27, 9, 0, tzinfo=UTC)  # past the answer-by day
+    await run_policy(bot)
+    assert await waiting(store, number) == (1, 0)  # not cancelled behind their back
+    [offer] = await offers(store)
+    assert (offer.status, offer.answer) == ("to_agents", "never_shown")
+
+
 async def test_cancel_button_cancels_once_and_says_the_refund(
     bot: BotApplication, tg: SandboxClient, store: Store
 ) -> None:
