@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -332,9 +331,7 @@ def test_longer_than_telegram_allows_is_cut() -> None:
         "qwertzuiop " * 372,
     ],
 )
-def test_pathological_input_is_fast(text: str) -> None:
-    understand(text)  # warm the caches the way a running bot has them
-    start = time.perf_counter()
+def test_pathological_input_stays_within_bounds(text: str) -> None:
+    # Speed is measured by bench/bench_understanding.py, never asserted here: catastrophic
+    # backtracking would not end at all, which fails this test anyway.
     _check_bounds(understand(text))
-    # generous: the typical figure is a few milliseconds (bench/bench_understanding.py)
-    assert time.perf_counter() - start < 0.05
