@@ -613,7 +613,7 @@ async def _render(
             "notice_order.j2", language, order_number=p["order_number"], lines=lines
         )
         rows: tuple[tuple[ButtonSpec, ...], ...] = (
-            (("notice_order", f"o:{p['order_number']}", {"number": p["order_number"]}),),
+            (("order", f"o:{p['order_number']}", {"number": p["order_number"]}),),
             (("notifications", "ntf:menu"),),
         )
         return Rendered(text, rows)
@@ -622,7 +622,7 @@ async def _render(
             return None
         name = pick_name(names.get(p["sku"], {"en": p["sku"]}), language)
         text = renderer.text("notice_back_in_stock.j2", language, name=name)
-        return Rendered(text, ((("notice_product", f"p:{p['sku']}", {"name": name}),),))
+        return Rendered(text, ((("product", f"p:{p['sku']}", {"name": name}),),))
     if notice.kind in (DELAY_OFFER, DELAY_CANCELLED):
         return await _render_delay(app, notice, language)
     log.warning("unknown notice kind %s", notice.kind)
@@ -657,7 +657,7 @@ async def _render_delay(app: BotApplication, notice: Claimed, language: str) -> 
             refund=qty * offer.unit_price_minor,
         )
         rows: tuple[tuple[ButtonSpec, ...], ...] = (
-            (("notice_order", f"o:{offer.order_number}", {"number": offer.order_number}),),
+            (("order", f"o:{offer.order_number}", {"number": offer.order_number}),),
         )
         return Rendered(text, rows)
     from bot.handlers.delays import offer_rows

@@ -353,7 +353,7 @@ async def unlink_command(update: Update, context: BotContext) -> None:
         rows=(
             (
                 ("account_unlink_yes", f"acc:unlink:{chat.customer_id}"),
-                ("account_keep", "acc:keep"),
+                ("keep", "acc:keep"),
             ),
         ),
     )

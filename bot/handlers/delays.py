@@ -44,7 +44,7 @@ def offer_rows(offer: Offer, *, has_alternatives: bool) -> tuple[tuple[ButtonSpe
         (("delay_cancel_item", f"dly:cancel:{offer.offer_id}"),),
     ]
     if offer.open_lines_in_order > 1:
-        rows.append((("delay_cancel_order", f"dly:order:{offer.offer_id}"),))
+        rows.append((("cancel_order", f"dly:order:{offer.offer_id}"),))
     if has_alternatives:
         rows.append((("delay_alternatives", f"dly:alt:{offer.offer_id}"),))
     return tuple(rows)
@@ -80,7 +80,7 @@ async def delay_button(update: Update, context: BotContext) -> None:
             reply = (
                 "delay_cancelled.j2",
                 {"offer": offer, "name": name, "whole": whole, "refund": refund},
-                ((("notice_order", f"o:{offer.order_number}", {"number": offer.order_number}),),),
+                ((("order", f"o:{offer.order_number}", {"number": offer.order_number}),),),
             )
         elif action == "alt":
             alts = await alternatives_in_stock(conn, offer.sku, limit=3, language=language)
@@ -138,7 +138,7 @@ async def delay_button(update: Update, context: BotContext) -> None:
                 reply = (
                     "delay_swapped.j2",
                     {"offer": offer, "name": name, "alt": alt, "qty": qty, "number": number},
-                    ((("notice_order", f"o:{number}", {"number": number}),),),
+                    ((("order", f"o:{number}", {"number": number}),),),
                 )
         # A cancellation here frees stock for others: their notices go in the same transaction.
         await queue_notices(conn, threshold_days=context.settings.notice_threshold_days, now=now)
