@@ -12,7 +12,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store
-from store.delays import DelayPolicy, apply_delay_policy
+from store.delays import DelayPolicy, apply_delay_policy, record_shown
 from store.outbox import (
     QueueReport,
     claim_due,
@@ -21,7 +21,7 @@ from store.outbox import (
     queue_notices,
     retry_later,
 )
-from store.schema import chats, customers, order_lines, orders, outbox
+from store.schema import chats, customers, delay_offers, order_lines, orders, outbox
 from tests.store.helpers import T0, at, seed_catalog
 
 D0 = date(2026, 2, 1)
@@ -394,14 +394,30 @@ async def test_a_delay_offer_to_a_customer_without_a_chat_leaves_the_line_untold
     assert json.loads(rows[-1].payload)["lines"] == [moved_line(21, D0, day(14))]
     assert lines[21] == (day(14), at(4))
 
-    # Past the answer-by day without consent the line is cancelled; without a chat the
-    # cancellation is not marked told either.
+    # Past the answer-by day without consent: the offer the customer saw cancels the line
+    # (told, they have a chat); the one that never reached its customer goes to the agents.
     async with store.begin() as conn:
         await conn.execute(delete(chats).where(chats.c.customer_id == 3))
         await move(conn, [11, 21], day(60), at(5))
         await apply_delay_policy(conn, today=day(1), now=at(6), policy=DelayPolicy())
+        d = delay_offers.c
+        shown = (
+            await conn.execute(select(d.offer_id).where(d.customer_id == 1, d.status == "open"))
+        ).scalar_one()
+        await record_shown(conn, shown, text="offer", buttons=[], channel="telegram", at=at(6))
         await apply_delay_policy(conn, today=day(61), now=at(7), policy=DelayPolicy())
         cancelled = dict((await conn.execute(select(ol.line_id, ol.told_cancelled_qty))).all())
         states = dict((await conn.execute(select(ol.line_id, ol.qty_cancelled))).all())
-    assert states == {11: 1, 21: 1}
+        outcome = (
+            await conn.execute(
+                select(d.customer_id, d.status, d.answer)
+                .where(d.status != "superseded")
+                .order_by(d.customer_id)
+            )
+        ).all()
+    assert states == {11: 1, 21: 0}
     assert cancelled == {11: 1, 21: 0}
+    assert [tuple(r) for r in outcome] == [
+        (1, "cancelled", "no_answer"),
+        (3, "to_agents", "never_shown"),
+    ]
