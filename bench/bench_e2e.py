@@ -238,6 +238,9 @@ def _start_bot(kind: str, port: int, db: Path, log: Path) -> Proc:
             DATABASE_URL=f"sqlite+aiosqlite:///{db}",
             LOG_LEVEL="WARNING",
             NOTICE_JOB_INTERVAL_SECONDS="0",
+            # The echo bot has no cap and the sandbox runs without limits: compare like with
+            # like (with the default 30/s cap the bot could never answer faster than 30/s).
+            REPLIES_PER_SECOND="0",
             SHOP_NAME="Bench Shop",
         )
         args = [PY, "run_bot.py"]

@@ -56,7 +56,13 @@ def build_application(
                 link_preview_options=LinkPreviewOptions(is_disabled=True),
             )
         )
-        .rate_limiter(AIORateLimiter(max_retries=settings.max_retries))
+        .rate_limiter(
+            AIORateLimiter(
+                max_retries=settings.max_retries,
+                overall_max_rate=settings.replies_per_second,
+                overall_time_period=1,
+            )
+        )
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     # (bot/updates.py: one chat's updates stay in order).
     request_layer: Literal["aiohttp", "httpx"] = "aiohttp"
     concurrent_updates: int = Field(default=64, ge=1, le=4096)
+    replies_per_second: int = Field(default=30, ge=0, le=100_000)
     log_level: str = "INFO"
 
     # Notices the bot sends first (the scheduler): see bot/notices.py and store/outbox.py.
