@@ -387,7 +387,11 @@ async def take_held(conn: AsyncConnection, held_id: int) -> bool:
 
 
 async def with_held(conn: AsyncConnection, limit: int = 100) -> list[Handoff]:
-    """Active handoffs with a topic and messages still held for it."""
+    """Active handoffs with a topic, its card posted, and messages still held for it.
+
+    Until the card is there the topic belongs to whoever is opening it: relaying earlier would
+    put the customer's words above the card that explains who they are.
+    """
     ids = select(handoff_held.c.handoff_id).distinct().scalar_subquery()
     rows = await conn.execute(
         select(*_COLS)
@@ -395,6 +399,7 @@ async def with_held(conn: AsyncConnection, limit: int = 100) -> list[Handoff]:
             handoffs.c.chat_id.is_not(None),
             handoffs.c.state != "closed",
             handoffs.c.thread_id.is_not(None),
+            handoffs.c.card_message_id.is_not(None),
             handoffs.c.handoff_id.in_(ids),
         )
         .order_by(handoffs.c.handoff_id)

@@ -26,6 +26,7 @@ from store.handoffs import (
     linked_copy,
     record_agent_message,
     record_customer_message,
+    set_card,
     set_topic,
     take_held,
     with_held,
@@ -252,6 +253,9 @@ async def test_the_topic_lease_and_held_messages_go_to_one_caller(store: Store) 
         assert (chat, message) == (7, 100)
         assert await set_topic(conn, hid, 42) is not None
         assert await set_topic(conn, hid, 43) is None  # the first topic stays
+        # Held messages wait for the card, so the agent reads who it is first.
+        assert await with_held(conn) == []
+        await set_card(conn, hid, 500)
         assert [h.handoff_id for h in await with_held(conn)] == [hid]
         assert await take_held(conn, held_id) is True
         assert await take_held(conn, held_id) is False
