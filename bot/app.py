@@ -10,13 +10,12 @@ from datetime import UTC, datetime
 from telegram import BotCommand, LinkPreviewOptions
 from telegram.constants import ParseMode
 from telegram.ext import AIORateLimiter, ApplicationBuilder, ContextTypes, Defaults
-from telegram.request import BaseRequest, HTTPXRequest
 
 from bot.context import BotApplication, BotContext, BotData
 from bot.handlers import register_all
 from bot.handlers.handoff import check_support_group
 from bot.render import Renderer
-from bot.request import AiohttpRequest
+from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings
 from bot.updates import ChatOrderedProcessor
 from store.db import Store, migrate
@@ -37,9 +36,9 @@ def build_application(
     """Assemble the bot. `now` (aware, UTC) replaces the clock: tests move time with it."""
     if settings.bot_token is None:
         raise ValueError("build_application needs a token; run_bot.py supplies the sandbox's")
-    request = _request(settings, pool=64, read_timeout=settings.request_timeout)
+    request = request_for(settings, pool=64, read_timeout=settings.request_timeout)
     # Long polling holds its connection for the poll's timeout (PTB adds it to read_timeout).
-    updates_request = _request(settings, pool=1, read_timeout=settings.request_timeout + 30)
+    updates_request = request_for(settings, pool=1, read_timeout=settings.request_timeout + 30)
     app: BotApplication = (
         ApplicationBuilder()
         .token(settings.bot_token.get_secret_value())
@@ -76,26 +75,6 @@ def build_application(
     )
     register_all(app)
     return app
-
-
-def _request(settings: Settings, *, pool: int, read_timeout: float) -> BaseRequest:
-    """The HTTP layer named by REQUEST_LAYER, with the bot's timeouts."""
-    timeout = settings.request_timeout
-    if settings.request_layer == "httpx":
-        return HTTPXRequest(
-            connection_pool_size=pool,
-            read_timeout=read_timeout,
-            write_timeout=timeout,
-            connect_timeout=timeout,
-            pool_timeout=timeout,
-        )
-    return AiohttpRequest(
-        connection_pool_size=pool,
-        read_timeout=read_timeout,
-        write_timeout=timeout,
-        connect_timeout=timeout,
-        pool_timeout=timeout,
-    )
 
 
 async def _post_init(app: BotApplication) -> None:

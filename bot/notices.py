@@ -28,11 +28,11 @@ from sqlalchemy import select
 from telegram import Bot
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
-from telegram.request import BaseRequest, HTTPXRequest
+from telegram.request import BaseRequest
 
 from bot.context import BotApplication, BotContext
 from bot.render import ButtonSpec
-from bot.request import AiohttpRequest
+from bot.request import request_for
 from bot.settings import Settings
 from store.catalog import names_of, pick_name
 from store.delays import DelayPolicy, apply_delay_policy, offer_for, record_shown
@@ -97,23 +97,7 @@ POOL_SIZE = {"aiohttp": 64, "httpx": 8}
 
 def sender_request(settings: Settings) -> BaseRequest:
     """The notice sender's own HTTP layer: the one REQUEST_LAYER names, sized for sending."""
-    timeout = settings.request_timeout
-    pool = POOL_SIZE[settings.request_layer]
-    if settings.request_layer == "httpx":
-        return HTTPXRequest(
-            connection_pool_size=pool,
-            read_timeout=timeout,
-            write_timeout=timeout,
-            connect_timeout=timeout,
-            pool_timeout=timeout,
-        )
-    return AiohttpRequest(
-        connection_pool_size=pool,
-        read_timeout=timeout,
-        write_timeout=timeout,
-        connect_timeout=timeout,
-        pool_timeout=timeout,
-    )
+    return request_for(settings, pool=POOL_SIZE[settings.request_layer])
 
 
 @dataclass

@@ -15,13 +15,16 @@ every other transport failure `telegram.error.NetworkError`, as HTTPXRequest doe
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
-from telegram.request import BaseRequest, RequestData
+from telegram.request import BaseRequest, HTTPXRequest, RequestData
+
+from bot.settings import Settings
 
 __all__ = ["AiohttpRequest"]
 
@@ -140,3 +143,18 @@ class AiohttpRequest(BaseRequest):
             raise TimedOut from err
         except aiohttp.ClientError as err:
             raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
+
+
+def request_for(settings: Settings, *, pool: int, read_timeout: float | None = None) -> BaseRequest:
+    """The HTTP layer REQUEST_LAYER names, with the bot's timeouts (read_timeout: default too)."""
+    layer: Callable[..., BaseRequest] = (
+        HTTPXRequest if settings.request_layer == "httpx" else AiohttpRequest
+    )
+    timeout = settings.request_timeout
+    return layer(
+        connection_pool_size=pool,
+        read_timeout=timeout if read_timeout is None else read_timeout,
+        write_timeout=timeout,
+        connect_timeout=timeout,
+        pool_timeout=timeout,
+    )
