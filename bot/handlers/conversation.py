@@ -11,9 +11,9 @@ from telegram.ext import MessageHandler, filters
 
 from bot.context import BotApplication, BotContext
 from bot.handlers import account, cancel, fallback, handoff, notifications, orders, start, stock
-from bot.reply import MAIN_MENU, send
+from bot.reply import MAIN_MENU, chat_id_of, send
 from bot.understanding import Intent, understand
-from store.chats import reset_misses, touch_chat
+from store.chats import chat_of, reset_misses, touch_chat
 
 # understand() gives a bare product-looking phrase this confidence; a real question scores higher.
 GUESS_CONFIDENCE = 0.5
@@ -59,10 +59,16 @@ async def on_text(update: Update, context: BotContext) -> None:
 
 
 async def _reset_misses(update: Update, context: BotContext) -> None:
-    assert update.effective_chat is not None
+    """Understood: the count of misses starts again. Written only when there is one to reset,
+    so an ordinary message costs no write transaction."""
+    chat_id = chat_id_of(update)
+    async with context.store.connect() as conn:
+        chat = await chat_of(conn, chat_id)
+    if chat is not None and chat.misses == 0:
+        return
     async with context.store.begin() as conn:
-        await touch_chat(conn, update.effective_chat.id)
-        await reset_misses(conn, update.effective_chat.id)
+        await touch_chat(conn, chat_id)
+        await reset_misses(conn, chat_id)
 
 
 def register(app: BotApplication) -> None:
