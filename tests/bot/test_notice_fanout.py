@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import pytest
-from telegram import Bot
 
 from bot import notices
 from bot.context import BotApplication
@@ -41,18 +40,18 @@ async def test_a_fan_out_of_hundreds_at_a_high_rate_is_delivered_promptly(
     for layer in notices.IN_FLIGHT:
         monkeypatch.setitem(notices.IN_FLIGHT, layer, 16)
     in_flight = peak = 0
-    real_send = Bot.send_message
+    real_send = notices._send
 
-    async def counting_send(self: Bot, *args: Any, **kwargs: Any) -> Any:
+    async def counting_send(*args: Any, **kwargs: Any) -> Any:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
         try:
-            return await real_send(self, *args, **kwargs)
+            return await real_send(*args, **kwargs)
         finally:
             in_flight -= 1
 
-    monkeypatch.setattr(Bot, "send_message", counting_send)
+    monkeypatch.setattr(notices, "_send", counting_send)
     await seed(store, tg, FANOUT)
     async with store.begin() as conn:
         await change_restock_date(conn, RESTOCK, day(24), "supplier delay")
