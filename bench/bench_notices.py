@@ -138,6 +138,15 @@ async def serve_sandbox(n: int) -> None:
     await asyncio.Event().wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time (user + system) from /proc; 0 where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_sandbox(n: int) -> tuple[subprocess.Popen[str], dict[str, str]]:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve-sandbox", str(n)], stdout=subprocess.PIPE, text=True
@@ -251,8 +260,13 @@ async def main(n: int, seconds: float, rates: list[float], probe: bool) -> None:
                     global_limit = 30.0 if rate <= 25 else rate * 1.1
                     await tg.set_limits(global_per_sec=global_limit, global_burst=int(global_limit))
                     before = await tg.count_429()
+                    sandbox_cpu = cpu_seconds(proc.pid)
                     sent, elapsed = await deliver(store, where, db_url, rate, seconds)
+                    sandbox_cpu = cpu_seconds(proc.pid) - sandbox_cpu
                     got = await tg.count_429() - before
+                    print(
+                        f"sandbox process CPU while delivering: {sandbox_cpu:.1f} s ({1000 * sandbox_cpu / max(sent, 1):.2f} ms per sent notice)"
+                    )
                     print(
                         f"rate {rate:,.0f}/s (sandbox allows {global_limit:,.0f}/s): {sent:,} sent in {elapsed:.1f} s ="
                         f" {sent / elapsed:,.1f}/s ({100 * sent / elapsed / rate:.1f}% of the setting), 429s: {got}"

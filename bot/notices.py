@@ -104,7 +104,7 @@ POOL_SIZE = {"aiohttp": 64, "httpx": 8}
 
 def sender_request(settings: Settings) -> BaseRequest:
     """The notice sender's own HTTP layer: the one REQUEST_LAYER names, sized for sending."""
-    return request_for(settings, pool=POOL_SIZE[settings.request_layer])
+    return request_for(settings, pool=POOL_SIZE[settings.request_layer], json_body=True)
 
 
 @dataclass
