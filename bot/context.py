@@ -12,7 +12,7 @@ from telegram.ext import Application, CallbackContext, ExtBot
 from bot.i18n import choose_language
 from bot.render import Renderer
 from bot.settings import Settings
-from store.chats import chat_of
+from store.chats import Chat, ChatState, chat_state
 from store.db import Store
 
 
@@ -26,6 +26,19 @@ class BotData:
 
 
 class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], BotData]):
+    """PTB builds one context per update and hands it to every handler that runs for it, in
+    every group; so what is read about the chat once is kept here for the others."""
+
+    def __init__(
+        self,
+        application: Application[Any, Any, Any, Any, Any, Any],
+        chat_id: int | None = None,
+        user_id: int | None = None,
+    ) -> None:
+        super().__init__(application, chat_id, user_id)
+        # (chat id, the store's write count when read, what was read)
+        self._chat_read: tuple[int, int, ChatState] | None = None
+
     @property
     def store(self) -> Store:
         return self.bot_data.store
@@ -41,6 +54,23 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
     def now(self) -> datetime:
         return self.bot_data.now()
 
+    async def chat_state(self, chat_id: int) -> ChatState:
+        """The chat as the store has it, read once per update and read again only after a
+        write transaction of this process has ended (any chat's: cheap to check, and never
+        stale, whoever wrote)."""
+        store = self.store
+        seen = self._chat_read
+        if seen is not None and seen[0] == chat_id and seen[1] == store.writes:
+            return seen[2]
+        writes = store.writes
+        async with store.connect() as conn:
+            state = await chat_state(conn, chat_id)
+        self._chat_read = (chat_id, writes, state)
+        return state
+
+    async def chat(self, chat_id: int) -> Chat | None:
+        return (await self.chat_state(chat_id)).chat
+
     async def language_for(self, update: object) -> str:
         """The reader's language: saved choice, then Telegram's language_code, then the shop's."""
         saved: str | None = None
@@ -49,8 +79,7 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
             if update.effective_user is not None:
                 telegram_code = update.effective_user.language_code
             if update.effective_chat is not None:
-                async with self.store.connect() as conn:
-                    chat = await chat_of(conn, update.effective_chat.id)
+                chat = await self.chat(update.effective_chat.id)
                 saved = chat.language if chat is not None else None
         return choose_language(saved, telegram_code, self.settings.default_language)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import BigInteger, and_, exists, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,6 +14,7 @@ from store.schema import (
     back_in_stock_subscriptions,
     chats,
     customers,
+    handoffs,
     orders,
     products,
     used_link_tokens,
@@ -72,6 +73,41 @@ _CHAT_COLS = (
 async def chat_of(conn: AsyncConnection, chat_id: int) -> Chat | None:
     row = (await conn.execute(select(*_CHAT_COLS).where(chats.c.chat_id == chat_id))).first()
     return _chat(row) if row else None
+
+
+@dataclass(frozen=True)
+class ChatState:
+    """What every update of a chat needs to know before it is answered, read at once."""
+
+    chat: Chat | None  # None: the chat has never been seen
+    unreachable: bool  # the linked customer had blocked the bot (learnt from a 403)
+    in_handoff: bool  # a person owns the thread: the bot does not answer
+
+
+async def chat_state(conn: AsyncConnection, chat_id: int) -> ChatState:
+    """One statement instead of one per module: the chat, its customer's reachability and
+    whether a handoff is open. Selected from a one-row subquery so an unseen chat still
+    gets a row (an open handoff does not depend on the chat row)."""
+    me = select(literal(chat_id, BigInteger).label("chat_id")).subquery("me")
+    in_handoff = (
+        exists()
+        .where(handoffs.c.chat_id == me.c.chat_id, handoffs.c.state != "closed")
+        .label("in_handoff")
+    )
+    row = (
+        await conn.execute(
+            select(*_CHAT_COLS, customers.c.unreachable_at, in_handoff).select_from(
+                me.outerjoin(chats, chats.c.chat_id == me.c.chat_id).outerjoin(
+                    customers, customers.c.customer_id == chats.c.customer_id
+                )
+            )
+        )
+    ).one()
+    return ChatState(
+        chat=_chat(row) if row.chat_id is not None else None,
+        unreachable=row.unreachable_at is not None,
+        in_handoff=bool(row.in_handoff),
+    )
 
 
 async def touch_chat(conn: AsyncConnection, chat_id: int) -> Chat:

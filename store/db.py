@@ -57,12 +57,18 @@ class Store:
         self.url = url
         self._index: ProductIndex | None = None
         self._index_lock = asyncio.Lock()
+        self.writes = 0
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed on success, rolled back on error."""
-        async with self.engine.begin() as conn:
-            yield conn
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        finally:
+            # Counted once the transaction has ended, so a reader that saw the count before
+            # it knows that what it read may be older than this transaction.
+            self.writes += 1
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:

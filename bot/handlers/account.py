@@ -214,8 +214,7 @@ async def continue_pending(update: Update, context: BotContext) -> bool:
     chat = update.effective_chat
     if message is None or message.text is None or chat is None or chat.type != chat.PRIVATE:
         return False
-    async with context.store.connect() as conn:
-        state = await chat_of(conn, chat.id)
+    state = await context.chat(chat.id)
     if state is None or state.pending not in (ORDER_STEP, PROOF_STEP):
         return False  # nothing asked, or another module's question
     text = message.text
@@ -341,8 +340,7 @@ async def link_command(update: Update, context: BotContext) -> None:
 async def unlink_command(update: Update, context: BotContext) -> None:
     """/unlink and its button: ask first, with the customer id in the button to re-check."""
     await acknowledge(update)
-    async with context.store.connect() as conn:
-        chat = await chat_of(conn, chat_id_of(update))
+    chat = await context.chat(chat_id_of(update))
     if chat is None or chat.customer_id is None:
         await send(update, context, "account_not_linked.j2", rows=LINK_MENU)
         return
@@ -379,8 +377,7 @@ async def unlink_confirmed(update: Update, context: BotContext) -> None:
 
 
 async def keep_linked(update: Update, context: BotContext) -> None:
-    async with context.store.connect() as conn:
-        chat = await chat_of(conn, chat_id_of(update))
+    chat = await context.chat(chat_id_of(update))
     if chat is None or chat.customer_id is None:
         await stale_button(update, context)
         return
@@ -413,8 +410,7 @@ async def abandon_pending(update: Update, context: BotContext) -> None:
     chat = update.effective_chat
     if chat is None:
         return
-    async with context.store.connect() as conn:
-        state = await chat_of(conn, chat.id)
+    state = await context.chat(chat.id)
     if state is not None and state.pending in (ORDER_STEP, PROOF_STEP):
         async with context.store.begin() as conn:
             await clear_pending(conn, chat.id)

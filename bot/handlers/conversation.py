@@ -13,7 +13,7 @@ from bot.context import BotApplication, BotContext
 from bot.handlers import account, cancel, fallback, handoff, notifications, orders, start, stock
 from bot.reply import MAIN_MENU, chat_id_of, send
 from bot.understanding import Intent, understand
-from store.chats import chat_of, reset_misses, touch_chat
+from store.chats import reset_misses, touch_chat
 
 # understand() gives a bare product-looking phrase this confidence; a real question scores higher.
 GUESS_CONFIDENCE = 0.5
@@ -62,8 +62,7 @@ async def _reset_misses(update: Update, context: BotContext) -> None:
     """Understood: the count of misses starts again. Written only when there is one to reset,
     so an ordinary message costs no write transaction."""
     chat_id = chat_id_of(update)
-    async with context.store.connect() as conn:
-        chat = await chat_of(conn, chat_id)
+    chat = await context.chat(chat_id)
     if chat is not None and chat.misses == 0:
         return
     async with context.store.begin() as conn:

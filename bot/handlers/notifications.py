@@ -146,6 +146,8 @@ async def writes_again(update: Update, context: BotContext) -> None:
     member = update.my_chat_member
     if member is not None and member.new_chat_member.status != "member":
         return  # blocking is learnt from the 403, not here
+    if not (await context.chat_state(chat.id)).unreachable:
+        return
     async with context.store.begin() as conn:
         await reachable_again(conn, chat.id)
 

@@ -12,7 +12,6 @@ from telegram.ext import CallbackQueryHandler, CommandHandler, filters
 from bot.context import BotApplication, BotContext
 from bot.render import ButtonSpec
 from bot.reply import MAIN_MENU, acknowledge, send, stale_press
-from store.chats import chat_of
 from store.queries import Order, mark_told, order_of, orders_of
 
 # A phone screen's worth; older orders are one "all my orders" tap away.
@@ -23,8 +22,7 @@ ALL_ORDERS_SHOWN = 20
 async def linked_customer(update: Update, context: BotContext) -> int | None:
     if update.effective_chat is None:
         return None
-    async with context.store.connect() as conn:
-        chat = await chat_of(conn, update.effective_chat.id)
+    chat = await context.chat(update.effective_chat.id)
     return chat.customer_id if chat else None
 
 

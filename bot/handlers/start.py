@@ -15,9 +15,10 @@ async def start(update: Update, context: BotContext) -> None:
 
 
 async def greet(update: Update, context: BotContext) -> None:
-    if update.effective_chat is not None:
+    chat = update.effective_chat
+    if chat is not None and await context.chat(chat.id) is None:
         async with context.store.begin() as conn:
-            await touch_chat(conn, update.effective_chat.id)
+            await touch_chat(conn, chat.id)
     user = update.effective_user
     await send(
         update,

@@ -26,7 +26,7 @@ async def intercept_customer_message(update: Update, context: BotContext) -> Non
     """While a person owns the thread, the customer's messages go to the topic, nowhere else."""
     chat = update.effective_chat
     message = update.effective_message
-    if chat is None or message is None:
+    if chat is None or message is None or not (await context.chat_state(chat.id)).in_handoff:
         return
     async with context.store.connect() as conn:
         h = await active_handoff(conn, chat.id)
@@ -48,6 +48,8 @@ async def intercept_customer_press(update: Update, context: BotContext) -> None:
     """An old button pressed during a handoff: a short note, and nothing else happens."""
     query = update.callback_query
     if query is None or query.message is None or query.message.chat.type != ChatType.PRIVATE:
+        return
+    if not (await context.chat_state(query.message.chat.id)).in_handoff:
         return
     async with context.store.connect() as conn:
         h = await active_handoff(conn, query.message.chat.id)

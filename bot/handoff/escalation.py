@@ -140,8 +140,7 @@ async def ask_for_agent(update: Update, context: BotContext) -> None:
     """/agent and the menu's "Talk to a person"."""
     reason = "asked"
     if update.effective_chat is not None:
-        async with context.store.connect() as conn:
-            chat = await chat_of(conn, update.effective_chat.id)
+        chat = await context.chat(update.effective_chat.id)
         if chat is not None and chat.misses >= MISSES_MEAN_MISUNDERSTOOD:
             reason = "misunderstood"
     await escalate(update, context, reason)
