@@ -8,7 +8,9 @@ from sqlalchemy import insert, text
 from store import Store, open_store
 from store.chats import (
     Chat,
+    ChatState,
     chat_of,
+    chat_state,
     consume_link_token,
     count_failed_attempts,
     link_chat,
@@ -22,7 +24,7 @@ from store.chats import (
     verify_order_owner,
 )
 from store.errors import NotFound
-from store.schema import customers, orders, products
+from store.schema import customers, handoffs, orders, products
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -99,6 +101,37 @@ async def test_chat_lifecycle(store: Store) -> None:
         assert await record_miss(conn, 7) == Chat(7, None, None, 1)
     async with store.connect() as conn:
         assert await chat_of(conn, 42) == Chat(42, "de", None, 0)
+
+
+async def test_chat_state_reads_chat_reachability_and_handoff_at_once(store: Store) -> None:
+    await _seed(store)
+    async with store.begin() as conn:
+        assert await chat_state(conn, 42) == ChatState(None, unreachable=False, in_handoff=False)
+        await link_chat(conn, 42, 1)
+        assert await chat_state(conn, 42) == ChatState(
+            Chat(42, None, 1, 0), unreachable=False, in_handoff=False
+        )
+        await conn.execute(customers.update().values(unreachable_at=NOW))
+        await conn.execute(
+            insert(handoffs).values(
+                chat_id=42,
+                support_chat_id=-100,
+                state="waiting",
+                reason="asked",
+                customer_name="Anna",
+                opened_at=NOW,
+                last_activity_at=NOW,
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        assert await chat_state(conn, 42) == ChatState(
+            Chat(42, None, 1, 0), unreachable=True, in_handoff=True
+        )
+        await conn.execute(handoffs.update().values(state="closed"))
+        assert (await chat_state(conn, 42)).in_handoff is False
+        # Another chat sees none of it.
+        assert await chat_state(conn, 43) == ChatState(None, unreachable=False, in_handoff=False)
 
 
 async def test_link_moves_both_ways(store: Store) -> None:
