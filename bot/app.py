@@ -17,7 +17,7 @@ from bot.handlers.handoff import check_support_group
 from bot.render import Renderer
 from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings
-from bot.updates import ChatOrderedProcessor
+from bot.updates import ChatOrderedProcessor, UpdateIntake
 from store.db import Store, migrate
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def build_application(
     request = request_for(settings, pool=64, read_timeout=settings.request_timeout)
     # Long polling holds its connection for the poll's timeout (PTB adds it to read_timeout).
     updates_request = request_for(settings, pool=1, read_timeout=settings.request_timeout + 30)
+    intake = UpdateIntake(settings.intake_limit)
     app: BotApplication = (
         ApplicationBuilder()
         .token(settings.bot_token.get_secret_value())
@@ -46,8 +47,9 @@ def build_application(
         .base_file_url(settings.bot_api_file_url)
         .request(request)
         .get_updates_request(updates_request)
+        .update_queue(intake)
         # Up to CONCURRENT_UPDATES at once; one chat's updates one after another, in order.
-        .concurrent_updates(ChatOrderedProcessor(settings.concurrent_updates))
+        .concurrent_updates(ChatOrderedProcessor(settings.concurrent_updates, intake))
         .context_types(ContextTypes(context=BotContext, bot_data=BotData))
         .defaults(
             Defaults(

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # (bot/updates.py: one chat's updates stay in order).
     request_layer: Literal["aiohttp", "httpx"] = "aiohttp"
     concurrent_updates: int = Field(default=64, ge=1, le=4096)
+    # Updates taken from Telegram and not answered yet; beyond it, polling waits and the
+    # backlog stays with Telegram instead of in memory.
+    intake_limit: int = Field(default=1000, ge=1, le=1_000_000)
     replies_per_second: int = Field(default=30, ge=0, le=100_000)
     log_level: str = "INFO"
 

@@ -10,10 +10,17 @@ most the chats with updates in flight and forgets idle ones by construction.
 
 Arrival order is PTB's: the Application starts one task per update in update_id order, each
 passes the processor's semaphore (FIFO) before `do_process_update`.
+
+`UpdateIntake` bounds what the bot holds. PTB's update queue is unbounded, and with concurrent
+updates its fetcher empties it at once into one task per update, so a backlog of 100,000
+updates would become 100,000 tasks in memory. The intake counts an update from the moment
+polling (or the webhook) hands it over until it has been answered; at the limit, `put` waits,
+so polling stops asking Telegram for more and the backlog stays on Telegram's side.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Hashable
@@ -24,7 +31,40 @@ from telegram.ext import BaseUpdateProcessor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChatOrderedProcessor", "chat_key"]
+__all__ = ["ChatOrderedProcessor", "UpdateIntake", "chat_key"]
+
+
+class UpdateIntake(asyncio.Queue[object]):
+    """The Application's update queue, holding at most ``limit`` unanswered updates.
+
+    Only `Update` objects count: PTB's own stop signal must never wait behind a full intake.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.unanswered = 0
+        self.peak = 0  # the most ever held at once: what the benchmark reports
+        self._room = asyncio.Event()
+
+    async def put(self, item: object) -> None:
+        if isinstance(item, Update):
+            while self.unanswered >= self.limit:
+                self._room.clear()
+                await self._room.wait()
+        self.put_nowait(item)
+
+    def put_nowait(self, item: object) -> None:
+        super().put_nowait(item)
+        if isinstance(item, Update):
+            self.unanswered += 1
+            self.peak = max(self.peak, self.unanswered)
+
+    def answered(self, item: object) -> None:
+        if isinstance(item, Update):
+            self.unanswered -= 1
+            if self.unanswered < self.limit:
+                self._room.set()
 
 
 def chat_key(update: object) -> Hashable | None:
@@ -41,14 +81,19 @@ def chat_key(update: object) -> Hashable | None:
 
 
 class ChatOrderedProcessor(BaseUpdateProcessor):
-    """``ApplicationBuilder().concurrent_updates(ChatOrderedProcessor(64))``."""
+    """``ApplicationBuilder().concurrent_updates(ChatOrderedProcessor(64, intake))``.
 
-    __slots__ = ("_waiting",)
+    Tells ``intake`` when each update has been answered, including those parked behind their
+    chat (they left PTB's count when parked, but they are still held in memory here).
+    """
 
-    def __init__(self, max_concurrent_updates: int) -> None:
+    __slots__ = ("_intake", "_waiting")
+
+    def __init__(self, max_concurrent_updates: int, intake: UpdateIntake | None = None) -> None:
         super().__init__(max_concurrent_updates)
+        self._intake = intake
         # chat -> updates that arrived while the chat's first one was being processed.
-        self._waiting: dict[Hashable, deque[Awaitable[Any]]] = {}
+        self._waiting: dict[Hashable, deque[tuple[object, Awaitable[Any]]]] = {}
 
     @property
     def busy_chats(self) -> int:
@@ -58,31 +103,41 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         key = chat_key(update)
         if key is None:
-            await coroutine
+            try:
+                await coroutine
+            finally:
+                self._answered(update)
             return
         queue = self._waiting.get(key)
         if queue is not None:
             # The chat is being processed: its runner will take this one in its turn.
-            queue.append(coroutine)
+            queue.append((update, coroutine))
             return
         queue = self._waiting[key] = deque()
-        current: Awaitable[Any] | None = coroutine
+        current: tuple[object, Awaitable[Any]] | None = (update, coroutine)
         try:
             while current is not None:
                 try:
-                    await current
+                    await current[1]
                 except Exception:
                     # Application.process_update reports handler errors itself; this is a
                     # last resort, so one failure cannot stall the chat's later updates.
                     log.exception("processing an update of chat %s failed", key)
+                finally:
+                    self._answered(current[0])
                 current = queue.popleft() if queue else None
         finally:
             del self._waiting[key]
             # Cancelled (shutdown): what never ran is dropped without a never-awaited warning.
-            for pending in queue:
+            for parked, pending in queue:
+                self._answered(parked)
                 close = getattr(pending, "close", None)
                 if close is not None:
                     close()
+
+    def _answered(self, update: object) -> None:
+        if self._intake is not None:
+            self._intake.answered(update)
 
     async def initialize(self) -> None:
         pass

@@ -11,7 +11,7 @@ from telegram import Chat, Message, Update
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
 
 from bot.request import AiohttpRequest
-from bot.updates import ChatOrderedProcessor, chat_key
+from bot.updates import ChatOrderedProcessor, UpdateIntake, chat_key
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 
@@ -92,6 +92,38 @@ async def test_cancelled_work_leaves_no_coroutine_unawaited() -> None:
     assert processor.busy_chats == 0
 
 
+async def test_the_intake_waits_at_its_limit_counting_updates_parked_behind_their_chat() -> None:
+    intake = UpdateIntake(3)
+    processor = ChatOrderedProcessor(4, intake)
+    release = asyncio.Event()
+    ran: list[int] = []
+
+    async def handle(n: int) -> None:
+        await release.wait()
+        ran.append(n)
+
+    for n, chat in ((1, 10), (2, 10), (3, 20)):
+        await asyncio.wait_for(intake.put(_update(n, chat)), 1)
+    fourth = asyncio.create_task(intake.put(_update(4, 30)))
+    tasks = []
+    for _ in range(3):
+        update = intake.get_nowait()
+        assert isinstance(update, Update)
+        tasks.append(
+            asyncio.create_task(processor.process_update(update, handle(update.update_id)))
+        )
+    await asyncio.sleep(0.05)
+    # Update 2 is parked behind update 1 (same chat) and still counts: the fourth waits.
+    assert not fourth.done()
+    assert (intake.unanswered, intake.qsize()) == (3, 0)
+    intake.put_nowait(object())  # PTB's stop signal is never held back
+    assert intake.unanswered == 3
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*tasks, fourth), 1)
+    assert sorted(ran) == [1, 2, 3]
+    assert (intake.unanswered, intake.peak) == (1, 3)
+
+
 def test_the_order_key_is_the_chat_else_the_user() -> None:
     assert chat_key(_update(1, 42)) == 42
     assert chat_key(object()) is None
@@ -158,3 +190,61 @@ async def test_a_burst_is_answered_in_order_while_other_chats_proceed(
     order = [int(c["params"]["chat_id"]) for c in calls]
     last_of_burst = max(i for i, chat in enumerate(order) if chat == burst)
     assert all(order.index(user) < last_of_burst for user in others)
+
+
+async def test_a_backlog_is_held_to_the_intake_limit_and_answered_in_order(
+    sandbox: Sandbox, tg: SandboxClient
+) -> None:
+    """Through the sandbox: 30 messages from three chats while the handler is stuck; the bot
+    holds at most INTAKE (the rest wait with polling), then answers all of them in order."""
+    intake_limit = 4
+    gate = asyncio.Event()
+    entered: list[int] = []
+    all_chats_stuck = asyncio.Event()
+
+    async def echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        assert update.message is not None and update.message.text is not None
+        entered.append(update.update_id)
+        if len(entered) == 3:
+            all_chats_stuck.set()
+        await gate.wait()
+        await update.message.reply_text(update.message.text)
+
+    intake = UpdateIntake(intake_limit)
+    app = (
+        ApplicationBuilder()
+        .token(sandbox.token)
+        .base_url(sandbox.api_base)
+        .request(AiohttpRequest(connection_pool_size=8))
+        .get_updates_request(AiohttpRequest(connection_pool_size=1, read_timeout=10))
+        .update_queue(intake)
+        .concurrent_updates(ChatOrderedProcessor(16, intake))
+        .build()
+    )
+    app.add_handler(MessageHandler(filters.TEXT, echo))
+    users = [601, 602, 603]
+    for user in users:
+        await tg.create_user(user)
+    for n in range(10):
+        for user in users:
+            await tg.send_message(user, f"{user} {n}")
+    await app.initialize()
+    await app.start()
+    assert app.updater is not None
+    await app.updater.start_polling(poll_interval=0, timeout=1)
+    try:
+        # Each chat's first message is stuck in the handler, a fourth is parked behind one.
+        await asyncio.wait_for(all_chats_stuck.wait(), 5)
+        await asyncio.sleep(0.2)  # room for any over-read to show
+        assert len(entered) == 3
+        assert (intake.unanswered, intake.peak) == (intake_limit, intake_limit)
+        gate.set()
+        for user in users:
+            found = await tg.collect(user, 0, timeout=5, quiet=0.3)
+            replies = [m["text"] for m in found if m["from_bot"]]
+            assert replies == [f"{user} {n}" for n in range(10)]
+        assert (intake.unanswered, intake.peak) == (0, intake_limit)
+    finally:
+        await app.updater.stop()
+        await app.stop()
+        await app.shutdown()
