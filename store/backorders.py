@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Any, Literal
+from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import (
     CTE,
     BigInteger,
     ColumnElement,
+    DateTime,
     bindparam,
     case,
     delete,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -239,9 +241,9 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
 
     The queue is walked inside the database, on the queue index alone (it carries every
     column read here): running sums of the waiting quantities are matched against the open
-    restocks' cumulative ranges, and set-based UPDATE ... FROM statements write only the
-    lines that changed, first those whose date moved (returned), then those whose date is
-    right but whose awaited restock changed.
+    restocks' cumulative ranges, and one set-based UPDATE ... FROM writes only the lines that
+    changed: those whose date moved (returned) and those whose date is right but whose
+    awaited restock changed.
 
     A line's place in the queue is not stored (a receipt would shift every line behind the
     filled ones): readers count it on the queue index from the nearest queue mark, and the
@@ -252,18 +254,25 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
     c = order_lines.c
     free = await free_stock(conn, sku)
     now = utcnow()
-    moved_rows = _projection(sku, free, "dates")
+    # One walk of the queue writes both kinds of change (a walk took ~0.7 s per 100,000
+    # waiting lines): a moved date keeps the old one as previous and stamps the change; a
+    # line whose date is right but whose awaited restock changed gets only the restock.
+    changed = _projection(sku, free)
     returned = (
         await conn.execute(
             update(order_lines)
-            .add_cte(moved_rows)
-            .where(c.line_id == moved_rows.c.line_id)
+            .add_cte(changed)
+            .where(c.line_id == changed.c.line_id)
             .values(
                 # Right-hand sides see the row as it was: the old date becomes the previous.
-                previous_projected_date=c.projected_date,
-                projected_date=moved_rows.c.new_date,
-                projected_changed_at=now,
-                waits_for_restock_id=moved_rows.c.new_restock,
+                previous_projected_date=case(
+                    (changed.c.moved == 1, c.projected_date), else_=c.previous_projected_date
+                ),
+                projected_date=changed.c.new_date,
+                projected_changed_at=case(
+                    (changed.c.moved == 1, now), else_=c.projected_changed_at
+                ),
+                waits_for_restock_id=changed.c.new_restock,
             )
             .returning(
                 c.line_id,
@@ -271,22 +280,19 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
                 c.previous_projected_date,
                 c.projected_date,
                 c.queue_rank,
-                c.queued_at,
+                # As stored (naive UTC; the order is the same): UTCDateTime's conversion per
+                # row is not needed to sort, nor to see which rows this call stamped.
+                type_coerce(c.queued_at, DateTime()),
+                type_coerce(c.projected_changed_at, DateTime()),
             )
         )
     ).all()
     if requeue:
         await mark_queues(conn, sku)
-    rerouted = _projection(sku, free, "restocks")
-    await conn.execute(
-        update(order_lines)
-        .add_cte(rerouted)
-        .where(c.line_id == rerouted.c.line_id)
-        .values(waits_for_restock_id=rerouted.c.new_restock)
-    )
+    stamp = now.astimezone(UTC).replace(tzinfo=None)
     moved = [
-        MovedLine(int(r.line_id), int(r.order_id), r.previous_projected_date, r.projected_date)
-        for r in sorted(returned, key=lambda r: (r.queue_rank, r.queued_at, r.line_id))
+        MovedLine(int(r[0]), int(r[1]), r[2], r[3])
+        for r in sorted((r for r in returned if r[6] == stamp), key=lambda r: (r[4], r[5], r[0]))
     ]
     counts = (
         await conn.execute(
@@ -335,10 +341,10 @@ async def mark_queues(conn: AsyncConnection, sku: str | None = None) -> None:
     )
 
 
-def _projection(sku: str, free: int, changed: Literal["dates", "restocks"]) -> CTE:
+def _projection(sku: str, free: int) -> CTE:
     """Waiting lines of ``sku`` with the restock (id, date) that covers their last unit,
-    NULLs past the last open restock. ``changed``: "dates", the lines whose date moved;
-    "restocks", those whose date is right but whose awaited restock changed.
+    NULLs past the last open restock: the lines whose date moved (``moved`` 1) or whose date
+    is right but whose awaited restock changed (``moved`` 0).
 
     Restock k covers the units (lo_k, hi_k] of the queue, hi_k = free + the open quantity of
     restocks 1..k in date order; a line whose running need falls in that range waits for it
@@ -378,6 +384,7 @@ def _projection(sku: str, free: int, changed: Literal["dates", "restocks"]) -> C
             queue.c.line_id,
             bounds.c.restock_id.label("new_restock"),
             bounds.c.expected_date.label("new_date"),
+            case((date_moved, 1), else_=0).label("moved"),
         )
         .select_from(
             queue.outerjoin(
@@ -386,11 +393,7 @@ def _projection(sku: str, free: int, changed: Literal["dates", "restocks"]) -> C
                 & (bounds.c.lo.is_(None) | (queue.c.need > bounds.c.lo)),
             )
         )
-        .where(
-            date_moved
-            if changed == "dates"
-            else ~date_moved & queue.c.waits_for_restock_id.is_distinct_from(bounds.c.restock_id)
-        )
+        .where(date_moved | queue.c.waits_for_restock_id.is_distinct_from(bounds.c.restock_id))
         # Materialized, so the database filters the queue (on the index) before it joins
         # order_lines to update, instead of fetching every queued row first.
         .cte("proj")
