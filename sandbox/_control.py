@@ -549,6 +549,7 @@ async def _add_fault(request: web.Request) -> web.Response:
             retry_after=int(body.get("retry_after", 5)),
             delay=float(body.get("delay", 1.0)),
             status=int(body.get("status", 500)),
+            chat_id=_opt_int(body.get("chat_id"), "chat_id"),
         )
     except (TypeError, ValueError) as err:
         raise ControlError(400, str(err)) from None

@@ -103,6 +103,7 @@ class RateLimiter:
 class Fault:
     kind: str
     method: str | None = None  # lower-case Bot API method name, None for every method
+    chat_id: int | None = None  # only calls whose chat_id is this chat, None for every call
     count: int | None = None  # calls left, None for unlimited within the duration
     until: float | None = None  # monotonic deadline
     retry_after: int = 5
@@ -134,6 +135,7 @@ class FaultInjector:
         retry_after: int = 5,
         delay: float = 1.0,
         status: int = 500,
+        chat_id: int | None = None,
     ) -> Fault:
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}")
@@ -147,6 +149,7 @@ class FaultInjector:
             retry_after=retry_after,
             delay=delay,
             status=status,
+            chat_id=chat_id,
             id=self._next_id,
         )
         self._next_id += 1
@@ -156,8 +159,9 @@ class FaultInjector:
     def clear(self) -> None:
         self.faults.clear()
 
-    def take(self, method: str) -> Fault | None:
-        """The first live fault for this method, consuming one of its calls."""
+    def take(self, method: str, chat_id: object = None) -> Fault | None:
+        """The first live fault for this method (and this call's chat, for faults scoped to
+        one), consuming one of its calls."""
         now = time.monotonic()
         self.faults = [
             f
@@ -165,9 +169,12 @@ class FaultInjector:
             if (f.count is None or f.count > 0) and (f.until is None or f.until > now)
         ]
         for fault in self.faults:
-            if fault.method is None or fault.method == method:
-                if fault.count is not None:
-                    fault.count -= 1
-                fault.hits += 1
-                return fault
+            if fault.method is not None and fault.method != method:
+                continue
+            if fault.chat_id is not None and str(fault.chat_id) != str(chat_id):
+                continue
+            if fault.count is not None:
+                fault.count -= 1
+            fault.hits += 1
+            return fault
         return None

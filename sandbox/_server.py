@@ -135,7 +135,7 @@ class Sandbox:
         except ApiError as err:
             world.log_call(method, {}, err.code, err.description)
             return web.json_response(err.payload(), status=err.code)
-        fault = world.faults.take(method.lower())
+        fault = world.faults.take(method.lower(), raw.get("chat_id"))
         if fault is not None:
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)

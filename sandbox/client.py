@@ -364,11 +364,14 @@ class SandboxClient:
         retry_after: int = 5,
         delay: float = 1.0,
         status: int = 500,
+        chat_id: int | None = None,
     ) -> dict[str, Any]:
         """Make Bot API calls fail: ``kind`` is "429", "5xx", "slow", "drop" (no answer, not
         executed) or "drop_after" (executed, answer lost); for ``count`` calls and/or
-        ``duration`` seconds (one call if neither), for one ``method`` or all."""
+        ``duration`` seconds (one call if neither), for one ``method`` or all, and for the
+        calls to one ``chat_id`` or all."""
         body = {
+            "chat_id": chat_id,
             "kind": kind,
             "method": method,
             "count": count,

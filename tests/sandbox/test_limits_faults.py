@@ -107,6 +107,19 @@ async def test_fault_drop_before_and_after(
     assert [r["text"] for r in await client.transcript(1)] == ["sent, answer lost"]
 
 
+async def test_a_fault_scoped_to_one_chat_spares_the_others(
+    api: Api, client: SandboxClient, users: list[int]
+) -> None:
+    fault = await client.inject_fault("5xx", method="sendMessage", chat_id=2, count=1)
+    assert fault["chat_id"] == 2
+    await api.ok("sendMessage", chat_id=1, text="spared")
+    await api.ok("sendMessage", chat_id="3", text="spared too")
+    assert (await api.err("sendMessage", chat_id=2, text="lost"))["error_code"] == 500
+    await api.ok("sendMessage", chat_id=2, text="the fault is used up")
+    assert [r["text"] for r in await client.transcript(2)] == ["the fault is used up"]
+    assert [c["status"] for c in await client.calls("sendMessage")] == [200, 200, 500, 200]
+
+
 async def test_bad_fault_kind_is_refused(client: SandboxClient) -> None:
     from sandbox.client import SandboxError
 
