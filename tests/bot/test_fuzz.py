@@ -779,8 +779,9 @@ NEWLINE_BUG_REASON = (
 async def test_regression_a_notification_switch_with_a_final_newline(
     harness: Harness, data: str
 ) -> None:
-    """notifications.button reads ``data.removeprefix("ntf:t:")`` = "off\\n" (etc.) as a
-    topic: KeyError, the apology, and the press is never answered."""
+    """notifications.button compares the data with "ntf:off" etc. (no match: the newline), so
+    takes ``data.removeprefix("ntf:t:")`` ("ntf:off\\n", "delays\\n") for a topic: KeyError,
+    the apology, and the press is never answered."""
     exchange = await harness.press(701, harness.anchor[701], data)  # Anna, linked
     harness.check_common(f"pressed {data!r}", exchange)
 
