@@ -10,14 +10,18 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from bot import notices
 from bot.context import BotApplication
 from bot.notices import _Sender, deliver_due, run_policy
+from sandbox import Limits
 from sandbox.client import SandboxClient
 from store import Store
-from store.backorders import change_restock_date
-from tests.bot.notice_helpers import RESTOCK, day, seed
+from store.backorders import NewLine, change_restock_date, place_order
+from store.schema import order_lines
+from tests.bot.notice_helpers import RESTOCK, SKU, day, seed
+from tests.conftest import START
 
 FANOUT = 300
 
@@ -72,3 +76,37 @@ async def test_the_pacer_wakes_each_of_thousands_of_waiting_sends_once() -> None
     elapsed = time.monotonic() - started
     # 4,000 slots at 20,000/s take 0.2 s; polling took minutes.
     assert 0.15 < elapsed < 2, elapsed
+
+
+@pytest.mark.parametrize("sandbox_limits", [Limits()])  # Telegram's: 1 per second per chat
+@pytest.mark.parametrize(
+    "bot_environ",
+    [{"NOTICE_JOB_INTERVAL_SECONDS": "0", "SEND_RATE_PER_SECOND": "100", "NOTICE_BATCH_SIZE": "1"}],
+)
+async def test_a_chats_notices_in_consecutive_batches_go_one_after_another(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    # The next batch is claimed while this one is still sending: a chat in both gets the
+    # second batch's notice only after the first's, a per-chat interval apart (concurrent
+    # sends to one chat ran into its flood limit, in any order).
+    # Five more orders of the first customer: the restock (two units a customer) covers all.
+    (cid, chat, number), *_ = await seed(store, tg, 5)
+    numbers = [number]
+    async with store.begin() as conn:
+        for i in range(5):
+            placed = await place_order(
+                conn, str(990_100 + i), cid, [NewLine(SKU, 1)], placed_at=START
+            )
+            await conn.execute(
+                update(order_lines)
+                .where(order_lines.c.order_id == placed.order_id)
+                .values(promised_date=day(60))
+            )
+            numbers.append(str(990_100 + i))
+        await change_restock_date(conn, RESTOCK, day(24), "supplier delay")
+    await run_policy(bot)
+    report = await deliver_due(bot)
+    assert (report.claimed, report.sent, report.rate_limited) == (10, 10, 0)
+    messages = await tg.transcript(chat)
+    assert [m["text"].splitlines()[0] for m in messages] == [f"📦 Order {n}" for n in numbers]
+    assert await tg.count_429() == 0
