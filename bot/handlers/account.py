@@ -431,11 +431,11 @@ def register(app: BotApplication) -> None:
     app.add_handler(CommandHandler("link", link_command, filters=private))
     app.add_handler(CommandHandler("unlink", unlink_command, filters=private))
     app.add_handler(CommandHandler("cancel", cancel, filters=private))
-    app.add_handler(CallbackQueryHandler(link_command, pattern=r"^acc:link$"))
-    app.add_handler(CallbackQueryHandler(unlink_command, pattern=r"^acc:unlink$"))
-    app.add_handler(CallbackQueryHandler(unlink_confirmed, pattern=r"^acc:unlink:[0-9]{1,10}$"))
-    app.add_handler(CallbackQueryHandler(keep_linked, pattern=r"^acc:keep$"))
-    app.add_handler(CallbackQueryHandler(cancel, pattern=r"^acc:cancel$"))
+    app.add_handler(CallbackQueryHandler(link_command, pattern=r"^acc:link\Z"))
+    app.add_handler(CallbackQueryHandler(unlink_command, pattern=r"^acc:unlink\Z"))
+    app.add_handler(CallbackQueryHandler(unlink_confirmed, pattern=r"^acc:unlink:[0-9]{1,10}\Z"))
+    app.add_handler(CallbackQueryHandler(keep_linked, pattern=r"^acc:keep\Z"))
+    app.add_handler(CallbackQueryHandler(cancel, pattern=r"^acc:cancel\Z"))
 
 
 __all__ = ["begin_verification", "continue_pending", "register"]

@@ -21,7 +21,7 @@ from store.outbox import mark_cancellation_told
 from store.queries import Order, OrderLine, order_of, orders_of
 
 CANCEL_REASON = "customer, in the bot"
-_PRESS = re.compile(r"^(cx|cxl|cxy|cxo|cxoy):(\d{1,20})(?::(\d{1,4}))?$")
+_PRESS = re.compile(r"^(cx|cxl|cxy|cxo|cxoy):(\d{1,20})(?::(\d{1,4}))?\Z")
 
 
 def _cancellable(line: OrderLine) -> int:

@@ -34,7 +34,7 @@ from store.outbox import queue_notices
 from store.schema import order_lines
 
 CHANNEL = "telegram"
-PATTERN = re.compile(r"^dly:(keep|cancel|order|alt|pick|swap):(\d{1,12})(?::([A-Z0-9-]{1,32}))?$")
+PATTERN = re.compile(r"^dly:(keep|cancel|order|alt|pick|swap):(\d{1,12})(?::([A-Z0-9-]{1,32}))?\Z")
 
 
 def offer_rows(offer: Offer, *, has_alternatives: bool) -> tuple[tuple[ButtonSpec, ...], ...]:

@@ -35,7 +35,7 @@ async def chosen(update: Update, context: BotContext) -> None:
 
 def register(app: BotApplication) -> None:
     app.add_handler(CommandHandler("language", choose, filters=filters.ChatType.PRIVATE))
-    app.add_handler(CallbackQueryHandler(choose, pattern=r"^m:lang$"))
+    app.add_handler(CallbackQueryHandler(choose, pattern=r"^m:lang\Z"))
     # Only the four codes we ship match; anything else falls through to the stale-button reply.
     codes = "|".join(SUPPORTED_LANGUAGES)
-    app.add_handler(CallbackQueryHandler(chosen, pattern=rf"^lang:({codes})$"))
+    app.add_handler(CallbackQueryHandler(chosen, pattern=rf"^lang:({codes})\Z"))

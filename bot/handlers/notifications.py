@@ -156,6 +156,6 @@ def register(app: BotApplication) -> None:
     app.add_handler(TypeHandler(Update, writes_again), group=REACHABLE_GROUP)
     app.add_handler(CommandHandler("notifications", show_menu))
     app.add_handler(
-        CallbackQueryHandler(button, pattern=r"^ntf:(menu|off|on|t:(delays|stock|ship))$")
+        CallbackQueryHandler(button, pattern=r"^ntf:(menu|off|on|t:(delays|stock|ship))\Z")
     )
     schedule(app)

@@ -150,5 +150,5 @@ async def order_button(update: Update, context: BotContext) -> None:
 
 def register(app: BotApplication) -> None:
     app.add_handler(CommandHandler("orders", orders_command, filters=filters.ChatType.PRIVATE))
-    app.add_handler(CallbackQueryHandler(orders_button, pattern=r"^m:orders$"))
-    app.add_handler(CallbackQueryHandler(order_button, pattern=r"^(o:\d{1,20}|ol:all)$"))
+    app.add_handler(CallbackQueryHandler(orders_button, pattern=r"^m:orders\Z"))
+    app.add_handler(CallbackQueryHandler(order_button, pattern=r"^(o:\d{1,20}|ol:all)\Z"))

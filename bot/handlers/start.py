@@ -39,4 +39,4 @@ def register(app: BotApplication) -> None:
     private = filters.ChatType.PRIVATE
     app.add_handler(CommandHandler("start", start, filters=private))
     app.add_handler(CommandHandler("help", show_help, filters=private))
-    app.add_handler(CallbackQueryHandler(show_help, pattern=r"^m:help$"))
+    app.add_handler(CallbackQueryHandler(show_help, pattern=r"^m:help\Z"))

@@ -230,8 +230,8 @@ async def notify_button(update: Update, context: BotContext) -> None:
 
 def register(app: BotApplication) -> None:
     app.add_handler(CommandHandler("stock", stock_command, filters=filters.ChatType.PRIVATE))
-    app.add_handler(CallbackQueryHandler(stock_button, pattern=r"^m:stock$"))
+    app.add_handler(CallbackQueryHandler(stock_button, pattern=r"^m:stock\Z"))
     sku = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}"
-    app.add_handler(CallbackQueryHandler(product_button, pattern=rf"^p:{sku}$"))
-    app.add_handler(CallbackQueryHandler(notify_button, pattern=rf"^n:{sku}$"))
-    app.add_handler(CallbackQueryHandler(order_alternatives, pattern=r"^alt:o:\d{1,20}$"))
+    app.add_handler(CallbackQueryHandler(product_button, pattern=rf"^p:{sku}\Z"))
+    app.add_handler(CallbackQueryHandler(notify_button, pattern=rf"^n:{sku}\Z"))
+    app.add_handler(CallbackQueryHandler(order_alternatives, pattern=r"^alt:o:\d{1,20}\Z"))

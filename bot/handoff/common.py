@@ -51,7 +51,7 @@ AGENT_STATUSES = {
 MISSES_MEAN_MISUNDERSTOOD = 2
 
 
-_PRESS = re.compile(r"^ag:(o|c|r|x|cl|cy|cn|rs):(\d{1,12})(?::([\w]{1,32}))?(?::(\d{1,4}))?$")
+_PRESS = re.compile(r"^ag:(o|c|r|x|cl|cy|cn|rs):(\d{1,12})(?::([\w]{1,32}))?(?::(\d{1,4}))?\Z")
 
 
 AppOrContext = BotApplication | CallbackContext[Any, Any, Any, Any]

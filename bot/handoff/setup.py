@@ -79,7 +79,7 @@ def register(app: BotApplication) -> None:
     group = HANDOFF_GROUP
     # One handler per group runs, the first that matches: the specific ones come first.
     app.add_handler(
-        CallbackQueryHandler(customer_choice, pattern=r"^h:(back|wait):\d{1,12}$"), group
+        CallbackQueryHandler(customer_choice, pattern=r"^h:(back|wait):\d{1,12}\Z"), group
     )
     # Agents: only in the support group, so nobody else's "/close" means anything.
     if settings.support_chat_id is not None:
@@ -99,7 +99,7 @@ def register(app: BotApplication) -> None:
     app.add_handler(CallbackQueryHandler(intercept_customer_press, pattern=r"^(?!ag:)"), group)
     app.add_handler(ChatMemberHandler(customer_membership, ChatMemberHandler.MY_CHAT_MEMBER), group)
     app.add_handler(CommandHandler("agent", ask_for_agent, filters=private))
-    app.add_handler(CallbackQueryHandler(ask_for_agent, pattern=r"^m:agent$"))
+    app.add_handler(CallbackQueryHandler(ask_for_agent, pattern=r"^m:agent\Z"))
     if app.job_queue is not None:
         app.job_queue.run_repeating(
             _sweep_job,
