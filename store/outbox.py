@@ -290,6 +290,8 @@ async def queue_notices(
     by_order: dict[int, list[dict[str, Any]]] = {}
     heads: dict[int, Any] = {}
     told: list[tuple[int, int, int, int, int]] = []
+    # The lines of one change share its moment: its text is made once.
+    stamps: dict[datetime | None, str] = {}
     shipped_lines: list[int] = []
     for r in candidates:
         (
@@ -336,7 +338,10 @@ async def queue_notices(
         # Without a chat nobody is told yet: the lines stay untold, so the order view still
         # shows the change and the customer hears it once they link a chat.
         if len(entry) > 3:
-            entry["stamp"] = _stamp(changed_at)
+            stamp = stamps.get(changed_at)
+            if stamp is None:
+                stamp = stamps[changed_at] = _stamp(changed_at)
+            entry["stamp"] = stamp
             if order_id in by_order:
                 by_order[order_id].append(entry)
             else:
