@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from store.catalog import ProductIndex
 DEFAULT_URL = "sqlite+aiosqlite:///var/backorder.sqlite3"
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
+INDEX_CHECK_SECONDS = 5.0
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -57,6 +59,7 @@ class Store:
         self.url = url
         self._index: ProductIndex | None = None
         self._index_lock = asyncio.Lock()
+        self._index_checked: tuple[int, float] = (-1, 0.0)  # (writes, monotonic time)
         self.writes = 0
 
     @asynccontextmanager
@@ -77,12 +80,26 @@ class Store:
             yield conn
 
     async def product_index(self) -> ProductIndex:
-        """The fuzzy product index, rebuilt when the catalog has changed since last built."""
-        async with self._index_lock, self.engine.connect() as conn:
-            if self._index is None:
-                self._index = await ProductIndex.load(conn)
-            else:
-                await self._index.refresh(conn)
+        """The fuzzy product index, rebuilt when the catalog has changed since last built.
+
+        Whether it changed is asked of the database after any write of this process, else
+        at most every INDEX_CHECK_SECONDS (another process's import shows within that): the
+        question scans the catalog's index, and every stock question would ask it."""
+        index = self._index
+        if (
+            index is not None
+            and self._index_checked[0] == self.writes
+            and time.monotonic() - self._index_checked[1] < INDEX_CHECK_SECONDS
+        ):
+            return index
+        async with self._index_lock:
+            writes, at = self.writes, time.monotonic()
+            async with self.engine.connect() as conn:
+                if self._index is None:
+                    self._index = await ProductIndex.load(conn)
+                else:
+                    await self._index.refresh(conn)
+            self._index_checked = (writes, at)
             return self._index
 
     async def close(self) -> None:
