@@ -512,3 +512,16 @@ handoff_messages = Table(
     UniqueConstraint("source_chat_id", "source_message_id"),
     Index(None, "handoff_id"),
 )
+
+# Every update the bot fetched, saved before the fetch is confirmed to Telegram (the next
+# getUpdates offset, or the webhook's 200), so a killed process replays what it never answered.
+# answered_at NULL: not answered yet. Answered rows are kept for a while (store.inbox.
+# KEEP_ANSWERED) so that the batch Telegram delivers again after a restart is recognised.
+update_inbox = Table(
+    "update_inbox",
+    metadata,
+    Column("update_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("payload", Text, nullable=False),  # the update's JSON as Telegram sent it
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("answered_at", UTCDateTime),
+)

@@ -1,0 +1,128 @@
+"""The update inbox: the updates the bot has fetched from Telegram and whether each is answered.
+
+The bot saves a fetched batch before Telegram hears that it arrived, and marks updates answered
+once handled; after a crash it replays what is saved and not answered. Telegram delivers the
+last unconfirmed batch again after a restart (at most one getUpdates answer, up to 100
+updates), so answered rows are kept for a while, to recognise it, and then pruned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store.schema import update_inbox
+
+# Far more than one re-delivered batch (<= 100), few enough to cost nothing.
+KEEP_ANSWERED = 1000
+
+# SQLite binds at most 999 parameters per statement in old builds; a batch is <= 100 updates.
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What saving a batch found: ids saved now, and ids that were there already."""
+
+    new: tuple[int, ...]
+    unanswered: tuple[int, ...]  # saved earlier, not answered yet
+    answered: tuple[int, ...]  # saved earlier and answered
+
+
+@dataclass(frozen=True)
+class InboxUpdate:
+    update_id: int
+    payload: str  # the update's JSON
+
+
+async def save_updates(
+    conn: AsyncConnection, updates: Sequence[tuple[int, str]], now: datetime
+) -> Saved:
+    """Save (update_id, JSON) pairs, skipping ids already saved; every id lands in one of
+    the three groups of the answer, each in the order given."""
+    ids = [update_id for update_id, _ in updates]
+    present: dict[int, bool] = {}
+    for start in range(0, len(ids), _CHUNK):
+        rows = await conn.execute(
+            select(update_inbox.c.update_id, update_inbox.c.answered_at.is_not(None)).where(
+                update_inbox.c.update_id.in_(ids[start : start + _CHUNK])
+            )
+        )
+        present.update((int(update_id), bool(answered)) for update_id, answered in rows)
+    fresh: dict[int, str] = {}
+    for update_id, payload in updates:
+        if update_id not in present:
+            fresh.setdefault(update_id, payload)
+    if fresh:
+        await conn.execute(
+            insert(update_inbox),
+            [
+                {"update_id": update_id, "payload": payload, "received_at": now}
+                for update_id, payload in fresh.items()
+            ],
+        )
+    return Saved(
+        new=tuple(fresh),
+        unanswered=tuple(i for i in ids if i in present and not present[i]),
+        answered=tuple(i for i in ids if present.get(i)),
+    )
+
+
+async def mark_answered(conn: AsyncConnection, update_ids: Collection[int], now: datetime) -> int:
+    """Mark saved updates answered (a second mark keeps the first time); returns how many rows
+    were marked now."""
+    ids = sorted(update_ids)
+    marked = 0
+    for start in range(0, len(ids), _CHUNK):
+        result = await conn.execute(
+            update(update_inbox)
+            .where(
+                update_inbox.c.update_id.in_(ids[start : start + _CHUNK]),
+                update_inbox.c.answered_at.is_(None),
+            )
+            .values(answered_at=now)
+        )
+        marked += result.rowcount
+    return marked
+
+
+async def unanswered_updates(conn: AsyncConnection) -> list[InboxUpdate]:
+    """Every saved update not answered yet, in update_id order (Telegram's order)."""
+    rows = await conn.execute(
+        select(update_inbox.c.update_id, update_inbox.c.payload)
+        .where(update_inbox.c.answered_at.is_(None))
+        .order_by(update_inbox.c.update_id)
+    )
+    return [InboxUpdate(int(update_id), payload) for update_id, payload in rows]
+
+
+async def count_updates(conn: AsyncConnection) -> tuple[int, int]:
+    """(unanswered, answered) rows."""
+    answered = func.count(update_inbox.c.answered_at)
+    row = (await conn.execute(select(func.count() - answered, answered))).one()
+    return int(row[0]), int(row[1])
+
+
+async def prune_answered(conn: AsyncConnection, keep: int = KEEP_ANSWERED) -> int:
+    """Delete answered rows but the ``keep`` newest (by update_id); unanswered rows stay.
+    Returns how many were deleted."""
+    if keep < 1:
+        raise ValueError("keep at least one answered row: it is what a re-delivery is told by")
+    answered = update_inbox.c.answered_at.is_not(None)
+    oldest_kept = (
+        select(update_inbox.c.update_id)
+        .where(answered)
+        .order_by(update_inbox.c.update_id.desc())
+        .limit(1)
+        .offset(keep - 1)
+        .scalar_subquery()
+    )
+    # Fewer than `keep` answered rows: the subquery is NULL and the comparison deletes nothing.
+    result = await conn.execute(
+        delete(update_inbox).where(answered, update_inbox.c.update_id < oldest_kept)
+    )
+    return result.rowcount
