@@ -8,8 +8,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, exists, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    bindparam,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.catalog import names_of, pick_name
@@ -218,46 +231,52 @@ def _queue_position() -> ColumnElement[int | None]:
 _QUEUE_POSITION = _queue_position().label("queue_position")
 
 
+def _lines_query() -> Select[Any]:
+    ol = order_lines.c
+    return (
+        select(
+            ol.order_id,
+            ol.line_id,
+            ol.line_no,
+            ol.sku,
+            ol.qty_ordered,
+            ol.qty_allocated,
+            ol.qty_shipped,
+            ol.qty_cancelled,
+            ol.qty_waiting,
+            ol.unit_price_minor,
+            ol.promised_date,
+            ol.projected_date,
+            ol.previous_projected_date,
+            ol.last_told_date,
+            _QUEUE_POSITION,
+            ol.delay_consent,
+            products.c.name_en,
+            products.c.name_de,
+            products.c.name_es,
+            products.c.name_ru,
+            restocks.c.restock_id,
+            restocks.c.qty.label("restock_qty"),
+            restocks.c.expected_date,
+        )
+        .select_from(
+            order_lines.join(products, products.c.sku == ol.sku).outerjoin(
+                restocks, restocks.c.restock_id == ol.waits_for_restock_id
+            )
+        )
+        .where(ol.order_id.in_(bindparam("order_ids", expanding=True)))
+        .order_by(ol.order_id, ol.line_no)
+    )
+
+
+# Every order view runs these: built once, as building them costs more than running them.
+_LINES = _lines_query()
+
+
 async def _lines_by_order(
     conn: AsyncConnection, order_ids: list[int], currency: dict[int, str], language: str | None
 ) -> dict[int, list[OrderLine]]:
-    ol = order_lines.c
-    rows = (
-        await conn.execute(
-            select(
-                ol.order_id,
-                ol.line_id,
-                ol.line_no,
-                ol.sku,
-                ol.qty_ordered,
-                ol.qty_allocated,
-                ol.qty_shipped,
-                ol.qty_cancelled,
-                ol.qty_waiting,
-                ol.unit_price_minor,
-                ol.promised_date,
-                ol.projected_date,
-                ol.previous_projected_date,
-                ol.last_told_date,
-                _QUEUE_POSITION,
-                ol.delay_consent,
-                products.c.name_en,
-                products.c.name_de,
-                products.c.name_es,
-                products.c.name_ru,
-                restocks.c.restock_id,
-                restocks.c.qty.label("restock_qty"),
-                restocks.c.expected_date,
-            )
-            .select_from(
-                order_lines.join(products, products.c.sku == ol.sku).outerjoin(
-                    restocks, restocks.c.restock_id == ol.waits_for_restock_id
-                )
-            )
-            .where(ol.order_id.in_(order_ids))
-            .order_by(ol.order_id, ol.line_no)
-        )
-    ).all()
+    rows = (await conn.execute(_LINES, {"order_ids": order_ids})).all()
     out: dict[int, list[OrderLine]] = defaultdict(list)
     for r in rows:
         names = names_of(r)
@@ -295,29 +314,30 @@ async def _lines_by_order(
     return out
 
 
+_SHIPMENTS = (
+    select(
+        shipments.c.order_id,
+        shipments.c.shipment_id,
+        shipments.c.carrier,
+        shipments.c.tracking_number,
+        shipments.c.shipped_on,
+        order_lines.c.line_no,
+        shipment_lines.c.qty,
+    )
+    .select_from(
+        shipments.join(
+            shipment_lines, shipment_lines.c.shipment_id == shipments.c.shipment_id
+        ).join(order_lines, order_lines.c.line_id == shipment_lines.c.line_id)
+    )
+    .where(shipments.c.order_id.in_(bindparam("order_ids", expanding=True)))
+    .order_by(shipments.c.shipped_on, shipments.c.shipment_id, order_lines.c.line_no)
+)
+
+
 async def _shipments_by_order(
     conn: AsyncConnection, order_ids: list[int]
 ) -> dict[int, list[Shipment]]:
-    rows = (
-        await conn.execute(
-            select(
-                shipments.c.order_id,
-                shipments.c.shipment_id,
-                shipments.c.carrier,
-                shipments.c.tracking_number,
-                shipments.c.shipped_on,
-                order_lines.c.line_no,
-                shipment_lines.c.qty,
-            )
-            .select_from(
-                shipments.join(
-                    shipment_lines, shipment_lines.c.shipment_id == shipments.c.shipment_id
-                ).join(order_lines, order_lines.c.line_id == shipment_lines.c.line_id)
-            )
-            .where(shipments.c.order_id.in_(order_ids))
-            .order_by(shipments.c.shipped_on, shipments.c.shipment_id, order_lines.c.line_no)
-        )
-    ).all()
+    rows = (await conn.execute(_SHIPMENTS, {"order_ids": order_ids})).all()
     grouped: dict[str, list[tuple[int, int]]] = defaultdict(list)
     heads: dict[str, tuple[int, str, str | None, date]] = {}
     for r in rows:
@@ -369,6 +389,20 @@ _ORDER_HEAD = (
 )
 
 
+_ORDERS_OF = (
+    select(*_ORDER_HEAD)
+    .where(orders.c.customer_id == bindparam("customer_id"))
+    .order_by(orders.c.placed_at.desc(), orders.c.order_id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+_OPEN_ORDERS_OF = _ORDERS_OF.where(
+    exists().where(
+        order_lines.c.order_id == orders.c.order_id,
+        or_(order_lines.c.qty_waiting > 0, order_lines.c.qty_allocated > 0),
+    )
+)
+
+
 async def orders_of(
     conn: AsyncConnection,
     customer_id: int,
@@ -378,21 +412,17 @@ async def orders_of(
 ) -> list[Order]:
     """The customer's orders, newest first, with lines, dates, queue places and shipments.
     ``open_only``: only orders with something still waiting or ready to ship."""
-    q = (
-        select(*_ORDER_HEAD)
-        .where(orders.c.customer_id == customer_id)
-        .order_by(orders.c.placed_at.desc(), orders.c.order_id.desc())
-        .limit(max(1, min(limit, 100)))
-    )
-    if open_only:
-        ol = order_lines.c
-        q = q.where(
-            exists().where(
-                ol.order_id == orders.c.order_id, or_(ol.qty_waiting > 0, ol.qty_allocated > 0)
-            )
-        )
-    heads = (await conn.execute(q)).all()
+    query = _OPEN_ORDERS_OF if open_only else _ORDERS_OF
+    params = {"customer_id": customer_id, "limit": max(1, min(limit, 100))}
+    heads = (await conn.execute(query, params)).all()
     return await _orders(conn, heads, language)
+
+
+# The customer is part of the key: another customer's order is not found, by the query.
+_ORDER_BY_NUMBER = select(*_ORDER_HEAD).where(
+    orders.c.order_number == bindparam("order_number"),
+    orders.c.customer_id == bindparam("customer_id"),
+)
 
 
 async def order_of(
@@ -401,9 +431,7 @@ async def order_of(
     """One order of this customer by number; None when missing or someone else's."""
     heads = (
         await conn.execute(
-            select(*_ORDER_HEAD).where(
-                orders.c.order_number == order_number.strip(), orders.c.customer_id == customer_id
-            )
+            _ORDER_BY_NUMBER, {"order_number": order_number.strip(), "customer_id": customer_id}
         )
     ).all()
     found = await _orders(conn, heads, language)
