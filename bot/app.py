@@ -14,6 +14,7 @@ from telegram.ext import AIORateLimiter, ApplicationBuilder, ContextTypes, Defau
 from bot.context import BotApplication, BotContext, BotData
 from bot.handlers import register_all
 from bot.handlers.handoff import check_support_group
+from bot.inbox import Inbox, InboxRequest
 from bot.render import Renderer
 from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings
@@ -37,9 +38,14 @@ def build_application(
     if settings.bot_token is None:
         raise ValueError("build_application needs a token; run_bot.py supplies the sandbox's")
     request = request_for(settings, pool=64, read_timeout=settings.request_timeout)
+    clock = now or (lambda: datetime.now(UTC))
+    # Every fetched update is in the store before Telegram hears it arrived (bot/inbox.py).
+    inbox = Inbox(store, clock, webhook=settings.webhook_url is not None)
     # Long polling holds its connection for the poll's timeout (PTB adds it to read_timeout).
-    updates_request = request_for(settings, pool=1, read_timeout=settings.request_timeout + 30)
-    intake = UpdateIntake(settings.intake_limit)
+    updates_request = InboxRequest(
+        request_for(settings, pool=1, read_timeout=settings.request_timeout + 30), inbox
+    )
+    intake = UpdateIntake(settings.intake_limit, inbox)
     app: BotApplication = (
         ApplicationBuilder()
         .token(settings.bot_token.get_secret_value())
@@ -70,7 +76,6 @@ def build_application(
     )
     app.bot_data.settings = settings
     app.bot_data.store = store
-    clock = now or (lambda: datetime.now(UTC))
     app.bot_data.now = clock
     app.bot_data.renderer = Renderer(
         settings.zone, lambda: clock().astimezone(settings.zone).date()
@@ -91,11 +96,25 @@ async def _post_init(app: BotApplication) -> None:
         ]
         await app.bot.set_my_commands(commands, language_code=code)
     await check_support_group(app)
+    # Before polling starts (run_polling and the tests start it after post_init), so what the
+    # last process left unanswered comes before anything new, in each chat's order.
+    intake = _intake(app)
+    if intake.inbox is not None:
+        await intake.inbox.replay(app.bot, intake)
     log.info("bot @%s is up", app.bot.username)
+
+
+def _intake(app: BotApplication) -> UpdateIntake:
+    intake = app.update_queue
+    assert isinstance(intake, UpdateIntake)
+    return intake
 
 
 async def _post_shutdown(app: BotApplication) -> None:
     from bot.notices import close
 
+    inbox = _intake(app).inbox
+    if inbox is not None:
+        await inbox.close()
     await close(app)
     await app.bot_data.store.close()

@@ -16,6 +16,10 @@ updates its fetcher empties it at once into one task per update, so a backlog of
 updates would become 100,000 tasks in memory. The intake counts an update from the moment
 polling (or the webhook) hands it over until it has been answered; at the limit, `put` waits,
 so polling stops asking Telegram for more and the backlog stays on Telegram's side.
+
+With a `bot.inbox.Inbox`, the intake also drops updates Telegram delivered again (already in
+the inbox) and passes on which updates were handled, for the inbox to mark them answered; an
+update cancelled at shutdown is not handled and stays in the inbox for the next start.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telegram import Update
 from telegram.ext import BaseUpdateProcessor
+
+if TYPE_CHECKING:
+    from bot.inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +47,18 @@ class UpdateIntake(asyncio.Queue[object]):
     Only `Update` objects count: PTB's own stop signal must never wait behind a full intake.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, inbox: Inbox | None = None) -> None:
         super().__init__()
         self.limit = limit
+        self.inbox = inbox
         self.unanswered = 0
         self.peak = 0  # the most ever held at once: what the benchmark reports
         self._room = asyncio.Event()
 
     async def put(self, item: object) -> None:
         if isinstance(item, Update):
+            if self.inbox is not None and not await self.inbox.admit(item):
+                return
             while self.unanswered >= self.limit:
                 self._room.clear()
                 await self._room.wait()
@@ -60,11 +70,17 @@ class UpdateIntake(asyncio.Queue[object]):
             self.unanswered += 1
             self.peak = max(self.peak, self.unanswered)
 
-    def answered(self, item: object) -> None:
+    def answered(self, item: object, handled: bool = True) -> None:
+        """``item`` has left the bot: ``handled``, or dropped unhandled (cancelled)."""
         if isinstance(item, Update):
             self.unanswered -= 1
             if self.unanswered < self.limit:
                 self._room.set()
+            if self.inbox is not None:
+                if handled:
+                    self.inbox.answered(item.update_id)
+                else:
+                    self.inbox.released(item.update_id)
 
 
 def chat_key(update: object) -> Hashable | None:
@@ -103,10 +119,15 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         key = chat_key(update)
         if key is None:
+            handled = False
             try:
                 await coroutine
+                handled = True
+            except Exception:
+                handled = True  # it would fail again if replayed
+                raise
             finally:
-                self._answered(update)
+                self._answered(update, handled)
             return
         queue = self._waiting.get(key)
         if queue is not None:
@@ -117,27 +138,31 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
         current: tuple[object, Awaitable[Any]] | None = (update, coroutine)
         try:
             while current is not None:
+                handled = False
                 try:
                     await current[1]
+                    handled = True
                 except Exception:
                     # Application.process_update reports handler errors itself; this is a
-                    # last resort, so one failure cannot stall the chat's later updates.
+                    # last resort, so one failure cannot stall the chat's later updates. It
+                    # counts as handled: a replay would fail the same way.
+                    handled = True
                     log.exception("processing an update of chat %s failed", key)
                 finally:
-                    self._answered(current[0])
+                    self._answered(current[0], handled)
                 current = queue.popleft() if queue else None
         finally:
             del self._waiting[key]
             # Cancelled (shutdown): what never ran is dropped without a never-awaited warning.
             for parked, pending in queue:
-                self._answered(parked)
+                self._answered(parked, handled=False)
                 close = getattr(pending, "close", None)
                 if close is not None:
                     close()
 
-    def _answered(self, update: object) -> None:
+    def _answered(self, update: object, handled: bool = True) -> None:
         if self._intake is not None:
-            self._intake.answered(update)
+            self._intake.answered(update, handled)
 
     async def initialize(self) -> None:
         pass

@@ -248,3 +248,51 @@ async def test_a_backlog_is_held_to_the_intake_limit_and_answered_in_order(
         await app.updater.stop()
         await app.stop()
         await app.shutdown()
+
+
+class _Inbox:
+    """Records what the intake passes on (bot.inbox.Inbox's side of the contract)."""
+
+    def __init__(self) -> None:
+        self.answered_ids: list[int] = []
+        self.released_ids: list[int] = []
+
+    async def admit(self, update: Update) -> bool:
+        return True
+
+    def answered(self, update_id: int) -> None:
+        self.answered_ids.append(update_id)
+
+    def released(self, update_id: int) -> None:
+        self.released_ids.append(update_id)
+
+
+async def test_the_inbox_hears_handled_and_failed_updates_as_answered_cancelled_ones_not() -> None:
+    inbox = _Inbox()
+    intake = UpdateIntake(10, inbox)  # type: ignore[arg-type]
+    processor = ChatOrderedProcessor(4, intake)
+    started = asyncio.Event()
+
+    async def ok() -> None:
+        pass
+
+    async def boom() -> None:
+        raise RuntimeError("handler bug")
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    for n in (1, 2, 3, 4):
+        await intake.put(_update(n, 7 if n > 2 else n))
+    await processor.process_update(_update(1, 1), ok())
+    await processor.process_update(_update(2, 2), boom())
+    runner = asyncio.create_task(processor.process_update(_update(3, 7), forever()))
+    await started.wait()
+    await processor.process_update(_update(4, 7), ok())  # parked behind 3
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    # A failed update would fail again if replayed; a cancelled or parked one never ran.
+    assert (inbox.answered_ids, inbox.released_ids) == ([1, 2], [3, 4])
+    assert intake.unanswered == 0

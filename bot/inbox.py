@@ -1,0 +1,295 @@
+"""The durable inbox on the bot's side: no fetched update is lost when the process is killed.
+
+PTB's Updater confirms a getUpdates batch to Telegram with the offset of its next getUpdates,
+which it sends as soon as the batch is in the in-memory queue: a SIGKILL then loses every
+update fetched and not yet answered. So each batch is saved in the store (`store.inbox`, one
+transaction per batch) before PTB even sees it, by `InboxRequest`, the getUpdates request
+layer; updates are marked answered once handled (`Inbox.answered`, written behind: one
+transaction per FLUSH_AT ids or FLUSH_EVERY seconds, not one per update); and on start,
+before polling, the unanswered ones are put back in the update queue in update_id order
+(`Inbox.replay`), ahead of anything new, so each chat's order holds.
+
+Why the request layer, not the Updater: the Updater's polling loop is PTB's private code, and
+``BaseRequest.post`` is final; ``do_request`` is the documented extension point and sees the
+raw answer, so the saved JSON is Telegram's and nothing is parsed twice by PTB. The answer is
+passed on whole: updates already in the inbox (Telegram delivers the last unconfirmed batch
+again after a restart) are dropped by `UpdateIntake.put` instead, because an answer with fewer
+updates would hold back PTB's offset (an emptied batch would be fetched again forever).
+
+Webhook mode: Telegram sends an update again until it gets our 200, and PTB's webhook handler
+answers only after `UpdateIntake.put` returns, so `Inbox.admit` saves a webhook update there
+(one transaction per update; Telegram sends them one per request anyway).
+
+Duplicates: after a kill, an update is answered again only if its answer went out but its
+answered mark was not committed yet: the updates in flight at the kill (at most
+CONCURRENT_UPDATES) and those answered since the last committed flush (within about
+FLUSH_EVERY plus one transaction; FLUSH_AT ids trigger a flush earlier). Nothing else repeats,
+and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from telegram import Bot, Update
+from telegram._utils.types import ODVInput
+from telegram.error import NetworkError
+from telegram.request import BaseRequest, RequestData
+
+from store.db import Store
+from store.inbox import (
+    KEEP_ANSWERED,
+    Saved,
+    mark_answered,
+    prune_answered,
+    save_updates,
+    unanswered_updates,
+)
+
+if TYPE_CHECKING:
+    from bot.updates import UpdateIntake
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FLUSH_AT", "FLUSH_EVERY", "Inbox", "InboxRequest"]
+
+FLUSH_EVERY = 0.05  # seconds an answered mark may wait to be written
+FLUSH_AT = 100  # answered marks that are written at once, without waiting
+
+
+class Inbox:
+    """What the bot has fetched and not answered, kept in the store.
+
+    ``webhook``: updates reach `admit` without passing `received` first, and are saved there.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        now: Callable[[], datetime],
+        *,
+        webhook: bool = False,
+        flush_every: float = FLUSH_EVERY,
+        flush_at: int = FLUSH_AT,
+        keep: int = KEEP_ANSWERED,
+    ) -> None:
+        self.store = store
+        self.now = now
+        self.webhook = webhook
+        self.flush_every = flush_every
+        self.flush_at = flush_at
+        self.keep = keep
+        # Saved by `received`, to be let through by `admit` (once).
+        self._fresh: set[int] = set()
+        # Delivered again while saved already (answered, or held here), to be dropped by `admit`.
+        self._skip: set[int] = set()
+        # Let through, not answered yet.
+        self._held: set[int] = set()
+        # Answered, the mark not committed yet; `_done` those not being written.
+        self._unflushed: set[int] = set()
+        self._done: list[int] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+        self._since_prune = 0
+        self.flushes = 0  # committed flushes, for tests and the probe
+
+    # --- in: fetched updates -------------------------------------------------------------
+
+    async def received(self, updates: list[dict[str, Any]]) -> None:
+        """Save a fetched batch (raw update dicts) in one transaction and note what
+        `admit` must let through."""
+        pairs = [
+            (int(u["update_id"]), json.dumps(u, ensure_ascii=False, separators=(",", ":")))
+            for u in updates
+        ]
+        try:
+            async with self.store.begin() as conn:
+                saved = await save_updates(conn, pairs, self.now())
+        except Exception as exc:
+            # A TelegramError makes PTB's polling loop retry with its back-off; the batch is
+            # not confirmed (PTB never sees it), so Telegram delivers it again.
+            raise NetworkError(f"the update inbox could not save a batch: {exc!r}") from exc
+        self._note(saved)
+
+    def _note(self, saved: Saved) -> None:
+        self._fresh.update(saved.new)
+        self._skip.update(saved.answered)
+        for update_id in saved.unanswered:
+            # Saved and not answered, but nobody here holds it (fetched while the Updater was
+            # stopping, never queued): let it through, it would otherwise wait for a restart.
+            if update_id in self._held or update_id in self._unflushed:
+                self._skip.add(update_id)
+            else:
+                self._fresh.add(update_id)
+
+    async def admit(self, update: Update) -> bool:
+        """Whether the update queue takes ``update``; False for one delivered again."""
+        update_id = update.update_id
+        if update_id in self._fresh:
+            self._fresh.discard(update_id)
+            self._held.add(update_id)
+            return True
+        if update_id in self._skip:
+            self._skip.discard(update_id)
+            return False
+        if not self.webhook:
+            # Not from getUpdates (put by the bot's own code): nothing to replay it from.
+            return True
+        if update_id in self._held or update_id in self._unflushed:
+            return False
+        async with self.store.begin() as conn:
+            saved = await save_updates(conn, [(update_id, update.to_json())], self.now())
+        if saved.answered:
+            return False
+        self._held.add(update_id)
+        return True
+
+    async def replay(self, bot: Bot, queue: UpdateIntake) -> int:
+        """Put every saved, unanswered update into ``queue``, in update_id order; call before
+        polling starts. Returns how many."""
+        async with self.store.begin() as conn:
+            await prune_answered(conn, self.keep)
+            pending = await unanswered_updates(conn)
+        for row in pending:
+            try:
+                update = Update.de_json(json.loads(row.payload), bot)
+            except Exception:
+                log.exception("update %s in the inbox cannot be read; dropped", row.update_id)
+                self._held.add(row.update_id)
+                self.answered(row.update_id)
+                continue
+            self._held.add(row.update_id)
+            # No wait at the intake's limit: nothing answers before polling starts.
+            queue.put_nowait(update)
+        if pending:
+            log.warning("replaying %d updates fetched but not answered before", len(pending))
+        return len(pending)
+
+    # --- out: answered updates, written behind ------------------------------------------
+
+    def answered(self, update_id: int) -> None:
+        """``update_id`` has been handled; its mark is written with the next flush."""
+        if update_id not in self._held:
+            return
+        self._held.discard(update_id)
+        self._unflushed.add(update_id)
+        self._done.append(update_id)
+        if len(self._done) >= self.flush_at:
+            self._kick()
+        elif self._timer is None and self._flushing is None:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_every, self._kick)
+
+    def released(self, update_id: int) -> None:
+        """``update_id`` was dropped unhandled (shutdown): it stays unanswered, for a replay."""
+        self._held.discard(update_id)
+
+    def _kick(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is None and self._done:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        try:
+            while self._done:
+                if not await self._write():
+                    break
+                # What came in during the write waits for its window, unless it is a full batch.
+                if len(self._done) < self.flush_at:
+                    break
+        finally:
+            self._flushing = None
+            if self._done and self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.flush_every, self._kick)
+
+    async def _write(self) -> bool:
+        batch, self._done = self._done, []
+        since_prune = self._since_prune + len(batch)
+        try:
+            async with self.store.begin() as conn:
+                await mark_answered(conn, batch, self.now())
+                if since_prune >= self.keep:
+                    await prune_answered(conn, self.keep)
+                    since_prune = 0
+        except Exception:
+            # Kept for the next flush; until then a kill would only answer them again.
+            log.exception("marking %d updates answered failed; retrying", len(batch))
+            self._done[:0] = batch
+            return False
+        self._since_prune = since_prune
+        self._unflushed.difference_update(batch)
+        self.flushes += 1
+        return True
+
+    async def flush(self) -> None:
+        """Write every answered mark now (after a running flush)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        running = self._flushing
+        if running is not None:
+            await running
+        if self._done:
+            await self._write()
+
+    async def close(self) -> None:
+        """The last flush, on shutdown."""
+        await self.flush()
+
+
+class InboxRequest(BaseRequest):
+    """The getUpdates request layer: ``InboxRequest(inner, inbox)`` saves each batch ``inner``
+    fetched in ``inbox`` before handing it on (see the module docstring)."""
+
+    __slots__ = ("_inbox", "_inner")
+
+    def __init__(self, inner: BaseRequest, inbox: Inbox) -> None:
+        self._inner = inner
+        self._inbox = inbox
+
+    @property
+    def read_timeout(self) -> float | None:
+        # PTB adds the long-poll timeout to this.
+        return self._inner.read_timeout
+
+    async def initialize(self) -> None:
+        await self._inner.initialize()
+
+    async def shutdown(self) -> None:
+        await self._inner.shutdown()
+
+    async def do_request(
+        self,
+        url: str,
+        method: str,
+        request_data: RequestData | None = None,
+        read_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        write_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        connect_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        pool_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+    ) -> tuple[int, bytes]:
+        code, payload = await self._inner.do_request(
+            url,
+            method,
+            request_data,
+            read_timeout=read_timeout,
+            write_timeout=write_timeout,
+            connect_timeout=connect_timeout,
+            pool_timeout=pool_timeout,
+        )
+        if code == 200 and url.endswith("/getUpdates"):
+            try:
+                body = json.loads(payload)
+            except ValueError:
+                # PTB reports the broken answer itself; nothing in it can be confirmed.
+                return code, payload
+            updates = body.get("result") if isinstance(body, dict) and body.get("ok") else None
+            if isinstance(updates, list) and updates:
+                await self._inbox.received(updates)
+        return code, payload
