@@ -42,6 +42,16 @@ ASK_PROOF = (
     "To show you order 100004, I need to make sure it's yours.\n"
     "Which e-mail address did you use for this order?"
 )
+# What the account questions say when the answer does not fit (a replay can meet these, see
+# tests/test_chaos_restart.py).
+ASK_ORDER_AGAIN = (
+    "That doesn't look like an order number. "
+    "Please send the number from your order confirmation, for example 100123."
+)
+ASK_PROOF_AGAIN = (
+    "That doesn't look like an e-mail address. "
+    "Please send the address you used for the order, for example name@example.com."
+)
 APOLOGY = (
     "Sorry, something went wrong on our side. Please try again in a moment.\n"
     "If it keeps happening, tap “Talk to a person”."
