@@ -261,6 +261,11 @@ class InboxRequest(BaseRequest):
         self._inbox = inbox
 
     @property
+    def inner(self) -> BaseRequest:
+        """The HTTP layer underneath (REQUEST_LAYER's)."""
+        return self._inner
+
+    @property
     def read_timeout(self) -> float | None:
         # PTB adds the long-poll timeout to this.
         return self._inner.read_timeout
