@@ -231,6 +231,11 @@ async def continue_pending(update: Update, context: BotContext) -> bool:
 async def _answer_order_number(update: Update, context: BotContext, text: str) -> bool:
     understood = understand(text)
     if understood.order_number is None:
+        if understood.intent is Intent.ORDER_STATUS:
+            # "Where is my order?" asked again (or replayed after a restart, the step it saved
+            # already there): the question itself, not its "that was not a number" form.
+            await begin_verification(update, context, None)
+            return True
         return await _not_an_answer(update, context, understood, "account_ask_order_again.j2")
     await begin_verification(update, context, understood.order_number)
     return True
@@ -241,8 +246,9 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
     value = text.strip()
     if not _looks_like_proof(proof, value):
         understood = understand(text)
-        if understood.order_number is not None and understood.order_number != order_number:
-            # "Sorry, it's 100123": a corrected number, asked about afresh.
+        if understood.order_number is not None:
+            # "Sorry, it's 100123": a corrected number, asked about afresh; the same number
+            # again (or replayed after a restart): the proof is asked for as the first time.
             await begin_verification(update, context, understood.order_number)
             return True
         return await _not_an_answer(update, context, understood, "account_ask_proof_again.j2")
