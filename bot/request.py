@@ -11,6 +11,12 @@ TCP connect (``sock_connect``), ``read_timeout`` the wait for each read of the a
 pool/connect/read bounds keep every request finite. Timeouts raise `telegram.error.TimedOut`,
 every other transport failure `telegram.error.NetworkError`, as HTTPXRequest does.
 
+``server_error_retries=n`` sends a request again, up to n times with a growing pause, when
+Telegram answered 5xx or the connection could not be opened: in both cases nothing was done,
+so a reply is not lost to a passing outage (PTB retries only 429s). A timeout or a connection
+lost after the request went out is not retried: Telegram may have sent the message, and a
+customer must not read it twice.
+
 ``json_body=True`` sends the parameters as one JSON object (application/json, which the Bot
 API accepts for every request without files; each value the JSON text PTB encoded) instead
 of a urlencoded form: aiohttp's form encoding cost about a third of a notice send's CPU.
@@ -19,6 +25,7 @@ of a urlencoded form: aiohttp's form encoding cost about a third of a notice sen
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -32,6 +39,8 @@ from telegram.request import BaseRequest, HTTPXRequest, RequestData
 from bot.settings import Settings
 
 __all__ = ["AiohttpRequest"]
+
+log = logging.getLogger(__name__)
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -49,6 +58,7 @@ class AiohttpRequest(BaseRequest):
         "_pool_size",
         "_pool_timeout",
         "_read_timeout",
+        "_server_error_retries",
         "_session",
         "_write_timeout",
     )
@@ -62,6 +72,7 @@ class AiohttpRequest(BaseRequest):
         pool_timeout: float | None = 1.0,
         media_write_timeout: float | None = 20.0,
         json_body: bool = False,
+        server_error_retries: int = 0,
     ) -> None:
         if connection_pool_size < 1:
             raise ValueError("connection_pool_size must be at least 1")
@@ -72,6 +83,7 @@ class AiohttpRequest(BaseRequest):
         self._pool_timeout = pool_timeout
         self._media_write_timeout = media_write_timeout
         self._json_body = json_body
+        self._server_error_retries = server_error_retries
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -149,27 +161,56 @@ class AiohttpRequest(BaseRequest):
         timeout = aiohttp.ClientTimeout(
             total=None, connect=acquire, sock_connect=connect_timeout, sock_read=read_timeout
         )
-        try:
-            async with session.request(
-                method, url, data=data, headers=headers, timeout=timeout
-            ) as response:
-                return response.status, await response.read()
-        except TimeoutError as err:
-            # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors too.
-            raise TimedOut from err
-        except aiohttp.ClientError as err:
-            raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
+        # FormData can be sent only once: an upload is not retried.
+        retries = 0 if isinstance(data, aiohttp.FormData) else self._server_error_retries
+        for attempt in range(retries + 1):
+            try:
+                async with session.request(
+                    method, url, data=data, headers=headers, timeout=timeout
+                ) as response:
+                    status, body = response.status, await response.read()
+            except aiohttp.ClientConnectorError as err:
+                if attempt < retries:
+                    await asyncio.sleep(_pause(attempt))
+                    continue
+                raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
+            except TimeoutError as err:
+                # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors too.
+                raise TimedOut from err
+            except aiohttp.ClientError as err:
+                raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
+            if status < 500 or attempt == retries:
+                return status, body
+            # The method only: the URL carries the bot's token.
+            log.info(
+                "%s answered %s; trying again (%s of %s)",
+                url.rsplit("/", 1)[-1],
+                status,
+                attempt + 1,
+                retries,
+            )
+            await asyncio.sleep(_pause(attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _pause(attempt: int) -> float:
+    return min(0.25 * 2**attempt, 2.0)
 
 
 def request_for(
-    settings: Settings, *, pool: int, read_timeout: float | None = None, json_body: bool = False
+    settings: Settings,
+    *,
+    pool: int,
+    read_timeout: float | None = None,
+    json_body: bool = False,
+    server_error_retries: int = 0,
 ) -> BaseRequest:
     """The HTTP layer REQUEST_LAYER names, with the bot's timeouts (read_timeout: default too);
-    ``json_body``: JSON request bodies where the layer can (aiohttp)."""
+    ``json_body`` and ``server_error_retries`` where the layer can (aiohttp)."""
     layer: Callable[..., BaseRequest] = (
         HTTPXRequest
         if settings.request_layer == "httpx"
-        else partial(AiohttpRequest, json_body=json_body)
+        else partial(AiohttpRequest, json_body=json_body, server_error_retries=server_error_retries)
     )
     timeout = settings.request_timeout
     return layer(

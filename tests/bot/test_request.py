@@ -12,6 +12,7 @@ from telegram import Bot, InputFile
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
 
 import bot.app  # noqa: F401  (sets PTB_TIMEDELTA, as the bot runs)
+from bot.inbox import InboxRequest
 from bot.request import AiohttpRequest
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
@@ -69,6 +70,36 @@ async def test_a_dropped_connection_is_a_network_error_not_a_timeout(
     assert not isinstance(caught.value, TimedOut)
     assert "aiohttp." in str(caught.value)
     await ptb.send_message(USER, "next one works")
+
+
+async def test_5xx_is_sent_again_up_to_the_retries_then_given_to_ptb(
+    sandbox: Sandbox, tg: SandboxClient
+) -> None:
+    await tg.create_user(USER, first_name="Ada")
+    request = AiohttpRequest(connection_pool_size=2, server_error_retries=2)
+    async with Bot(sandbox.token, base_url=sandbox.api_base, request=request) as bot:
+        await tg.inject_fault("5xx", method="sendMessage", count=2, status=502)
+        sent = await bot.send_message(USER, "third time lucky")
+        assert sent.text == "third time lucky"
+        assert [c["status"] for c in await tg.calls("sendMessage")] == [502, 502, 200]
+        await tg.inject_fault("5xx", method="sendMessage", count=3, status=500)
+        with pytest.raises(NetworkError):
+            await bot.send_message(USER, "never")
+        statuses = [c["status"] for c in await tg.calls("sendMessage")]
+        assert statuses == [502, 502, 200, 500, 500, 500]
+    [message] = [m for m in await tg.transcript(USER) if m["from_bot"]]
+    assert message["text"] == "third time lucky"  # sent once, nothing twice
+
+
+async def test_a_lost_answer_is_not_sent_again(sandbox: Sandbox, tg: SandboxClient) -> None:
+    """Telegram may have sent it: the customer must not read it twice."""
+    await tg.create_user(USER, first_name="Ada")
+    request = AiohttpRequest(connection_pool_size=2, server_error_retries=2)
+    async with Bot(sandbox.token, base_url=sandbox.api_base, request=request) as bot:
+        await tg.inject_fault("drop_after", method="sendMessage")
+        with pytest.raises(NetworkError):
+            await bot.send_message(USER, "once")
+    assert [m["text"] for m in await tg.transcript(USER) if m["from_bot"]] == ["once"]
 
 
 async def test_a_file_is_uploaded_as_multipart(ptb: Bot, tg: SandboxClient) -> None:
@@ -141,5 +172,7 @@ def test_the_app_uses_the_layer_the_setting_names(sandbox: Sandbox, db_url: str)
             env["REQUEST_LAYER"] = "httpx"
         settings = load_settings(env)
         app = build_application(settings, Store(create_engine_for(db_url), db_url))
-        requests = app.bot._request  # (get_updates, everything else)
-        assert all(isinstance(r, kind) for r in requests)
+        updates, replies = app.bot._request  # (get_updates, everything else)
+        # getUpdates goes through the inbox, which saves each batch before it is confirmed.
+        assert isinstance(updates, InboxRequest) and isinstance(updates.inner, kind)
+        assert isinstance(replies, kind)
