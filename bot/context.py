@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from telegram import Update
 from telegram.ext import Application, CallbackContext, ExtBot
 
@@ -70,6 +73,28 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
 
     async def chat(self, chat_id: int) -> Chat | None:
         return (await self.chat_state(chat_id)).chat
+
+    def remember(self, chat: Chat) -> None:
+        """The chat as this update's own write left it (`own_chat_write`): no need to read it
+        again; whether a person owns the thread or the customer is reachable did not change."""
+        seen = self._chat_read
+        if seen is not None and seen[0] == chat.chat_id:
+            self._chat_read = (chat.chat_id, self.store.writes, replace(seen[2], chat=chat))
+
+    @asynccontextmanager
+    async def own_chat_write(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes only this update's own chat (its misses, its pending
+        question, its language, its row on first contact). No other update holds that chat's
+        state (a chat's updates run one at a time), so the store's write count, which makes
+        every update in flight read its chat again, is left alone: only this one reads again."""
+        try:
+            async with self.store.begin(counted=False) as conn:
+                yield conn
+        finally:
+            # Stale (a write count never seen), but its flags stay for `remember`.
+            if self._chat_read is not None:
+                chat_id, _, state = self._chat_read
+                self._chat_read = (chat_id, -1, state)
 
     async def language_for(self, update: object) -> str:
         """The reader's language: saved choice, then Telegram's language_code, then the shop's."""

@@ -138,13 +138,18 @@ async def touch_chat(conn: AsyncConnection, chat_id: int) -> Chat:
 
 
 async def _update_chat(conn: AsyncConnection, chat_id: int, **values: object) -> Chat:
-    await touch_chat(conn, chat_id)
-    await conn.execute(
-        update(chats).where(chats.c.chat_id == chat_id).values(updated_at=utcnow(), **values)
+    # One statement for a known chat (the usual case: a miss counted, a question asked).
+    change = (
+        update(chats)
+        .where(chats.c.chat_id == chat_id)
+        .values(updated_at=utcnow(), **values)
+        .returning(*_CHAT_COLS)
     )
-    chat = await chat_of(conn, chat_id)
-    assert chat is not None
-    return chat
+    row = (await conn.execute(change)).first()
+    if row is None:
+        await touch_chat(conn, chat_id)
+        row = (await conn.execute(change)).one()
+    return _chat(row)
 
 
 async def set_chat_language(conn: AsyncConnection, chat_id: int, language: str) -> Chat:

@@ -166,7 +166,7 @@ async def _tell_previous_chat(context: BotContext, chat_id: int | None) -> None:
 async def begin_verification(update: Update, context: BotContext, order_number: str | None) -> None:
     """Start linking this chat: ask for the order number, or, when known, for the proof."""
     chat_id = chat_id_of(update)
-    async with context.store.begin() as conn:
+    async with context.own_chat_write() as conn:
         chat = await touch_chat(conn, chat_id)
         if chat.customer_id is not None:
             state = "linked"
@@ -220,7 +220,7 @@ async def continue_pending(update: Update, context: BotContext) -> bool:
     text = message.text
     if state.pending_step(context.now()) is None or text.lstrip().startswith("/"):
         # Stale, or the customer went elsewhere with a command: the question is withdrawn.
-        async with context.store.begin() as conn:
+        async with context.own_chat_write() as conn:
             await clear_pending(conn, chat.id)
         return False
     if state.pending == PROOF_STEP and state.pending_order:
@@ -311,12 +311,12 @@ async def _not_an_answer(
     slip, which is asked again and costs no attempt."""
     chat_id = chat_id_of(update)
     if understood.intent == Intent.CANCEL:
-        async with context.store.begin() as conn:
+        async with context.own_chat_write() as conn:
             await clear_pending(conn, chat_id)
         await send(update, context, "account_cancelled.j2", rows=MAIN_MENU)
         return True
     if understood.intent in _ELSEWHERE and understood.confidence >= _CERTAIN:
-        async with context.store.begin() as conn:
+        async with context.own_chat_write() as conn:
             await clear_pending(conn, chat_id)
         return False
     await send(update, context, ask_again, rows=CANCEL_ROW, proof=context.settings.link_proof)
@@ -394,7 +394,7 @@ async def keep_linked(update: Update, context: BotContext) -> None:
 async def cancel(update: Update, context: BotContext) -> None:
     """/cancel and the Cancel button: withdraw the question, if one is open."""
     chat_id = chat_id_of(update)
-    async with context.store.begin() as conn:
+    async with context.own_chat_write() as conn:
         chat = await chat_of(conn, chat_id)
         open_step = chat is not None and chat.pending_step(context.now()) in (
             ORDER_STEP,
@@ -418,7 +418,7 @@ async def abandon_pending(update: Update, context: BotContext) -> None:
         return
     state = await context.chat(chat.id)
     if state is not None and state.pending in (ORDER_STEP, PROOF_STEP):
-        async with context.store.begin() as conn:
+        async with context.own_chat_write() as conn:
             await clear_pending(conn, chat.id)
 
 

@@ -13,7 +13,7 @@ from bot.context import BotApplication, BotContext
 from bot.handlers import account, cancel, fallback, handoff, notifications, orders, start, stock
 from bot.reply import MAIN_MENU, chat_id_of, send
 from bot.understanding import Intent, understand
-from store.chats import reset_misses, touch_chat
+from store.chats import reset_misses
 
 # understand() gives a bare product-looking phrase this confidence; a real question scores higher.
 GUESS_CONFIDENCE = 0.5
@@ -65,9 +65,9 @@ async def _reset_misses(update: Update, context: BotContext) -> None:
     chat = await context.chat(chat_id)
     if chat is not None and chat.misses == 0:
         return
-    async with context.store.begin() as conn:
-        await touch_chat(conn, chat_id)
-        await reset_misses(conn, chat_id)
+    async with context.own_chat_write() as conn:
+        chat = await reset_misses(conn, chat_id)  # creates the chat when needed
+    context.remember(chat)
 
 
 def register(app: BotApplication) -> None:

@@ -27,8 +27,9 @@ async def chosen(update: Update, context: BotContext) -> None:
     query = update.callback_query
     assert query is not None and query.data is not None  # guaranteed by the pattern
     language = query.data.removeprefix("lang:")
-    async with context.store.begin() as conn:
-        await set_chat_language(conn, chat_id_of(update), language)
+    async with context.own_chat_write() as conn:
+        chat = await set_chat_language(conn, chat_id_of(update), language)
+    context.remember(chat)
     await acknowledge(update)
     await send(update, context, "language_set.j2", rows=MAIN_MENU, language=language)
 

@@ -17,7 +17,7 @@ async def start(update: Update, context: BotContext) -> None:
 async def greet(update: Update, context: BotContext) -> None:
     chat = update.effective_chat
     if chat is not None and await context.chat(chat.id) is None:
-        async with context.store.begin() as conn:
+        async with context.own_chat_write() as conn:
             await touch_chat(conn, chat.id)
     user = update.effective_user
     await send(

@@ -191,3 +191,35 @@ async def test_subscribe_back_in_stock(store: Store) -> None:
         assert await subscribe_back_in_stock(conn, 5, "KET-0001") is False
         with pytest.raises(NotFound):
             await subscribe_back_in_stock(conn, 5, "NOP-0000")
+
+
+async def test_writers_of_one_process_take_turns_instead_of_polling_sqlites_lock(
+    store: Store,
+) -> None:
+    """The second transaction starts only once the first has committed: no busy waits, no
+    'database is locked', and what the second reads includes the first's write."""
+    import asyncio
+
+    order: list[str] = []
+    first_in = asyncio.Event()
+
+    async def first() -> None:
+        async with store.begin() as conn:
+            first_in.set()
+            await touch_chat(conn, 1)
+            await asyncio.sleep(0.05)
+            order.append("first done")
+
+    async def second() -> None:
+        await first_in.wait()
+        async with store.begin() as conn:
+            order.append("second in")
+            assert await chat_of(conn, 1) == Chat(1, None, None, 0)
+
+    writes = store.writes
+    await asyncio.gather(first(), second())
+    assert order == ["first done", "second in"]
+    assert store.writes == writes + 2
+    async with store.begin(counted=False) as conn:
+        await record_miss(conn, 1)
+    assert store.writes == writes + 2  # not counted: nothing cached reads it
