@@ -19,7 +19,9 @@ at once, two per chat in turn: updates/s from the first available to the last re
 each offered rate for ``--seconds`` (one update per chat at most, so every reply is matched
 exactly): p50/p95/p99 latency. The full bot gets the realistic mix (orders with and without
 numbers, stock questions, menu presses, language switches, gibberish); the echo bot, which
-answers only text, gets the mix's texts. RSS: the bot process's peak (VmHWM). With
+answers only text, gets the mix's texts. Order check (after full speed): two messages for each
+of up to 2,000 chats at once whose replies tell apart in any language; the chats answered in
+another order are counted. RSS: the bot process's peak (VmHWM). With
 ``--backlog N``: N updates queued before the bot reads any, then drained; peak RSS reported.
 
 Results: a table on the terminal and in bench/results/e2e.txt; bench/results/e2e.png (latency
@@ -342,6 +344,40 @@ async def _match(client: SandboxClient, phase: Phase) -> None:
         phase.rate = len(phase.latencies) / span if span > 0 else 0.0
 
 
+async def _order_check(client: SandboxClient, kind: str, chats: list[int]) -> int:
+    """Two messages per chat at full speed whose replies tell apart in any language: for the
+    bot, /language (its keyboard has "lang:" buttons) and /help, in either order by chat; for
+    the echo bot, two texts. Counts the chats whose replies came in another order."""
+    since = (await client.stats())["calls"]
+    firsts: dict[int, bool] = {}
+    items = []
+    for i, chat in enumerate(chats):
+        language_first = i % 2 == 0
+        firsts[chat] = language_first
+        pair = ("/language", "/help") if kind == "bot" else ("first", "second")
+        if not language_first:
+            pair = (pair[1], pair[0])
+        items += [{"user_id": chat, "text": pair[0]}, {"user_id": chat, "text": pair[1]}]
+    for start in range(0, len(items), 2000):
+        await client.bulk(messages=items[start : start + 2000])
+    await _drain(client, 0)
+    seen: dict[int, list[bool]] = {}
+    for c in await client.calls(since=since):
+        p = c["params"]
+        if c["status"] != 200 or c["method"] not in REPLY_METHODS or "chat_id" not in p:
+            continue
+        if kind == "bot":
+            is_first_kind = "lang:" in str(p.get("reply_markup", ""))
+        else:
+            is_first_kind = p.get("text") == "first"
+        seen.setdefault(int(p["chat_id"]), []).append(is_first_kind)
+    wrong = 0
+    for chat, language_first in firsts.items():
+        if seen.get(chat, [])[:2] != [language_first, not language_first]:
+            wrong += 1
+    return wrong
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -414,6 +450,11 @@ async def _run_bot(
                 f"  {kind}: full speed {full.rate:,.0f} updates/s ({len(full.latencies):,} answered, {full.missing} unanswered)",
                 flush=True,
             )
+            result["out_of_order"] = await _order_check(client, kind, chats[:2000])
+            print(
+                f"  {kind}: order check: {result['out_of_order']} of {len(chats[:2000]):,} chats answered out of order",
+                flush=True,
+            )
             # Offered rates.
             cursor = 0
             for rate in args.rates:
@@ -468,6 +509,8 @@ def _table(results: list[dict[str, Any]], store: str, args: argparse.Namespace) 
         if "backlog_rss" in r:
             extra = f"; with a backlog of {args.backlog:,}: drained in {r['backlog_s']:.1f} s"
         lines.append(f"{r['kind']}: peak RSS {r.get('rss', float('nan')):.0f} MB{extra}")
+        if "out_of_order" in r:
+            lines.append(f"{r['kind']}: chats answered out of order: {r['out_of_order']}")
     by = {r["kind"]: r["phases"][0].rate for r in results if r["phases"]}
     if "bot" in by and by.get("echo"):
         lines.append(f"full bot / bare PTB echo (full speed): {by['bot'] / by['echo']:.2f}x")
