@@ -41,6 +41,8 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
         super().__init__(application, chat_id, user_id)
         # (chat id, the store's write count when read, what was read)
         self._chat_read: tuple[int, int, ChatState] | None = None
+        # This update wrote its own chat since: the row read is older than the store's.
+        self._own_write_since_read = False
 
     @property
     def store(self) -> Store:
@@ -58,17 +60,23 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
         return self.bot_data.now()
 
     async def chat_state(self, chat_id: int) -> ChatState:
-        """The chat as the store has it, read once per update and read again only after a
+        """The chat as the store has it, read once per update and read again after a counted
         write transaction of this process has ended (any chat's: cheap to check, and never
-        stale, whoever wrote)."""
+        stale, whoever wrote) or after this update wrote its own chat (`own_chat_write`)."""
         store = self.store
         seen = self._chat_read
-        if seen is not None and seen[0] == chat_id and seen[1] == store.writes:
+        if (
+            seen is not None
+            and seen[0] == chat_id
+            and seen[1] == store.writes
+            and not self._own_write_since_read
+        ):
             return seen[2]
         writes = store.writes
         async with store.connect() as conn:
             state = await chat_state(conn, chat_id)
         self._chat_read = (chat_id, writes, state)
+        self._own_write_since_read = False
         return state
 
     async def chat(self, chat_id: int) -> Chat | None:
@@ -79,7 +87,10 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
         again; whether a person owns the thread or the customer is reachable did not change."""
         seen = self._chat_read
         if seen is not None and seen[0] == chat.chat_id:
-            self._chat_read = (chat.chat_id, self.store.writes, replace(seen[2], chat=chat))
+            # The write count of the first read stays: a counted write since still means
+            # the flags are to be read again.
+            self._chat_read = (chat.chat_id, seen[1], replace(seen[2], chat=chat))
+            self._own_write_since_read = False
 
     @asynccontextmanager
     async def own_chat_write(self) -> AsyncIterator[AsyncConnection]:
@@ -91,10 +102,7 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
             async with self.store.begin(counted=False) as conn:
                 yield conn
         finally:
-            # Stale (a write count never seen), but its flags stay for `remember`.
-            if self._chat_read is not None:
-                chat_id, _, state = self._chat_read
-                self._chat_read = (chat_id, -1, state)
+            self._own_write_since_read = True
 
     async def language_for(self, update: object) -> str:
         """The reader's language: saved choice, then Telegram's language_code, then the shop's."""

@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -74,12 +74,8 @@ class Store:
         ``counted=False``: not counted in `writes`, for rows no reader caches (the bot's
         update inbox, a chat's own state written by the update that holds it)."""
         try:
-            if self._one_writer is None:
-                async with self.engine.begin() as conn:
-                    yield conn
-            else:
-                async with self._one_writer, self.engine.begin() as conn:
-                    yield conn
+            async with self._one_writer or nullcontext(), self.engine.begin() as conn:
+                yield conn
         finally:
             # Counted once the transaction has ended, so a reader that saw the count before
             # it knows that what it read may be older than this transaction.
