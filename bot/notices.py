@@ -458,6 +458,7 @@ class _Results:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), FLUSH_SECONDS)
             await self.flush()
+        await self.flush()  # what came in while the last one was writing
 
 
 async def _to_chat(
