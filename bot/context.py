@@ -73,8 +73,7 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
         ):
             return seen[2]
         writes = store.writes
-        async with store.connect() as conn:
-            state = await chat_state(conn, chat_id)
+        state = await store.read(lambda conn: chat_state(conn, chat_id))
         self._chat_read = (chat_id, writes, state)
         self._own_write_since_read = False
         return state

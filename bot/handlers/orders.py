@@ -53,10 +53,11 @@ async def _show_orders(
 ) -> None:
     language = await context.language_for(update)
     limit = ORDERS_SHOWN if open_only else ALL_ORDERS_SHOWN
-    async with context.store.connect() as conn:
-        orders = await orders_of(
+    orders = await context.store.read(
+        lambda conn: orders_of(
             conn, customer_id, open_only=open_only, limit=limit, language=language
         )
+    )
     rows: list[list[ButtonSpec]] = _order_buttons(orders)
     if open_only:
         rows.append([("all_orders", "ol:all")])
@@ -75,7 +76,9 @@ async def show_order(
     update: Update, context: BotContext, customer_id: int, order_number: str
 ) -> None:
     language = await context.language_for(update)
-    async with context.store.begin() as conn:
+    # Not counted as a write: what changes (when a line's date was last told) is in no reader's
+    # cache, and a counted write makes every update in flight read its chat again.
+    async with context.store.begin(counted=False) as conn:
         order = await order_of(conn, customer_id, order_number, language=language)
         if order is not None:
             # The customer now knows each waiting line's date; a later change is news again.

@@ -13,6 +13,7 @@ from bot.handlers.orders import linked_customer
 from bot.render import ButtonSpec
 from bot.reply import MAIN_MENU, acknowledge, send, stale_press
 from store.catalog import (
+    Availability,
     Product,
     StockState,
     alternatives_in_stock,
@@ -75,16 +76,24 @@ async def show_product(
 ) -> bool:
     """The availability answer for one SKU; False when there is no such product."""
     language = language or await context.language_for(update)
-    async with context.store.connect() as conn:
+
+    async def answer(
+        conn: AsyncConnection,
+    ) -> tuple[Product | None, Availability | None, list[Product]]:
         product = await product_by_sku(conn, sku, language)
         state = await availability(conn, sku)
         if product is None or state is None:
-            return False
+            return product, state, []
         alternatives = (
             await alternatives_in_stock(conn, sku, limit=ALTERNATIVES_SHOWN, language=language)
             if state.state in (StockState.OUT_OF_STOCK, StockState.DISCONTINUED)
             else []
         )
+        return product, state, alternatives
+
+    product, state, alternatives = await context.store.read(answer)
+    if product is None or state is None:
+        return False
     rows = _product_rows([(alt.sku, alt.name) for alt in alternatives])
     if state.state is StockState.OUT_OF_STOCK:
         rows.insert(0, [("notify_me", f"n:{product.sku}")])
@@ -111,11 +120,14 @@ async def alternatives_for(update: Update, context: BotContext, words: str | Non
         await send(update, context, "stock_ask.j2", rows=MAIN_MENU)
         return
     language = await context.language_for(update)
-    async with context.store.connect() as conn:
+
+    async def waiting_groups(conn: AsyncConnection) -> list[AlternativeGroup]:
         orders = await orders_of(conn, customer_id, open_only=True, language=language)
-        groups = await _groups(
+        return await _groups(
             conn, [ln.sku for o in orders for ln in o.lines if ln.qty_waiting], language
         )
+
+    groups = await context.store.read(waiting_groups)
     await _send_groups(update, context, groups, language)
 
 
