@@ -98,7 +98,7 @@ class BotContext(CallbackContext[ExtBot[int], dict[Any, Any], dict[Any, Any], Bo
         state (a chat's updates run one at a time), so the store's write count, which makes
         every update in flight read its chat again, is left alone: only this one reads again."""
         try:
-            async with self.store.begin(counted=False) as conn:
+            async with self.store.begin_small(counted=False) as conn:
                 yield conn
         finally:
             self._own_write_since_read = True
