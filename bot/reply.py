@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-from telegram import Message, Update
+from telegram import CallbackQuery, Message, Update
+from telegram.error import BadRequest
 
 from bot.context import BotContext
 from bot.render import ButtonSpec
+
+log = logging.getLogger(__name__)
 
 # The buttons that make sense when nothing more specific does.
 MAIN_MENU: tuple[tuple[ButtonSpec, ...], ...] = (
@@ -47,10 +51,25 @@ async def send(
     )
 
 
+async def answer_press(
+    query: CallbackQuery, text: str | None = None, *, show_alert: bool = False
+) -> bool:
+    """Answer a press (stop its spinner, show ``text``); False when Telegram no longer takes
+    the answer. A press that waited past Telegram's answer window (a backlog, or replayed
+    from the inbox after a restart) used to fail its handler at this first step: the customer
+    got the apology instead of what they asked for."""
+    try:
+        await query.answer(text, show_alert=show_alert)
+    except BadRequest as exc:
+        log.info("press %s not answered: %s", query.id, exc.message)
+        return False
+    return True
+
+
 async def acknowledge(update: Update) -> None:
     """Stop the button's spinner; a press must always be answered, even if nothing else happens."""
     if update.callback_query is not None:
-        await update.callback_query.answer()
+        await answer_press(update.callback_query)
 
 
 async def stale_press(update: Update, context: BotContext) -> None:
@@ -59,4 +78,6 @@ async def stale_press(update: Update, context: BotContext) -> None:
     if query is None:
         return
     language = await context.language_for(update)
-    await query.answer(context.renderer.text("stale_button.j2", language))
+    text = context.renderer.text("stale_button.j2", language)
+    if not await answer_press(query, text):
+        await send(update, context, "stale_button.j2", rows=MAIN_MENU, language=language)

@@ -17,7 +17,7 @@ from telegram.ext import CallbackQueryHandler
 
 from bot.context import BotApplication, BotContext
 from bot.render import ButtonSpec
-from bot.reply import acknowledge, send
+from bot.reply import acknowledge, answer_press, send
 from store.backorders import NewLine, place_order
 from store.catalog import alternatives_in_stock, normalize_sku
 from store.chats import chat_of
@@ -188,7 +188,7 @@ async def stale_press(update: Update, context: BotContext) -> None:
     query = update.callback_query
     assert query is not None
     language = await context.language_for(update)
-    await query.answer(context.renderer.text("stale_button.j2", language))
+    await answer_press(query, context.renderer.text("stale_button.j2", language))
 
 
 def register(app: BotApplication) -> None:

@@ -35,6 +35,7 @@ from bot.handoff.topic import (
     refresh_card,
 )
 from bot.render import ButtonSpec
+from bot.reply import answer_press
 from store.backorders import cancel_line
 from store.errors import StoreError
 from store.events import log_event
@@ -230,15 +231,17 @@ async def agent_press(update: Update, context: BotContext) -> None:
     if not in_group:
         return  # a forged press elsewhere: the usual "no longer available"
     if not await _is_agent(app, query.from_user):
-        await query.answer(_agent_text(app, "agent_notice.j2", kind="not_agent"), show_alert=True)
+        await answer_press(
+            query, _agent_text(app, "agent_notice.j2", kind="not_agent"), show_alert=True
+        )
         raise ApplicationHandlerStop
     match = _PRESS.match(query.data)
     async with context.store.connect() as conn:
         h = await handoff_by_id(conn, int(match[2])) if match else None
     if match is None or h is None or h.support_chat_id != settings.support_chat_id:
-        await query.answer(_agent_text(app, "agent_notice.j2", kind="stale"))
+        await answer_press(query, _agent_text(app, "agent_notice.j2", kind="stale"))
         raise ApplicationHandlerStop
-    await query.answer()
+    await answer_press(query)
     tool, arg, line = match[1], match[3], match[4]
     name = query.from_user.first_name if query.from_user else None
     if tool == "x":

@@ -14,7 +14,7 @@ from bot.handoff.common import _app, _customer_language
 from bot.handoff.escalation import hand_back
 from bot.handoff.relay import _follow_edit, _relay_from_customer
 from bot.handoff.topic import _notice
-from bot.reply import acknowledge
+from bot.reply import acknowledge, answer_press
 from store.handoffs import (
     active_handoff,
     handoff_by_id,
@@ -56,7 +56,7 @@ async def intercept_customer_press(update: Update, context: BotContext) -> None:
         if h is None:
             return
         language = await _customer_language(_app(context), conn, h)
-    await query.answer(context.renderer.text("handoff_busy.j2", language))
+    await answer_press(query, context.renderer.text("handoff_busy.j2", language))
     raise ApplicationHandlerStop
 
 
@@ -70,14 +70,14 @@ async def customer_choice(update: Update, context: BotContext) -> None:
     async with context.store.connect() as conn:
         h = await handoff_by_id(conn, int(handoff_id))
     if h is None or h.chat_id != chat_id or not h.active:
-        await query.answer(
-            context.renderer.text("stale_button.j2", await context.language_for(update))
+        await answer_press(
+            query, context.renderer.text("stale_button.j2", await context.language_for(update))
         )
         raise ApplicationHandlerStop
     if choice == "wait":
         async with context.store.connect() as conn:
             language = await _customer_language(app, conn, h)
-        await query.answer(context.renderer.text("handoff_keep_waiting.j2", language))
+        await answer_press(query, context.renderer.text("handoff_keep_waiting.j2", language))
         await _drop_buttons(query)
     else:
         await acknowledge(update)

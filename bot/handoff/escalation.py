@@ -28,7 +28,7 @@ from bot.handoff.topic import (
 )
 from bot.i18n import choose_language
 from bot.render import ButtonSpec
-from bot.reply import MAIN_MENU
+from bot.reply import MAIN_MENU, answer_press
 from store.chats import chat_of, reset_misses
 from store.events import log_event
 from store.handoffs import (
@@ -76,7 +76,7 @@ async def _escalate(
             saved.language if saved else None, who.language_code, settings.default_language
         )
         if query is not None:
-            await query.answer()
+            await answer_press(query)
         await app.bot.send_message(
             chat_id,
             renderer.text("handoff_unavailable.j2", language, contact=settings.support_contact),
@@ -103,7 +103,7 @@ async def _escalate(
         if query is not None:
             async with store.connect() as conn:
                 language = await _customer_language(app, conn, h)
-            await query.answer(renderer.text("handoff_busy.j2", language))
+            await answer_press(query, renderer.text("handoff_busy.j2", language))
         elif trigger is not None:
             await _relay_from_customer(app, h, trigger)
         return h
@@ -113,7 +113,7 @@ async def _escalate(
             async with store.begin() as conn:
                 await close_handoff(conn, h.handoff_id, now=now, by="failed")
             if query is not None:
-                await query.answer()
+                await answer_press(query)
             language = choose_language(None, who.language_code, settings.default_language)
             await app.bot.send_message(
                 chat_id,
@@ -131,7 +131,7 @@ async def _escalate(
     if trigger is not None:
         await _relay_from_customer(app, h, trigger)
     if query is not None:
-        await query.answer()
+        await answer_press(query)
     await _tell_started(app, h, reason)
     return h
 

@@ -9,6 +9,7 @@ from telegram import Update
 from telegram.ext import CommandHandler
 
 from bot.context import BotApplication, BotContext
+from sandbox import Sandbox
 from sandbox.client import SandboxClient
 from store import Store
 from store.chats import chat_of
@@ -87,6 +88,21 @@ async def test_help_lists_what_the_bot_can_do_with_buttons(tg: SandboxClient) ->
     assert again["text"] == reply["text"]
 
 
+async def test_a_press_too_old_to_answer_still_gets_its_reply(
+    tg: SandboxClient, sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A press that waited past Telegram's answer window (a backlog; a restart replays presses
+    # from its inbox): the spinner can no longer be stopped, and the answer still comes. The
+    # handler used to stop at the failed answer and the customer got the apology.
+    await tg.create_user(504, first_name="Eve", language_code="en")
+    [reply] = await tg.say(504, "/help", quiet=QUIET)
+    sandbox.settings.callback_timeout = 0
+    answered, [again] = await tg.press(504, reply["message_id"], "m:help", timeout=1, quiet=QUIET)
+    assert answered["answered"] is False
+    assert again["text"] == reply["text"]
+    assert "failed" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("choice", "confirmation"),
     [
@@ -128,6 +144,22 @@ async def test_a_forged_language_button_changes_nothing(tg: SandboxClient, store
     assert answered["answer"]["text"] == "This is no longer available."
     async with store.connect() as conn:
         chat = await chat_of(conn, 505)
+    assert chat is None or chat.language is None
+
+
+async def test_a_stale_press_too_old_to_answer_is_told_in_a_message(
+    tg: SandboxClient, sandbox: Sandbox, store: Store
+) -> None:
+    await tg.create_user(506, first_name="Mallory", language_code="en")
+    [menu] = await tg.say(506, "/language", quiet=QUIET)
+    sandbox.settings.callback_timeout = 0
+    answered, [told] = await tg.press(
+        506, menu["message_id"], "lang:xx", forge=True, timeout=1, quiet=QUIET
+    )
+    assert answered["answered"] is False
+    assert told["text"] == "This is no longer available."
+    async with store.connect() as conn:
+        chat = await chat_of(conn, 506)
     assert chat is None or chat.language is None
 
 
