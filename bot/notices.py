@@ -125,9 +125,7 @@ def sends_in_flight(settings: Settings) -> int:
 
 def sender_request(settings: Settings) -> BaseRequest:
     """The notice sender's own HTTP layer: the one REQUEST_LAYER names, sized for sending."""
-    pool = POOL_SIZE[settings.request_layer]
-    if settings.request_layer == "aiohttp":
-        pool = max(pool, sends_in_flight(settings))
+    pool = max(POOL_SIZE[settings.request_layer], sends_in_flight(settings))
     return request_for(settings, pool=pool, json_body=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -123,12 +124,15 @@ def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Sett
     )
 
 
-@pytest.fixture
-async def bot(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[BotApplication]:
-    """The real application, polling the sandbox, with its post_init and post_shutdown."""
+@asynccontextmanager
+async def running_bot(
+    settings: Settings, store: Store, clock: Clock
+) -> AsyncIterator[BotApplication]:
+    """The real application, polling the sandbox, started and stopped as run_polling does it
+    (post_init before polling; post_shutdown, the inbox's last flush, after shutdown)."""
     app = build_application(settings, store, now=clock)
     await app.initialize()
-    assert app.post_init is not None
+    assert app.post_init is not None and app.post_shutdown is not None
     await app.post_init(app)
     await app.start()
     assert app.updater is not None
@@ -138,9 +142,14 @@ async def bot(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[B
     finally:
         await app.updater.stop()
         await app.stop()
-        if app.post_shutdown is not None:
-            await app.post_shutdown(app)
         await app.shutdown()
+        await app.post_shutdown(app)
+
+
+@pytest.fixture
+async def bot(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[BotApplication]:
+    async with running_bot(settings, store, clock) as app:
+        yield app
 
 
 async def link_customer(

@@ -17,7 +17,7 @@ from telegram.ext import CallbackQueryHandler
 
 from bot.context import BotApplication, BotContext
 from bot.render import ButtonSpec
-from bot.reply import acknowledge, answer_press, send
+from bot.reply import acknowledge, send, stale_press
 from store.backorders import NewLine, place_order
 from store.catalog import alternatives_in_stock, normalize_sku
 from store.chats import chat_of
@@ -181,14 +181,6 @@ async def _in_stock_alternative(conn: object, offer: Offer, sku: str, language: 
         if p.sku == wanted:
             return p
     return None
-
-
-async def stale_press(update: Update, context: BotContext) -> None:
-    """Forged, stale, or someone else's: say so politely and change nothing."""
-    query = update.callback_query
-    assert query is not None
-    language = await context.language_for(update)
-    await answer_press(query, context.renderer.text("stale_button.j2", language))
 
 
 def register(app: BotApplication) -> None:

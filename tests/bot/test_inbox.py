@@ -8,13 +8,10 @@ batch is saved as the real bot saves it, and then dies without confirming or ans
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from telegram import Bot, Chat, Message, Update
 
-from bot.app import build_application
 from bot.context import BotApplication
 from bot.inbox import Inbox, InboxRequest
 from bot.request import AiohttpRequest
@@ -25,28 +22,9 @@ from store import Store
 from store.chats import set_pending, touch_chat
 from store.inbox import count_updates, mark_answered, unanswered_updates
 from tests.chaos_helpers import ASK_ORDER, ASK_PROOF, GREETING, HELP, KETTLE, bot_texts, wait_for
-from tests.conftest import Clock
+from tests.conftest import Clock, running_bot
 
 ANNA, BORIS = 830_001, 830_002
-
-
-@asynccontextmanager
-async def running(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[BotApplication]:
-    """The bot as run_polling runs it, post_shutdown (the inbox's last flush) included."""
-    app = build_application(settings, store, now=clock)
-    await app.initialize()
-    assert app.post_init is not None and app.post_shutdown is not None
-    await app.post_init(app)
-    await app.start()
-    assert app.updater is not None
-    await app.updater.start_polling(poll_interval=0, timeout=1)
-    try:
-        yield app
-    finally:
-        await app.updater.stop()
-        await app.stop()
-        await app.shutdown()
-        await app.post_shutdown(app)
 
 
 async def previous_process(
@@ -98,7 +76,7 @@ async def test_a_restart_answers_what_was_fetched_in_order_and_not_what_was_answ
     await tg.send_message(ANNA, "/help")
     await tg.send_message(BORIS, "is KET-0001 in stock?")
 
-    async with running(settings, store, clock) as app:
+    async with running_bot(settings, store, clock) as app:
         intake = app.update_queue
 
         async def done() -> bool:
@@ -122,7 +100,7 @@ async def test_a_stop_flushes_the_answered_marks(
     tg: SandboxClient, store: Store, settings: Settings, clock: Clock
 ) -> None:
     await tg.create_user(ANNA, first_name="Customer", language_code="en")
-    async with running(settings, store, clock):
+    async with running_bot(settings, store, clock):
         await tg.send_message(ANNA, "/help")
         await tg.wait_for_bot_message(ANNA)
     async with store.connect() as conn:
