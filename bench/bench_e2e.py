@@ -199,6 +199,14 @@ class Proc:
         self.peak_rss_mb = max(self.peak_rss_mb, hwm)
         return rss, hwm
 
+    def cpu(self) -> float:
+        """CPU seconds the process has used so far (user + system)."""
+        try:
+            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
@@ -247,6 +255,8 @@ def _start_bot(kind: str, port: int, db: Path, log: Path) -> Proc:
         )
         args = [PY, "run_bot.py"]
     else:
+        if kind == "floor":
+            env["ECHO_FLOOR"] = "1"
         args = [PY, "bench/echo_bot.py"]
     return Proc(
         subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -438,16 +448,23 @@ async def _run_bot(
             bot.rss()
             # Full speed.
             full = Phase("full speed", None, since_seq=(await client.stats())["calls"])
+            cpu_before = bot.cpu(), sandbox.cpu()
             items = [
                 _item(rng, chats[i % len(chats)], numbers, presses) for i in range(args.updates)
             ]
             await _enqueue(client, items, full)
             await _drain(client, 0)
+            cpu_after = bot.cpu(), sandbox.cpu()
             await _match(client, full)
             bot.rss()
+            result["cpu_ms"] = tuple(
+                (after - before) * 1000 / max(1, args.updates)
+                for before, after in zip(cpu_before, cpu_after, strict=True)
+            )
             result["phases"].append(full)
             print(
-                f"  {kind}: full speed {full.rate:,.0f} updates/s ({len(full.latencies):,} answered, {full.missing} unanswered)",
+                f"  {kind}: full speed {full.rate:,.0f} updates/s ({len(full.latencies):,} answered, {full.missing} unanswered);"
+                f" CPU per update: {result['cpu_ms'][0]:.2f} ms in the bot, {result['cpu_ms'][1]:.2f} ms in the sandbox",
                 flush=True,
             )
             result["out_of_order"] = await _order_check(client, kind, chats[:2000])
@@ -509,6 +526,10 @@ def _table(results: list[dict[str, Any]], store: str, args: argparse.Namespace) 
         if "backlog_rss" in r:
             extra = f"; with a backlog of {args.backlog:,}: drained in {r['backlog_s']:.1f} s"
         lines.append(f"{r['kind']}: peak RSS {r.get('rss', float('nan')):.0f} MB{extra}")
+        if "cpu_ms" in r:
+            lines.append(
+                f"{r['kind']}: CPU per update at full speed: {r['cpu_ms'][0]:.2f} ms in the bot, {r['cpu_ms'][1]:.2f} ms in the sandbox"
+            )
         if "out_of_order" in r:
             lines.append(f"{r['kind']}: chats answered out of order: {r['out_of_order']}")
     by = {r["kind"]: r["phases"][0].rate for r in results if r["phases"]}
@@ -558,6 +579,11 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--backlog", type=int, default=0)
     parser.add_argument("--skip-echo", action="store_true")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the echo bot on the bot's request layer and concurrency (bench/echo_bot.py)",
+    )
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",") if r]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -576,6 +602,8 @@ async def main() -> None:
     results = [await _run_bot("bot", args, db, numbers, chats)]
     if not args.skip_echo:
         results.append(await _run_bot("echo", args, db, numbers, chats))
+    if args.floor:
+        results.append(await _run_bot("floor", args, db, numbers, chats))
     table = _table(results, store, args)
     print("\n" + table)
     (RESULTS / "e2e.txt").write_text(table + "\n")
