@@ -26,6 +26,8 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from bot.i18n import translations
 from bot.settings import SUPPORTED_LANGUAGES
 
+KEYBOARD_CACHE_SIZE = 1024
+
 _EXTRA_BLANK_LINES = re.compile(r"\n\s*\n(\s*\n)+")
 
 # A row of buttons: (label macro name, callback data) pairs, or (label, data, macro arguments).
@@ -42,6 +44,9 @@ class Renderer:
         self._envs = {
             language: self._environment(language, loader) for language in SUPPORTED_LANGUAGES
         }
+        # A keyboard is frozen once built, and most replies carry one of a few (the main menu
+        # in four languages): building one renders a macro and makes a PTB object per button.
+        self._keyboards = lru_cache(maxsize=KEYBOARD_CACHE_SIZE)(self._build_keyboard)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -68,14 +73,30 @@ class Renderer:
         return self.plain("buttons.j2", macro, language, **values)
 
     def keyboard(self, language: str, rows: Sequence[Sequence[ButtonSpec]]) -> InlineKeyboardMarkup:
+        frozen = tuple(
+            tuple(
+                (spec[0], spec[1], tuple(sorted(spec[2].items())) if len(spec) == 3 else ())
+                for spec in row
+            )
+            for row in rows
+        )
+        try:
+            return self._keyboards(language, frozen)
+        except TypeError:  # a macro argument that cannot be a key (a list ...): built each time
+            return self._build_keyboard(language, frozen)
+
+    def _build_keyboard(
+        self,
+        language: str,
+        rows: tuple[tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...], ...],
+    ) -> InlineKeyboardMarkup:
         return InlineKeyboardMarkup(
             [
                 [
                     InlineKeyboardButton(
-                        self.label(spec[0], language, **(spec[2] if len(spec) == 3 else {})),
-                        callback_data=spec[1],
+                        self.label(macro, language, **dict(values)), callback_data=data
                     )
-                    for spec in row
+                    for macro, data, values in row
                 ]
                 for row in rows
             ]
