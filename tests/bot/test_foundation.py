@@ -71,6 +71,17 @@ async def test_start_greets_in_the_users_telegram_language(
     assert chat is not None and chat.language is None  # nothing chosen yet, nothing saved
 
 
+async def test_a_reply_goes_out_as_html_without_a_link_preview(tg: SandboxClient) -> None:
+    # Replies are posted without Bot.send_message (reply.send): the Defaults must still apply.
+    await tg.create_user(504, first_name="Anna", language_code="en")
+    await tg.say(504, "/help", quiet=QUIET)
+    [call] = await tg.calls("sendMessage")
+    assert call["status"] == 200
+    assert call["params"]["parse_mode"] == "HTML"
+    assert call["params"]["link_preview_options"] == '{"is_disabled": true}'
+    assert "message_thread_id" not in call["params"]
+
+
 async def test_an_unshipped_telegram_language_gets_the_shop_default(tg: SandboxClient) -> None:
     await tg.create_user(502, first_name="Anna", language_code="fr")
     [reply] = await tg.say(502, "/start", quiet=QUIET)
