@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from pydantic import SecretStr
 from telegram import Update
 
-from bot.app import build_application, tune_collector
+from bot.app import build_application, freeze_after_start, tune_collector
 from bot.settings import Settings, SettingsError, load_settings
 from store.db import Store, create_engine_for, migrate
 from store.demo import fill_demo, is_empty
@@ -134,6 +134,7 @@ def main() -> int:
     store = Store(create_engine_for(settings.database_url), settings.database_url)
     app = build_application(settings, store)
     tune_collector()
+    freeze_after_start(app)
     if sandbox is not None:
         print(f"Sandbox playground: {sandbox.url}/  (Ctrl+C to stop)", flush=True)
     try:
