@@ -258,7 +258,8 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
     moved_from: int | None = None
     customer_id: int | None = None
     customer: Customer | None = None
-    async with context.store.begin() as conn:
+    # A few one-row statements: on the loop's thread when the file is free (Store.begin_small).
+    async with context.store.begin_small() as conn:
         # Counted before the check, so a chat at its limit learns nothing from trying more.
         if await _limited(conn, context, chat_id, order_number):
             await clear_pending(conn, chat_id)

@@ -77,8 +77,9 @@ async def show_order(
 ) -> None:
     language = await context.language_for(update)
     # Not counted as a write: what changes (when a line's date was last told) is in no reader's
-    # cache, and a counted write makes every update in flight read its chat again.
-    async with context.store.begin(counted=False) as conn:
+    # cache, and a counted write makes every update in flight read its chat again. A few small
+    # statements: on the loop's thread when the file is free (Store.begin_small).
+    async with context.store.begin_small(counted=False) as conn:
         order = await order_of(conn, customer_id, order_number, language=language)
         if order is not None:
             # The customer now knows each waiting line's date; a later change is news again.
