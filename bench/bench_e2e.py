@@ -1,11 +1,13 @@
 # ruff: noqa: E501, ASYNC240  (a hand-run script: long report lines, blocking file setup)
 """End-to-end benchmark: the real bot (``python run_bot.py``) against the sandbox (``python -m
 sandbox --no-limits``), each in its own process, on the 1M-order store; the same driver against
-a bare PTB echo bot (bench/echo_bot.py, PTB defaults) for a ratio on the same machine. Run by
-hand; prints figures, asserts nothing.
+a bare PTB echo bot (bench/echo_bot.py, PTB defaults) for a ratio on the same machine; with
+``--floor`` also that echo on the bot's own request layer and concurrency (what PTB itself costs
+there). The bot's and the sandbox's CPU per update at full speed are reported too. Run by hand;
+prints figures, asserts nothing.
 
     .venv/bin/python bench/bench_e2e.py [--chats 10000] [--updates 20000] [--rates 50,100,200,400]
-                                        [--seconds 8] [--backlog 0] [--skip-echo]
+                                        [--seconds 8] [--backlog 0] [--skip-echo] [--floor]
 
 The store: bench/results/demo-large.sqlite3 (1,000,000 orders) copied to a scratch file if it
 exists, else a ``medium`` demo store generated into bench/results/demo-medium.sqlite3 once.
