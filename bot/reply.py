@@ -48,7 +48,7 @@ async def send(
     markup = context.renderer.keyboard(language, rows) if rows else None
     thread_id = update.effective_message.message_thread_id if update.effective_message else None
     # What Bot.send_message does, less turning Telegram's answer into a Message that nobody
-    # reads: with the keyboard and the entities in it, that was a sixth of a reply's CPU.
+    # reads: with the keyboard and the entities in it, 8.5% of all the bot's CPU in the probe.
     # _post fills in the Defaults (parse mode, link previews: the keys given DEFAULT_NONE)
     # and goes through the rate limiter and its retries as send_message would.
     await context.bot._post(
