@@ -175,15 +175,20 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
         )
     if not new_offers:
         return 0
+    chat_ids = [offer.pop("chat_id") for offer in new_offers]
+    # One INSERT ... RETURNING for many rows (SQLAlchemy's insertmanyvalues), the ids in the
+    # rows' order: one statement per offer cost 0.9 ms each, and a store's first pass can
+    # offer to a million late lines in this one transaction.
+    offer_ids = (
+        await conn.execute(
+            delay_offers.insert().returning(d.offer_id, sort_by_parameter_order=True), new_offers
+        )
+    ).scalars()
     notices: list[dict[str, Any]] = []
     reached: list[int] = []
-    for offer in new_offers:
-        chat_id = offer.pop("chat_id")
+    for offer, offer_id, chat_id in zip(new_offers, offer_ids, chat_ids, strict=True):
         if chat_id is not None:
             reached.append(offer["line_id"])
-        offer_id = (
-            await conn.execute(delay_offers.insert().values(**offer).returning(d.offer_id))
-        ).scalar_one()
         notices.append(
             {
                 "dedupe_key": f"delay:{offer_id}",

@@ -421,3 +421,31 @@ async def test_a_delay_offer_to_a_customer_without_a_chat_leaves_the_line_untold
         (1, "cancelled", "no_answer"),
         (3, "to_agents", "never_shown"),
     ]
+
+
+async def test_offers_made_in_one_pass_each_notify_their_own_customer(store: Store) -> None:
+    # The offers of a pass are written in one statement; each notice must name its own offer.
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        for customer in (1, 2, 3, 4, 5):
+            await add_chat(conn, customer)
+            await add_order(conn, customer, customer, lines=2, promised=D0)
+        line_ids = [customer * 10 + n for customer in (1, 2, 3, 4, 5) for n in (1, 2)]
+        await move(conn, line_ids, day(14), at(1))
+        run = await apply_delay_policy(conn, today=D0, now=at(2), policy=DelayPolicy())
+        offers = {
+            r.offer_id: (r.customer_id, r.line_id)
+            for r in await conn.execute(
+                select(delay_offers.c.offer_id, delay_offers.c.customer_id, delay_offers.c.line_id)
+            )
+        }
+        rows = await notices(conn)
+    assert run.offered == 10
+    told_of = sorted(
+        (r.chat_id, offers[json.loads(r.payload)["offer_id"]], r.dedupe_key) for r in rows
+    )
+    assert told_of == sorted(
+        (7000 + line // 10, (line // 10, line), f"delay:{offer_id}")
+        for offer_id, (_, line) in offers.items()
+    )
+    assert sorted(line for _, line in offers.values()) == line_ids
