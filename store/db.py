@@ -47,12 +47,16 @@ def _upgrade(sync_conn: Connection, revision: str) -> None:
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    _writer_pragmas(dbapi_conn, BUSY_TIMEOUT_MS)
+
+
+def _writer_pragmas(dbapi_conn: Any, busy_timeout_ms: int) -> None:
     # WAL lets the bot's readers run while an import writes; foreign keys are off by
     # default in SQLite; the busy timeout makes concurrent writers wait instead of fail.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
@@ -262,14 +266,10 @@ def _on_inline_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _on_inline_write_connect(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
     # No wait at all: while another process writes, the event loop must run on (that
     # process may be this one's own admin task, whose statements need the loop), and the
     # write goes through the pool, which waits on its own thread.
-    cur.execute("PRAGMA busy_timeout=0")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.close()
+    _writer_pragmas(dbapi_conn, busy_timeout_ms=0)
 
 
 def _begin_immediate(conn: Connection) -> None:
