@@ -30,12 +30,12 @@ from store.db import database_url, open_store
 from store.delays import DelayPolicy, apply_delay_policy, consent_report, delay_lines
 from store.errors import NotFound, StoreError
 from store.imports import KINDS, ImportFailed, apply_file, parse_file
-from store.links import make_link_code
+from store.links import DEVELOPMENT_SECRET, make_link_code
 from store.outbox import queue_notices
 from store.schema import customers, order_lines, orders, products, restocks, stock
 
 # The bot's own default (bot.settings), so demo links work without configuring anything.
-DEMO_LINK_SECRET = "change-me-in-production"
+DEMO_LINK_SECRET = DEVELOPMENT_SECRET
 
 
 def _iso(value: str) -> date:

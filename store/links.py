@@ -21,6 +21,22 @@ _BODY = struct.Struct(">BIII5s")  # version, customer id, order id (0: none), ex
 _MAC_BYTES = 10
 
 
+# Signs codes in the local sandbox only. It is printed in the README, so anyone can sign with it:
+# a bot with a real token refuses to start with it, and the admin CLI warns when it uses it.
+DEVELOPMENT_SECRET = "change-me-in-production"
+# 32 characters of `secrets.token_urlsafe` carry 190 bits; a shorter secret is a typo or a word.
+MIN_SECRET_LENGTH = 32
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why ``secret`` must not sign codes that a real bot accepts, or None when it may."""
+    if secret.strip() == DEVELOPMENT_SECRET:
+        return "is the sandbox's development secret, which anyone can read in the README"
+    if len(secret.strip()) < MIN_SECRET_LENGTH:
+        return f"must be at least {MIN_SECRET_LENGTH} characters"
+    return None
+
+
 @dataclass(frozen=True)
 class LinkCode:
     token_id: str
