@@ -1,7 +1,7 @@
 """``backorder-admin``: the shop operations console.
 
 Every command runs in one transaction; on error nothing is written, the reason goes to
-stderr and the exit code is non-zero.
+stderr in one line per problem (never a traceback) and the exit code is non-zero.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import (
@@ -28,31 +30,71 @@ from store.backorders import (
 )
 from store.db import database_url, open_store
 from store.delays import DelayPolicy, apply_delay_policy, consent_report, delay_lines
-from store.errors import NotFound, StoreError
-from store.imports import KINDS, ImportFailed, apply_file, parse_file
-from store.links import DEVELOPMENT_SECRET, make_link_code
+from store.errors import NotFound, StoreError, db_reason, is_busy
+from store.imports import (
+    CLOCK_SKEW,
+    KINDS,
+    MAX_ID,
+    MAX_LINE_NO,
+    MAX_QTY,
+    YEARS_AHEAD,
+    YEARS_BACK,
+    ImportFailed,
+    RowError,
+    apply_file,
+    check_field,
+    iso_date,
+    parse_file,
+    strict_date,
+    whole_number,
+)
+from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
 from store.outbox import queue_notices
 from store.schema import customers, order_lines, orders, products, restocks, stock
 
 # The bot's own default (bot.settings), so demo links work without configuring anything.
 DEMO_LINK_SECRET = DEVELOPMENT_SECRET
+BUSY = (
+    "error: another import or admin command is writing to the store;"
+    " nothing written, try again when it ends"
+)
+# Longest free text an operator types into a command (reasons, carriers, tracking numbers).
+MAX_ARG_CHARS = {"--reason": 500, "--shipment-id": 64, "--carrier": 64, "--tracking": 100}
 
 
-def _iso(value: str) -> date:
+def _iso(value: str) -> str:
+    # Only the form here: the window depends on the date's meaning, checked in _run.
     try:
-        if len(value) != 10:
-            raise ValueError
-        return date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {value!r}") from None
+        strict_date(value, "date")
+    except RowError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("date: ")) from None
+    return value
+
+
+def _whole(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            return whole_number(value, "", lo, hi)
+        except RowError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix(": ")) from None
+
+    return parse
 
 
 def _line_qty(value: str) -> tuple[int, int]:
     try:
         no, qty = value.split(":")
-        return int(no), int(qty)
-    except ValueError:
+        return whole_number(no, "", 1, MAX_LINE_NO), whole_number(qty, "", 0, MAX_QTY)
+    except (ValueError, RowError):
         raise argparse.ArgumentTypeError(f"expected LINE_NO:QTY, got {value!r}") from None
+
+
+def _text_arg(flag: str, value: str | None) -> None:
+    if value is not None:
+        try:
+            check_field(flag, value, MAX_ARG_CHARS[flag])
+        except RowError as e:
+            raise StoreError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,13 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("receive", help="book a restock as received")
     rc.add_argument("restock_id")
-    rc.add_argument("--qty", type=int, help="units received (default: the quantity ordered)")
+    rc.add_argument(
+        "--qty", type=_whole(0, MAX_QTY), help="units received (default: the quantity ordered)"
+    )
 
     cn = sub.add_parser("cancel", help="cancel an order line, an order or a restock")
     cn_sub = cn.add_subparsers(dest="what", required=True)
     cl = cn_sub.add_parser("line")
     cl.add_argument("order_number")
-    cl.add_argument("line_no", type=int)
+    cl.add_argument("line_no", type=_whole(1, MAX_LINE_NO))
     cl.add_argument("--reason", default="")
     co = cn_sub.add_parser("order")
     co.add_argument("order_number")
@@ -104,32 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     rp = sub.add_parser("report", help="print the backorder report per SKU")
-    rp.add_argument("--limit", type=int, default=50)
+    rp.add_argument("--limit", type=_whole(1, 10_000), default=50)
 
     ln = sub.add_parser("link", help="print a deep link that links a Telegram chat to a customer")
     target = ln.add_mutually_exclusive_group(required=True)
-    target.add_argument("--customer", type=int, help="customer id")
+    target.add_argument("--customer", type=_whole(1, MAX_ID), help="customer id")
     target.add_argument("--order", help="order number (the link opens that order)")
     ln.add_argument(
         "--bot-username",
         default=os.environ.get("BOT_USERNAME") or "backorder_demo_bot",
         help="the bot's username (default: $BOT_USERNAME or backorder_demo_bot)",
     )
-    ln.add_argument(
-        "--secret",
-        default=os.environ.get("LINK_SECRET"),
-        help="the bot's LINK_SECRET (default: $LINK_SECRET)",
-    )
+    ln.add_argument("--secret", help="the bot's LINK_SECRET (default: $LINK_SECRET)")
     ln.add_argument(
         "--days",
-        type=int,
+        type=_whole(-(10**6), 10**6),
         default=None,
         help="days the link stays valid (default: LINK_CODE_DAYS, else 30)",
     )
 
     dm = sub.add_parser("demo", help="fill an empty database with demo data")
     dm.add_argument("--size", choices=["small", "medium", "large"], default="small")
-    dm.add_argument("--seed", type=int, default=7)
+    dm.add_argument("--seed", type=_whole(0, MAX_ID), default=7)
     dm.add_argument("--force", action="store_true", help="even if the database is not empty")
     return p
 
@@ -151,16 +191,16 @@ async def _run(args: argparse.Namespace) -> int:
                 await queue_after_change(conn)
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
+            _text_arg("--reason", args.reason)
+            when = _checked(iso_date, args.date, "date", back=YEARS_BACK, ahead=YEARS_AHEAD)
             async with store.begin() as conn:
-                proj = await change_restock_date(conn, args.restock_id, args.date, args.reason)
+                proj = await change_restock_date(conn, args.restock_id, when, args.reason)
                 await queue_after_change(conn)
             print(
                 f"{args.restock_id}: "
                 + ("date unchanged" if proj is None else f"{len(proj.moved)} lines moved")
             )
         elif args.command == "receive":
-            if args.qty is not None and args.qty < 0:
-                raise StoreError("--qty cannot be negative")
             async with store.begin() as conn:
                 rec = await receive_restock(conn, args.restock_id, args.qty)
                 await queue_after_change(conn)
@@ -172,6 +212,7 @@ async def _run(args: argparse.Namespace) -> int:
             else:
                 print(f"{rec.restock_id}: already received")
         elif args.command == "cancel":
+            _text_arg("--reason", args.reason)
             async with store.begin() as conn:
                 if args.what == "line":
                     c = await cancel_line(conn, args.order_number, args.line_no, reason=args.reason)
@@ -190,6 +231,13 @@ async def _run(args: argparse.Namespace) -> int:
                     )
                 await queue_after_change(conn)
         elif args.command == "ship":
+            for flag in ("--shipment-id", "--carrier", "--tracking"):
+                _text_arg(flag, getattr(args, flag[2:].replace("-", "_")))
+            shipped_on = (
+                _checked(iso_date, args.date, "--date", back=YEARS_BACK, ahead=CLOCK_SKEW)
+                if args.date
+                else date.today()
+            )
             async with store.begin() as conn:
                 s = await ship(
                     conn,
@@ -197,7 +245,7 @@ async def _run(args: argparse.Namespace) -> int:
                     args.order_number,
                     carrier=args.carrier,
                     tracking_number=args.tracking,
-                    shipped_on=args.date or date.today(),
+                    shipped_on=shipped_on,
                     lines=dict(args.line) if args.line else None,
                 )
                 await queue_after_change(conn)
@@ -231,15 +279,34 @@ async def _run(args: argparse.Namespace) -> int:
         await store.close()
 
 
+def _checked(check: Callable[..., date], value: str, name: str, **bounds: Any) -> date:
+    try:
+        return check(value, name, date.today(), **bounds)
+    except RowError as e:
+        raise StoreError(str(e)) from None
+
+
 async def _link_code(conn: AsyncConnection, args: argparse.Namespace) -> str:
     if args.days is None:
         args.days = _env_int("LINK_CODE_DAYS", 30)
     if not 1 <= args.days <= 365:
         raise StoreError("--days must be between 1 and 365")
-    secret = args.secret
-    if not secret:
-        print("warning: LINK_SECRET is not set; using the demo default", file=sys.stderr)
+    source, secret = "--secret", args.secret
+    if secret is None:
+        source, secret = "LINK_SECRET", os.environ.get("LINK_SECRET") or None
+    if secret is None:
+        print(
+            "warning: LINK_SECRET is not set; using the development secret, which only the"
+            " sandbox accepts: a bot with a real token refuses codes signed with it",
+            file=sys.stderr,
+        )
         secret = DEMO_LINK_SECRET
+    else:
+        # Checked as the bot checks its own: a code signed with a weak secret is one anybody
+        # could forge, and the real bot would refuse to start with it.
+        problem = secret_problem(secret)
+        if problem is not None:
+            raise StoreError(f"{source} {problem}")
     order_id: int | None = None
     if args.order is not None:
         row = (
@@ -389,10 +456,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         print("nothing written", file=sys.stderr)
-        return 1
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+    except DBAPIError as e:
+        # SQLite's busy timeout (store.db) has run out, or the database cannot be used: one
+        # line either way, and the transaction was rolled back.
+        print(BUSY if is_busy(e) else f"error: the store failed: {db_reason(e)}", file=sys.stderr)
+    except ArgumentError as e:
+        print(f"error: --db/DATABASE_URL: {db_reason(e)}", file=sys.stderr)
+    except SQLAlchemyError as e:
+        print(f"error: the store failed: {db_reason(e)}", file=sys.stderr)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

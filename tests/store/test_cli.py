@@ -125,14 +125,14 @@ async def _check_operations(db_url: str) -> None:
         (
             "stock",
             "sku,on_hand\nKET-0001,3\nKET-0002,-5\n",
-            ["stock.csv:3: on_hand: must be >= 0, got -5"],
+            ["stock.csv:3: on_hand: must be from 0 to 1,000,000, got -5"],
         ),
         (
             "restocks",
             "restock_id,supplier_id,sku,qty,expected_date\nPO-9,SUP-1,KET-0001,5,12/01/2026\nPO-10,SUP-1,KET-0001,x,2026-01-01\n",
             [
                 "restocks.csv:2: expected_date: not an ISO date (YYYY-MM-DD): '12/01/2026'",
-                "restocks.csv:3: qty: not an integer: 'x'",
+                "restocks.csv:3: qty: not a whole number in ASCII digits: 'x'",
             ],
         ),
         (
@@ -148,7 +148,7 @@ async def _check_operations(db_url: str) -> None:
         ("stock", "sku\nKET-0001\n", ["stock.csv:1: missing columns: on_hand"]),
         (
             "orders",
-            "order_number,customer_id,placed_at,line_no,sku,qty\n100009,1,2026-01-01,1,KET-0001,1\n100009,1,2026-01-01,2,XXX-0001,1\n",
+            "order_number,customer_id,placed_at,line_no,sku,qty\n100009,1,2026-01-01T10:00:00Z,1,KET-0001,1\n100009,1,2026-01-01T10:00:00Z,2,XXX-0001,1\n",
             ["orders.csv:3: unknown SKU XXX-0001"],
         ),
     ],

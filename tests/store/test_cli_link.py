@@ -16,6 +16,9 @@ from store.links import read_link_code
 from store.schema import orders
 
 URL = re.compile(r"https://t\.me/(\w+)\?start=([A-Za-z0-9_-]{1,64})")
+# Strong enough for store.links.secret_problem (32 characters or more).
+SECRET = "s3cret-0123456789abcdefghijklmnop"
+ENV_SECRET = "from-env-0123456789abcdefghijklmn"
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +69,10 @@ def order_id(demo_url: str, number: str) -> int:
 def test_a_link_for_a_customer(demo_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     before = datetime.now(UTC)
     bot, code = link(
-        demo_url, capsys, "--customer", "1", "--bot-username", "shop_bot", "--secret", "s3cret"
+        demo_url, capsys, "--customer", "1", "--bot-username", "shop_bot", "--secret", SECRET
     )
     assert bot == "shop_bot"
-    decoded = read_link_code("s3cret", code)
+    decoded = read_link_code(SECRET, code)
     assert decoded is not None
     assert (decoded.customer_id, decoded.order_id) == (1, None)
     # Whole seconds in the code, so allow for the truncation.
@@ -81,8 +84,8 @@ def test_a_link_for_a_customer(demo_url: str, capsys: pytest.CaptureFixture[str]
 def test_a_link_for_an_order_names_its_customer_and_the_order(
     demo_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _bot, code = link(demo_url, capsys, "--order", "100005", "--secret", "s3cret", "--days", "7")
-    decoded = read_link_code("s3cret", code)
+    _bot, code = link(demo_url, capsys, "--order", "100005", "--secret", SECRET, "--days", "7")
+    decoded = read_link_code(SECRET, code)
     assert decoded is not None
     assert (decoded.customer_id, decoded.order_id) == (2, order_id(demo_url, "100005"))
     assert decoded.expires_at <= datetime.now(UTC) + timedelta(days=7)
@@ -93,10 +96,10 @@ def test_defaults_come_from_the_environment(
     demo_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BOT_USERNAME", "envshop_bot")
-    monkeypatch.setenv("LINK_SECRET", "from-env")
+    monkeypatch.setenv("LINK_SECRET", ENV_SECRET)
     bot, code = link(demo_url, capsys, "--customer", "4")
     assert bot == "envshop_bot"
-    decoded = read_link_code("from-env", code)
+    decoded = read_link_code(ENV_SECRET, code)
     assert decoded is not None and decoded.customer_id == 4
 
 
@@ -105,7 +108,10 @@ def test_without_any_secret_the_demo_default_is_used_with_a_warning(
 ) -> None:
     assert main(["--db", demo_url, "link", "--customer", "1"]) == 0
     out, err = capsys.readouterr()
-    assert err.strip() == "warning: LINK_SECRET is not set; using the demo default"
+    assert err.strip() == (
+        "warning: LINK_SECRET is not set; using the development secret, which only the sandbox"
+        " accepts: a bot with a real token refuses codes signed with it"
+    )
     match = URL.fullmatch(out.strip())
     assert match is not None and match.group(1) == "backorder_demo_bot"
     assert read_link_code(DEMO_LINK_SECRET, match.group(2)) is not None
@@ -122,7 +128,7 @@ def test_without_any_secret_the_demo_default_is_used_with_a_warning(
 def test_unknown_targets_are_refused(
     demo_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], error: str
 ) -> None:
-    assert main(["--db", demo_url, "link", *argv, "--secret", "s"]) == 1
+    assert main(["--db", demo_url, "link", *argv, "--secret", SECRET]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.strip() == error
 
@@ -135,3 +141,58 @@ def test_exactly_one_target_is_required(
 ) -> None:
     assert main(["--db", demo_url, "link", *argv]) == 2
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "error"),
+    [
+        (
+            ["--secret", "short-secret"],
+            {},
+            "error: --secret must be at least 32 characters",
+        ),
+        (
+            [],
+            {"LINK_SECRET": "short-secret"},
+            "error: LINK_SECRET must be at least 32 characters",
+        ),
+        (
+            [],
+            {"LINK_SECRET": DEMO_LINK_SECRET},
+            "error: LINK_SECRET is the sandbox's development secret, which anyone can read in"
+            " the README",
+        ),
+        # The flag wins over the environment, weak or not.
+        (
+            ["--secret", DEMO_LINK_SECRET],
+            {"LINK_SECRET": ENV_SECRET},
+            "error: --secret is the sandbox's development secret, which anyone can read in"
+            " the README",
+        ),
+    ],
+)
+def test_a_weak_secret_is_refused_and_prints_no_link(
+    demo_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    environ: dict[str, str],
+    error: str,
+) -> None:
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["--db", demo_url, "link", "--customer", "1", *argv]) == 1
+    assert capsys.readouterr() == ("", error + "\n")
+
+
+@pytest.mark.parametrize("value", ["1_000", "\u0661\u0660", "+1", "1e3"])
+def test_a_customer_id_is_ascii_digits(
+    demo_url: str, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    assert main(["--db", demo_url, "link", "--customer", value, "--secret", SECRET]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[-1] == (
+        "backorder-admin link: error: argument --customer: not a whole number in ASCII digits:"
+        f" {value!r}"
+    )
