@@ -50,8 +50,8 @@ COLUMNS: dict[str, tuple[list[str], list[str]]] = {  # kind -> (required, option
 
 # Longest value per column, in characters. Text columns hold what the store's column holds
 # (store/schema.py: PostgreSQL refuses more, SQLite would keep it silently); the others hold
-# the longest value their own check can accept, so a megabyte of digits is refused by length
-# before anything tries to read it as a number.
+# room for a value their own check refuses with a better reason (2^64 is out of range, not
+# too long), and a megabyte of digits is refused by length before it is read as a number.
 MAX_CHARS: dict[str, int] = {
     "sku": 32,
     "name_en": 200,
@@ -59,8 +59,8 @@ MAX_CHARS: dict[str, int] = {
     "name_es": 200,
     "name_ru": 200,
     "category": 64,
-    "price_minor": 13,
-    "unit_price_minor": 13,
+    "price_minor": 20,
+    "unit_price_minor": 20,
     "currency": 3,
     "active": 5,
     "backorderable": 5,
@@ -68,19 +68,19 @@ MAX_CHARS: dict[str, int] = {
     "supplier_id": 64,
     "name": 200,
     "email": 254,  # RFC 5321's longest address; suppliers' column holds 200 (below)
-    "lead_days": 10,
-    "on_hand": 10,
+    "lead_days": 20,
+    "on_hand": 20,
     "restock_id": 64,
-    "qty": 10,
+    "qty": 20,
     "expected_date": 10,
-    "customer_id": 10,
+    "customer_id": 20,
     "phone": 40,
     "postcode": 20,
     "language": 8,
-    "order_number": 10,
+    "order_number": 32,
     "placed_at": 35,
-    "line_no": 10,
-    "priority": 10,
+    "line_no": 20,
+    "priority": 20,
 }
 MAX_CHARS_OF_KIND: dict[tuple[str, str], int] = {("suppliers", "email"): 200}
 # A physical line, in bytes: a product row with four names of 200 Cyrillic letters (two bytes
@@ -396,6 +396,10 @@ def _sniff(name: str, head: bytes) -> None:
             even.count(0), odd.count(0)
         ) * 20 < len(head):
             raise _FileError(f"{name}:1: not UTF-8 text (looks like UTF-16: save as UTF-8)")
+    # A stray NUL in a name is found on its own line; a file that is one in twenty control
+    # bytes is no text at all.
+    controls = sum(1 for b in head if b < 0x20 and b not in b"\t\r\n")
+    if controls * 20 > len(head):
         raise _FileError(f"{name}:1: not a CSV text file (binary data)")
 
 
@@ -407,15 +411,24 @@ class _Lines:
         self.name = name
         self._f = f
         self.number = 0
-        self._record_start = 1
+        self.record_start = 1
         self._record_bytes = 0
+        self.header: list[str] = []
 
     def __iter__(self) -> Iterator[str]:
         return self
 
     def record_done(self) -> None:
-        self._record_start = self.number + 1
+        self.record_start = self.number + 1
         self._record_bytes = 0
+
+    def _column_at_end(self, head: bytes) -> str:
+        """`` (in column X)``: the column still open where an over-long line was cut."""
+        if self.number == 1 or not self.header:
+            return ""
+        fields = next(csv.reader([head.decode("utf-8", "replace")]), [])
+        at = len(fields) - 1
+        return f" (in column {self.header[at]})" if 0 <= at < len(self.header) else ""
 
     def __next__(self) -> str:
         raw = self._f.readline(MAX_LINE_BYTES + 2)  # room for the line's own \r\n
@@ -427,11 +440,12 @@ class _Lines:
         if len(raw.rstrip(b"\r\n")) > MAX_LINE_BYTES:
             raise _FileError(
                 f"{self.name}:{self.number}: line longer than {MAX_LINE_BYTES:,} bytes"
+                + self._column_at_end(raw[:MAX_LINE_BYTES])
             )
         self._record_bytes += len(raw)
         if self._record_bytes > MAX_LINE_BYTES:
             raise _FileError(
-                f"{self.name}:{self._record_start}: a quoted field runs on over"
+                f"{self.name}:{self.record_start}: a quoted field runs on over"
                 f" {MAX_LINE_BYTES:,} bytes of lines (a quote not closed?)"
             )
         try:
@@ -504,11 +518,11 @@ def _parse(kind: str, name: str, f: IO[bytes], ctx: _Context) -> list[tuple[int,
         _sniff(name, f.read(4096))
         f.seek(0)
         reader = csv.reader(lines, strict=True)
-        header = _header(name, next(reader, []), kind)
+        header = lines.header = _header(name, next(reader, []), kind)
         lines.record_done()
         limits = [MAX_CHARS_OF_KIND.get((kind, h), MAX_CHARS[h]) for h in header]
         for cells in reader:
-            line = reader.line_num
+            line = lines.record_start  # a record over several lines is named by its first
             lines.record_done()
             if not cells:
                 continue
@@ -539,7 +553,7 @@ def _parse(kind: str, name: str, f: IO[bytes], ctx: _Context) -> list[tuple[int,
     except _FileError as e:
         problems.append(str(e))
     except csv.Error as e:
-        problems.append(f"{name}:{lines.number}: not valid CSV ({e})")
+        problems.append(f"{name}:{lines.record_start}: not valid CSV ({e})")
     if kind == "orders":
         heads: dict[str, tuple[int, Any]] = {}
         for at, (number, head, _, _) in records:
