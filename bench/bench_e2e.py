@@ -54,6 +54,8 @@ from sandbox.client import SandboxClient  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 TOKEN = "123456:SANDBOX-TOKEN"
+# A bot with a token needs a LINK_SECRET that passes store.links.secret_problem.
+LINK_SECRET = "bench-link-secret-never-used-in-production"
 LINKED_BASE = 1_000_000
 STRANGER_BASE = 2_000_000
 REPLY_METHODS = {"sendMessage", "editMessageText", "sendPhoto", "sendDocument"}
@@ -241,6 +243,7 @@ def _start_bot(kind: str, port: int, db: Path, log: Path) -> Proc:
     env = {
         **os.environ,
         "BOT_TOKEN": TOKEN,
+        "LINK_SECRET": LINK_SECRET,
         "BOT_API_BASE_URL": f"http://127.0.0.1:{port}/bot",
         "BOT_API_FILE_URL": f"http://127.0.0.1:{port}/file/bot",
         "PYTHONUNBUFFERED": "1",

@@ -49,6 +49,8 @@ TODAY = date(2026, 11, 26)
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # 11:00 in Berlin: outside quiet hours
 CHAT_BASE = 10_000_000
 LAYER = os.environ.get("REQUEST_LAYER", "aiohttp")
+# A bot with a token needs a LINK_SECRET that passes store.links.secret_problem.
+LINK_SECRET = "bench-link-secret-never-used-in-production"
 
 
 async def build(store: Store, n: int) -> None:
@@ -195,6 +197,7 @@ async def deliver(
     settings = load_settings(
         {
             "BOT_TOKEN": where["token"],
+            "LINK_SECRET": LINK_SECRET,
             "BOT_API_BASE_URL": where["api"],
             "BOT_API_FILE_URL": where["file"],
             "DATABASE_URL": db_url,

@@ -6,13 +6,23 @@ A missing or invalid setting stops start-up with one line naming it (see `load_s
 from __future__ import annotations
 
 import os
+import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from store.links import DEVELOPMENT_SECRET, secret_problem
 
 SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "de", "es", "ru")
 
@@ -42,14 +52,17 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///var/backorder.sqlite3"
 
     webhook_url: str | None = None
-    webhook_listen: str = "0.0.0.0"
+    # Behind the TLS proxy on the same machine; whoever listens on every interface says so.
+    webhook_listen: str = "127.0.0.1"
     webhook_port: int = Field(default=8443, ge=1, le=65535)
+    # None: run_bot.py makes a random one for each start (several processes need one shared).
     webhook_secret: SecretStr | None = None
 
     shop_name: str = "Backorder Demo Shop"
     shop_timezone: str = "Europe/Berlin"
     default_language: Language = "en"
-    link_secret: SecretStr = SecretStr("change-me-in-production")
+    # Blank means unset: the development secret in the sandbox, refused with a real token.
+    link_secret: SecretStr = Field(default=SecretStr(""), validate_default=True)
     link_proof: Literal["email", "postcode"] = "email"
     link_code_days: int = Field(default=30, ge=1, le=365)
     verification_attempts_per_hour: int = Field(default=5, ge=1, le=100)
@@ -121,6 +134,39 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _telegram_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's setWebhook refuses anything else, and the bot would not start.
+        if value is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
+        ):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("link_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        return SecretStr("") if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("link_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        # A code signed with this secret links a chat to a customer's account: with a real
+        # token, a secret anyone can read (the README's) or guess would give away every account.
+        secret = value.get_secret_value()
+        if info.data.get("bot_token") is None:
+            return value if secret.strip() else SecretStr(DEVELOPMENT_SECRET)
+        if not secret.strip():
+            raise ValueError(
+                "must be set when BOT_TOKEN is: a random string of at least 32 characters, e.g."
+                " from python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        problem = secret_problem(secret)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("log_level")
     @classmethod

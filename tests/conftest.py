@@ -25,6 +25,10 @@ from store.demo import fill_demo
 TODAY = date(2026, 11, 26)
 START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)  # 11:00 in the shop's zone, a Thursday
 
+# The bot under test has a real (the sandbox's) token, so its LINK_SECRET must pass
+# store.links.secret_problem: not the development secret, at least 32 characters.
+LINK_SECRET = "test-link-secret-0123456789abcdefghij"
+
 
 @dataclass
 class Clock:
@@ -106,8 +110,8 @@ def bot_environ() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture
-def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Settings:
+def bot_settings(sandbox: Sandbox, db_url: str, environ: dict[str, str]) -> Settings:
+    """The settings of a bot under test against ``sandbox``, with ``environ`` on top."""
     return load_settings(
         {
             "BOT_TOKEN": sandbox.token,
@@ -115,13 +119,18 @@ def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Sett
             "BOT_API_FILE_URL": sandbox.file_base,
             "DATABASE_URL": db_url,
             "SHOP_NAME": "Demo Shop",
-            "LINK_SECRET": "test-link-secret",
+            "LINK_SECRET": LINK_SECRET,
             "MAX_RETRIES": "2",
             # The notice job would speak first at random moments; tests that want it run it.
             "NOTICE_JOB_INTERVAL_SECONDS": "0",
-            **bot_environ,
+            **environ,
         }
     )
+
+
+@pytest.fixture
+def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Settings:
+    return bot_settings(sandbox, db_url, bot_environ)
 
 
 @asynccontextmanager

@@ -44,6 +44,7 @@ from tests.chaos_helpers import (
     successful_sends,
     wait_for,
 )
+from tests.conftest import LINK_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 30.0
@@ -57,6 +58,7 @@ def environ(sandbox: Sandbox, db_url: str) -> dict[str, str]:
         "BOT_API_BASE_URL": sandbox.api_base,
         "BOT_API_FILE_URL": sandbox.file_base,
         "DATABASE_URL": db_url,
+        "LINK_SECRET": LINK_SECRET,
         "SHOP_NAME": "Demo Shop",
         "NOTICE_JOB_INTERVAL_SECONDS": "0",
         "REPLIES_PER_SECOND": "0",

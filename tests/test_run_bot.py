@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from bot.settings import Settings
 from sandbox import Limits, Sandbox
 from sandbox.client import SandboxClient
+from tests.conftest import LINK_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
+OURS = {name.upper() for name in Settings.model_fields} | {"BACKORDER_SETTINGS_FILE"}
 
 
 def _free_port() -> int:
@@ -59,7 +62,8 @@ async def _stop(process: asyncio.subprocess.Process) -> int:
 
 @pytest.fixture
 def base_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("BOT_TOKEN", "WEBHOOK_URL")}
+    # Only what each test sets: a developer's own settings would change what is tested.
+    env = {k: v for k, v in os.environ.items() if k.upper() not in OURS}
     env.update(
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}",
         LOG_LEVEL="INFO",
@@ -98,6 +102,35 @@ async def test_a_bad_setting_stops_start_up_with_one_line(base_env: dict[str, st
     ]
 
 
+@pytest.mark.parametrize(
+    ("link_secret", "reason"),
+    [
+        (
+            None,
+            "must be set when BOT_TOKEN is: a random string of at least 32 characters, e.g. from"
+            " python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        ),
+        (
+            "change-me-in-production",
+            "is the sandbox's development secret, which anyone can read in the README",
+        ),
+    ],
+)
+async def test_a_real_token_without_a_link_secret_of_its_own_refuses_to_start(
+    base_env: dict[str, str], link_secret: str | None, reason: str
+) -> None:
+    env = {**base_env, "BOT_TOKEN": "7000000001:AAHfakefakefakefakefakefakefakefake1"}
+    if link_secret is not None:
+        env["LINK_SECRET"] = link_secret
+    process = await _start(env)
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
+    assert process.returncode == 2
+    assert output.decode().strip().splitlines() == [
+        f"backorder-bot: invalid setting LINK_SECRET: {reason}"
+    ]
+
+
 @pytest.fixture
 async def telegram() -> AsyncIterator[Sandbox]:
     sandbox = Sandbox(limits=Limits(enabled=False))
@@ -121,6 +154,7 @@ async def test_with_a_webhook_url_updates_arrive_by_webhook(
         "WEBHOOK_LISTEN": "127.0.0.1",
         "WEBHOOK_PORT": str(port),
         "WEBHOOK_SECRET": "s3cret-token",
+        "LINK_SECRET": LINK_SECRET,
     }
     process = await _start(env)
     try:

@@ -24,12 +24,12 @@ from store.chats import Chat, chat_of, count_failed_attempts, set_pending
 from store.cli import main as admin
 from store.links import make_link_code
 from store.schema import chats, orders, used_link_tokens, verification_attempts
-from tests.conftest import START, Clock, buttons
+from tests.conftest import LINK_SECRET, START, Clock, buttons
 
 pytestmark = pytest.mark.usefixtures("bot")
 
 QUIET = 0.15
-SECRET = "test-link-secret"  # the LINK_SECRET of tests/conftest.py
+SECRET = LINK_SECRET  # the bot's, from tests/conftest.py
 
 ANNA, JOHN, MARIA = 1, 2, 3
 

@@ -23,6 +23,7 @@ from store.backorders import change_restock_date
 from store.outbox import queue_notices
 from store.schema import outbox
 from tests.bot.notice_helpers import CUSTOMER_BASE, RESTOCK, day, quiet_demo, seed
+from tests.conftest import LINK_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 CUSTOMERS = 400
@@ -50,6 +51,7 @@ async def world(
         "BOT_API_BASE_URL": sandbox.api_base,
         "BOT_API_FILE_URL": sandbox.file_base,
         "DATABASE_URL": db_url,
+        "LINK_SECRET": LINK_SECRET,
         "QUIET_HOURS": "off",
         "SEND_RATE_PER_SECOND": "100",
         "NOTICE_JOB_INTERVAL_SECONDS": "0.2",

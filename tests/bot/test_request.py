@@ -16,6 +16,7 @@ from bot.inbox import InboxRequest
 from bot.request import AiohttpRequest
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
+from tests.conftest import LINK_SECRET
 
 USER = 4242
 
@@ -167,7 +168,7 @@ def test_the_app_uses_the_layer_the_setting_names(sandbox: Sandbox, db_url: str)
     from store.db import create_engine_for
 
     for layer, kind in (("aiohttp", AiohttpRequest), ("httpx", HTTPXRequest)):
-        env = {"BOT_TOKEN": sandbox.token, "DATABASE_URL": db_url}
+        env = {"BOT_TOKEN": sandbox.token, "DATABASE_URL": db_url, "LINK_SECRET": LINK_SECRET}
         if layer == "httpx":
             env["REQUEST_LAYER"] = "httpx"
         settings = load_settings(env)
