@@ -5,8 +5,11 @@ Everything here reads the app clock (`app.bot_data.now`), so tests move time and
 
 Delivery is crash-safe through leases (store.outbox.claim_due): a notice whose send was never
 confirmed is claimed again when its lease runs out, so a killed process loses nothing and
-repeats at most what it had in flight. Rate limits are real time (Telegram's), so the pacer
-uses the monotonic clock, not the app clock.
+repeats at most what it had in flight. A living holder renews its leases while it sends (a
+batch may take longer than one lease: a slow Bot API, a database held by an import) and sends
+nothing whose lease it cannot confirm; what it sent is recorded however long the database
+refuses the write. Rate limits are real time (Telegram's), so the pacer uses the monotonic
+clock, not the app clock; leases are the app clock's, as claim_due judges them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import json
 import logging
 import math
 import os
+import secrets
+import socket
 import time
 import weakref
 from collections import defaultdict
@@ -28,6 +33,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from telegram import Bot
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
 from telegram.request import BaseRequest, RequestData
@@ -49,6 +55,7 @@ from store.outbox import (
     finish,
     mark_unreachable,
     queue_notices,
+    renew_claims,
     retry_later,
 )
 from store.schema import handoffs as handoffs_table
@@ -60,10 +67,23 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = timedelta(minutes=5)
 # While an agent owns the thread and the topic cannot take the notice yet, look again then.
 HOLD = timedelta(minutes=1)
-# Results are written back in small batches: a kill repeats at most these plus what was in
-# flight.
-FLUSH_EVERY = 64
+# Results are written back in small batches: a kill repeats at most what was sent since the
+# last write plus what was in flight.
 FLUSH_SECONDS = 0.1
+# A write of results the database refused (locked by an import past the busy timeout, a
+# disk error) is tried again after this, doubling up to RETRY_MAX: a send done is never
+# forgotten (it was sent again once its lease ran out).
+RETRY_FIRST = 0.1
+RETRY_MAX = 2.0
+# Leases are renewed every this share of LEASE_SECONDS while a round holds any, and a notice
+# is sent only while at least SEND_MARGIN of its lease is left as last confirmed; with less
+# (renewals late: the database held by another process) the send waits for a renewal. A
+# batch that took longer than its lease had its unsent rest claimed again by the next claim:
+# 331 duplicates in a fan-out of 3,338 with LEASE_SECONDS=10.
+RENEW_EVERY = 0.25
+SEND_MARGIN = 0.5
+# A batch is at most what the rate sends in this share of a lease.
+BATCH_LEASE_SHARE = 0.5
 # The next batch is claimed when what is left of this one would take about this long to
 # send at the configured rate: the pacer never runs dry between batches (claiming after the
 # last send of a batch left a gap of a claim and a round-trip per batch), and the next batch's
@@ -89,6 +109,7 @@ class DeliveryReport:
     unreachable: int = 0  # 403: customer blocked the bot
     held: int = 0  # agent owns the thread
     no_chat: int = 0
+    lost: int = 0  # claimed, then taken by another holder or closed before its send: not sent
     quiet: bool = False
 
 
@@ -150,7 +171,8 @@ class _Sender:
     last_to_chat: dict[int, float] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     in_flight: asyncio.Semaphore = field(init=False)
-    worker: str = field(default_factory=lambda: f"pid{os.getpid()}")
+    worker: str = field(default_factory=lambda: _worker_name())
+    rounds: int = 0
 
     def __post_init__(self) -> None:
         self.in_flight = asyncio.Semaphore(self.max_in_flight)
@@ -188,6 +210,12 @@ class _Sender:
         if len(self.last_to_chat) > 100_000:
             horizon = time.monotonic() - self.per_chat
             self.last_to_chat = {c: t for c, t in self.last_to_chat.items() if t > horizon}
+
+
+def _worker_name() -> str:
+    """Unique among the bot's processes: a pid alone is not (every container's bot is pid 1),
+    and a claim token two processes shared would renew each other's leases."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 _senders: weakref.WeakKeyDictionary[BotApplication, _Sender] = weakref.WeakKeyDictionary()
@@ -258,11 +286,18 @@ async def run_policy(app: BotApplication) -> None:
 
 async def tick(context: BotContext) -> None:
     app: BotApplication = context.application  # type: ignore[assignment]
+    # The job must outlive one bad round; the next tick tries again. Queueing that could not
+    # write (an import holds the database past the busy timeout) does not hold back delivery
+    # of what is queued already.
     try:
         await run_policy(app)
+    except OperationalError as exc:
+        log.warning("notice queueing could not write, the next round tries again: %s", exc)
+    except Exception:
+        log.exception("notice queueing failed")
+    try:
         await deliver_due(app)
     except Exception:
-        # The job must outlive one bad round; the next tick tries again.
         log.exception("notice round failed")
 
 
@@ -288,8 +323,11 @@ async def deliver_due(app: BotApplication, *, max_rounds: int | None = None) -> 
     if sender.lock.locked():
         return report  # another round is running in this process
     async with sender.lock:
-        results = _Results(app, report)
+        sender.rounds += 1
+        lease = _Lease(app, f"{sender.worker}#{sender.rounds}", report)
+        results = _Results(app, report, lease)
         flusher = asyncio.create_task(results.run())
+        renewer = asyncio.create_task(lease.run())
         chats: dict[int, asyncio.Future[None]] = {}  # each chat's last turn
         rounds: list[asyncio.Task[None]] = []
         unsent = _Unsent(low_water=max(1, math.ceil(sender.rate * PREFETCH_SECONDS)))
@@ -297,7 +335,15 @@ async def deliver_due(app: BotApplication, *, max_rounds: int | None = None) -> 
             while max_rounds is None or len(rounds) < max_rounds:
                 if rounds and in_quiet_hours(app):
                     break
-                batch = await _claim(app, sender, report)
+                try:
+                    batch = await _claim(app, sender, report, lease)
+                except Exception:
+                    # The database refused the claim: what is claimed is still sent; the
+                    # next round claims the rest.
+                    log.warning(
+                        "could not claim notices, the next round tries again", exc_info=True
+                    )
+                    break
                 if batch is None:
                     break
                 unsent.add(len(batch.notices))
@@ -317,8 +363,101 @@ async def deliver_due(app: BotApplication, *, max_rounds: int | None = None) -> 
                 await asyncio.gather(*rounds)
             finally:
                 results.closing.set()
-                await flusher
+                try:
+                    await flusher
+                finally:
+                    # Held until every result is written: a sent notice whose mark waits on the
+                    # database must not be claimed again meanwhile.
+                    lease.closing.set()
+                    await renewer
     return report
+
+
+class _Lease:
+    """The round's claims, all under one token: renewed together every RENEW_EVERY of the
+    lease while any is held (claimed, its outcome not written yet), and before each claim, so
+    the round never claims its own unsent notices again. A notice a renewal finds gone
+    (another holder took it after its lease ran out, or it was closed) is lost: not sent.
+
+    ``until``: every held notice's lease lasts at least until then, as last written (app
+    clock, the one claim_due judges leases by)."""
+
+    def __init__(self, app: BotApplication, token: str, report: DeliveryReport) -> None:
+        self.app = app
+        self.token = token
+        self.report = report
+        self.length = timedelta(seconds=app.bot_data.settings.lease_seconds)
+        self.held: set[int] = set()
+        self.lost: set[int] = set()
+        self.until: datetime | None = None
+        # The earliest lease of the claims made while a renewal was writing (not in it).
+        self._claimed_since: datetime | None = None
+        self._renewing = asyncio.Lock()
+        self.closing = asyncio.Event()
+        self.renewals = 0
+
+    def claimed(self, outbox_ids: Sequence[int], until: datetime) -> None:
+        self.until = until if not self.held or self.until is None else min(self.until, until)
+        if self._renewing.locked():
+            since = self._claimed_since
+            self._claimed_since = until if since is None else min(since, until)
+        self.held.update(outbox_ids)
+
+    def released(self, outbox_ids: Sequence[int]) -> None:
+        self.held.difference_update(outbox_ids)
+
+    def short(self, now: datetime, margin: timedelta) -> bool:
+        """Whether a held lease may run out within ``margin`` of ``now``."""
+        return bool(self.held) and (self.until is None or self.until - margin <= now)
+
+    async def renew(self) -> None:
+        async with self._renewing:
+            self._claimed_since = None
+            async with self.app.bot_data.store.begin(counted=False) as conn:
+                # Read under the writer's turn: what a flush just wrote is not asked for.
+                ids = sorted(self.held)
+                if not ids:
+                    return
+                until = self.app.bot_data.now() + self.length
+                kept = await renew_claims(conn, self.token, ids, until)
+            self.renewals += 1
+            gone = set(ids) - kept
+            if gone:
+                self.lost |= gone
+                self.held -= gone
+                log.warning("%d notice leases were lost: not sent by this process", len(gone))
+            since = self._claimed_since
+            self.until = until if since is None else min(until, since)
+
+    async def may_send(self, outbox_id: int) -> bool:
+        """Whether this notice is still the round's to send: its lease confirmed with at
+        least SEND_MARGIN of it left; else renewed first, as long as the database takes."""
+        margin = self.length * SEND_MARGIN
+        pause = RETRY_FIRST
+        while outbox_id not in self.lost and self.short(self.app.bot_data.now(), margin):
+            try:
+                await self.renew()
+            except Exception:
+                log.warning("could not renew notice leases, sending waits", exc_info=True)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RETRY_MAX)
+        if outbox_id in self.lost:
+            self.report.lost += 1
+            return False
+        return True
+
+    async def run(self) -> None:
+        every = self.length.total_seconds() * RENEW_EVERY
+        while not self.closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing.wait(), every)
+            if self.closing.is_set() or not self.held:
+                continue
+            try:
+                await self.renew()
+            except Exception:
+                # Sends check their lease before they go: none goes out unconfirmed.
+                log.warning("could not renew notice leases, trying again", exc_info=True)
 
 
 @dataclass
@@ -355,18 +494,34 @@ class _Batch:
     labels: dict[tuple[Any, ...], str] = field(default_factory=dict)
 
 
-async def _claim(app: BotApplication, sender: _Sender, report: DeliveryReport) -> _Batch | None:
+def batch_limit(settings: Settings) -> int:
+    """Notices claimed at once: NOTICE_BATCH_SIZE, at most what the rate sends in
+    BATCH_LEASE_SHARE of a lease (renewals cover what a slow Bot API adds)."""
+    fits = math.floor(settings.send_rate_per_second * settings.lease_seconds * BATCH_LEASE_SHARE)
+    return max(1, min(settings.notice_batch_size, fits))
+
+
+async def _claim(
+    app: BotApplication, sender: _Sender, report: DeliveryReport, lease: _Lease
+) -> _Batch | None:
     settings = app.bot_data.settings
+    now = app.bot_data.now()
+    # The round's own notices must still be leased at ``now``, or this claim would take the
+    # unsent rest of a batch that outlasted its lease (and send it twice).
+    if lease.short(now, timedelta(0)):
+        await lease.renew()
     async with app.bot_data.store.begin() as conn:
         notices = await claim_due(
             conn,
             worker=sender.worker,
-            now=app.bot_data.now(),
-            lease=timedelta(seconds=settings.lease_seconds),
-            limit=settings.notice_batch_size,
+            now=now,
+            lease=lease.length,
+            limit=batch_limit(settings),
+            token=lease.token,
         )
     if not notices:
         return None
+    lease.claimed([n.outbox_id for n in notices], now + lease.length)
     report.claimed += len(notices)
     names = await _names(app, notices)
     # One connection for the whole batch: a lookup per notice, all at once, drained the pool.
@@ -421,19 +576,25 @@ def _forget(
         del chats[chat_id]
 
 
+Step = Callable[[Any], Awaitable[None]]
+
+
 class _Results:
     """Outcomes written back in small batches by one task, so sends never wait on the
-    database and a kill repeats little."""
+    database and a kill repeats little. A write the database refused is tried again with
+    everything that came in meanwhile, until it is taken: never dropped."""
 
-    def __init__(self, app: BotApplication, report: DeliveryReport) -> None:
+    def __init__(self, app: BotApplication, report: DeliveryReport, lease: _Lease) -> None:
         self.app = app
         self.report = report
-        self.pending: list[Callable[[Any], Awaitable[None]]] = []
+        self.lease = lease
+        self.pending: list[tuple[int | None, Step]] = []
         self.closing = asyncio.Event()
         self.sent: list[int] = []
+        self.failures = 0  # writes refused, for the log and the tests
 
-    def add(self, step: Callable[[Any], Awaitable[None]]) -> None:
-        self.pending.append(step)
+    def add(self, step: Step, outbox_id: int | None = None) -> None:
+        self.pending.append((outbox_id, step))
 
     def sent_now(self, outbox_id: int) -> None:
         self.sent.append(outbox_id)
@@ -443,20 +604,42 @@ class _Results:
         sent, self.sent = self.sent, []
         if not steps and not sent:
             return
-        async with self.app.bot_data.store.begin() as conn:
-            if sent:
-                await finish(conn, sent, "sent", at=self.app.bot_data.now())
-            for step in steps:
-                await step(conn)
+        try:
+            async with self.app.bot_data.store.begin() as conn:
+                if sent:
+                    await finish(conn, sent, "sent", at=self.app.bot_data.now())
+                for _, step in steps:
+                    await step(conn)
+        except BaseException:
+            # In front of what came in meanwhile, in their order: all of it the next time.
+            self.pending[:0] = steps
+            self.sent[:0] = sent
+            raise
+        self.lease.released(sent)
+        self.lease.released([nid for nid, _ in steps if nid is not None])
 
     async def run(self) -> None:
         # Woken at once by the end of the round: a sleep made every round last up to
         # FLUSH_SECONDS longer than its sends.
-        while not self.closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.closing.wait(), FLUSH_SECONDS)
-            await self.flush()
-        await self.flush()  # what came in while the last one was writing
+        pause = RETRY_FIRST
+        while True:
+            closing = self.closing.is_set()
+            if not closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.closing.wait(), FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except Exception:
+                self.failures += 1
+                log.warning("could not record notice results, trying again", exc_info=True)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, RETRY_MAX)
+                continue
+            pause = RETRY_FIRST
+            # The round is over and a write after it found nothing left (what came in while
+            # the last one was writing is in it).
+            if closing and not self.pending and not self.sent:
+                return
 
 
 async def _to_chat(
@@ -533,28 +716,40 @@ async def _one(
     results: _Results,
 ) -> None:
     report = results.report
+    lease = results.lease
     nid = notice.outbox_id
+    if nid in lease.lost:
+        report.lost += 1
+        return
     if notice.chat_id == 0:
         report.no_chat += 1
-        results.add(partial(finish, outbox_ids=[nid], status="no_chat"))
+        results.add(partial(finish, outbox_ids=[nid], status="no_chat"), nid)
         return
     if notice.unreachable:
         report.unreachable += 1
-        results.add(partial(finish, outbox_ids=[nid], status="dead", error="customer unreachable"))
+        results.add(
+            partial(finish, outbox_ids=[nid], status="dead", error="customer unreachable"), nid
+        )
         return
     language = notice.language or app.bot_data.settings.default_language
     rendered = await _render(app, notice, batch.names, language)
     if rendered is None:
         report.skipped += 1
-        results.add(partial(finish, outbox_ids=[nid], status="skipped", error="nothing to tell"))
+        results.add(
+            partial(finish, outbox_ids=[nid], status="skipped", error="nothing to tell"), nid
+        )
         return
 
     handoff = await _agent_route(app, notice.chat_id) if notice.chat_id in batch.owned else None
     if handoff is not None:
         route, post = handoff
+        if post is not None and not await lease.may_send(nid):
+            return
         if post is not None and await post(app, notice.chat_id, rendered.text):
             report.to_agents += 1
-            results.add(partial(finish, outbox_ids=[nid], status="sent", at=app.bot_data.now()))
+            results.add(
+                partial(finish, outbox_ids=[nid], status="sent", at=app.bot_data.now()), nid
+            )
             if rendered.offer_id is not None:
                 await _shown(results, rendered, "agent_topic")
             return
@@ -567,7 +762,9 @@ async def _one(
                 until,
                 error=f"held: agent owns the thread ({route})",
                 refund_attempt=True,
-            )
+                holder=lease.token,
+            ),
+            nid,
         )
         return
 
@@ -578,6 +775,10 @@ async def _one(
         try:
             async with sender.in_flight:
                 await sender.slot()
+                # Checked last, as late as it can be: a notice whose lease is not confirmed
+                # may be another holder's by now.
+                if not await lease.may_send(nid):
+                    return
                 sender.chat_sent(notice.chat_id)
                 await _send(sender, notice.chat_id, rendered.text, markup)
         except RetryAfter as exc:
@@ -598,7 +799,9 @@ async def _one(
                     not_before=until,
                     error="429",
                     refund_attempt=True,
-                )
+                    holder=lease.token,
+                ),
+                nid,
             )
             return
         except Forbidden as exc:
@@ -607,24 +810,35 @@ async def _one(
             error = str(exc)
             at = app.bot_data.now()
 
-            results.add(partial(_blocked, nid=nid, customer_id=customer_id, at=at, error=error))
+            results.add(
+                partial(_blocked, nid=nid, customer_id=customer_id, at=at, error=error), nid
+            )
             return
         except BadRequest as exc:
             report.failed += 1
             error = str(exc)
-            results.add(partial(finish, outbox_ids=[nid], status="failed", error=error))
+            results.add(partial(finish, outbox_ids=[nid], status="failed", error=error), nid)
             return
         except (NetworkError, TelegramError) as exc:
             # 5xx and timeouts: maybe delivered, maybe not; try again after a backoff.
             error = f"{type(exc).__name__}: {exc}"
             if notice.attempts >= app.bot_data.settings.notice_max_attempts:
                 report.failed += 1
-                results.add(partial(finish, outbox_ids=[nid], status="failed", error=error))
+                results.add(partial(finish, outbox_ids=[nid], status="failed", error=error), nid)
                 return
             report.retried += 1
             backoff = min(timedelta(seconds=2**notice.attempts), MAX_BACKOFF)
             until = app.bot_data.now() + backoff
-            results.add(partial(retry_later, outbox_ids=[nid], not_before=until, error=error))
+            results.add(
+                partial(
+                    retry_later,
+                    outbox_ids=[nid],
+                    not_before=until,
+                    error=error,
+                    holder=lease.token,
+                ),
+                nid,
+            )
             return
         report.sent += 1
         results.sent_now(nid)

@@ -448,15 +448,22 @@ async def _merge_undelivered(
     heads: dict[int, Any],
     now: datetime,
 ) -> int:
-    """Fold an older notice about the same order that nobody has sent yet (quiet hours, a
-    backlog) into the new one, so the customer hears one story: first date to latest."""
+    """Fold an older notice about the same order that nobody has claimed yet (quiet hours, a
+    backlog, a retry) into the new one, so the customer hears one story: first date to
+    latest."""
     customer_ids = sorted({heads[o].customer_id for o in by_order})
     if not customer_ids:
         return 0
+    # Only notices nobody has claimed. A claimed one may be on its way this moment: folded
+    # into the new notice (a new key, its old one superseded), its change was told twice,
+    # once by its sender and once in the new notice. Whether its lease ran out is not this
+    # change's to judge: its holder renews it, and this clock may not be the holder's (an
+    # admin on another machine, an import that held the database for longer than a lease).
+    # One whose holder died is sent as it is once its lease runs out, then the new one.
     unsent = (
         outbox.c.kind == ORDER_UPDATE,
         outbox.c.status == "pending",
-        or_(outbox.c.claimed_until.is_(None), outbox.c.claimed_until < now),
+        outbox.c.claimed_until.is_(None),
     )
     # Usually nothing is waiting: one look instead of an UPDATE per 900 customers.
     if await conn.scalar(select(outbox.c.outbox_id).where(*unsent).limit(1)) is None:
@@ -562,10 +569,17 @@ async def _queue_back_in_stock(conn: AsyncConnection, now: datetime) -> int:
 
 
 async def claim_due(
-    conn: AsyncConnection, *, worker: str, now: datetime, lease: timedelta, limit: int
+    conn: AsyncConnection,
+    *,
+    worker: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    token: str | None = None,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due notices to ``worker``. A notice whose lease ran out without
-    being marked sent (its process died) is due again."""
+    """Lease up to ``limit`` due notices to ``worker``, under ``token`` (default: the worker
+    and the time), which renew_claims checks. A notice whose lease ran out without being
+    marked sent (its process died) is due again."""
     o = outbox.c
     due = (
         select(o.outbox_id)
@@ -580,7 +594,7 @@ async def claim_due(
     ids = [r.outbox_id for r in await conn.execute(due)]
     if not ids:
         return []
-    token = f"{worker}@{now.isoformat()}"
+    token = token or f"{worker}@{now.isoformat()}"
     await conn.execute(
         update(outbox)
         .where(
@@ -642,6 +656,26 @@ async def claim_due(
     return result
 
 
+async def renew_claims(
+    conn: AsyncConnection, token: str, outbox_ids: Sequence[int], until: datetime
+) -> set[int]:
+    """Extend to ``until`` the lease on those of ``outbox_ids`` still pending under
+    ``token``; returns them. The others are no longer the holder's to send: another process
+    claimed them after the lease ran out, or they were closed (the customer blocked the
+    bot). A lease that ran out but nobody took is the holder's again."""
+    o = outbox.c
+    held: set[int] = set()
+    for part in _chunks(sorted(outbox_ids), IN_CHUNK):
+        result = await conn.execute(
+            update(outbox)
+            .where(o.outbox_id.in_(part), o.claimed_by == token, o.status == "pending")
+            .values(claimed_until=until)
+            .returning(o.outbox_id)
+        )
+        held.update(int(r[0]) for r in result)
+    return held
+
+
 async def finish(
     conn: AsyncConnection,
     outbox_ids: Sequence[int],
@@ -667,12 +701,15 @@ async def retry_later(
     *,
     error: str | None = None,
     refund_attempt: bool = False,
+    holder: str | None = None,
 ) -> None:
     """Put notices back for later; ``refund_attempt``: the try did not count (a 429, a
-    per-chat pause), so it does not bring the notice nearer to giving up."""
+    per-chat pause), so it does not bring the notice nearer to giving up. ``holder``: only
+    those still claimed under that token (one another process has taken since is theirs)."""
     if not outbox_ids:
         return
     o = outbox.c
+    mine = () if holder is None else (o.claimed_by == holder,)
     values: dict[str, Any] = {
         "not_before": not_before,
         "claimed_until": None,
@@ -682,7 +719,7 @@ async def retry_later(
     if refund_attempt:
         values["attempts"] = o.attempts - 1
     for part in _chunks(list(outbox_ids), IN_CHUNK):
-        await conn.execute(update(outbox).where(o.outbox_id.in_(part)).values(**values))
+        await conn.execute(update(outbox).where(o.outbox_id.in_(part), *mine).values(**values))
 
 
 async def mark_unreachable(conn: AsyncConnection, customer_id: int, at: datetime) -> int:
