@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from store.backorders import (
     receive_restock,
     ship,
 )
-from store.db import database_url, open_store
+from store.db import Store, database_url, open_store
 from store.delays import DelayPolicy, apply_delay_policy, consent_report, delay_lines
 from store.errors import NotFound, StoreError, db_reason, is_busy
 from store.imports import (
@@ -186,14 +187,14 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "init":
             print(f"database ready: {store.url}")
         elif args.command == "import":
-            async with store.begin() as conn:
+            async with _writing(store) as conn:
                 r = await apply_file(conn, args.kind, args.file)
                 await queue_after_change(conn)
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
             _text_arg("--reason", args.reason)
             when = _checked(iso_date, args.date, "date", back=YEARS_BACK, ahead=YEARS_AHEAD)
-            async with store.begin() as conn:
+            async with _writing(store) as conn:
                 proj = await change_restock_date(conn, args.restock_id, when, args.reason)
                 await queue_after_change(conn)
             print(
@@ -201,7 +202,7 @@ async def _run(args: argparse.Namespace) -> int:
                 + ("date unchanged" if proj is None else f"{len(proj.moved)} lines moved")
             )
         elif args.command == "receive":
-            async with store.begin() as conn:
+            async with _writing(store) as conn:
                 rec = await receive_restock(conn, args.restock_id, args.qty)
                 await queue_after_change(conn)
             if rec.changed:
@@ -213,7 +214,7 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"{rec.restock_id}: already received")
         elif args.command == "cancel":
             _text_arg("--reason", args.reason)
-            async with store.begin() as conn:
+            async with _writing(store) as conn:
                 if args.what == "line":
                     c = await cancel_line(conn, args.order_number, args.line_no, reason=args.reason)
                     print(
@@ -238,7 +239,7 @@ async def _run(args: argparse.Namespace) -> int:
                 if args.date
                 else date.today()
             )
-            async with store.begin() as conn:
+            async with _writing(store) as conn:
                 s = await ship(
                     conn,
                     args.shipment_id,
@@ -277,6 +278,18 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def _writing(store: Store) -> AsyncIterator[AsyncConnection]:
+    """``store.begin()`` holding SQLite's write lock from the start. A transaction that read
+    first and wrote later could not wait for another writer: once that one commits, what
+    this one read is stale and SQLite fails it at once ("database is locked"). From the
+    start, it waits (store.db's busy timeout) and then runs, or says the store is busy."""
+    async with store.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
 
 
 def _checked(check: Callable[..., date], value: str, name: str, **bounds: Any) -> date:
