@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import sys
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from bot.app import build_application, freeze_after_start, tune_collector
 from bot.settings import Settings, SettingsError, load_settings
 from store.db import Store, create_engine_for, migrate
 from store.demo import fill_demo, is_empty
+from store.links import DEVELOPMENT_SECRET
 
 log = logging.getLogger("backorder-bot")
 
@@ -102,6 +104,16 @@ async def _sandbox_support_group(sandbox: _SandboxHandle, settings: Settings) ->
     return settings.model_copy(update={"support_chat_id": SANDBOX_SUPPORT_CHAT_ID})
 
 
+def _webhook_secret(settings: Settings) -> str:
+    """WEBHOOK_SECRET, or a random one for this run: PTB's webhook server then answers 403 to
+    any request without it, so only Telegram (told it by setWebhook) can deliver updates."""
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value()
+    log.info("webhook: no WEBHOOK_SECRET set; using a random secret token for this run")
+    # 256 bits in Telegram's alphabet for it (A-Z, a-z, 0-9, _ and -).
+    return secrets.token_urlsafe(32)
+
+
 def main() -> int:
     try:
         settings = load_settings()
@@ -128,6 +140,11 @@ def main() -> int:
                 "bot_api_file_url": sandbox.file_base,
             }
         )
+        if settings.link_secret.get_secret_value() == DEVELOPMENT_SECRET:
+            log.warning(
+                "sandbox mode: link codes are signed with the development secret, which anyone"
+                " can read in the README; with a BOT_TOKEN the bot needs a LINK_SECRET of its own"
+            )
         asyncio.run(_prepare_demo(settings))
         settings = asyncio.run(_sandbox_support_group(sandbox, settings))
 
@@ -139,7 +156,7 @@ def main() -> int:
         print(f"Sandbox playground: {sandbox.url}/  (Ctrl+C to stop)", flush=True)
     try:
         if settings.webhook_url:
-            secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+            secret = _webhook_secret(settings)
             app.run_webhook(
                 listen=settings.webhook_listen,
                 port=settings.webhook_port,

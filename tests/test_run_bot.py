@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import signal
 import socket
+import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot.settings import Settings
@@ -169,6 +175,130 @@ async def test_with_a_webhook_url_updates_arrive_by_webhook(
         assert call["params"]["url"] == f"http://127.0.0.1:{port}/telegram-hook"
         assert call["params"]["secret_token"] == "s3cret-token"
         assert polls == []
+    finally:
+        code = await _stop(process)
+    assert code == 0
+
+
+# --- webhooks are always verified ----------------------------------------------------------
+
+ANNA = 1
+ANNA_CHAT = 41
+MENU_ALL_ON = (
+    "🔔 What I tell you about first\nTap a topic to switch it on or off.\n\n"
+    "Offers to cancel or keep waiting when an item is badly delayed always come, because they "
+    "need your answer."
+)
+
+
+def _rows(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    """What a forged update could change: Anna's order lines, her notice settings, the chat,
+    and the updates the bot took in."""
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return {
+            "lines": conn.execute(
+                "SELECT l.line_no, l.qty_waiting, l.qty_allocated, l.qty_cancelled"
+                " FROM order_lines l JOIN orders o ON o.order_id = l.order_id"
+                " WHERE o.order_number = '100002' ORDER BY l.line_no"
+            ).fetchall(),
+            "notices": conn.execute(
+                "SELECT notify_delays, notify_back_in_stock, notify_shipping FROM customers"
+                " WHERE customer_id = ?",
+                (ANNA,),
+            ).fetchall(),
+            "inbox": conn.execute("SELECT update_id FROM update_inbox ORDER BY 1").fetchall(),
+        }
+
+
+@pytest.fixture
+async def anna_db(tmp_path: Path, demo_db_template: Path) -> Path:
+    """The demo shop with Anna's chat linked, as a shop's real store would have it."""
+    from store import open_store
+    from store.chats import link_chat, set_chat_language, touch_chat
+
+    path = tmp_path / "shop.sqlite3"
+    shutil.copyfile(demo_db_template, path)
+    store = await open_store(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with store.begin() as conn:
+            await touch_chat(conn, ANNA_CHAT)
+            await link_chat(conn, ANNA_CHAT, ANNA)
+            await set_chat_language(conn, ANNA_CHAT, "en")
+    finally:
+        await store.close()
+    return path
+
+
+async def test_without_a_webhook_secret_forged_updates_are_refused_and_change_nothing(
+    base_env: dict[str, str], telegram: Sandbox, anna_db: Path
+) -> None:
+    port = _free_port()
+    hook = f"http://127.0.0.1:{port}/telegram-hook"
+    env = {
+        **base_env,
+        "BOT_TOKEN": telegram.token,
+        "BOT_API_BASE_URL": telegram.api_base,
+        "BOT_API_FILE_URL": telegram.file_base,
+        "DATABASE_URL": f"sqlite+aiosqlite:///{anna_db}",
+        "LINK_SECRET": LINK_SECRET,
+        # No WEBHOOK_SECRET and no WEBHOOK_LISTEN: the defaults are what is tested.
+        "WEBHOOK_URL": hook,
+        "WEBHOOK_PORT": str(port),
+    }
+    process = await _start(env)
+    try:
+        await _read_until(process, "is up", within=60)
+        async with SandboxClient(telegram.url) as tg:
+            await tg.create_user(ANNA_CHAT, first_name="Anna", language_code="en")
+            # Telegram's own deliveries carry the secret it was given, and are answered.
+            [help_reply] = await tg.say(ANNA_CHAT, "/help", timeout=10, quiet=0.3)
+            [call] = await tg.calls("setWebhook")
+            line = _rows(anna_db)["lines"][0][0]
+            before = _rows(anna_db)
+            assert before["lines"][0][1] > 0 and before["notices"] == [(1, 1, 1)]
+
+            anna = {"id": ANNA_CHAT, "is_bot": False, "first_name": "Anna", "language_code": "en"}
+            forged = [
+                # Confirm the cancellation of a waiting line of Anna's order.
+                {
+                    "update_id": 900_000_001,
+                    "callback_query": {
+                        "id": "9000000001",
+                        "from": anna,
+                        "message": help_reply["message"],
+                        "chat_instance": "1",
+                        "data": f"cxy:100002:{line}",
+                    },
+                },
+                {
+                    "update_id": 900_000_002,
+                    "message": {
+                        "message_id": 900_000_002,
+                        "date": int(time.time()),
+                        "chat": {"id": ANNA_CHAT, "type": "private", "first_name": "Anna"},
+                        "from": anna,
+                        "text": "stop sending me updates",
+                    },
+                },
+            ]
+            statuses = []
+            async with aiohttp.ClientSession() as http:
+                for update in forged:
+                    for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "guess"}):
+                        async with http.post(hook, json=update, headers=headers) as resp:
+                            statuses.append(resp.status)
+            # Had the bot taken any of them, it would have handled them before this message
+            # of the same chat (one chat's updates are handled in order).
+            menu = await tg.say(ANNA_CHAT, "/notifications", timeout=10, quiet=0.3)
+        assert statuses == [403, 403, 403, 403]
+        assert [m["text"] for m in menu] == [MENU_ALL_ON]
+        after = _rows(anna_db)
+        assert after["lines"] == before["lines"]
+        assert after["notices"] == before["notices"]
+        assert not {(900_000_001,), (900_000_002,)} & set(after["inbox"])
+        # A random secret for this run, in the alphabet Telegram allows for it.
+        assert re.fullmatch(r"[A-Za-z0-9_-]{43}", call["params"]["secret_token"])
+        assert help_reply["text"].startswith("What I can do")
     finally:
         code = await _stop(process)
     assert code == 0
