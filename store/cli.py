@@ -481,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: the store failed: {db_reason(e)}", file=sys.stderr)
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
+    except ImportError as e:  # the URL names a driver this installation lacks (asyncpg)
+        print(f"error: --db/DATABASE_URL: driver not installed: {e.name}", file=sys.stderr)
     return 1
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from store import open_store
 from store.cli import main
 from store.queries import order_of
 from store.schema import customers, order_lines, products, restock_date_changes, restocks, stock
+from tests.store.store_dump import dump
 
 FILES = {
     "products": "sku,name_en,name_de,category,price_minor,currency,backorderable,alternatives\n"
@@ -195,3 +197,108 @@ def test_demo_command(db_url: str, capsys) -> None:
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("SKU ")
     assert len([ln for ln in out if re.match(r"[A-Z]{3}-\d{4} ", ln)]) == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["restock-date", "PO-1", "2026-W50-1", "--reason", "x"],
+            "backorder-admin restock-date: error: argument date: not an ISO date (YYYY-MM-DD): '2026-W50-1'",
+        ),
+        (
+            ["receive", "PO-1", "--qty", "1_000"],
+            "backorder-admin receive: error: argument --qty: not a whole number in ASCII digits: '1_000'",
+        ),
+        (
+            ["cancel", "line", "100001", "١"],
+            "backorder-admin cancel line: error: argument line_no: not a whole number in ASCII digits: '١'",
+        ),
+        (
+            ["ship", "100001", "--shipment-id", "S1", "--carrier", "DHL", "--line", "1:2_0"],
+            "backorder-admin ship: error: argument --line: expected LINE_NO:QTY, got '1:2_0'",
+        ),
+    ],
+)
+def test_arguments_are_read_strictly(
+    db_url: str, tmp_path: Path, capsys, argv: list[str], line: str
+) -> None:
+    load_all(db_url, tmp_path)
+    capsys.readouterr()
+    before = dump(db_url)
+    assert run(db_url, *argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines()[-1] == line
+    assert dump(db_url) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["restock-date", "PO-1", "2999-01-01", "--reason", "x"],
+            "error: date: more than 10 years ahead: '2999-01-01'",
+        ),
+        (
+            ["restock-date", "PO-1", "1999-01-01", "--reason", "x"],
+            "error: date: more than 10 years back: '1999-01-01'",
+        ),
+        (
+            ["restock-date", "PO-1", "2026-03-01", "--reason", "late\x00"],
+            "error: --reason: control character U+0000 (NUL) at character 5",
+        ),
+        (
+            ["cancel", "order", "100001", "--reason", "x" * 501],
+            "error: --reason: longer than 500 characters (501)",
+        ),
+        (
+            ["ship", "100001", "--shipment-id", "S1", "--carrier", "D" * 65],
+            "error: --carrier: longer than 64 characters (65)",
+        ),
+        (
+            ["ship", "100001", "--shipment-id", "S1", "--carrier", "DHL", "--date", "9999-01-01"],
+            "error: --date: in the future: '9999-01-01'",
+        ),
+        (
+            ["ship", "100001", "--shipment-id", "S\nX", "--carrier", "DHL"],
+            "error: --shipment-id: control character U+000A (line break) at character 2",
+        ),
+    ],
+)
+def test_bad_values_of_a_command_are_one_line_and_write_nothing(
+    db_url: str, tmp_path: Path, capsys, argv: list[str], line: str
+) -> None:
+    load_all(db_url, tmp_path)
+    capsys.readouterr()
+    before = dump(db_url)
+    assert run(db_url, *argv) == 1
+    assert capsys.readouterr() == ("", line + "\n")
+    assert dump(db_url) == before
+
+
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        (
+            "nonsense://x",
+            "error: --db/DATABASE_URL: Can't load plugin: sqlalchemy.dialects:nonsense",
+        ),
+        (
+            "postgresql+asyncpg://u@127.0.0.1:1/x",
+            "error: --db/DATABASE_URL: driver not installed: asyncpg",
+        ),
+    ],
+)
+def test_a_database_url_that_cannot_be_used_is_one_line(capsys, url: str, line: str) -> None:
+    if url.startswith("postgresql") and importlib.util.find_spec("asyncpg") is not None:
+        pytest.skip("asyncpg is installed here")
+    assert main(["--db", url, "report"]) == 1
+    assert capsys.readouterr() == ("", line + "\n")
+
+
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database\n" * 100)
+    assert main(["--db", f"sqlite+aiosqlite:///{path}", "report"]) == 1
+    assert capsys.readouterr() == ("", "error: the store failed: file is not a database\n")
+    assert path.read_text() == "not a database\n" * 100
