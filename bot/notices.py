@@ -110,6 +110,7 @@ class DeliveryReport:
     held: int = 0  # agent owns the thread
     no_chat: int = 0
     lost: int = 0  # claimed, then taken by another holder or closed before its send: not sent
+    renewed: int = 0  # lease renewals written
     quiet: bool = False
 
 
@@ -394,7 +395,6 @@ class _Lease:
         self._claimed_since: datetime | None = None
         self._renewing = asyncio.Lock()
         self.closing = asyncio.Event()
-        self.renewals = 0
 
     def claimed(self, outbox_ids: Sequence[int], until: datetime) -> None:
         self.until = until if not self.held or self.until is None else min(self.until, until)
@@ -420,7 +420,7 @@ class _Lease:
                     return
                 until = self.app.bot_data.now() + self.length
                 kept = await renew_claims(conn, self.token, ids, until)
-            self.renewals += 1
+            self.report.renewed += 1
             gone = set(ids) - kept
             if gone:
                 self.lost |= gone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, timedelta
 
 from sqlalchemy import select, update
@@ -117,3 +118,18 @@ async def quiet_demo(store: Store) -> None:
             .where(delay_offers.c.customer_id < CUSTOMER_BASE)
             .values(status="closed")
         )
+
+
+async def sends_per_chat(tg: SandboxClient) -> Counter[int]:
+    """Messages the Bot API took (sendMessage answered 200), per chat: what customers got,
+    whatever the outbox says."""
+    return Counter(
+        int(c["params"]["chat_id"])
+        for c in await tg.calls("sendMessage")
+        if c["status"] == 200 and c["params"].get("chat_id") is not None
+    )
+
+
+def duplicates(sends: Counter[int]) -> dict[int, int]:
+    """Per chat, the messages beyond the first (for chats owed one notice each)."""
+    return {chat: n - 1 for chat, n in sends.items() if n > 1}

@@ -1,9 +1,12 @@
 """Delivery under Telegram's flood limits and failures, through the sandbox with its limits on:
 a 429 storm is waited out, 5xx and timeouts come back after a backoff, a 403 stops sending to
-that customer. Nothing is lost and nothing is sent twice except what may have been delivered."""
+that customer, a write of results the database refuses is tried again. Nothing is lost and
+nothing is sent twice except what may have been delivered."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import Counter
 
 import pytest
@@ -157,3 +160,47 @@ async def test_a_blocked_customer_is_marked_unreachable_and_not_tried_again(
     assert (report.sent, report.unreachable) == (3, 1)
     assert len(await tg.calls("sendMessage")) == calls + 3  # no send to the blocked chat
     assert await statuses(store) == {"sent": 6, "dead": 2}
+
+
+async def test_sends_whose_results_the_database_refused_at_first_are_recorded_not_repeated(
+    bot: BotApplication,
+    tg: SandboxClient,
+    store: Store,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    made = await seed(store, tg, 12)
+    chats = [chat for _, chat, _ in made]
+    await slip(bot, store)
+    # The database refuses to mark notices sent (as a disk error or an import that holds the
+    # file past the busy timeout would) until the fault is cleared: a trigger, so the bot's
+    # own writes run unchanged.
+    async with store.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE refuse_sent (on_ INTEGER)")
+        await conn.exec_driver_sql("INSERT INTO refuse_sent VALUES (1)")
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_sent_marks BEFORE UPDATE OF status ON outbox"
+            " WHEN NEW.status = 'sent' AND EXISTS (SELECT 1 FROM refuse_sent)"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
+        )
+    caplog.set_level(logging.WARNING, logger="bot.notices")
+    round_ = asyncio.create_task(deliver_due(bot))
+    # Every notice sent, and the write of their marks refused (at least once).
+    for _ in range(600):
+        sent = sum((await per_chat(tg, chats)).values())
+        if sent == 12 and "could not record notice results" in caplog.text:
+            break
+        assert not round_.done(), round_.result()
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the round never sent everything and met the refusal")
+    assert await statuses(store) == {"pending": 12}
+    async with store.begin() as conn:
+        await conn.exec_driver_sql("DELETE FROM refuse_sent")
+    report = await round_
+    assert (report.sent, report.claimed) == (12, 12)
+    assert await statuses(store) == {"sent": 12}
+    # Long after the lease would have run out, nothing is sent again.
+    clock.advance(hours=1)
+    assert (await deliver_due(bot)).claimed == 0
+    assert set((await per_chat(tg, chats)).values()) == {1}
