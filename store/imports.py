@@ -61,9 +61,9 @@ MAX_CHARS: dict[str, int] = {
     "category": 64,
     "price_minor": 20,
     "unit_price_minor": 20,
-    "currency": 3,
-    "active": 5,
-    "backorderable": 5,
+    "currency": 8,
+    "active": 8,
+    "backorderable": 8,
     "alternatives": 20 * 33,
     "supplier_id": 64,
     "name": 200,
@@ -72,7 +72,7 @@ MAX_CHARS: dict[str, int] = {
     "on_hand": 20,
     "restock_id": 64,
     "qty": 20,
-    "expected_date": 10,
+    "expected_date": 35,
     "customer_id": 20,
     "phone": 40,
     "postcode": 20,
@@ -553,7 +553,13 @@ def _parse(kind: str, name: str, f: IO[bytes], ctx: _Context) -> list[tuple[int,
     except _FileError as e:
         problems.append(str(e))
     except csv.Error as e:
-        problems.append(f"{name}:{lines.record_start}: not valid CSV ({e})")
+        reason = str(e)
+        if reason.startswith("new-line character seen in unquoted field"):
+            # csv's own words speak to a programmer: the file has old Mac line ends.
+            reason = (
+                "a carriage return (CR) alone in an unquoted field: save with LF or CRLF line ends"
+            )
+        problems.append(f"{name}:{lines.record_start}: not valid CSV ({reason})")
     if kind == "orders":
         heads: dict[str, tuple[int, Any]] = {}
         for at, (number, head, _, _) in records:

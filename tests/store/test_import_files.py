@@ -290,6 +290,29 @@ def refused(
         ),
         pytest.param(
             "customers",
+            f"{CUSTOMERS}1,Anna,a@example.com\r2,John,j@example.com\r".encode(),
+            [
+                "customers.csv:2: not valid CSV (a carriage return (CR) alone in an unquoted field: save with LF or CRLF line ends)"
+            ],
+            id="old-mac-line-ends",
+        ),
+        pytest.param(
+            "restocks",
+            f"{RESTOCKS}PO-2,SUP-1,KET-0001,1,2026-12-24T10:00:00Z\n".encode(),
+            ["restocks.csv:2: expected_date: not an ISO date (YYYY-MM-DD): '2026-12-24T10:00:00Z'"],
+            id="expected-date-with-a-time",
+        ),
+        pytest.param(
+            "products",
+            b"sku,name_en,category,price_minor,currency,active\nKET-0003,Kettle,kettles,100,EURO,\nKET-0004,Kettle,kettles,100,EUR,maybe\n",
+            [
+                "products.csv:2: currency: not a 3-letter code: 'EURO'",
+                "products.csv:3: active: not a boolean (true/false): 'maybe'",
+            ],
+            id="currency-and-boolean",
+        ),
+        pytest.param(
+            "customers",
             f"{CUSTOMERS}1,Anna,anna.example.com\n2,John,john @example.com\n".encode(),
             [
                 "customers.csv:2: email: not an email address: 'anna.example.com'",
