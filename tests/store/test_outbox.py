@@ -19,6 +19,7 @@ from store.outbox import (
     finish,
     mark_unreachable,
     queue_notices,
+    renew_claims,
     retry_later,
 )
 from store.schema import chats, customers, delay_offers, order_lines, orders, outbox
@@ -217,6 +218,35 @@ async def test_an_unsent_notice_is_merged_into_the_newer_one(store: Store) -> No
     assert json.loads(rows[1].payload)["lines"] == [moved_line(11, D0, day(9))]
 
 
+async def test_a_claimed_notice_is_never_merged_whatever_the_changes_clock_says(
+    store: Store,
+) -> None:
+    # A claimed notice may be on its way this moment. Folded into a newer one, its change
+    # was told twice: by its sender and in the newer notice (an import during a fan-out:
+    # 182 duplicates). Its lease is its holder's to judge, not the change's clock: here the
+    # change comes long after the lease would have run out.
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        await add_chat(conn, 1)
+        await add_order(conn, 1, 1, lines=1)
+        await move(conn, [11], day(5), at(1))
+        await queue_notices(conn, now=at(2))
+        [claimed] = await claim_due(conn, worker="a", now=at(3), lease=LEASE, limit=10, token="t")
+        await move(conn, [11], day(9), at(4))
+        report = await queue_notices(conn, now=at(60))
+        rows = await notices(conn)
+        # Its holder still holds it.
+        assert await renew_claims(conn, "t", [claimed.outbox_id], at(65)) == {claimed.outbox_id}
+    assert report == QueueReport(1, 1, 0, 0)
+    assert [(r.status, r.claimed_by, r.last_error) for r in rows] == [
+        ("pending", "t", None),
+        ("pending", None, None),
+    ]
+    assert json.loads(rows[0].payload)["lines"] == [moved_line(11, D0, day(5))]
+    # The newer notice tells only what the claimed one does not.
+    assert json.loads(rows[1].payload)["lines"] == [moved_line(11, day(5), day(9))]
+
+
 async def test_moves_under_the_threshold_add_up_until_they_are_news(store: Store) -> None:
     async with store.begin() as conn:
         await seed_catalog(conn)
@@ -297,6 +327,39 @@ async def test_a_claimed_notice_is_reclaimed_when_its_lease_runs_out_and_not_bef
         f"b@{at(16).isoformat()}",
         at(21),
     )
+
+
+async def test_a_holder_renews_its_leases_and_learns_which_it_lost(store: Store) -> None:
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        await add_chat(conn, 1)
+        await add_chat(conn, 2)
+        await add_order(conn, 1, 1, lines=1)
+        await add_order(conn, 2, 2, lines=1)
+        await move(conn, [11, 21], day(14), at(1))
+        await queue_notices(conn, now=at(2))
+        first, second = await claim_due(
+            conn, worker="a", now=at(10), lease=LEASE, limit=10, token="a#1"
+        )
+        ids = [first.outbox_id, second.outbox_id]
+        # Renewed in time: nobody else may take them while the new lease holds.
+        assert await renew_claims(conn, "a#1", ids, at(18)) == set(ids)
+        assert await claim_due(conn, worker="b", now=at(17), lease=LEASE, limit=10) == []
+        # Renewed late: one was taken by another worker meanwhile, one was not and is the
+        # holder's again. Another token renews nothing.
+        [taken] = await claim_due(conn, worker="b", now=at(19), lease=LEASE, limit=1, token="b")
+        assert taken.outbox_id == first.outbox_id
+        assert await renew_claims(conn, "a#1", ids, at(25)) == {second.outbox_id}
+        assert await renew_claims(conn, "a#2", ids, at(25)) == set()
+        # A closed one is not held any more; nor may a holder put back one it lost.
+        await finish(conn, [second.outbox_id], "sent", at=at(20))
+        assert await renew_claims(conn, "a#1", ids, at(26)) == set()
+        await retry_later(conn, [first.outbox_id], at(40), error="429", holder="a#1")
+        rows = await notices(conn)
+    assert [(r.status, r.claimed_by, r.claimed_until, r.not_before) for r in rows] == [
+        ("pending", "b", at(24), at(2)),
+        ("sent", "a#1", None, at(2)),
+    ]
 
 
 async def test_finish_closes_a_notice_for_good(store: Store) -> None:
