@@ -35,8 +35,11 @@ def _clear_caches() -> None:
         understanding._direct_atoms,
         understanding._fuzzy_atoms,
         understanding._token_votes,
+        understanding.intent_model.normalise,
     ):
         cached.cache_clear()
+    understanding._model()._word_ids.cache_clear()
+    understanding._model().probabilities.cache_clear()
 
 
 def _measure(

@@ -47,6 +47,8 @@ from functools import lru_cache
 
 from rapidfuzz.distance import OSA
 
+from bot import intent_model
+
 __all__ = ["MAX_CHARS", "Intent", "Understanding", "understand"]
 
 # Telegram caps a message at 4096 characters; anything longer is not from Telegram.
@@ -510,6 +512,15 @@ _MAX_PRODUCT_TOKENS = 6
 _ORDER_DIGITS = (4, 10)
 _MAX_NUMBER_RUNS = 64  # an order number is written early; a wall of digits is not a message
 _ORDER_NUMBER_BOOST = 0.5
+# The rules' decision is added to the model's probability with this weight times its confidence
+# (chosen by grouped cross-validation on the training data: bench/bench_intent_model.py).
+_RULE_WEIGHT = 0.6
+_MODEL_FLOOR = 0.3  # a winner below this is a shrug: not understood
+_MODEL_MAX_CONFIDENCE = 0.95
+# What a bare product-looking name gets: handlers ask the catalog before answering it.
+GUESS_CONFIDENCE = 0.5
+_model = intent_model.model  # a seam for the cross-validation bench
+_INTENT_OF = {intent.value: intent for intent in Intent}
 
 _PRIORITY = (
     Intent.AGENT,
@@ -741,6 +752,7 @@ class _Scores:
     by_intent: dict[Intent, float]
     by_lang: dict[str, float]
     used: set[int]  # token positions that belong to a matched phrase
+    negated: set[Intent]  # intents whose phrase came after a negation ("I don't want to cancel")
 
 
 def _score(tokens: list[_Token]) -> _Scores:
@@ -748,6 +760,7 @@ def _score(tokens: list[_Token]) -> _Scores:
     by_intent: dict[Intent, float] = {}
     by_lang: dict[str, float] = {}
     used: set[int] = set()
+    negated: set[Intent] = set()
     for i, token in enumerate(tokens):
         for atom in token.atoms:
             for phrase in _C.by_first_atom.get(atom, ()):
@@ -762,13 +775,14 @@ def _score(tokens: list[_Token]) -> _Scores:
                     and _negated(tokens, i)
                 ):
                     used.update(positions)
+                    negated.add(phrase.intent)
                     continue
                 matched.add(id(phrase))
                 used.update(positions)
                 by_intent[phrase.intent] = by_intent.get(phrase.intent, 0.0) + phrase.weight
                 for lang in phrase.langs:
                     by_lang[lang] = by_lang.get(lang, 0.0) + 1.0 / len(phrase.langs)
-    return _Scores(by_intent, by_lang, used)
+    return _Scores(by_intent, by_lang, used, negated)
 
 
 # --------------------------------------------------------------------------------------------
@@ -937,6 +951,36 @@ def _decide(scores: dict[Intent, float], has_order_number: bool) -> tuple[Intent
     return None
 
 
+def _combine(
+    text: str, rules: tuple[Intent, float] | None, scores: _Scores
+) -> tuple[Intent, float]:
+    """The model's probabilities, the rules' decision added with its confidence as weight.
+
+    The rules are certain where their lexicon reaches (a full phrase, the priorities between
+    intents): there their confidence is near 1 and they win unless the model is nearly sure of
+    something else ("noise cancelling headphones": a product, not a cancellation). An intent
+    the rules saw negated ("I don't want to cancel") gets nothing from the model either.
+    """
+    probabilities = _model().probabilities(text)
+    combined = {_INTENT_OF[name]: p for name, p in probabilities.items()}
+    for intent in scores.negated:
+        combined[intent] = 0.0
+    if rules is not None:
+        combined[rules[0]] += _RULE_WEIGHT * rules[1]
+    intent = max(combined, key=combined.__getitem__)
+    if rules is not None and intent is rules[0]:
+        return intent, max(rules[1], _model_confidence(probabilities[intent.value]))
+    if combined[intent] < _MODEL_FLOOR:
+        return Intent.UNKNOWN, 0.0
+    return intent, _model_confidence(probabilities[intent.value])
+
+
+def _model_confidence(probability: float) -> float:
+    # Above a guess (0.5) and below the rules' certainty (0.99): the model alone never makes
+    # the account step drop its question.
+    return round(min(_MODEL_MAX_CONFIDENCE, 0.5 + 0.45 * probability), 3)
+
+
 def understand(text: str) -> Understanding:
     """Read one customer message. Never raises for any `str`; bounded time for any length."""
     text = text[:MAX_CHARS]
@@ -965,14 +1009,22 @@ def understand(text: str) -> Understanding:
     language = _language(folded_text, tokens, scores, gibberish)
     content = _content(tokens, scores, order_number)
 
-    decided = _decide(scores.by_intent, order_number is not None)
-    if decided is None or decided[0] == Intent.GREETING:
+    rules = _decide(scores.by_intent, order_number is not None)
+    decided = _combine(text, rules, scores)
+    if decided[0] is Intent.STOCK and _looks_like_product(tokens, content, scores):
+        if scores.by_intent.get(Intent.STOCK, 0.0) < _THRESHOLD:
+            # only a name, no stock question around it: the catalog has to agree
+            decided = (Intent.STOCK, GUESS_CONFIDENCE)
+    elif decided[0] in (Intent.GREETING, Intent.UNKNOWN):
         if order_number is not None:
             only_number = not words or all(t.folded in _C.all_stopwords for t in words)
             decided = (Intent.ORDER_STATUS, 0.9 if only_number else 0.6)
-        elif _looks_like_product(tokens, content, scores):
-            decided = (Intent.STOCK, 0.5)
-    if decided is None:
+        elif (decided[0] is Intent.UNKNOWN or Intent.GREETING in scores.by_intent) and (
+            _looks_like_product(tokens, content, scores)
+        ):
+            # "Hi, Dyson V11?": a greeting the lexicon knows, and a name after it
+            decided = (Intent.STOCK, GUESS_CONFIDENCE)
+    if decided[0] is Intent.UNKNOWN:
         return Understanding(Intent.UNKNOWN, None, None, language, 0.0)
 
     intent, confidence = decided
