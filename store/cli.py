@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -90,14 +89,6 @@ def _line_qty(value: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected LINE_NO:QTY, got {value!r}") from None
 
 
-def _text_arg(flag: str, value: str | None) -> None:
-    if value is not None:
-        try:
-            check_field(flag, value, MAX_ARG_CHARS[flag])
-        except RowError as e:
-            raise StoreError(str(e)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="backorder-admin", description=__doc__.splitlines()[0] if __doc__ else None
@@ -163,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     ln.add_argument("--secret", help="the bot's LINK_SECRET (default: $LINK_SECRET)")
     ln.add_argument(
         "--days",
-        type=_whole(-(10**6), 10**6),
+        type=_whole(0, 36_500),
         default=None,
         help="days the link stays valid (default: LINK_CODE_DAYS, else 30)",
     )
@@ -175,7 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_values(args: argparse.Namespace) -> None:
+    """What argparse cannot check alone (a date's window, free text), before the store is
+    opened: a refused command does not even create a database."""
+    if args.command == "restock-date":
+        args.date = _checked(args.date, "date", back=YEARS_BACK, ahead=YEARS_AHEAD)
+    elif args.command == "ship" and args.date is not None:
+        args.date = _checked(args.date, "--date", back=YEARS_BACK, ahead=CLOCK_SKEW)
+    for flag, limit in MAX_ARG_CHARS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            try:
+                check_field(flag, value, limit)
+            except RowError as e:
+                raise StoreError(str(e)) from None
+
+
 async def _run(args: argparse.Namespace) -> int:
+    _check_values(args)
     if args.command == "import":
         # Check the whole file before touching the database.
         parse_file(args.kind, args.file)
@@ -192,10 +200,8 @@ async def _run(args: argparse.Namespace) -> int:
                 await queue_after_change(conn)
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
-            _text_arg("--reason", args.reason)
-            when = _checked(iso_date, args.date, "date", back=YEARS_BACK, ahead=YEARS_AHEAD)
             async with _writing(store) as conn:
-                proj = await change_restock_date(conn, args.restock_id, when, args.reason)
+                proj = await change_restock_date(conn, args.restock_id, args.date, args.reason)
                 await queue_after_change(conn)
             print(
                 f"{args.restock_id}: "
@@ -213,7 +219,6 @@ async def _run(args: argparse.Namespace) -> int:
             else:
                 print(f"{rec.restock_id}: already received")
         elif args.command == "cancel":
-            _text_arg("--reason", args.reason)
             async with _writing(store) as conn:
                 if args.what == "line":
                     c = await cancel_line(conn, args.order_number, args.line_no, reason=args.reason)
@@ -232,13 +237,6 @@ async def _run(args: argparse.Namespace) -> int:
                     )
                 await queue_after_change(conn)
         elif args.command == "ship":
-            for flag in ("--shipment-id", "--carrier", "--tracking"):
-                _text_arg(flag, getattr(args, flag[2:].replace("-", "_")))
-            shipped_on = (
-                _checked(iso_date, args.date, "--date", back=YEARS_BACK, ahead=CLOCK_SKEW)
-                if args.date
-                else date.today()
-            )
             async with _writing(store) as conn:
                 s = await ship(
                     conn,
@@ -246,7 +244,7 @@ async def _run(args: argparse.Namespace) -> int:
                     args.order_number,
                     carrier=args.carrier,
                     tracking_number=args.tracking,
-                    shipped_on=shipped_on,
+                    shipped_on=args.date or date.today(),
                     lines=dict(args.line) if args.line else None,
                 )
                 await queue_after_change(conn)
@@ -292,9 +290,9 @@ async def _writing(store: Store) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
-def _checked(check: Callable[..., date], value: str, name: str, **bounds: Any) -> date:
+def _checked(value: str, name: str, *, back: int, ahead: int | timedelta) -> date:
     try:
-        return check(value, name, date.today(), **bounds)
+        return iso_date(value, name, date.today(), back=back, ahead=ahead)
     except RowError as e:
         raise StoreError(str(e)) from None
 
