@@ -172,6 +172,8 @@ def whole_number(raw: str, col: str, lo: int, hi: int) -> int:
     """``raw`` as an int from ``lo`` to ``hi``, written in ASCII digits (and a minus sign)."""
     if not _INT_RE.fullmatch(raw):
         raise RowError(f"{col}: not a whole number in ASCII digits: {show(raw)}")
+    if len(raw) > 20:  # int() of thousands of digits is slow, then refused by Python itself
+        raise RowError(f"{col}: must be from {lo:,} to {hi:,}, got {show(raw)}")
     value = int(raw)
     if not lo <= value <= hi:
         raise RowError(f"{col}: must be from {lo:,} to {hi:,}, got {raw}")

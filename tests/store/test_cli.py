@@ -211,6 +211,10 @@ def test_demo_command(db_url: str, capsys) -> None:
             "backorder-admin receive: error: argument --qty: not a whole number in ASCII digits: '1_000'",
         ),
         (
+            ["receive", "PO-1", "--qty", "9" * 5000],
+            f"backorder-admin receive: error: argument --qty: must be from 0 to 1,000,000, got '{'9' * 40}'... (5,000 characters)",
+        ),
+        (
             ["cancel", "line", "100001", "١"],
             "backorder-admin cancel line: error: argument line_no: not a whole number in ASCII digits: '١'",
         ),
