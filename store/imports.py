@@ -479,6 +479,8 @@ def _header(name: str, cells: list[str], kind: str) -> list[str]:
             raise ImportFailed([f"{name}:1: {control(bad.group())} in a column name"])
     first: dict[str, int] = {}
     for i, h in enumerate(header, 1):
+        if not h:  # a spreadsheet's trailing empty columns export as ",,"
+            raise ImportFailed([f"{name}:1: column {i} has no name"])
         if h in first:
             raise ImportFailed(
                 [f"{name}:1: duplicate column {show(h)} (columns {first[h]} and {i})"]

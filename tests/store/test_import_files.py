@@ -252,6 +252,12 @@ def refused(
         ),
         pytest.param(
             "stock",
+            b"sku,on_hand,,\nKET-0001,3,,\n",
+            ["stock.csv:1: column 3 has no name"],
+            id="empty-column-name",
+        ),
+        pytest.param(
+            "stock",
             b"",
             ["stock.csv:1: missing columns: sku, on_hand"],
             id="empty-file",
