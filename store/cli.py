@@ -10,8 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -28,7 +27,7 @@ from store.backorders import (
     receive_restock,
     ship,
 )
-from store.db import Store, database_url, open_store
+from store.db import database_url, open_store
 from store.delays import DelayPolicy, apply_delay_policy, consent_report, delay_lines
 from store.errors import NotFound, StoreError, db_reason, is_busy
 from store.imports import (
@@ -195,12 +194,12 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "init":
             print(f"database ready: {store.url}")
         elif args.command == "import":
-            async with _writing(store) as conn:
+            async with store.begin() as conn:
                 r = await apply_file(conn, args.kind, args.file)
                 await queue_after_change(conn)
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
-            async with _writing(store) as conn:
+            async with store.begin() as conn:
                 proj = await change_restock_date(conn, args.restock_id, args.date, args.reason)
                 await queue_after_change(conn)
             print(
@@ -208,7 +207,7 @@ async def _run(args: argparse.Namespace) -> int:
                 + ("date unchanged" if proj is None else f"{len(proj.moved)} lines moved")
             )
         elif args.command == "receive":
-            async with _writing(store) as conn:
+            async with store.begin() as conn:
                 rec = await receive_restock(conn, args.restock_id, args.qty)
                 await queue_after_change(conn)
             if rec.changed:
@@ -219,7 +218,7 @@ async def _run(args: argparse.Namespace) -> int:
             else:
                 print(f"{rec.restock_id}: already received")
         elif args.command == "cancel":
-            async with _writing(store) as conn:
+            async with store.begin() as conn:
                 if args.what == "line":
                     c = await cancel_line(conn, args.order_number, args.line_no, reason=args.reason)
                     print(
@@ -237,7 +236,7 @@ async def _run(args: argparse.Namespace) -> int:
                     )
                 await queue_after_change(conn)
         elif args.command == "ship":
-            async with _writing(store) as conn:
+            async with store.begin() as conn:
                 s = await ship(
                     conn,
                     args.shipment_id,
@@ -276,18 +275,6 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.close()
-
-
-@asynccontextmanager
-async def _writing(store: Store) -> AsyncIterator[AsyncConnection]:
-    """``store.begin()`` holding SQLite's write lock from the start. A transaction that read
-    first and wrote later could not wait for another writer: once that one commits, what
-    this one read is stale and SQLite fails it at once ("database is locked"). From the
-    start, it waits (store.db's busy timeout) and then runs, or says the store is busy."""
-    async with store.begin() as conn:
-        if conn.dialect.name == "sqlite":
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
-        yield conn
 
 
 def _checked(value: str, name: str, *, back: int, ahead: int | timedelta) -> date:
