@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import date, timedelta
 
 from sqlalchemy import select, update
 
 from sandbox.client import SandboxClient
-from store import Store
+from store import Store, open_store
 from store.backorders import NewLine, place_order
 from store.chats import link_chat
 from store.master import (
@@ -19,7 +20,7 @@ from store.master import (
     upsert_product,
     upsert_supplier,
 )
-from store.schema import delay_offers, order_lines, orders
+from store.schema import delay_offers, order_lines, orders, outbox
 from tests.conftest import START, TODAY
 
 SKU = "QQT-0001"
@@ -133,3 +134,32 @@ async def sends_per_chat(tg: SandboxClient) -> Counter[int]:
 def duplicates(sends: Counter[int]) -> dict[int, int]:
     """Per chat, the messages beyond the first (for chats owed one notice each)."""
     return {chat: n - 1 for chat, n in sends.items() if n > 1}
+
+
+async def settled_sends(tg: SandboxClient) -> Counter[int]:
+    """sends_per_chat once a killed sender's last requests have been taken or refused: read
+    until two reads a moment apart agree (nothing can arrive from a dead process after its
+    bytes already on the way are read)."""
+    last = await sends_per_chat(tg)
+    while True:
+        await asyncio.sleep(0.3)
+        now = await sends_per_chat(tg)
+        if now == last:
+            return now
+        last = now
+
+
+async def sent_marks(db_url: str) -> Counter[int]:
+    """Per chat, the notices the outbox records as sent (its own connection: the test's
+    store may not see another process's last writes through its pool)."""
+    store = await open_store(db_url)
+    try:
+        async with store.connect() as conn:
+            rows = await conn.execute(
+                select(outbox.c.chat_id).where(
+                    outbox.c.customer_id >= CUSTOMER_BASE, outbox.c.status == "sent"
+                )
+            )
+            return Counter(int(r[0]) for r in rows)
+    finally:
+        await store.close()
