@@ -426,6 +426,37 @@ _LEXICON: Mapping[Intent, Mapping[str, tuple[str, ...]]] = {
 }
 
 
+# Russian typed in Latin letters ("gde moy zakaz"), the spellings people use. Matched like the
+# rest; they mark their words as used, so a product's name is what is left of the message.
+_LEXICON_RU_LATIN: Mapping[Intent, tuple[str, ...]] = {
+    Intent.ORDER_STATUS: (
+        "zakaz* :0.6",
+        "gde zakaz*|posylk*|posilk*",
+        "gde :0.4",
+        "posylk*|posilk*",
+        "dostav*",
+        "otprav*",
+        "prishel|prishla|pridet|priedet|privezut",
+        "zhdu|jdu :0.6",
+    ),
+    Intent.STOCK: (
+        "v nalichii :2",
+        "nalichi*",
+        "est li",
+        "poyav*|poyavi*",
+        "postup*",
+        "v prodazhe",
+    ),
+    Intent.CANCEL: ("otmen*", "vernite|vernut dengi|dengi", "vozvrat*"),
+    Intent.ALTERNATIVES: ("pohozh*|pohozh*", "analog*", "vmesto", "zamen*"),
+    Intent.AGENT: ("operator*", "chelovek*|cheloveka", "menedzher*|manager*", "zhalob*"),
+    Intent.STOP_NOTIFICATIONS: ("otpis*", "!ne pishite|prisylayte|shlite", "rassylk*"),
+    Intent.GREETING: ("privet*|zdravstv*|zdras*|zdarov*", "dobryy|dobryi|dobriy den|vecher|utro"),
+    Intent.HELP: ("pomosh*|pomog*", "chto umeesh*"),
+    Intent.THANKS: ("spasib*|spasibki|sps|blagodar*",),
+}
+
+
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
@@ -435,6 +466,12 @@ _NEGATIONS = _words(
     "dont not no never doesnt didnt wont without nicht kein keine nie ohne nunca sin не нет без"
 )
 _NEGATABLE = frozenset({Intent.CANCEL, Intent.AGENT, Intent.ALTERNATIVES})
+# Intents whose words turn up in product names ("noise cancelling", "back support", "door stop"):
+# when the message is about a product after all, their words are part of its name.
+_IN_NAMES = frozenset({Intent.CANCEL, Intent.AGENT, Intent.STOP_NOTIFICATIONS})
+# after a phrase: "не надо", "nicht nötig", "no hace falta" ... and words that deny on their own
+_NOT_NEEDED = _words("надо нужно нужен нужна нужны notig noetig necesario falta needed")
+_NOT_NEEDED_ALONE = _words("unnecessary unnotig")
 
 # Function words and filler per language: never product words, never typo-matched, and the
 # main evidence for the language guess.
@@ -447,7 +484,8 @@ _STOPWORDS: Mapping[str, str] = {
         which who whom why how all please pls plz thank ok okay yes yeah yep no not hi hey
         guys get got want wanted need like know tell let lets show now today tomorrow ago week
         weeks month months day days again more much many one news info shop store item items
-        product products thing things ive youre sure really thats older
+        product products thing things ive youre sure really thats older whens hows coming
+        buy purchase left
         faster sooner cheaper better sell""",
     "de": """der die das den dem des ein eine einen einem einer eines ich mich mir mein meine
         meinen meinem meiner du dich dir dein deine er sie es ihr ihm ihn ihnen wir uns unser
@@ -456,7 +494,8 @@ _STOPWORDS: Mapping[str, str] = {
         oder aber wenn dann so von zu zum zur in im am an auf aus bei mit fur uber unter vor
         nach seit bis um als wie was wer wo wann warum noch schon auch nur mal ja nein nicht
         kein keine bitte danke hallo gibt gibts es da hier jetzt heute morgen sofort mehr viel
-        etwas alles artikel produkt ware laden shop nr denn doch eigentlich schneller
+        etwas alles artikel produkt ware laden shop nr denn doch eigentlich schneller wieder
+        nochmal rein kaufen bekommt bekommen kriegt kriegen man
         billiger besser""",
     "es": """el la los las un una unos unas lo le les yo me mi mis tu tus te usted ustedes su sus
         nos nosotros es son esta estan estoy ser estar fue era he ha han hay tengo tiene tienen
@@ -464,7 +503,8 @@ _STOPWORDS: Mapping[str, str] = {
         por para sin sobre como cuando donde quien cual porque ya muy mas menos tambien solo
         algo alguno alguna algun todo todos nada hola gracias favor hoy manana ahora aqui
         este esta esto ese esa eso articulo producto tienda cosa pues bueno ofrecer saber
-        tener otro otra otros otras rapido barato mejor""",
+        tener otro otra otros otras rapido barato mejor todavia aun comprar vais van volver
+        puedo""",
     "ru": """я меня мне мой моя моё мое мои моего моим моем ты тебя тебе вы вас вам ваш ваша ваше
         ваши он она оно они его ее её их мы нас нам наш это этот эта эти этого этой тот та те
         и или но а если то что чтобы как когда где кто почему зачем какой какая какие каких
@@ -472,7 +512,10 @@ _STOPWORDS: Mapping[str, str] = {
         очень просто только тоже также можно нужно надо есть был была было были будет будут
         хочу хотел хотела хотим пожалуйста скажите подскажите сейчас сегодня завтра товар
         магазин что-нибудь что-то кто-нибудь чем скажи расскажи
-        быстрее дешевле лучше""",
+        быстрее дешевле лучше снова опять купить заказать
+        u vas est li v na s k po ya mne menya moy moj moi moya moe kogda gde chto eto etot eta
+        budet mozhno mozhet kupit snova opyat eshe eshche esche pozhaluysta pozhalujsta
+        pozhalusta skazhite podskazhite uzhe tolko""",
 }
 
 # Words allowed around a bare product name ("the red kettle", "filter für die Maschine").
@@ -506,7 +549,7 @@ _NO_FUZZY = frozenset({"lager", "stock", "human", "menu", "status", "person", "r
 _THRESHOLD = 0.99  # a full-weight phrase; 0.99 so that 0.6 + 0.4 counts despite float sums
 _WEAK_THRESHOLD = 0.6  # a lone weak cue still beats UNKNOWN, with low confidence
 _GAP = 3  # at most this many other tokens between the atoms of one phrase
-_NEGATION_WINDOW = 3
+_NEGATION_WINDOW = 4  # "no need for a human", "no quiero hablar con nadie"
 _MAX_FUZZY_LOOKUPS = 100  # per message: bounds the cost of long random text
 _MAX_PRODUCT_TOKENS = 6
 _ORDER_DIGITS = (4, 10)
@@ -602,20 +645,21 @@ def _compile() -> _Compiled:
     exact: dict[str, set[int]] = {}
     stems: dict[str, set[int]] = {}
     phrases_raw: list[tuple[Intent, str, str, float, bool]] = []
-    for intent, by_lang in _LEXICON.items():
-        for lang, entries in by_lang.items():
-            for entry in entries:
-                body, _, weight = entry.partition(" :")
-                negation_proof = body.startswith("!")
-                body = _fold(body.lstrip("!"))
-                phrases_raw.append((intent, lang, body, float(weight or 1.0), negation_proof))
-                for atom in body.split():
-                    if atom in atom_ids:
-                        continue
-                    atom_id = atom_ids[atom] = len(atom_ids)
-                    for alt in atom.split("|"):
-                        table = stems if alt.endswith("*") else exact
-                        table.setdefault(alt.rstrip("*"), set()).add(atom_id)
+    lexicon = [(i, lang, e) for i, by_lang in _LEXICON.items() for lang, e in by_lang.items()]
+    lexicon.extend((i, "ru", e) for i, e in _LEXICON_RU_LATIN.items())
+    for intent, lang, entries in lexicon:
+        for entry in entries:
+            body, _, weight = entry.partition(" :")
+            negation_proof = body.startswith("!")
+            body = _fold(body.lstrip("!"))
+            phrases_raw.append((intent, lang, body, float(weight or 1.0), negation_proof))
+            for atom in body.split():
+                if atom in atom_ids:
+                    continue
+                atom_id = atom_ids[atom] = len(atom_ids)
+                for alt in atom.split("|"):
+                    table = stems if alt.endswith("*") else exact
+                    table.setdefault(alt.rstrip("*"), set()).add(atom_id)
     langs_of: dict[tuple[Intent, str], list[str]] = {}
     for intent, lang, body, _, _ in phrases_raw:
         langs_of.setdefault((intent, body), []).append(lang)
@@ -726,12 +770,16 @@ def _tokenize(text: str) -> list[_Token]:
     return tokens
 
 
-def _negated(tokens: list[_Token], start: int) -> bool:
+def _negated(tokens: list[_Token], start: int, end: int) -> bool:
     clause = tokens[start].clause
     for i in range(max(0, start - _NEGATION_WINDOW), start):
         if tokens[i].clause == clause and tokens[i].folded in _NEGATIONS:
             return True
-    return False
+    # "оператора не надо", "no human needed": the negation comes after what it denies
+    after = [t.folded for t in tokens[end + 1 : end + 3] if t.clause == clause]
+    return (len(after) == 2 and after[0] in _NEGATIONS and after[1] in _NOT_NEEDED) or (
+        bool(after) and after[0] in _NOT_NEEDED_ALONE
+    )
 
 
 def _match_phrase(tokens: list[_Token], start: int, phrase: _Phrase) -> list[int] | None:
@@ -753,6 +801,7 @@ class _Scores:
     by_lang: dict[str, float]
     used: set[int]  # token positions that belong to a matched phrase
     negated: set[Intent]  # intents whose phrase came after a negation ("I don't want to cancel")
+    used_by: dict[int, set[Intent]]  # which intents' phrases a used position belongs to
 
 
 def _score(tokens: list[_Token]) -> _Scores:
@@ -761,28 +810,37 @@ def _score(tokens: list[_Token]) -> _Scores:
     by_lang: dict[str, float] = {}
     used: set[int] = set()
     negated: set[Intent] = set()
+    used_by: dict[int, set[Intent]] = {}
+
+    def use(positions: list[int], intent: Intent) -> None:
+        used.update(positions)
+        for position in positions:
+            used_by.setdefault(position, set()).add(intent)
+
     for i, token in enumerate(tokens):
         for atom in token.atoms:
             for phrase in _C.by_first_atom.get(atom, ()):
-                if id(phrase) in matched:
-                    continue
                 positions = _match_phrase(tokens, i, phrase)
                 if positions is None:
+                    continue
+                if id(phrase) in matched:
+                    # said twice ("moin moin", "hi hi") counts once, but both are not a product
+                    use(positions, phrase.intent)
                     continue
                 if (
                     phrase.intent in _NEGATABLE
                     and not phrase.negation_proof
-                    and _negated(tokens, i)
+                    and _negated(tokens, i, positions[-1])
                 ):
-                    used.update(positions)
+                    use(positions, Intent.UNKNOWN)  # a denied request is never a product word
                     negated.add(phrase.intent)
                     continue
                 matched.add(id(phrase))
-                used.update(positions)
+                use(positions, phrase.intent)
                 by_intent[phrase.intent] = by_intent.get(phrase.intent, 0.0) + phrase.weight
                 for lang in phrase.langs:
                     by_lang[lang] = by_lang.get(lang, 0.0) + 1.0 / len(phrase.langs)
-    return _Scores(by_intent, by_lang, used, negated)
+    return _Scores(by_intent, by_lang, used, negated, used_by)
 
 
 # --------------------------------------------------------------------------------------------
@@ -812,6 +870,8 @@ def _order_number(folded_text: str) -> tuple[str | None, bool]:
             continue
         if unmarked is not None:
             continue
+        if before[-1:].isalpha() or folded_text[end : end + 1].isalpha():
+            continue  # part of a model name ("WH1000XM5", "S24"), not a number of its own
         chunks = run.split(" ")
         if len(chunks) > 1 and all(c.isdigit() and len(c) >= 5 for c in chunks):
             run = chunks[0]  # a list of order numbers; phone numbers come in shorter groups
@@ -882,10 +942,19 @@ def _is_gibberish(word: str) -> bool:
     return any(word[i : i + 4] in row for row in _KEYBOARD_ROWS for i in range(len(word) - 3))
 
 
-def _content(tokens: list[_Token], scores: _Scores, order_number: str | None) -> list[int]:
+def _content(
+    tokens: list[_Token],
+    scores: _Scores,
+    order_number: str | None,
+    overruled: frozenset[Intent] = frozenset(),
+) -> list[int]:
+    """Positions of the words left for a product name. Words of a phrase of an ``overruled``
+    intent stay: they were part of the name ("noise cancelling headphones")."""
     keep: list[int] = []
     for i, token in enumerate(tokens):
-        if i in scores.used or token.folded in _C.all_stopwords:
+        if token.folded in _C.all_stopwords:
+            continue
+        if i in scores.used and not scores.used_by[i] <= overruled:
             continue
         # a number is part of a product name only right after a kept word ("Roomba 980")
         if token.folded.isdigit() and (
@@ -1012,7 +1081,7 @@ def understand(text: str) -> Understanding:
     rules = _decide(scores.by_intent, order_number is not None)
     decided = _combine(text, rules, scores)
     if decided[0] is Intent.STOCK and _looks_like_product(tokens, content, scores):
-        if scores.by_intent.get(Intent.STOCK, 0.0) < _THRESHOLD:
+        if Intent.STOCK not in scores.by_intent:
             # only a name, no stock question around it: the catalog has to agree
             decided = (Intent.STOCK, GUESS_CONFIDENCE)
     elif decided[0] in (Intent.GREETING, Intent.UNKNOWN):
@@ -1030,5 +1099,6 @@ def understand(text: str) -> Understanding:
     intent, confidence = decided
     product = None
     if intent in (Intent.STOCK, Intent.ALTERNATIVES):
+        content = _content(tokens, scores, order_number, _IN_NAMES - {intent})
         product = _product_words(tokens, content)
     return Understanding(intent, order_number, product, language, confidence)
