@@ -10,8 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.cli import main
+from store import imports
+from store.cli import BUSY, main
+from store.master import CustomerIn
 from tests.store.store_dump import dump
 from tests.store.test_cli import FILES, load_all
 
@@ -387,3 +391,38 @@ def test_the_files_of_the_cli_test_are_within_every_bound(
         path.write_text(text, encoding="utf-8")
         assert main(["import", kind, str(path), "--check"]) == 0
     assert capsys.readouterr().out.splitlines() == [f"{kind}.csv: ok" for kind in FILES]
+
+
+@pytest.mark.parametrize(
+    ("error", "lines"),
+    [
+        (
+            IntegrityError("INSERT", {}, Exception("CHECK constraint failed: x\nmore")),
+            [
+                "customers.csv:3: the store refused this row: CHECK constraint failed: x",
+                "nothing written",
+            ],
+        ),
+        # Not the row's fault: the busy line of every command.
+        (OperationalError("UPDATE", {}, Exception("database is locked")), [BUSY]),
+    ],
+    ids=["refused", "busy"],
+)
+def test_a_database_error_while_applying_is_one_line_and_rolls_back(
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    lines: list[str],
+) -> None:
+    real = imports.upsert_customer
+
+    async def second_fails(conn: AsyncConnection, customer: CustomerIn) -> bool:
+        if customer.customer_id == 4:
+            raise error
+        return await real(conn, customer)
+
+    monkeypatch.setattr(imports, "upsert_customer", second_fails)
+    data = f"{CUSTOMERS}3,Maria,m@example.com\n4,Ivan,i@example.com\n".encode()
+    assert refused(db_url, tmp_path, capsys, "customers", data) == lines
