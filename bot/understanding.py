@@ -918,7 +918,8 @@ def _language(
         return "ru"
     if latin == 0 or gibberish:
         return None
-    score = {lang: 1.5 * s for lang, s in scores.by_lang.items() if lang != "ru"}
+    # phrases count for their language, Russian typed in Latin letters ("gde moy zakaz") too
+    score = {lang: 1.5 * s for lang, s in scores.by_lang.items()}
     for token in tokens:
         for lang, vote in _token_votes(token.text, token.folded):
             score[lang] = score.get(lang, 0.0) + vote
