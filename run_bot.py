@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from telegram import Update
 
 from bot.app import build_application, freeze_after_start, tune_collector
+from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
 from store.db import Store, create_engine_for, migrate
 from store.demo import fill_demo, is_empty
@@ -104,6 +105,14 @@ async def _sandbox_support_group(sandbox: _SandboxHandle, settings: Settings) ->
     return settings.model_copy(update={"support_chat_id": SANDBOX_SUPPORT_CHAT_ID})
 
 
+def _secrets(settings: Settings) -> list[str]:
+    """What the log must never show (the sandbox's token is added once the sandbox runs)."""
+    values = [settings.bot_token, settings.webhook_secret]
+    if not settings.sandboxed:  # in the sandbox it may be short, or the README's
+        values.append(settings.link_secret)
+    return [value.get_secret_value() for value in values if value is not None]
+
+
 def _webhook_secret(settings: Settings) -> str:
     """WEBHOOK_SECRET, or a random one for this run: PTB's webhook server then answers 403 to
     any request without it, so only Telegram (told it by setWebhook) can deliver updates."""
@@ -120,11 +129,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"backorder-bot: invalid setting {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    redactor = configure_logging(settings.log_level, _secrets(settings))
 
     sandbox: _SandboxHandle | None = None
     if settings.sandboxed:
@@ -140,6 +145,7 @@ def main() -> int:
                 "bot_api_file_url": sandbox.file_base,
             }
         )
+        redactor.hide(sandbox.token)
         if settings.link_secret.get_secret_value() == DEVELOPMENT_SECRET:
             log.warning(
                 "sandbox mode: link codes are signed with the development secret, which anyone"
@@ -157,6 +163,7 @@ def main() -> int:
     try:
         if settings.webhook_url:
             secret = _webhook_secret(settings)
+            redactor.hide(secret)
             app.run_webhook(
                 listen=settings.webhook_listen,
                 port=settings.webhook_port,

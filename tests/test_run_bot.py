@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -47,7 +48,7 @@ async def _start(env: dict[str, str]) -> asyncio.subprocess.Process:
 
 async def _read_until(process: asyncio.subprocess.Process, marker: str, within: float) -> str:
     assert process.stdout is not None
-    seen = []
+    seen: list[str] = []
     async with asyncio.timeout(within):
         while True:
             line = (await process.stdout.readline()).decode()
@@ -191,7 +192,7 @@ MENU_ALL_ON = (
 )
 
 
-def _rows(db: Path) -> dict[str, list[tuple[object, ...]]]:
+def _rows(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     """What a forged update could change: Anna's order lines, her notice settings, the chat,
     and the updates the bot took in."""
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:

@@ -1,4 +1,8 @@
-"""The error handler: log the failure with its update, tell the user politely, keep running."""
+"""The error handler: log the failure, tell the user politely, keep running.
+
+The log names the update by its id, its kind and its chat, never by its content: an update
+carries what the customer wrote (e-mail addresses, postcodes, phone numbers).
+"""
 
 from __future__ import annotations
 
@@ -29,9 +33,14 @@ async def on_error(update: object, context: BotContext) -> None:
 
 
 def _describe(update: object) -> str:
-    if isinstance(update, Update):
-        return str(update.to_dict())
-    return repr(update)
+    if update is None:  # a job's or the polling loop's failure
+        return "None"
+    if not isinstance(update, Update):
+        return f"of type {type(update).__name__}"  # its repr could hold anything
+    kind = next((k for k in Update.ALL_TYPES if getattr(update, k, None) is not None), "unknown")
+    chat, user = update.effective_chat, update.effective_user
+    where = f", chat {chat.id}" if chat else f", user {user.id}" if user else ""
+    return f"{update.update_id} ({kind}{where})"
 
 
 def register(app: BotApplication) -> None:

@@ -1,0 +1,132 @@
+"""Logging for a process that runs the bot: no customer's data and no secret in any log line.
+
+At the source, our own log lines name updates and chats by id, never by content (see
+bot/handlers/errors.py). Some libraries do not: at DEBUG, PTB logs every Bot API call with its
+parameters (the reply texts), every update it processes and the Bot API URL with the token;
+httpx logs each request's URL (the token) from INFO; aiosqlite logs each statement with its
+parameters (e-mail addresses, postcodes). Those loggers are held at INFO or above whatever
+LOG_LEVEL says (`hold_content_loggers`).
+
+As a safety net, `Redactor`, a filter on the process's log handler, rewrites each record before
+it is written: the bot's token (anywhere, also as ``/bot<token>/`` in a URL) and the other
+secrets it is given, anything shaped like a Telegram token, e-mail addresses and phone-number-like
+strings, in the message, its arguments and the exception's text.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+log = logging.getLogger(__name__)
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Logger -> the lowest level it may log at. PTB's, aiosqlite's and httpcore's DEBUG lines carry
+# content (texts, statement parameters, headers); httpx's INFO lines carry the URL with the token.
+CONTENT_LOGGERS = {
+    "telegram": logging.INFO,
+    "aiosqlite": logging.INFO,
+    "httpcore": logging.INFO,
+    "hpack": logging.INFO,
+    "httpx": logging.WARNING,
+    "sqlalchemy": logging.WARNING,
+    "apscheduler": logging.WARNING,
+}
+
+MIN_HIDDEN = 8
+
+_TOKEN = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}")
+# The token's place in a Bot API URL, whatever the token looks like (the sandbox's does not
+# look like Telegram's).
+_URL_TOKEN = re.compile(r"(/(?:file/)?bot)\d+:[^/\s'\"]+")
+_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+# A candidate for a phone number: digits with spaces, dashes, slashes or brackets between them,
+# not inside a longer word or a negative number (a supergroup's chat id). `_phone` decides.
+_NUMBER = re.compile(r"(?<![\w+-])[+(]?\d[\d ()/-]*\d(?!\w)")
+_DATE = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+def _phone(match: re.Match[str]) -> str:
+    text = match.group()
+    digits = sum(c.isdigit() for c in text)
+    if not 7 <= digits <= 15 or _DATE.search(text):
+        return text
+    # A bare run of digits not starting with 0 is an id (chat, update, message), which the log
+    # needs; a leading + or 0, or separators between groups, is how people write phone numbers.
+    if text.isdigit() and not text.startswith("0"):
+        return text
+    return "<phone>"
+
+
+class Redactor(logging.Filter):
+    """Rewrites a record's text so that no secret, e-mail address or phone number is left."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets: list[str] = []
+        for secret in secrets:
+            self.hide(secret)
+
+    def hide(self, secret: str) -> None:
+        """Replace this exact string wherever it appears (the token, once it is known)."""
+        # A short one would eat ordinary words; only the sandbox allows one (for LINK_SECRET).
+        if len(secret) >= MIN_HIDDEN and secret not in self._secrets:
+            self._secrets.append(secret)
+            # Longest first: a secret that contains another is replaced whole.
+            self._secrets.sort(key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<secret>")
+        text = _URL_TOKEN.sub(r"\1<token>", text)
+        text = _TOKEN.sub("<token>", text)
+        text = _EMAIL.sub("<e-mail>", text)
+        return _NUMBER.sub(_phone, text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: still write what there is, redacted
+            message = f"{record.msg!s} {record.args!r}"
+        record.msg, record.args = self.redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+            # The redacted text is what every formatter writes; the exception itself would be
+            # formatted again by one that does not look at exc_text.
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+def hold_content_loggers(level: int) -> None:
+    """Keep the libraries' loggers that write content at or above their safe level."""
+    for name, lowest in CONTENT_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(level, lowest))
+
+
+def configure_logging(
+    level: str, secrets: Iterable[str] = (), stream: TextIO | None = None
+) -> Redactor:
+    """The process's logging: one handler on the root logger, at ``level``, behind a Redactor
+    that hides ``secrets`` (add the sandbox's token later with `Redactor.hide`)."""
+    redactor = Redactor(secrets)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(redactor)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    number = logging.getLevelNamesMapping()[level]
+    hold_content_loggers(number)
+    held = [name for name, lowest in CONTENT_LOGGERS.items() if lowest > number]
+    # Whoever turns on DEBUG to see PTB's requests learns why they are not there.
+    log.debug("held at INFO or above, as they log content: %s", ", ".join(held))
+    return redactor
+
+
+__all__ = ["CONTENT_LOGGERS", "FORMAT", "Redactor", "configure_logging", "hold_content_loggers"]
