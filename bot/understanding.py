@@ -559,6 +559,7 @@ _ORDER_NUMBER_BOOST = 0.5
 # (chosen by grouped cross-validation on the training data: bench/bench_intent_model.py).
 _RULE_WEIGHT = 0.6
 _MODEL_FLOOR = 0.3  # a winner below this is a shrug: not understood
+_MODEL_SURE = 0.5  # the model's greeting or chat this likely is not a product name after all
 _MODEL_MAX_CONFIDENCE = 0.95
 # What a bare product-looking name gets: handlers ask the catalog before answering it.
 GUESS_CONFIDENCE = 0.5
@@ -1022,7 +1023,7 @@ def _decide(scores: dict[Intent, float], has_order_number: bool) -> tuple[Intent
 
 
 def _combine(
-    text: str, rules: tuple[Intent, float] | None, scores: _Scores
+    rules: tuple[Intent, float] | None, scores: _Scores, probabilities: Mapping[str, float]
 ) -> tuple[Intent, float]:
     """The model's probabilities, the rules' decision added with its confidence as weight.
 
@@ -1031,7 +1032,6 @@ def _combine(
     something else ("noise cancelling headphones": a product, not a cancellation). An intent
     the rules saw negated ("I don't want to cancel") gets nothing from the model either.
     """
-    probabilities = _model().probabilities(text)
     combined = {_INTENT_OF[name]: p for name, p in probabilities.items()}
     for intent in scores.negated:
         combined[intent] = 0.0
@@ -1080,7 +1080,8 @@ def understand(text: str) -> Understanding:
     content = _content(tokens, scores, order_number)
 
     rules = _decide(scores.by_intent, order_number is not None)
-    decided = _combine(text, rules, scores)
+    probabilities = _model().probabilities(text)
+    decided = _combine(rules, scores, probabilities)
     if decided[0] is Intent.STOCK and _looks_like_product(tokens, content, scores):
         if Intent.STOCK not in scores.by_intent:
             # only a name, no stock question around it: the catalog has to agree
@@ -1089,10 +1090,13 @@ def understand(text: str) -> Understanding:
         if order_number is not None:
             only_number = not words or all(t.folded in _C.all_stopwords for t in words)
             decided = (Intent.ORDER_STATUS, 0.9 if only_number else 0.6)
-        elif (decided[0] is Intent.UNKNOWN or Intent.GREETING in scores.by_intent) and (
-            _looks_like_product(tokens, content, scores)
+        elif (
+            (decided[0] is Intent.UNKNOWN or Intent.GREETING in scores.by_intent)
+            and probabilities[decided[0].value] < _MODEL_SURE
+            and _looks_like_product(tokens, content, scores)
         ):
-            # "Hi, Dyson V11?": a greeting the lexicon knows, and a name after it
+            # "Hi, Dyson V11?": a greeting the lexicon knows, and a name after it; but not
+            # "hallo zusammen", nor chat the model knows for chat ("lol")
             decided = (Intent.STOCK, GUESS_CONFIDENCE)
     if decided[0] is Intent.UNKNOWN:
         return Understanding(Intent.UNKNOWN, None, None, language, 0.0)

@@ -352,14 +352,14 @@ def test_pathological_input_stays_within_bounds(text: str) -> None:
     [
         "heyy there",
         "yo yo",
-        "na du",
+        "moinsen",
         "tach auch",
-        "moin moin",
-        "holi",
-        "que onda",
-        "здорово",
+        "hallo hallo",
+        "holiii",
+        "que onda amigo",
+        "здорова бот",
         "privetik",
-        "zdravstvuyte",
+        "zdorovo rebyata",
     ],
 )
 def test_slang_and_transliterated_greetings_are_greetings_not_products(text: str) -> None:
@@ -418,7 +418,7 @@ def test_an_intent_word_inside_a_product_name_stays_part_of_the_name(text: str, 
         ("kein Mitarbeiter nötig, wo ist Bestellung 123456", "123456"),
         ("no quiero hablar con nadie, solo dime dónde está mi pedido", None),
         ("no hace falta cancelar, ¿cuándo llega el pedido 123456?", "123456"),
-        ("оператора не надо, где мой заказ", None),
+        ("менеджера не надо, где мой заказ", None),
         ("отменять не нужно, где заказ 123456", "123456"),
     ],
 )
@@ -431,12 +431,12 @@ def test_a_denied_request_leaves_the_order_question(text: str, number: str | Non
     ("text", "intent", "number", "words"),
     [
         ("gde moj zakaz 123456", Intent.ORDER_STATUS, "123456", None),
-        ("kogda privezut posylku", Intent.ORDER_STATUS, None, None),
-        ("est li v nalichii chajnik", Intent.STOCK, None, "chajnik"),
-        ("hochu otmenit zakaz", Intent.CANCEL, None, None),
-        ("pozovite operatora", Intent.AGENT, None, None),
-        ("ne pishite mne bolshe", Intent.STOP_NOTIFICATIONS, None, None),
-        ("spasibo", Intent.THANKS, None, None),
+        ("kogda privezut moyu posylku", Intent.ORDER_STATUS, None, None),
+        ("est li v nalichii chajnik aurora", Intent.STOCK, None, "chajnik aurora"),
+        ("hochu otmenit moj zakaz pozhalujsta", Intent.CANCEL, None, None),
+        ("pozovite menedzhera pozhalujsta", Intent.AGENT, None, None),
+        ("ne shlite mne bolshe soobscheniya", Intent.STOP_NOTIFICATIONS, None, None),
+        ("spasibo bolshoe za pomosh", Intent.THANKS, None, None),
     ],
 )
 def test_russian_in_latin_letters(
@@ -470,7 +470,7 @@ def test_code_switched_messages(
         "which commands do you understand",
         "welche befehle verstehst du",
         "was kann ich hier fragen",
-        "¿qué le puedo preguntar?",
+        "¿qué cosas le puedo preguntar?",
         "¿qué comandos entiendes?",
         "что можно у тебя спросить",
         "какие команды ты понимаешь",
@@ -515,8 +515,8 @@ def test_two_requests_in_one_message_answer_the_weightier(
 
 
 def test_digits_inside_a_model_name_are_not_an_order_number() -> None:
-    u = understand("sony wh1000xm5 in stock?")
-    assert (u.intent, u.order_number, u.product_words) == (Intent.STOCK, None, "sony wh1000xm5")
+    u = understand("is the aurora x500s in stock?")
+    assert (u.intent, u.order_number, u.product_words) == (Intent.STOCK, None, "aurora x500s")
 
 
 def test_a_bare_name_is_only_a_guess_the_catalog_must_confirm() -> None:
