@@ -86,6 +86,14 @@ async def test_without_a_token_it_runs_the_sandbox_with_demo_data(
     port = _free_port()
     process = await _start({**base_env, "SANDBOX_PORT": str(port)})
     try:
+        # Codes signed with a secret from the README link accounts in the sandbox only, and
+        # the log says so.
+        warning = await _read_until(process, "development secret", within=60)
+        assert warning.split(" ", 2)[2].strip() == (
+            "WARNING backorder-bot: sandbox mode: link codes are signed with the development "
+            "secret, which anyone can read in the README; with a BOT_TOKEN the bot needs a "
+            "LINK_SECRET of its own"
+        )
         line = await _read_until(process, "Sandbox playground:", within=60)
         assert f"http://127.0.0.1:{port}/" in line
         await _read_until(process, "is up", within=30)
