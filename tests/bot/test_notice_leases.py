@@ -3,17 +3,20 @@
 A batch of notices can take longer than its lease: the Bot API answers slowly, the database is
 held by an import. Its holder renews the lease while it sends, so its unsent rest is never
 claimed again and nobody hears twice (before: 331 duplicates in a fan-out of 3,338 with
-LEASE_SECONDS=10). The bot's clock moves with real time here, so leases run out as they would
-in production."""
+LEASE_SECONDS=10). A holder that finds a lease lost (another process took the notices once
+it ran out) does not send them. The bot's clock moves with real time here, so leases run out
+as they would in production."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot.context import BotApplication
 from bot.notices import deliver_due, run_policy
@@ -93,3 +96,64 @@ async def test_a_batch_slower_than_its_lease_is_sent_once(
     assert sends == {chat: 1 for _, chat, _ in made}
     assert await statuses(store) == {"sent": SLOW_FANOUT}
     assert (await deliver_due(bot)).claimed == 0
+
+
+LOST = 100
+
+
+@pytest.mark.parametrize(
+    "bot_environ",
+    [
+        {
+            "NOTICE_JOB_INTERVAL_SECONDS": "0",
+            "LEASE_SECONDS": "5",
+            "SEND_RATE_PER_SECOND": "100",  # 64 sends in flight at most (aiohttp)
+            "NOTICE_BATCH_SIZE": "100",
+        }
+    ],
+)
+async def test_a_holder_that_lost_its_lease_does_not_send_those_notices(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    made = await seed(store, tg, LOST)
+    await slip(bot, store)
+    # The first 64 sends (all the sends in flight there may be) are answered in 6 s; the
+    # others wait for their places meanwhile.
+    await tg.inject_fault("slow", method="sendMessage", count=64, delay=6.0)
+    round_ = asyncio.create_task(deliver_due(bot))
+    o = outbox.c
+    mine = o.customer_id >= CUSTOMER_BASE
+    async with asyncio.timeout(30):
+        while await count(store, mine, o.attempts > 0) < LOST:
+            assert not round_.done(), round_.result()
+            await asyncio.sleep(0.02)
+    # Another process takes over the last 20 (as it would once their lease ran out): they
+    # are its to send now.
+    async with store.begin() as conn:
+        ids = list(
+            await conn.scalars(select(o.outbox_id).where(mine).order_by(o.outbox_id).offset(80))
+        )
+        await conn.execute(
+            update(outbox)
+            .where(o.outbox_id.in_(ids))
+            .values(claimed_by="another process", claimed_until=clock() + timedelta(minutes=1))
+        )
+    # A whole lease later by the holder's clock: whatever it renewed before, it renews again
+    # before its next send, and learns which it lost.
+    clock.advance(seconds=5)
+    report = await round_
+    assert (report.claimed, report.sent, report.lost) == (LOST, 80, 20)
+    assert await sends_per_chat(tg) == {chat: 1 for _, chat, _ in made[:80]}
+    async with store.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(o.status, o.claimed_by).where(o.outbox_id.in_(ids)).distinct()
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("pending", "another process")]
+    assert await statuses(store) == {"sent": 80, "pending": 20}
+
+
+async def count(store: Store, *where: Any) -> int:
+    async with store.connect() as conn:
+        return int(await conn.scalar(select(func.count()).select_from(outbox).where(*where)) or 0)
