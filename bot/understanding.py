@@ -564,6 +564,7 @@ _MODEL_MAX_CONFIDENCE = 0.95
 # What a bare product-looking name gets: handlers ask the catalog before answering it.
 GUESS_CONFIDENCE = 0.5
 _model = intent_model.model  # a seam for the cross-validation bench
+_model()  # fitted at import, while the bot starts: the first customer must not wait for it
 _INTENT_OF = {intent.value: intent for intent in Intent}
 
 _PRIORITY = (
