@@ -11,18 +11,21 @@ not hers), stock and /start.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from telegram import Update
 from telegram.ext import TypeHandler
 
 from bot.context import BotApplication, BotContext
 from sandbox.client import SandboxClient
 from store import Store
+from store.schema import update_inbox
 from tests.conftest import link_customer
 
 GREETING = (
@@ -169,6 +172,34 @@ class Load:
             for chat, script in self.scripts.items()
             if i < len(script)
         ]
+
+
+# Each message's answer is the same whatever came before, so a chat can say many in a row.
+STATELESS_SCRIPT: tuple[tuple[str, str], ...] = (
+    ("/start", GREETING),
+    ("is KET-0001 in stock?", KETTLE),
+    ("/help", HELP),
+)
+
+
+def build_long_load(chats: int, messages: int, base: int = 840_000) -> Load:
+    """``chats`` unlinked chats, each saying ``messages`` things from STATELESS_SCRIPT in turn."""
+    load = Load()
+    for i in range(1, chats + 1):
+        chat = base + i
+        load.users.append({"id": chat, "first_name": "Customer", "language_code": "en"})
+        load.scripts[chat] = [STATELESS_SCRIPT[n % len(STATELESS_SCRIPT)] for n in range(messages)]
+    return load
+
+
+async def marked_per_chat(store: Store) -> Counter[int]:
+    """Updates the inbox holds as answered, per chat (from the saved updates themselves)."""
+    async with store.connect() as conn:
+        rows = await conn.execute(
+            select(update_inbox.c.payload).where(update_inbox.c.answered_at.is_not(None))
+        )
+        payloads = [json.loads(payload) for (payload,) in rows]
+    return Counter(int(p["message"]["chat"]["id"]) for p in payloads if "message" in p)
 
 
 def build_load(unlinked: int = 100, base: int = 810_000, linked_base: int = 820_000) -> Load:
