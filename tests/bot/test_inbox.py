@@ -7,6 +7,7 @@ batch is saved as the real bot saves it, and then dies without confirming or ans
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -130,6 +131,26 @@ async def test_a_webhook_update_is_saved_before_it_is_taken_and_a_resend_is_drop
         assert await count_updates(conn) == (0, 1)
     # And again after a restart: answered in the inbox, so dropped.
     assert await Inbox(store, clock, webhook=True).admit(_update(7)) is False
+
+
+async def test_an_answered_update_is_marked_at_the_loops_next_turn(
+    store: Store, clock: Clock
+) -> None:
+    """No timer: a kill right after an answer repeats it only if the loop never turned again
+    (a timer's mark waited 50 ms and two turns of a busy loop; see tests/test_chaos_restart)."""
+    inbox = Inbox(store, clock)
+    await inbox.received([_update(7).to_dict(), _update(8).to_dict()])
+    assert await inbox.admit(_update(7)) is True
+    assert await inbox.admit(_update(8)) is True
+    inbox.answered(7)
+    await asyncio.sleep(0)
+    async with store.connect() as conn:
+        assert await count_updates(conn) == (1, 1)
+    inbox.answered(8)
+    await asyncio.sleep(0)
+    async with store.connect() as conn:
+        assert await count_updates(conn) == (0, 2)
+    await inbox.close()
 
 
 async def test_a_replayed_where_is_my_order_whose_step_was_saved_asks_for_the_number(
