@@ -50,6 +50,15 @@ _NUMBER = re.compile(r"(?<![\w+-])[+(]?\d[\d ()/-]*\d(?!\w)")
 _DATE = re.compile(r"\d{4}-\d\d-\d\d")
 
 
+# PTB's templates for a whole update as received: one logs it at CRITICAL when it cannot read it
+# (the webhook's "Received data was: %r"), beyond any level the content loggers are held at.
+_RAW_UPDATE = ("Received data was", "received data:")
+
+
+def _as_tuple(args: object) -> tuple[object, ...]:
+    return args if isinstance(args, tuple) else (args,)
+
+
 def _phone(match: re.Match[str]) -> str:
     text = match.group()
     digits = sum(c.isdigit() for c in text)
@@ -88,6 +97,8 @@ class Redactor(logging.Filter):
         return _NUMBER.sub(_phone, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and any(part in str(record.msg) for part in _RAW_UPDATE):
+            record.args = tuple("<not logged>" for _ in _as_tuple(record.args))
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: still write what there is, redacted

@@ -128,12 +128,20 @@ def test_the_process_log_handler_redacts_and_holds_the_content_loggers() -> None
     logging.getLogger("telegram.ext.Application").debug("Processing update %s", "secret words")
     logging.getLogger("aiosqlite").debug("executing %s", "anna.schmidt@example.com")
     logging.getLogger("httpx").info("HTTP Request: POST %s", TOKEN)
+    # PTB's webhook server, for an update it cannot read.
+    logging.getLogger("telegram.ext.Updater").critical(
+        "Something went wrong processing the data received from Telegram. "
+        "Received data was *not* processed! Received data was: %r",
+        {"message": {"text": "secret words"}},
+    )
     lines = [line.split(" ", 2)[2] for line in out.getvalue().splitlines()]
     assert lines == [
         "DEBUG bot.logs: held at INFO or above, as they log content: "
         "telegram, aiosqlite, httpcore, hpack, httpx, sqlalchemy, apscheduler",
         "INFO bot.test: chat 5 wrote <e-mail>",
         "INFO bot.test: GET /bot<secret>/getMe <secret>",
+        "CRITICAL telegram.ext.Updater: Something went wrong processing the data received from "
+        "Telegram. Received data was *not* processed! Received data was: '<not logged>'",
     ]
 
 
