@@ -44,7 +44,7 @@ from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
 from store.catalog import names_of, pick_name
-from store.delays import DelayPolicy, apply_delay_policy, offer_for, record_shown
+from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
 from store.outbox import (
     BACK_IN_STOCK,
     DELAY_CANCELLED,
@@ -276,10 +276,12 @@ def in_quiet_hours(app: BotApplication, now: datetime | None = None) -> bool:
 
 
 async def run_policy(app: BotApplication) -> None:
-    """Apply the delay policy and queue what changed: one transaction, like any change."""
+    """Apply the delay policy from the changes' marks, in short batches of their own
+    (store.delays.run_delay_policy), then queue what changed in a transaction of its own."""
     now = app.bot_data.now()
-    async with app.bot_data.store.begin() as conn:
-        await apply_delay_policy(conn, today=shop_today(app), now=now, policy=delay_policy(app))
+    store = app.bot_data.store
+    await run_delay_policy(store, today=shop_today(app), now=now, policy=delay_policy(app))
+    async with store.begin() as conn:
         await queue_notices(
             conn, threshold_days=app.bot_data.settings.notice_threshold_days, now=now
         )
@@ -582,7 +584,9 @@ Step = Callable[[Any], Awaitable[None]]
 class _Results:
     """Outcomes written back in small batches by one task, so sends never wait on the
     database and a kill repeats little. A write the database refused is tried again with
-    everything that came in meanwhile, until it is taken: never dropped."""
+    everything that came in meanwhile, until it is taken: never dropped. After a refusal the
+    sent marks go first, in a transaction of their own, so that another result the database
+    keeps refusing cannot hold them back."""
 
     def __init__(self, app: BotApplication, report: DeliveryReport, lease: _Lease) -> None:
         self.app = app
@@ -591,7 +595,7 @@ class _Results:
         self.pending: list[tuple[int | None, Step]] = []
         self.closing = asyncio.Event()
         self.sent: list[int] = []
-        self.failures = 0  # writes refused, for the log and the tests
+        self.refused = 0  # writes refused in a row
 
     def add(self, step: Step, outbox_id: int | None = None) -> None:
         self.pending.append((outbox_id, step))
@@ -604,17 +608,26 @@ class _Results:
         sent, self.sent = self.sent, []
         if not steps and not sent:
             return
-        try:
-            async with self.app.bot_data.store.begin() as conn:
-                if sent:
-                    await finish(conn, sent, "sent", at=self.app.bot_data.now())
-                for _, step in steps:
-                    await step(conn)
-        except BaseException:
-            # In front of what came in meanwhile, in their order: all of it the next time.
-            self.pending[:0] = steps
-            self.sent[:0] = sent
-            raise
+        parts = [(sent, steps)] if not self.refused else [(sent, []), ([], steps)]
+        for i, (marks, rest) in enumerate(parts):
+            try:
+                await self._write(marks, rest)
+            except BaseException:
+                # In front of what came in meanwhile, in their order: all of it next time.
+                self.sent[:0] = [nid for part in parts[i:] for nid in part[0]]
+                self.pending[:0] = [step for part in parts[i:] for step in part[1]]
+                self.refused += 1
+                raise
+        self.refused = 0
+
+    async def _write(self, sent: list[int], steps: list[tuple[int | None, Step]]) -> None:
+        if not sent and not steps:
+            return
+        async with self.app.bot_data.store.begin() as conn:
+            if sent:
+                await finish(conn, sent, "sent", at=self.app.bot_data.now())
+            for _, step in steps:
+                await step(conn)
         self.lease.released(sent)
         self.lease.released([nid for nid, _ in steps if nid is not None])
 
@@ -630,7 +643,6 @@ class _Results:
             try:
                 await self.flush()
             except Exception:
-                self.failures += 1
                 log.warning("could not record notice results, trying again", exc_info=True)
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, RETRY_MAX)
@@ -747,9 +759,7 @@ async def _one(
             return
         if post is not None and await post(app, notice.chat_id, rendered.text):
             report.to_agents += 1
-            results.add(
-                partial(finish, outbox_ids=[nid], status="sent", at=app.bot_data.now()), nid
-            )
+            results.sent_now(nid)
             if rendered.offer_id is not None:
                 await _shown(results, rendered, "agent_topic")
             return

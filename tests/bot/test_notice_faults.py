@@ -162,6 +162,20 @@ async def test_a_blocked_customer_is_marked_unreachable_and_not_tried_again(
     assert await statuses(store) == {"sent": 6, "dead": 2}
 
 
+async def refuse(store: Store, status: str | None) -> None:
+    """Make the database refuse to set outbox rows to ``status`` (None: stop refusing): a
+    trigger, so the bot's own writes run unchanged and meet the refusal as they would a disk
+    error."""
+    async with store.begin() as conn:
+        await conn.exec_driver_sql("DROP TRIGGER IF EXISTS refuse_status")
+        if status is not None:
+            await conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_status BEFORE UPDATE OF status ON outbox"
+                f" WHEN NEW.status = '{status}'"
+                " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
+            )
+
+
 async def test_sends_whose_results_the_database_refused_at_first_are_recorded_not_repeated(
     bot: BotApplication,
     tg: SandboxClient,
@@ -173,16 +187,8 @@ async def test_sends_whose_results_the_database_refused_at_first_are_recorded_no
     chats = [chat for _, chat, _ in made]
     await slip(bot, store)
     # The database refuses to mark notices sent (as a disk error or an import that holds the
-    # file past the busy timeout would) until the fault is cleared: a trigger, so the bot's
-    # own writes run unchanged.
-    async with store.begin() as conn:
-        await conn.exec_driver_sql("CREATE TABLE refuse_sent (on_ INTEGER)")
-        await conn.exec_driver_sql("INSERT INTO refuse_sent VALUES (1)")
-        await conn.exec_driver_sql(
-            "CREATE TRIGGER refuse_sent_marks BEFORE UPDATE OF status ON outbox"
-            " WHEN NEW.status = 'sent' AND EXISTS (SELECT 1 FROM refuse_sent)"
-            " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
-        )
+    # file past the busy timeout would) until the fault is cleared.
+    await refuse(store, "sent")
     caplog.set_level(logging.WARNING, logger="bot.notices")
     round_ = asyncio.create_task(deliver_due(bot))
     # Every notice sent, and the write of their marks refused (at least once).
@@ -195,8 +201,7 @@ async def test_sends_whose_results_the_database_refused_at_first_are_recorded_no
     else:
         raise AssertionError("the round never sent everything and met the refusal")
     assert await statuses(store) == {"pending": 12}
-    async with store.begin() as conn:
-        await conn.exec_driver_sql("DELETE FROM refuse_sent")
+    await refuse(store, None)
     report = await round_
     assert (report.sent, report.claimed) == (12, 12)
     assert await statuses(store) == {"sent": 12}
@@ -204,3 +209,28 @@ async def test_sends_whose_results_the_database_refused_at_first_are_recorded_no
     clock.advance(hours=1)
     assert (await deliver_due(bot)).claimed == 0
     assert set((await per_chat(tg, chats)).values()) == {1}
+
+
+async def test_a_result_the_database_keeps_refusing_does_not_hold_back_the_sent_marks(
+    bot: BotApplication, tg: SandboxClient, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = await seed(store, tg, 4)
+    blocked = made[1]
+    await tg.block(blocked[1])
+    await slip(bot, store)
+    await refuse(store, "dead")  # the blocked customer's notice cannot be closed
+    caplog.set_level(logging.WARNING, logger="bot.notices")
+    round_ = asyncio.create_task(deliver_due(bot))
+    # The three sent are marked while the other result is still refused, again and again.
+    for _ in range(600):
+        if await statuses(store) == {"sent": 3, "pending": 1}:
+            break
+        assert not round_.done(), round_.result()
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the sent marks waited for the refused result: {caplog.text}")
+    assert not round_.done()
+    await refuse(store, None)
+    report = await round_
+    assert (report.sent, report.unreachable) == (3, 1)
+    assert await statuses(store) == {"sent": 3, "dead": 1}
