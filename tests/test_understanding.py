@@ -575,3 +575,26 @@ def test_the_model_alone_never_makes_the_account_step_drop_its_question() -> Non
     u = understand("kann ich mit jemandem vom laden sprechen")
     assert u.intent == Intent.AGENT
     assert 0.5 < u.confidence < 0.99
+
+
+def test_the_fitted_arrays_survive_the_trip_from_the_child() -> None:
+    model = intent_model.model()
+    again = intent_model._load(intent_model._dump(model))
+    assert again.vocabulary == model.vocabulary
+    assert again.intents == model.intents
+    text = "gde moj zakaz"
+    assert again.probabilities(text) == model.probabilities(text)
+
+
+def test_a_damaged_cached_model_is_fitted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = intent_model._cache_path()
+    assert path is not None and path.is_relative_to(tmp_path)
+    path.parent.mkdir(parents=True)
+    whole = intent_model._dump(intent_model.model())
+    path.write_bytes(whole[: len(whole) // 2])  # a process killed while writing
+    fitted = intent_model.model.__wrapped__()  # not the process's cached answer
+    assert fitted.vocabulary == intent_model.model().vocabulary
+    assert intent_model._load(path.read_bytes()).vocabulary == fitted.vocabulary
