@@ -236,6 +236,11 @@ def _run_to_end(step: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("an inline read waited for something other than its statements")
 
 
+# A statement's parameters are what customers gave (e-mail addresses, postcodes, what they
+# wrote): SQLAlchemy leaves them out of its errors' text, which the bot's log shows.
+HIDE_PARAMETERS = True
+
+
 def _inline_engine(url: str, *, writer: bool = False) -> Engine | None:
     """The synchronous engine for `Store.read` (or `Store.begin_small`, ``writer``) on a
     SQLite file; None for anything else (an in-memory database is private to its connection,
@@ -251,7 +256,9 @@ def _inline_engine(url: str, *, writer: bool = False) -> Engine | None:
     args: dict[str, Any] = {"check_same_thread": False}
     if writer:
         args["isolation_level"] = None
-    engine = create_engine(parsed.set(drivername="sqlite"), connect_args=args)
+    engine = create_engine(
+        parsed.set(drivername="sqlite"), connect_args=args, hide_parameters=HIDE_PARAMETERS
+    )
     event.listen(engine, "connect", _on_inline_write_connect if writer else _on_inline_connect)
     if writer:
         event.listen(engine, "begin", _begin_immediate)
@@ -281,10 +288,10 @@ def create_engine_for(url: str) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, hide_parameters=HIDE_PARAMETERS)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=True, hide_parameters=HIDE_PARAMETERS)
 
 
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:

@@ -15,11 +15,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.logs import CONTENT_LOGGERS, Redactor, configure_logging
 from bot.settings import Settings
 from sandbox import Limits, Sandbox
 from sandbox.client import SandboxClient
+from store import open_store
 from tests.conftest import LINK_SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +149,33 @@ def test_the_process_log_handler_redacts_and_holds_the_content_loggers() -> None
     ]
 
 
+async def test_a_store_error_does_not_carry_what_the_customer_gave(tmp_path: Path) -> None:
+    """SQLAlchemy writes a failed statement's parameters into its error's text, and the error
+    handler logs the error: the store's engines leave them out."""
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'shop.sqlite3'}")
+    bad = text("SELECT customer_id FROM customers WHERE mail = :mail")
+
+    async def query(conn: AsyncConnection) -> object:
+        return await conn.execute(bad, {"mail": "anna.schmidt@example.com"})
+
+    errors = []
+    try:
+        # Through the pool (aiosqlite) and on the event loop's thread (Store.read).
+        async with store.connect() as conn:
+            with pytest.raises(DBAPIError) as pooled:
+                await query(conn)
+        errors.append(str(pooled.value))
+        with pytest.raises(DBAPIError) as inline:
+            await store.read(query)
+        errors.append(str(inline.value))
+    finally:
+        await store.close()
+    for error in errors:
+        assert "no such column: mail" in error
+        assert "anna.schmidt" not in error
+        assert "[SQL parameters hidden due to hide_parameters=True]" in error
+
+
 # --- a whole conversation at DEBUG ------------------------------------------------------------
 
 CHAT = 51
@@ -242,12 +273,12 @@ async def test_a_conversation_at_debug_leaves_no_private_data_in_the_log(
     assert asked[0].startswith("Let's link your customer account to this chat.")
     assert asked[1].startswith("To show you order 100005, I need to make sure it's yours.")
     assert apology == [APOLOGY]
-    text = _text(log)
+    written = _text(log)
     for private in (EMAIL, "john.smith", POSTCODE, PHONE, "7946", *TEXTS, "quokka"):
-        assert private not in text, private
+        assert private not in written, private
     for secret in (TOKEN, TOKEN.split(":")[1], LINK_SECRET):
-        assert secret not in text
+        assert secret not in written
     # The failure and the DEBUG level are in it: the test looked where the leaks were.
-    assert re.search(r"ERROR bot\.handlers\.errors: update \d+ \(message, chat 51\) failed", text)
-    assert "telegram.error.BadRequest: Internal Server Error" in text
-    assert "DEBUG bot.logs: held at INFO or above, as they log content: telegram," in text
+    assert re.search(r"ERROR bot\.handlers\.errors: update \d+ \(message, chat 51\) failed", written)
+    assert "telegram.error.BadRequest: Internal Server Error" in written
+    assert "DEBUG bot.logs: held at INFO or above, as they log content: telegram," in written
