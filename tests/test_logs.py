@@ -279,6 +279,7 @@ async def test_a_conversation_at_debug_leaves_no_private_data_in_the_log(
     for secret in (TOKEN, TOKEN.split(":")[1], LINK_SECRET):
         assert secret not in written
     # The failure and the DEBUG level are in it: the test looked where the leaks were.
-    assert re.search(r"ERROR bot\.handlers\.errors: update \d+ \(message, chat 51\) failed", written)
+    failed = r"ERROR bot\.handlers\.errors: update \d+ \(message, chat 51\) failed"
+    assert re.search(failed, written)
     assert "telegram.error.BadRequest: Internal Server Error" in written
     assert "DEBUG bot.logs: held at INFO or above, as they log content: telegram," in written
