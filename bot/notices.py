@@ -44,7 +44,7 @@ from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
 from store.catalog import names_of, pick_name
-from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
+from store.delays import DelayPolicy, apply_delay_policy, offer_for, record_shown
 from store.outbox import (
     BACK_IN_STOCK,
     DELAY_CANCELLED,
@@ -276,12 +276,10 @@ def in_quiet_hours(app: BotApplication, now: datetime | None = None) -> bool:
 
 
 async def run_policy(app: BotApplication) -> None:
-    """Apply the delay policy from the changes' marks, in short batches of their own
-    (store.delays.run_delay_policy), then queue what changed in a transaction of its own."""
+    """Apply the delay policy and queue what changed: one transaction, like any change."""
     now = app.bot_data.now()
-    store = app.bot_data.store
-    await run_delay_policy(store, today=shop_today(app), now=now, policy=delay_policy(app))
-    async with store.begin() as conn:
+    async with app.bot_data.store.begin() as conn:
+        await apply_delay_policy(conn, today=shop_today(app), now=now, policy=delay_policy(app))
         await queue_notices(
             conn, threshold_days=app.bot_data.settings.notice_threshold_days, now=now
         )
@@ -390,6 +388,7 @@ class _Lease:
         self.token = token
         self.report = report
         self.length = timedelta(seconds=app.bot_data.settings.lease_seconds)
+        self.margin = self.length * SEND_MARGIN
         self.held: set[int] = set()
         self.lost: set[int] = set()
         self.until: datetime | None = None
@@ -412,8 +411,12 @@ class _Lease:
         """Whether a held lease may run out within ``margin`` of ``now``."""
         return bool(self.held) and (self.until is None or self.until - margin <= now)
 
-    async def renew(self) -> None:
+    async def renew(self, *, if_within: timedelta | None = None) -> None:
+        """Renew every lease held; ``if_within``: only if one may run out within that (sends
+        that found their lease short wait for one renewal, not one each)."""
         async with self._renewing:
+            if if_within is not None and not self.short(self.app.bot_data.now(), if_within):
+                return
             self._claimed_since = None
             async with self.app.bot_data.store.begin(counted=False) as conn:
                 # Read under the writer's turn: what a flush just wrote is not asked for.
@@ -434,11 +437,11 @@ class _Lease:
     async def may_send(self, outbox_id: int) -> bool:
         """Whether this notice is still the round's to send: its lease confirmed with at
         least SEND_MARGIN of it left; else renewed first, as long as the database takes."""
-        margin = self.length * SEND_MARGIN
+        margin = self.margin
         pause = RETRY_FIRST
         while outbox_id not in self.lost and self.short(self.app.bot_data.now(), margin):
             try:
-                await self.renew()
+                await self.renew(if_within=margin)
             except Exception:
                 log.warning("could not renew notice leases, sending waits", exc_info=True)
                 await asyncio.sleep(pause)
@@ -511,7 +514,7 @@ async def _claim(
     # The round's own notices must still be leased at ``now``, or this claim would take the
     # unsent rest of a batch that outlasted its lease (and send it twice).
     if lease.short(now, timedelta(0)):
-        await lease.renew()
+        await lease.renew(if_within=timedelta(0))
     async with app.bot_data.store.begin() as conn:
         notices = await claim_due(
             conn,
