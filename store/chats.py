@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import NotFound
 from store.schema import (
+    UTCDateTime,
     back_in_stock_subscriptions,
     chats,
     customers,
@@ -286,6 +287,90 @@ async def count_failed_attempts(
         conds.append(verification_attempts.c.order_number == order_number)
     n = await conn.scalar(select(func.count()).select_from(verification_attempts).where(*conds))
     return int(n or 0)
+
+
+# Wrong proofs are limited twice. Per chat, strictly: VERIFICATION_ATTEMPTS_PER_HOUR wrong ones
+# in an hour and the chat is refused for the rest of that hour. Per order number, from any
+# chat, by slowing down instead of locking out: the owner would otherwise be locked out by
+# anyone who knows the number (five strangers' wrong e-mails made the owner wait an hour).
+# The first `allowance` wrong proofs for a number within ORDER_WINDOW cost nothing; after
+# that, each proof for it is taken only ORDER_FIRST_WAIT after the last wrong one, doubling
+# with each further wrong one, at most ORDER_MAX_WAIT. Keyed by the number as typed, so an
+# unknown number slows down exactly like a real one and the wait tells nothing.
+CHAT_WINDOW = timedelta(hours=1)
+ORDER_WINDOW = timedelta(hours=24)  # long, so the capped waits bound guesses per day too
+ORDER_FIRST_WAIT = timedelta(minutes=1)
+ORDER_MAX_WAIT = timedelta(minutes=15)  # what the owner may be told to wait, at most
+
+
+@dataclass(frozen=True)
+class ProofCheck:
+    """Whether a proof for an order number may be checked now."""
+
+    chat_limited: bool  # this chat has used its wrong proofs for the hour
+    order_wait: timedelta  # how long until the number's next proof is taken; zero: now
+
+    @property
+    def allowed(self) -> bool:
+        return not self.chat_limited and self.order_wait <= timedelta(0)
+
+
+def order_wait_after(failures: int, allowance: int) -> timedelta:
+    """The wait after the last of ``failures`` wrong proofs for one order number."""
+    beyond = failures - allowance
+    if beyond < 0:
+        return timedelta(0)
+    # 2**beyond overflows nothing: the cap is reached after a few doublings.
+    return min(ORDER_FIRST_WAIT * (2 ** min(beyond, 16)), ORDER_MAX_WAIT)
+
+
+_CHAT_FAILURES = (
+    select(func.count())
+    .select_from(verification_attempts)
+    .where(
+        verification_attempts.c.chat_id == bindparam("chat_id", type_=BigInteger),
+        verification_attempts.c.ok.is_(False),
+        verification_attempts.c.at >= bindparam("since", type_=UTCDateTime()),
+    )
+)
+_ORDER_FAILURES = (
+    select(func.count(), func.max(verification_attempts.c.at))
+    .select_from(verification_attempts)
+    .where(
+        verification_attempts.c.order_number == bindparam("order_number"),
+        verification_attempts.c.ok.is_(False),
+        verification_attempts.c.at >= bindparam("since", type_=UTCDateTime()),
+    )
+)
+
+
+async def proof_check(
+    conn: AsyncConnection, chat_id: int, order_number: str, *, allowance: int, now: datetime
+) -> ProofCheck:
+    """Whether this chat may have a proof for ``order_number`` checked at ``now``.
+
+    Atomic only with the attempt it lets through: call it, check the proof and
+    `record_verification_attempt` in one transaction, or two chats could both be let through
+    on the same count. On SQLite the write transaction holds the file from its first
+    statement (Store.begin_small's BEGIN IMMEDIATE; through the pool, a deferred transaction
+    that read a count another writer has since changed cannot write at all: SQLITE_BUSY).
+    On PostgreSQL, READ COMMITTED lets two transactions read the same count: take
+    ``pg_advisory_xact_lock`` on the order number and on the chat before counting (there is
+    no row to lock for a number that does not exist), or run it SERIALIZABLE and retry."""
+    chat_failures = await conn.scalar(
+        _CHAT_FAILURES, {"chat_id": chat_id, "since": now - CHAT_WINDOW}
+    )
+    if int(chat_failures or 0) >= allowance:
+        return ProofCheck(chat_limited=True, order_wait=timedelta(0))
+    failures, last = (
+        await conn.execute(
+            _ORDER_FAILURES, {"order_number": order_number, "since": now - ORDER_WINDOW}
+        )
+    ).one()
+    wait = timedelta(0)
+    if last is not None:
+        wait = max(last + order_wait_after(int(failures), allowance) - now, timedelta(0))
+    return ProofCheck(chat_limited=False, order_wait=wait)
 
 
 async def subscribe_back_in_stock(conn: AsyncConnection, chat_id: int, sku: str) -> bool:

@@ -8,6 +8,7 @@ so the answer may reach any bot process. Replies never reveal whether an order e
 from __future__ import annotations
 
 import logging
+import math
 import re
 from datetime import timedelta
 from typing import Literal
@@ -29,11 +30,12 @@ from bot.render import ButtonSpec
 from bot.reply import MAIN_MENU, acknowledge, chat_id_of, send
 from bot.understanding import Intent, Understanding, understand
 from store.chats import (
+    ProofCheck,
     chat_of,
     clear_pending,
     consume_link_token,
-    count_failed_attempts,
     link_chat,
+    proof_check,
     record_verification_attempt,
     set_pending,
     touch_chat,
@@ -48,7 +50,6 @@ log = logging.getLogger(__name__)
 
 ORDER_STEP = "order_number"
 PROOF_STEP = "proof"
-ATTEMPT_WINDOW = timedelta(hours=1)
 # Before every other group: PTB runs one handler per group, and handoff owns group -1, so
 # sharing it would let one of us swallow the other's update. Nothing here stops propagation.
 ABANDON_GROUP = -2
@@ -71,7 +72,7 @@ _ELSEWHERE = frozenset(
 )
 _CERTAIN = 0.99
 
-Outcome = Literal["linked", "no_match", "limited"]
+Outcome = Literal["linked", "no_match", "limited", "wait"]
 
 
 # --- deep links -------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ async def _tell_previous_chat(context: BotContext, chat_id: int | None) -> None:
 async def begin_verification(update: Update, context: BotContext, order_number: str | None) -> None:
     """Start linking this chat: ask for the order number, or, when known, for the proof."""
     chat_id = chat_id_of(update)
+    check: ProofCheck | None = None
     async with context.own_chat_write() as conn:
         chat = await touch_chat(conn, chat_id)
         if chat.customer_id is not None:
@@ -173,12 +175,15 @@ async def begin_verification(update: Update, context: BotContext, order_number: 
         elif order_number is None:
             await set_pending(conn, chat_id, ORDER_STEP, at=context.now())
             state = "ask_order"
-        elif await _limited(conn, context, chat_id, order_number):
-            await clear_pending(conn, chat_id)
-            state = "limited"
         else:
-            await set_pending(conn, chat_id, PROOF_STEP, order_number, at=context.now())
-            state = "ask_proof"
+            check = await _check(conn, context, chat_id, order_number)
+            if check.chat_limited:
+                await clear_pending(conn, chat_id)
+                state = "limited"
+            else:
+                # Waiting or not, the proof is what comes next: sent after the wait, it counts.
+                await set_pending(conn, chat_id, PROOF_STEP, order_number, at=context.now())
+                state = "ask_proof" if check.allowed else "wait"
     if state == "linked":
         await send(
             update,
@@ -190,8 +195,27 @@ async def begin_verification(update: Update, context: BotContext, order_number: 
         await send(update, context, "account_ask_order.j2", rows=CANCEL_ROW)
     elif state == "limited":
         await send(update, context, "account_rate_limited.j2", rows=MAIN_MENU)
+    elif state == "wait":
+        assert order_number is not None and check is not None
+        await _tell_wait(update, context, order_number, check)
     else:
         await _ask_proof(update, context, order_number)
+
+
+async def _tell_wait(
+    update: Update, context: BotContext, order_number: str, check: ProofCheck
+) -> None:
+    # Whole minutes, rounded up: a proof sent when the minutes told are over is taken.
+    minutes = max(1, math.ceil(check.order_wait / timedelta(minutes=1)))
+    await send(
+        update,
+        context,
+        "account_order_wait.j2",
+        rows=CANCEL_ROW,
+        number=order_number,
+        minutes=minutes,
+        proof=context.settings.link_proof,
+    )
 
 
 async def _ask_proof(update: Update, context: BotContext, order_number: str | None) -> None:
@@ -258,12 +282,19 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
     moved_from: int | None = None
     customer_id: int | None = None
     customer: Customer | None = None
+    check: ProofCheck | None = None
     # A few one-row statements: on the loop's thread when the file is free (Store.begin_small).
+    # The check, the proof and the attempt's row in one transaction: see proof_check.
     async with context.store.begin_small() as conn:
-        # Counted before the check, so a chat at its limit learns nothing from trying more.
-        if await _limited(conn, context, chat_id, order_number):
+        # Checked before the proof, so a chat at its limit learns nothing from trying more.
+        check = await _check(conn, context, chat_id, order_number)
+        if check.chat_limited:
             await clear_pending(conn, chat_id)
             outcome = "limited"
+        elif not check.allowed:
+            # Not checked, so not counted: the question stays, for the proof after the wait.
+            await set_pending(conn, chat_id, PROOF_STEP, order_number, at=context.now())
+            outcome = "wait"
         else:
             customer_id = await verify_order_owner(
                 conn,
@@ -287,6 +318,9 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
 
     if outcome == "limited":
         await send(update, context, "account_rate_limited.j2", rows=MAIN_MENU)
+    elif outcome == "wait":
+        assert check is not None
+        await _tell_wait(update, context, order_number, check)
     elif outcome == "no_match":
         await send(update, context, "account_no_match.j2", rows=CANCEL_ROW, proof=proof)
     else:
@@ -324,14 +358,15 @@ async def _not_an_answer(
     return True
 
 
-async def _limited(
+async def _check(
     conn: AsyncConnection, context: BotContext, chat_id: int, order_number: str
-) -> bool:
-    since = context.now() - ATTEMPT_WINDOW
-    limit = context.settings.verification_attempts_per_hour
-    return (
-        await count_failed_attempts(conn, chat_id=chat_id, since=since) >= limit
-        or await count_failed_attempts(conn, order_number=order_number, since=since) >= limit
+) -> ProofCheck:
+    return await proof_check(
+        conn,
+        chat_id,
+        order_number,
+        allowance=context.settings.verification_attempts_per_hour,
+        now=context.now(),
     )
 
 

@@ -423,33 +423,117 @@ async def test_the_sixth_attempt_of_a_chat_is_refused_even_with_the_right_proof(
     assert linked["text"] == LINKED["en"]
 
 
-async def test_two_chats_guessing_the_same_order_share_its_limit(
+def order_wait(language: str, number: str, minutes: int) -> str:
+    """The reply while proofs for ``number`` wait (e-mail proof)."""
+    if language == "de":
+        unit = "Minute" if minutes == 1 else "Minuten"
+        return (
+            f"Zu Ihrer Sicherheit kann ich die Bestellnummer {number} erst in {minutes} {unit} "
+            "wieder prüfen: Dafür wurden zu viele falsche Angaben gemacht.\n"
+            "Senden Sie mir dann die E-Mail-Adresse dieser Bestellung. Oder öffnen Sie den Link "
+            "in Ihrer Bestellbestätigung per E-Mail: Er funktioniert sofort."
+        )
+    assert language == "en"
+    unit = "minute" if minutes == 1 else "minutes"
+    return (
+        f"For your security, I can check order number {number} again in {minutes} {unit}: "
+        "too many wrong answers were given for it.\n"
+        "Then send me the e-mail address of this order. Or open the link in your order "
+        "confirmation e-mail: it works right away."
+    )
+
+
+async def failed_attempts(store: Store, **which: Any) -> int:
+    async with store.connect() as conn:
+        return await count_failed_attempts(conn, since=START - timedelta(days=1), **which)
+
+
+async def test_strangers_wrong_proofs_leave_the_owner_a_short_stated_wait_then_the_link(
     tg: SandboxClient, store: Store, clock: Clock
 ) -> None:
-    for user in (614, 615, 616):
-        await tg.create_user(user, first_name="Guess", language_code="ru")
-    for user, tries in ((614, 3), (615, 1)):
-        for _ in range(tries):
-            await verify(tg, user, "100004", "guess@example.com")
-    # A third chat is asked for the proof while one wrong guess is still allowed...
-    await say_one(tg, 616, "/link")
-    await say_one(tg, 616, "100004")
-    await verify(tg, 615, "100004", "guess2@example.com")
-    async with store.connect() as conn:
-        assert (
-            await count_failed_attempts(
-                conn, order_number="100004", since=clock() - timedelta(hours=1)
-            )
-            == 5
-        )
-    # ...and even the right address is refused now: the order, not the chat, is at its limit.
-    refused = await say_one(tg, 616, "john.smith@example.com")
-    assert refused["text"] == RATE_LIMITED["ru"]
-    assert await linked_to(store, 616) is None
-    # Other orders are not affected for a chat with no failures of its own.
-    await tg.create_user(617, first_name="Anna", language_code="en")
-    linked, _order = await verify(tg, 617, "100002", "anna.schmidt@example.com", expect=2)
+    """Five chats give wrong e-mails for Anna's order: the allowance of wrong proofs for one
+    order. Anna, who has not failed, is told to wait a minute (not an hour), and then links."""
+    for stranger in range(620, 625):
+        await tg.create_user(stranger, first_name="Guess", language_code="en")
+        [reply] = await verify(tg, stranger, "100002", f"guess{stranger}@example.com")
+        assert reply["text"] == NO_MATCH["en"]
+    await tg.create_user(625, first_name="Anna", language_code="en")
+    assert (await say_one(tg, 625, "/link"))["text"] == ASK_ORDER["en"]
+    told = await say_one(tg, 625, "100002")
+    assert told["text"] == order_wait("en", "100002", 1)
+    assert buttons(told) == CANCEL["en"]
+    # The right proof before the minute is over: told again, not checked, not counted.
+    clock.advance(seconds=59)
+    again = await say_one(tg, 625, "anna.schmidt@example.com")
+    assert again["text"] == order_wait("en", "100002", 1)
+    assert await attempts(store) == 5
+    assert await linked_to(store, 625) is None
+    # The question stays open: the proof sent once the wait is over links the chat.
+    clock.advance(seconds=1)
+    linked, order = await say_n(tg, 625, "anna.schmidt@example.com", 2)
     assert linked["text"] == LINKED["en"]
+    assert "Order 100002 ·" in order["text"]
+    assert await linked_to(store, 625) == ANNA
+    assert await failed_attempts(store, order_number="100002") == 5
+    assert await failed_attempts(store, chat_id=625) == 0
+
+
+async def test_the_wait_for_one_order_doubles_with_each_wrong_proof_up_to_a_quarter_hour(
+    tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    """From fresh chats each time (many accounts), in German. A made-up number gets the very
+    same replies as a real one: the wait says nothing about whether the order exists."""
+    chats = iter(range(630, 700))
+
+    async def fresh_chat() -> int:
+        chat_id = next(chats)
+        await tg.create_user(chat_id, first_name="Guess", language_code="de")
+        return chat_id
+
+    async def wrong(chat_id: int, number: str) -> None:
+        [reply] = await verify(tg, chat_id, number, f"guess{chat_id}@example.com")
+        assert reply["text"] == NO_MATCH["de"]
+
+    for number in ("100004", "999999"):
+        for _ in range(5):
+            await wrong(await fresh_chat(), number)
+    for minutes in (1, 2, 4, 8, 15, 15):
+        waiting: dict[str, int] = {}
+        for number in ("100004", "999999"):
+            chat_id = waiting[number] = await fresh_chat()
+            await say_one(tg, chat_id, "/link")
+            told = await say_one(tg, chat_id, number)
+            assert told["text"] == order_wait("de", number, minutes)
+        clock.advance(minutes=minutes)
+        for chat_id in waiting.values():
+            # The chat that was told to wait sends its proof after the wait: checked.
+            [reply] = await tg.say(chat_id, f"guess{chat_id}@example.com", quiet=QUIET)
+            assert reply["text"] == NO_MATCH["de"]
+    for number in ("100004", "999999"):
+        assert await failed_attempts(store, order_number=number) == 11
+    # A day on, all but the last of them have left the window: the order's owner links.
+    clock.advance(hours=24)
+    await tg.create_user(699, first_name="John", language_code="en")
+    linked, _order = await verify(tg, 699, "100004", "john.smith@example.com", expect=2)
+    assert linked["text"] == LINKED["en"].replace("Anna Schmidt", "John Smith")
+
+
+async def test_a_chat_at_its_own_limit_is_refused_for_the_hour_whatever_the_order(
+    tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    await tg.create_user(700, first_name="Guess", language_code="ru")
+    for number in ("100004", "100005", "999998", "999997", "100004"):
+        await verify(tg, 700, number, "guess@example.com")
+    # None of these numbers waits (each had at most two wrong proofs): the chat's limit holds.
+    for number in ("100002", "123456"):
+        await say_one(tg, 700, "/link")
+        refused = await say_one(tg, 700, number)
+        assert refused["text"] == RATE_LIMITED["ru"]
+        assert buttons(refused) == MENU["ru"]
+    clock.advance(minutes=59)
+    await say_one(tg, 700, "/link")
+    assert (await say_one(tg, 700, "100002"))["text"] == RATE_LIMITED["ru"]
+    assert await failed_attempts(store, chat_id=700) == 5
 
 
 @pytest.mark.parametrize(

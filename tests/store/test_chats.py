@@ -14,6 +14,8 @@ from store.chats import (
     consume_link_token,
     count_failed_attempts,
     link_chat,
+    order_wait_after,
+    proof_check,
     record_miss,
     record_verification_attempt,
     reset_misses,
@@ -182,6 +184,46 @@ async def test_verification_attempts(store: Store) -> None:
         assert await count_failed_attempts(conn, order_number="100001", since=NOW) == 4
         assert await count_failed_attempts(conn, 6, "100001", since=NOW) == 1
         assert await count_failed_attempts(conn, order_number="100002", since=NOW) == 0
+
+
+def test_the_wait_after_an_orders_wrong_proofs_doubles_from_the_allowance_and_is_capped() -> None:
+    minutes = [order_wait_after(n, 5) / timedelta(minutes=1) for n in range(0, 12)]
+    assert minutes == [0, 0, 0, 0, 0, 1, 2, 4, 8, 15, 15, 15]
+    assert order_wait_after(10_000, 5) == timedelta(minutes=15)
+
+
+async def test_proof_check_counts_the_chat_in_the_hour_and_the_number_in_the_day(
+    store: Store,
+) -> None:
+    async with store.begin() as conn:
+
+        async def check(chat_id: int, number: str, at: datetime) -> tuple[bool, float]:
+            found = await proof_check(conn, chat_id, number, allowance=3, now=at)
+            return found.chat_limited, found.order_wait / timedelta(minutes=1)
+
+        # Three chats, one wrong proof each for 100001 (the allowance), the last at +2 min.
+        for chat_id in (1, 2, 3):
+            await record_verification_attempt(
+                conn, chat_id, "100001", False, NOW + timedelta(minutes=chat_id - 1)
+            )
+        await record_verification_attempt(conn, 4, "100001", True, NOW)  # a right one: free
+        assert await check(9, "100001", NOW + timedelta(minutes=2)) == (False, 1.0)
+        assert await check(9, "100001", NOW + timedelta(minutes=2, seconds=30)) == (False, 0.5)
+        assert await check(9, "100001", NOW + timedelta(minutes=3)) == (False, 0.0)
+        assert await check(9, "100002", NOW + timedelta(minutes=2)) == (False, 0.0)
+        await record_verification_attempt(conn, 9, "100001", False, NOW + timedelta(minutes=3))
+        assert await check(9, "100001", NOW + timedelta(minutes=3)) == (False, 2.0)
+        # Out of the day's window, the number's wrong proofs are forgotten.
+        assert await check(9, "100001", NOW + timedelta(days=1, minutes=2, seconds=1)) == (
+            False,
+            0.0,
+        )
+        # A chat with the allowance used in the hour is refused whatever the number...
+        for number in ("100002", "555555"):
+            await record_verification_attempt(conn, 9, number, False, NOW + timedelta(minutes=4))
+        assert await check(9, "777777", NOW + timedelta(minutes=4)) == (True, 0.0)
+        # ...until the hour after its first wrong one.
+        assert await check(9, "777777", NOW + timedelta(minutes=63, seconds=1)) == (False, 0.0)
 
 
 async def test_subscribe_back_in_stock(store: Store) -> None:
