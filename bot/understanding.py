@@ -1094,6 +1094,11 @@ def understand(text: str) -> Understanding:
     language = _language(folded_text, tokens, scores, gibberish)
     content = _content(tokens, scores, order_number)
 
+    mashed = sum(_is_gibberish(t.folded) for t in words)
+    if not scores.by_intent and order_number is None and 2 * mashed >= len(words) > 0:
+        # keyboard mash ("zxcv bnm"): whatever the model makes of it is a guess about noise
+        return Understanding(Intent.UNKNOWN, None, None, language, 0.0)
+
     rules = _decide(scores.by_intent, order_number is not None)
     probabilities = _model().probabilities(text)
     decided = _combine(rules, scores, probabilities)

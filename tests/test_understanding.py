@@ -195,7 +195,9 @@ def test_typo_matching_does_not_swallow_near_words() -> None:
     assert (u.intent, u.product_words) == (Intent.STOCK, "laser")
 
 
-@pytest.mark.parametrize("text", ["asdfghjkl", "🤔🤔🤔", "", "   ", "ok", "tell me a joke", "???"])
+@pytest.mark.parametrize(
+    "text", ["asdfghjkl", "zxcv bnm", "🤔🤔🤔", "", "   ", "ok", "tell me a joke", "???"]
+)
 def test_unknown(text: str) -> None:
     u = understand(text)
     assert u.intent == Intent.UNKNOWN
