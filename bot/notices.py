@@ -44,7 +44,7 @@ from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
 from store.catalog import names_of, pick_name
-from store.delays import DelayPolicy, apply_delay_policy, offer_for, record_shown
+from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
 from store.outbox import (
     BACK_IN_STOCK,
     DELAY_CANCELLED,
@@ -276,10 +276,12 @@ def in_quiet_hours(app: BotApplication, now: datetime | None = None) -> bool:
 
 
 async def run_policy(app: BotApplication) -> None:
-    """Apply the delay policy and queue what changed: one transaction, like any change."""
+    """Apply the delay policy from the changes' marks, in short batches of their own
+    (store.delays.run_delay_policy), then queue what changed in a transaction of its own."""
     now = app.bot_data.now()
-    async with app.bot_data.store.begin() as conn:
-        await apply_delay_policy(conn, today=shop_today(app), now=now, policy=delay_policy(app))
+    store = app.bot_data.store
+    await run_delay_policy(store, today=shop_today(app), now=now, policy=delay_policy(app))
+    async with store.begin() as conn:
         await queue_notices(
             conn, threshold_days=app.bot_data.settings.notice_threshold_days, now=now
         )

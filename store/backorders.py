@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
 from store.events import log_event
+from store.marks import mark_lines
 from store.schema import (
     customers,
     order_lines,
@@ -214,6 +215,7 @@ async def _apply_allocations(conn: AsyncConnection, sku: str, allocs: Sequence[A
         )
     )
     await conn.execute(stmt, [{"b_line": a.line_id, "b_qty": a.qty} for a in allocs])
+    await mark_lines(conn, (a.line_id for a in allocs))
     total = sum(a.qty for a in allocs)
     await conn.execute(
         update(stock)
@@ -287,6 +289,9 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
             )
         )
     ).all()
+    # Every line written here: a moved date or a new awaited restock is what the follow-on
+    # work looks at again (store.marks).
+    await mark_lines(conn, (int(r[0]) for r in returned))
     if requeue:
         await mark_queues(conn, sku)
     stamp = now.astimezone(UTC).replace(tzinfo=None)
@@ -519,6 +524,7 @@ async def place_order(
             )
         ).scalar_one()
         line_ids.append(int(line_id))
+    await mark_lines(conn, line_ids)
     await log_event(
         conn, "order_placed", order_id=order_id, customer_id=customer_id, order_number=order_number
     )
@@ -682,6 +688,7 @@ async def _cancel_lines(conn: AsyncConnection, rows: Sequence[Any], reason: str)
                 waits_for_restock_id=None,
             )
         )
+        await mark_lines(conn, [int(r.line_id)])
         total += qty
         released_by_sku[r.sku] = released_by_sku.get(r.sku, 0) + int(r.qty_allocated)
         released_by_sku.setdefault(r.sku, 0)
@@ -827,6 +834,7 @@ async def ship(
             created_at=now,
         )
     )
+    await mark_lines(conn, (line_id for line_id, _, _ in plan))
     for line_id, sku, qty in plan:
         await conn.execute(
             insert(shipment_lines).values(shipment_id=shipment_id, line_id=line_id, qty=qty)

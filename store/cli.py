@@ -1,7 +1,10 @@
 """``backorder-admin``: the shop operations console.
 
-Every command runs in one transaction; on error nothing is written, the reason goes to
-stderr in one line per problem (never a traceback) and the exit code is non-zero.
+Every change runs in one transaction; on error nothing is written, the reason goes to
+stderr in one line per problem (never a traceback) and the exit code is non-zero. What a
+change owes afterwards (the delay policy for the lines it touched, the customers' notices)
+runs after its commit in short batches of their own, from the marks the change left
+(store.marks): a command killed meanwhile leaves it to the next command or the bot.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -18,6 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from store.backorders import (
     cancel_line,
@@ -27,8 +32,16 @@ from store.backorders import (
     receive_restock,
     ship,
 )
-from store.db import database_url, open_store
-from store.delays import DelayPolicy, apply_delay_policy, consent_report, delay_lines
+from store.db import Store, database_url, open_store
+from store.delays import (
+    BATCH,
+    DelayPolicy,
+    DelayRun,
+    apply_delay_policy,
+    consent_report,
+    delay_lines,
+    run_delay_policy,
+)
 from store.errors import NotFound, StoreError, db_reason, is_busy
 from store.imports import (
     CLOCK_SKEW,
@@ -48,8 +61,18 @@ from store.imports import (
     whole_number,
 )
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
-from store.outbox import queue_notices
-from store.schema import customers, order_lines, orders, products, restocks, stock
+from store.marks import pending
+from store.outbox import QueueReport, queue_notices
+from store.schema import (
+    customers,
+    delay_offers,
+    order_lines,
+    orders,
+    outbox,
+    products,
+    restocks,
+    stock,
+)
 
 # The bot's own default (bot.settings), so demo links work without configuring anything.
 DEMO_LINK_SECRET = DEVELOPMENT_SECRET
@@ -57,6 +80,8 @@ BUSY = (
     "error: another import or admin command is writing to the store;"
     " nothing written, try again when it ends"
 )
+# Commands that change the store and then run what the change owes (follow_on).
+CHANGES = ("import", "restock-date", "receive", "cancel", "ship", "catch-up")
 # Longest free text an operator types into a command (reasons, carriers, tracking numbers).
 MAX_ARG_CHARS = {"--reason": 500, "--shipment-id": 64, "--carrier": 64, "--tracking": 100}
 
@@ -138,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--line", type=_line_qty, action="append", help="LINE_NO:QTY (default: all allocated)"
     )
 
+    cu = sub.add_parser(
+        "catch-up",
+        help="run the work changes left pending (delay policy, notices) in short batches",
+    )
+    cu.add_argument(
+        "--batch-size", type=_whole(1, 100_000), default=BATCH, help="lines per transaction"
+    )
+
+    sub.add_parser("status", help="print the work still pending (marks, first pass, notices)")
+
     rp = sub.add_parser("report", help="print the backorder report per SKU")
     rp.add_argument("--limit", type=_whole(1, 10_000), default=50)
 
@@ -183,6 +218,9 @@ def _check_values(args: argparse.Namespace) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     _check_values(args)
+    # Read before any change is written: a bad setting refuses the command, not its follow-on.
+    changes = args.command in CHANGES and not getattr(args, "check", False)
+    settings = follow_on_settings() if changes else None
     if args.command == "import":
         # Check the whole file before touching the database.
         parse_file(args.kind, args.file)
@@ -196,12 +234,10 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "import":
             async with store.begin() as conn:
                 r = await apply_file(conn, args.kind, args.file)
-                await queue_after_change(conn)
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
             async with store.begin() as conn:
                 proj = await change_restock_date(conn, args.restock_id, args.date, args.reason)
-                await queue_after_change(conn)
             print(
                 f"{args.restock_id}: "
                 + ("date unchanged" if proj is None else f"{len(proj.moved)} lines moved")
@@ -209,7 +245,6 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "receive":
             async with store.begin() as conn:
                 rec = await receive_restock(conn, args.restock_id, args.qty)
-                await queue_after_change(conn)
             if rec.changed:
                 print(
                     f"{rec.restock_id}: received {rec.qty}, allocated {rec.qty - rec.to_free_stock}"
@@ -234,7 +269,6 @@ async def _run(args: argparse.Namespace) -> int:
                         f"{args.restock_id}: "
                         + ("already cancelled" if proj is None else "cancelled")
                     )
-                await queue_after_change(conn)
         elif args.command == "ship":
             async with store.begin() as conn:
                 s = await ship(
@@ -246,7 +280,6 @@ async def _run(args: argparse.Namespace) -> int:
                     shipped_on=args.date or date.today(),
                     lines=dict(args.line) if args.line else None,
                 )
-                await queue_after_change(conn)
             print(
                 f"{s.shipment_id}: "
                 + (
@@ -255,6 +288,11 @@ async def _run(args: argparse.Namespace) -> int:
                     else "already recorded"
                 )
             )
+        elif args.command == "catch-up":
+            pass  # the follow-on below is the whole command
+        elif args.command == "status":
+            async with store.connect() as conn:
+                await _status(conn)
         elif args.command == "report":
             async with store.connect() as conn:
                 await _report(conn, args.limit)
@@ -272,6 +310,17 @@ async def _run(args: argparse.Namespace) -> int:
                 raise StoreError("database is not empty (use --force to add demo data anyway)")
             summary = await fill_demo(store, args.size, args.seed)
             print(summary)
+        if settings is not None:
+            run, queued = await follow_on(
+                store, settings, batch_size=getattr(args, "batch_size", BATCH)
+            )
+            if args.command == "catch-up":
+                print(
+                    f"delay policy: {run.offered} offered, {run.cancelled} cancelled,"
+                    f" {run.to_agents} to agents, {run.closed} closed;"
+                    f" {run.lines} lines looked at in {run.batches} batches;"
+                    f" {queued.notices} notices queued"
+                )
         return 0
     finally:
         await store.close()
@@ -336,11 +385,15 @@ def _env_int(name: str, default: int) -> int:
         raise StoreError(f"{name}: not a whole number: {value!r}") from None
 
 
-async def queue_after_change(conn: AsyncConnection) -> None:
-    """Queue the notices a change owes customers, in the change's own transaction, so a
-    notice is never lost and never queued twice. Reads the bot's settings from the same
-    environment variables the bot reads."""
-    zone = ZoneInfo(os.environ.get("SHOP_TIMEZONE") or "Europe/Berlin")
+@dataclass(frozen=True)
+class FollowOnSettings:
+    policy: DelayPolicy
+    zone: ZoneInfo
+    threshold_days: int
+
+
+def follow_on_settings() -> FollowOnSettings:
+    """The delay policy and notice settings, from the environment variables the bot reads."""
     action = os.environ.get("DELAY_NO_ANSWER_ACTION", "cancel").strip() or "cancel"
     if action not in ("cancel", "agents"):
         raise StoreError(f"DELAY_NO_ANSWER_ACTION: must be cancel or agents: {action!r}")
@@ -350,9 +403,80 @@ async def queue_after_change(conn: AsyncConnection) -> None:
         min_answer_days=_env_int("DELAY_MIN_ANSWER_DAYS", 7),
         no_answer_action="agents" if action == "agents" else "cancel",
     )
+    return FollowOnSettings(
+        policy,
+        ZoneInfo(os.environ.get("SHOP_TIMEZONE") or "Europe/Berlin"),
+        _env_int("NOTICE_THRESHOLD_DAYS", 1),
+    )
+
+
+async def queue_after_change(conn: AsyncConnection) -> None:
+    """The policy from scratch and the notices, in the caller's transaction (a small store's
+    change that must carry its consequences, as the tests' imports do). The commands commit
+    the change first and run ``follow_on`` after it instead."""
+    s = follow_on_settings()
     now = datetime.now(UTC)
-    await apply_delay_policy(conn, today=now.astimezone(zone).date(), now=now, policy=policy)
-    await queue_notices(conn, threshold_days=_env_int("NOTICE_THRESHOLD_DAYS", 1), now=now)
+    await apply_delay_policy(conn, today=now.astimezone(s.zone).date(), now=now, policy=s.policy)
+    await queue_notices(conn, threshold_days=s.threshold_days, now=now)
+
+
+async def follow_on(
+    store: Store,
+    settings: FollowOnSettings,
+    *,
+    batch_size: int = BATCH,
+    now: datetime | None = None,
+    show: bool | None = None,
+) -> tuple[DelayRun, QueueReport]:
+    """What the changes so far owe, each batch its own short transaction: the delay policy
+    from the marks (and the first pass, if it is not done), then the notices. A progress bar
+    on a terminal (``show`` None), nothing otherwise."""
+    now = now or datetime.now(UTC)
+    async with store.connect() as conn:
+        left = await pending(conn)
+    todo = left.marked + left.scan_left
+    with tqdm(
+        total=todo,
+        desc="delay policy",
+        unit=" lines",
+        # None: tqdm's own test, a bar on a terminal and nothing otherwise.
+        disable=True if todo < batch_size else (None if show is None else not show),
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
+        run = await run_delay_policy(
+            store,
+            today=now.astimezone(settings.zone).date(),
+            now=now,
+            policy=settings.policy,
+            batch_size=batch_size,
+            on_batch=lambda r: bar.update(r.lines),
+        )
+    async with store.begin() as conn:
+        queued = await queue_notices(conn, threshold_days=settings.threshold_days, now=now)
+    return run, queued
+
+
+async def _status(conn: AsyncConnection) -> None:
+    left = await pending(conn)
+    now = datetime.now(UTC)
+    o = outbox.c
+    due = await conn.scalar(select(func.count()).where(o.status == "pending", o.not_before <= now))
+    backlog = await conn.scalar(select(func.count()).where(o.status == "pending"))
+    d = delay_offers.c
+    deadlines = await conn.scalar(
+        select(func.count()).where(
+            d.status == "open", d.consent_needed.is_(True), d.answer_by < date.today()
+        )
+    )
+    scanned = left.lines - left.scan_left
+    share = f"{100 * scanned / left.lines:.1f}%" if left.lines else "100%"
+    print(f"lines marked, not passed yet: {left.marked}")
+    print(f"first pass: {scanned} of {left.lines} lines looked at ({share}), {left.scan_left} left")
+    print(f"delay offers past their answer-by day: {deadlines}")
+    print(f"notices due now: {due}; outbox backlog (pending): {backlog}")
+    if left.updated_at is not None:
+        print(f"last batch of the policy: {left.updated_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 async def _delay_report(conn: AsyncConnection, limit: int) -> None:

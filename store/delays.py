@@ -12,19 +12,25 @@ row of ``delay_offers``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import cancel_line, cancel_order
+from store.db import Store
 from store.errors import NotFound
+from store.marks import advance, insert_ignoring, lines_from, take_marks, take_turn
 from store.outbox import DELAY_CANCELLED, DELAY_OFFER, IN_CHUNK, insert_notices
 from store.schema import chats, delay_offers, order_lines, orders, utcnow
 
 OPEN = ("open", "consented")
+# Offers due or lines looked at per batch of the policy: a batch of the 1M-order store's
+# first pass (every line late) is this many offers and notices in one short transaction.
+BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,20 @@ class DelayRun:
     cancelled: int
     to_agents: int
     closed: int
+    lines: int = 0  # lines looked at (marked or scanned)
+    batches: int = 0
+    more: bool = False  # the last batch used its whole budget: there may be work left
+
+    def __add__(self, other: DelayRun) -> DelayRun:
+        return DelayRun(
+            self.offered + other.offered,
+            self.cancelled + other.cancelled,
+            self.to_agents + other.to_agents,
+            self.closed + other.closed,
+            self.lines + other.lines,
+            self.batches + other.batches,
+            other.more,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,23 +96,127 @@ def is_delayed(projected: date | None, promise: date) -> bool:
 
 
 async def apply_delay_policy(
-    conn: AsyncConnection, *, today: date, now: datetime | None = None, policy: DelayPolicy
+    conn: AsyncConnection,
+    *,
+    today: date,
+    now: datetime | None = None,
+    policy: DelayPolicy,
+    batch_size: int = BATCH,
 ) -> DelayRun:
-    """One pass: close offers whose answer-by day passed without consent, then offer the
-    options to every line newly delayed or delayed again. Idempotent for the same day."""
+    """The policy from scratch, in the caller's one transaction: every offer due, then every
+    line of the store, marked or not. For a small store, a test, a change written around the
+    store's functions (no marks), and as the reference the batched pass must equal. A big
+    store's scheduler and admin commands run ``run_delay_policy``: work from the marks, each
+    batch its own transaction. Idempotent for the same day."""
     now = now or utcnow()
-    cancelled, to_agents, closed = await _enforce_deadlines(conn, today, now, policy)
-    offered = await _offer_new(conn, today, now, policy)
-    return DelayRun(offered, cancelled, to_agents, closed)
+    await take_turn(conn)
+    cancelled, to_agents, closed, _ = await _enforce_deadlines(conn, today, now, policy, None)
+    offered = lines = batches = 0
+    start = 0
+    while ids := await lines_from(conn, start, batch_size):
+        lines += len(ids)
+        batches += 1
+        offered += await _offer_lines(
+            conn, today, now, policy, order_lines.c.line_id.between(ids[0], ids[-1])
+        )
+        start = ids[-1] + 1
+    # Every line so far was looked at: the first pass has nothing left. The marks stay; a
+    # batch that takes them finds nothing to do.
+    await advance(conn, start)
+    return DelayRun(offered, cancelled, to_agents, closed, lines, batches, False)
 
 
-async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: DelayPolicy) -> int:
+async def run_delay_policy(
+    store: Store,
+    *,
+    today: date,
+    now: datetime | None = None,
+    policy: DelayPolicy,
+    batch_size: int = BATCH,
+    max_batches: int | None = None,
+    on_batch: Callable[[DelayRun], None] | None = None,
+) -> DelayRun:
+    """The policy in batches, each in its own short transaction, until nothing is pending
+    (or ``max_batches``). A crash between two batches loses nothing: what is left is still
+    marked, or beyond the cursor, or still due."""
+    total = DelayRun(0, 0, 0, 0)
+    while max_batches is None or total.batches < max_batches:
+        async with store.begin() as conn:
+            run = await delay_policy_batch(
+                conn, today=today, now=now, policy=policy, limit=batch_size
+            )
+        total += run
+        if on_batch is not None:
+            on_batch(run)
+        if not run.more:
+            break
+    return total
+
+
+async def delay_policy_batch(
+    conn: AsyncConnection,
+    *,
+    today: date,
+    now: datetime | None = None,
+    policy: DelayPolicy,
+    limit: int = BATCH,
+) -> DelayRun:
+    """One bounded step of the policy, at most ``limit`` offers due or lines looked at, in the
+    caller's transaction: close offers whose answer-by day passed without consent (oldest
+    offer first), then offer the options to the marked lines newly delayed or delayed again,
+    then to the lines the first pass has not looked at yet (line_id ranges from the cursor).
+
+    Deadlines come first and marks only once none is due, the order of a pass over the whole
+    store; the results of the batches until ``more`` is False are those of that pass. Safe
+    with any number of processes at once: the batch's first statement is a write (store.marks.
+    take_turn), offers are inserted with ON CONFLICT DO NOTHING and only those inserted are
+    told."""
+    now = now or utcnow()
+    start = await take_turn(conn)
+    budget = limit
+    cancelled, to_agents, closed, due = await _enforce_deadlines(conn, today, now, policy, budget)
+    budget -= due
+    offered = lines = 0
+    if budget > 0:
+        marked = await take_marks(conn, budget)
+        budget -= len(marked)
+        lines += len(marked)
+        for at in range(0, len(marked), IN_CHUNK):
+            chunk = marked[at : at + IN_CHUNK]
+            offered += await _offer_lines(
+                conn, today, now, policy, order_lines.c.line_id.in_(chunk)
+            )
+    if budget > 0:
+        ids = await lines_from(conn, start, budget)
+        if ids:
+            budget -= len(ids)
+            lines += len(ids)
+            offered += await _offer_lines(
+                conn, today, now, policy, order_lines.c.line_id.between(ids[0], ids[-1])
+            )
+            await advance(conn, ids[-1] + 1)
+    return DelayRun(offered, cancelled, to_agents, closed, lines, 1, budget <= 0)
+
+
+async def _offer_lines(
+    conn: AsyncConnection,
+    today: date,
+    now: datetime,
+    policy: DelayPolicy,
+    which: ColumnElement[bool],
+) -> int:
     ol = order_lines.c
     d = delay_offers.c
-    latest_seq = (
-        select(d.line_id, func.max(d.seq).label("seq")).group_by(d.line_id).subquery("latest_seq")
-    )
     latest = delay_offers.alias("latest")
+    newer = delay_offers.alias("newer")
+    # The line's newest offer through the (line_id, seq) unique index, line by line: a
+    # GROUP BY over every offer of the store cost a scan of the table per batch.
+    newest_seq = (
+        select(func.max(newer.c.seq))
+        .where(newer.c.line_id == ol.line_id)
+        .correlate(order_lines)
+        .scalar_subquery()
+    )
     rows = (
         await conn.execute(
             select(
@@ -111,12 +235,9 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
             .select_from(
                 order_lines.join(orders, orders.c.order_id == ol.order_id)
                 .outerjoin(chats, chats.c.customer_id == orders.c.customer_id)
-                .outerjoin(latest_seq, latest_seq.c.line_id == ol.line_id)
-                .outerjoin(
-                    latest,
-                    (latest.c.line_id == ol.line_id) & (latest.c.seq == latest_seq.c.seq),
-                )
+                .outerjoin(latest, (latest.c.line_id == ol.line_id) & (latest.c.seq == newest_seq))
             )
+            .where(which)
             .where(ol.qty_waiting > 0)
             .where(
                 (ol.projected_date.is_(None))
@@ -126,7 +247,8 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
         )
     ).all()
     new_offers: list[dict[str, Any]] = []
-    supersede: list[int] = []
+    chat_of: dict[int, int | None] = {}
+    open_before: dict[int, int] = {}  # line -> its open offer, superseded by the new one
     for r in rows:
         promise = promise_of(r.promised_date, r.placed_at, policy.default_ship_days)
         if not is_delayed(r.projected_date, promise):
@@ -147,12 +269,13 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
             seq = r.seq + 1
             consent_needed = True
             if r.status == "open":
-                supersede.append(r.offer_id)
+                open_before[int(r.line_id)] = int(r.offer_id)
         answer_by = None
         if consent_needed:
             floor = today + timedelta(days=policy.min_answer_days)
             answer_by = r.projected_date if r.projected_date is not None else max(promise, floor)
             answer_by = max(answer_by, floor)
+        chat_of[int(r.line_id)] = r.chat_id
         new_offers.append(
             {
                 "line_id": r.line_id,
@@ -166,27 +289,36 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
                 "buttons": "[]",
                 "offered_at": now,
                 "status": "open",
-                "chat_id": r.chat_id,
             }
-        )
-    if supersede:
-        await conn.execute(
-            update(delay_offers).where(d.offer_id.in_(supersede)).values(status="superseded")
         )
     if not new_offers:
         return 0
-    chat_ids = [offer.pop("chat_id") for offer in new_offers]
-    # One INSERT ... RETURNING for many rows (SQLAlchemy's insertmanyvalues), the ids in the
-    # rows' order: one statement per offer cost 0.9 ms each, and a store's first pass can
-    # offer to a million late lines in this one transaction.
-    offer_ids = (
-        await conn.execute(
-            delay_offers.insert().returning(d.offer_id, sort_by_parameter_order=True), new_offers
+    # One INSERT ... RETURNING for many rows (SQLAlchemy's insertmanyvalues). Another process
+    # may have made the same offer (line_id, seq) since this one read: its row is skipped and
+    # RETURNING leaves it out, so the ids are matched by (line_id, seq), never by position,
+    # and only the offers made here are superseded, told and marked told.
+    made = {
+        (int(r.line_id), int(r.seq)): int(r.offer_id)
+        for r in await conn.execute(
+            insert_ignoring(conn, delay_offers).returning(d.offer_id, d.line_id, d.seq),
+            new_offers,
         )
-    ).scalars()
+    }
+    made_for = {line_id for line_id, _ in made}
+    superseded = [offer_id for line_id, offer_id in open_before.items() if line_id in made_for]
+    for at in range(0, len(superseded), IN_CHUNK):
+        await conn.execute(
+            update(delay_offers)
+            .where(d.offer_id.in_(superseded[at : at + IN_CHUNK]), d.status == "open")
+            .values(status="superseded")
+        )
     notices: list[dict[str, Any]] = []
     reached: list[int] = []
-    for offer, offer_id, chat_id in zip(new_offers, offer_ids, chat_ids, strict=True):
+    for offer in new_offers:
+        offer_id = made.get((int(offer["line_id"]), int(offer["seq"])))
+        if offer_id is None:
+            continue
+        chat_id = chat_of[int(offer["line_id"])]
         if chat_id is not None:
             reached.append(offer["line_id"])
         notices.append(
@@ -210,12 +342,15 @@ async def _offer_new(conn: AsyncConnection, today: date, now: datetime, policy: 
             .where(ol.line_id.in_(reached[start : start + IN_CHUNK]))
             .values(last_told_date=ol.projected_date, last_told_at=now)
         )
-    return len(new_offers)
+    return len(made)
 
 
 async def _enforce_deadlines(
-    conn: AsyncConnection, today: date, now: datetime, policy: DelayPolicy
-) -> tuple[int, int, int]:
+    conn: AsyncConnection, today: date, now: datetime, policy: DelayPolicy, limit: int | None
+) -> tuple[int, int, int, int]:
+    """Offers whose answer-by day passed, up to ``limit`` (None: all), oldest offer first (a
+    cancellation passes its units on, which can decide the next one): (cancelled, to agents,
+    closed, due offers looked at)."""
     d = delay_offers.c
     ol = order_lines.c
     due = (
@@ -239,6 +374,7 @@ async def _enforce_deadlines(
             )
             .where(d.status == "open", d.consent_needed.is_(True), d.answer_by < today)
             .order_by(d.offer_id)
+            .limit(limit)
         )
     ).all()
     cancelled = to_agents = closed = 0
@@ -247,33 +383,34 @@ async def _enforce_deadlines(
         if r.qty_waiting == 0 or not is_delayed(r.projected_date, r.promised_date):
             # It shipped, was filled or cancelled in the meantime, or its date came back
             # within the promise: nothing left to decide, and nothing to cancel.
-            await _close(conn, r.offer_id, "closed", None, now, "policy", None)
-            closed += 1
+            closed += await _close(conn, r.offer_id, "closed", None, now, "policy", None)
             continue
         if r.shown_at is None:
             # The offer never reached the customer (no chat, blocked, undeliverable): their
             # silence is not consent to anything, so people must reach them another way.
-            await _close(conn, r.offer_id, "to_agents", "never_shown", now, "policy", None)
-            to_agents += 1
+            to_agents += await _close(
+                conn, r.offer_id, "to_agents", "never_shown", now, "policy", None
+            )
             continue
         if policy.no_answer_action == "agents":
-            await _close(conn, r.offer_id, "to_agents", "no_answer", now, "policy", None)
-            to_agents += 1
+            to_agents += await _close(
+                conn, r.offer_id, "to_agents", "no_answer", now, "policy", None
+            )
+            continue
+        # Closed first, only while still open: whoever changed it meanwhile (the customer's
+        # answer) wins, and the line is not cancelled behind their back.
+        if not await _close(conn, r.offer_id, "cancelled", "no_answer", now, "policy", None):
             continue
         result = await cancel_line(
             conn, r.order_number, r.line_no, reason="delay: no consent by the answer-by day"
         )
         if r.chat_id is not None:
-            # Without a chat the cancellation stays untold, like any change (see _offer_new).
+            # Without a chat the cancellation stays untold, like any change (see _offer_lines).
             await _told_cancelled(conn, [r.line_id])
-        await _close(
-            conn,
-            r.offer_id,
-            "cancelled",
-            "no_answer",
-            now,
-            "policy",
-            {"cancelled_qty": result.cancelled_qty},
+        await conn.execute(
+            update(delay_offers)
+            .where(d.offer_id == r.offer_id)
+            .values(answer_detail=json.dumps({"cancelled_qty": result.cancelled_qty}))
         )
         cancelled += 1
         notices.append(
@@ -288,7 +425,7 @@ async def _enforce_deadlines(
             }
         )
     await insert_notices(conn, notices)
-    return cancelled, to_agents, closed
+    return cancelled, to_agents, closed, len(due)
 
 
 async def _told_cancelled(conn: AsyncConnection, line_ids: list[int]) -> None:
@@ -311,11 +448,15 @@ async def _close(
     now: datetime,
     channel: str,
     detail: dict[str, Any] | None,
-) -> None:
-    await conn.execute(
-        update(delay_offers)
-        .where(delay_offers.c.offer_id == offer_id)
-        .values(
+    *,
+    only_open: bool = True,
+) -> int:
+    """Close an offer; 1 if this call closed it, 0 if it was no longer open (``only_open``)."""
+    q = update(delay_offers).where(delay_offers.c.offer_id == offer_id)
+    if only_open:
+        q = q.where(delay_offers.c.status == "open")
+    result = await conn.execute(
+        q.values(
             status=status,
             answer=answer,
             answered_at=now,
@@ -323,6 +464,7 @@ async def _close(
             answer_detail=json.dumps(detail, sort_keys=True) if detail else None,
         )
     )
+    return int(result.rowcount)
 
 
 # --- the customer's side -----------------------------------------------------------------
@@ -404,7 +546,7 @@ async def record_shown(
 
 
 async def answer_keep(conn: AsyncConnection, offer: Offer, now: datetime, channel: str) -> None:
-    await _close(conn, offer.offer_id, "consented", "keep", now, channel, None)
+    await _close(conn, offer.offer_id, "consented", "keep", now, channel, None, only_open=False)
     await conn.execute(
         update(order_lines)
         .where(order_lines.c.line_id == offer.line_id)
@@ -436,7 +578,14 @@ async def answer_cancel(
     await _told_cancelled(conn, lines)
     answer = "cancel_order" if whole_order else "cancel_line"
     await _close(
-        conn, offer.offer_id, "cancelled", answer, now, channel, {"qty": result.cancelled_qty}
+        conn,
+        offer.offer_id,
+        "cancelled",
+        answer,
+        now,
+        channel,
+        {"qty": result.cancelled_qty},
+        only_open=False,
     )
     await conn.execute(
         update(delay_offers)
@@ -474,6 +623,7 @@ async def answer_alternative(
         now,
         channel,
         {"sku": alt_sku, "new_order": new_order_number},
+        only_open=False,
     )
 
 
@@ -566,10 +716,12 @@ __all__ = [
     "apply_delay_policy",
     "consent_report",
     "delay_lines",
+    "delay_policy_batch",
     "is_delayed",
     "next_order_number",
     "offer_for",
     "promise_of",
     "record_shown",
+    "run_delay_policy",
     "still_current",
 ]

@@ -525,3 +525,28 @@ update_inbox = Table(
     Column("received_at", UTCDateTime, nullable=False),
     Column("answered_at", UTCDateTime),
 )
+
+# Lines a change touched (a projected date moved, units allocated, shipped or cancelled, a new
+# line) whose follow-on work (the delay policy) has not run yet: written in the change's own
+# transaction, taken and deleted in the batch that does the work, so a crash between the two
+# loses nothing and a batch never does a line twice. A line marked twice is one row.
+follow_on_marks = Table(
+    "follow_on_marks",
+    metadata,
+    Column("line_id", Integer, ForeignKey("order_lines.line_id"), primary_key=True),
+)
+
+# Durable cursors of the follow-on work. 'delay': the delay policy has looked at every line
+# below next_line_id at least once; lines at or above it (a store upgraded to the marks, or
+# lines written without a mark, such as the demo's bulk load) are scanned in line_id ranges.
+# Every batch of the policy begins by writing its row: on SQLite that first write takes the
+# write lock before anything is read, on PostgreSQL the row lock puts the policy's batches of
+# all processes one after another.
+follow_on_cursors = Table(
+    "follow_on_cursors",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("next_line_id", Integer, nullable=False),
+    Column("batches", Integer, nullable=False, server_default=text("0")),
+    Column("updated_at", UTCDateTime),
+)
