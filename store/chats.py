@@ -350,13 +350,14 @@ async def proof_check(
     """Whether this chat may have a proof for ``order_number`` checked at ``now``.
 
     Atomic only with the attempt it lets through: call it, check the proof and
-    `record_verification_attempt` in one transaction, or two chats could both be let through
-    on the same count. On SQLite the write transaction holds the file from its first
-    statement (Store.begin_small's BEGIN IMMEDIATE; through the pool, a deferred transaction
-    that read a count another writer has since changed cannot write at all: SQLITE_BUSY).
-    On PostgreSQL, READ COMMITTED lets two transactions read the same count: take
-    ``pg_advisory_xact_lock`` on the order number and on the chat before counting (there is
-    no row to lock for a number that does not exist), or run it SERIALIZABLE and retry."""
+    `record_verification_attempt` in one write transaction, or two chats could both be let
+    through on the same count. On SQLite what holds it is the file's write lock, had before
+    the counts are read: Store.begin_small begins IMMEDIATE; through the pool (the file was
+    busy) the driver begins only at the first write, so the caller writes first (the bot
+    clears the chat's question). On PostgreSQL, READ COMMITTED lets two transactions read
+    the same count: take ``pg_advisory_xact_lock`` on the order number and on the chat
+    before counting (a number that does not exist has no row to lock), or run the
+    transaction SERIALIZABLE and retry it on a serialization failure."""
     chat_failures = await conn.scalar(
         _CHAT_FAILURES, {"chat_id": chat_id, "since": now - CHAT_WINDOW}
     )

@@ -286,10 +286,12 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
     # A few one-row statements: on the loop's thread when the file is free (Store.begin_small).
     # The check, the proof and the attempt's row in one transaction: see proof_check.
     async with context.store.begin_small() as conn:
+        # A write first, so the counts are read under the file's write lock on every path
+        # (proof_check); whatever comes next is set again below.
+        await clear_pending(conn, chat_id)
         # Checked before the proof, so a chat at its limit learns nothing from trying more.
         check = await _check(conn, context, chat_id, order_number)
         if check.chat_limited:
-            await clear_pending(conn, chat_id)
             outcome = "limited"
         elif not check.allowed:
             # Not checked, so not counted: the question stays, for the proof after the wait.
@@ -312,7 +314,6 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
             else:
                 moved_from = await _linked_chat(conn, customer_id, other_than=chat_id)
                 await link_chat(conn, chat_id, customer_id)
-                await clear_pending(conn, chat_id)
                 customer = await customer_of(conn, customer_id)
                 outcome = "linked"
 
