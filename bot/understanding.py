@@ -1095,8 +1095,9 @@ def understand(text: str) -> Understanding:
     content = _content(tokens, scores, order_number)
 
     mashed = sum(_is_gibberish(t.folded) for t in words)
-    if not scores.by_intent and order_number is None and 2 * mashed >= len(words) > 0:
-        # keyboard mash ("zxcv bnm"): whatever the model makes of it is a guess about noise
+    if not scores.by_intent and order_number is None and 2 * mashed >= len(words):
+        # no word at all (" 1", "🤔"), or keyboard mash ("zxcv bnm"): whatever the model
+        # made of it would be a guess about noise
         return Understanding(Intent.UNKNOWN, None, None, language, 0.0)
 
     rules = _decide(scores.by_intent, order_number is not None)

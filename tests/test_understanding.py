@@ -196,7 +196,8 @@ def test_typo_matching_does_not_swallow_near_words() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["asdfghjkl", "zxcv bnm", "🤔🤔🤔", "", "   ", "ok", "tell me a joke", "???"]
+    "text",
+    ["asdfghjkl", "zxcv bnm", "🤔🤔🤔", "", "   ", "ok", "tell me a joke", "???", " 1", "+1"],
 )
 def test_unknown(text: str) -> None:
     u = understand(text)
@@ -600,3 +601,18 @@ def test_a_damaged_cached_model_is_fitted_again(
     fitted = intent_model.model.__wrapped__()  # not the process's cached answer
     assert fitted.vocabulary == intent_model.model().vocabulary
     assert intent_model._load(path.read_bytes()).vocabulary == fitted.vocabulary
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        # the menu's words typed, and a question no rule knows: the bot's own tests send these
+        ("/ orders", Intent.ORDER_STATUS),
+        ("Your orders", Intent.ORDER_STATUS),
+        ("Is anybody there?", Intent.AGENT),
+        ("No, keep it", Intent.UNKNOWN),
+        ("12 декабря", Intent.UNKNOWN),
+    ],
+)
+def test_menu_words_and_short_answers(text: str, intent: Intent) -> None:
+    assert understand(text).intent == intent
