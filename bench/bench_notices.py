@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.app import build_application, tune_collector  # noqa: E402
-from bot.notices import close, deliver_due, sends_in_flight  # noqa: E402
+from bot.notices import batch_limit, close, deliver_due, sends_in_flight  # noqa: E402
 from bot.request import AiohttpRequest  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from sandbox import Limits, Sandbox  # noqa: E402
@@ -189,11 +189,11 @@ async def ceiling(where: dict[str, str], n: int, seconds: float, layer: str) -> 
 
 
 async def deliver(
-    store: Store, where: dict[str, str], db_url: str, rate: float, seconds: float
+    store: Store, where: dict[str, str], db_url: str, rate: float, seconds: float, lease: int
 ) -> tuple[int, float]:
-    # NOTICE_BATCH_SIZE's default (500) at every rate: about ``seconds`` of sending.
+    # NOTICE_BATCH_SIZE's default (500) at every rate, as far as the lease allows: about
+    # ``seconds`` of sending.
     batch = 500
-    rounds = max(1, round(rate * seconds / batch))
     settings = load_settings(
         {
             "BOT_TOKEN": where["token"],
@@ -204,10 +204,11 @@ async def deliver(
             "SEND_RATE_PER_SECOND": str(rate),
             "NOTICE_BATCH_SIZE": str(min(batch, 10_000)),
             "NOTICE_JOB_INTERVAL_SECONDS": "0",
-            "LEASE_SECONDS": "600",
+            "LEASE_SECONDS": str(lease),
             "REQUEST_LAYER": LAYER,
         }
     )
+    rounds = max(1, round(rate * seconds / batch_limit(settings)))
     app = build_application(settings, store, now=lambda: NOW)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -223,7 +224,7 @@ async def deliver(
     return report.sent, elapsed
 
 
-async def main(n: int, seconds: float, rates: list[float], probe: bool) -> None:
+async def main(n: int, seconds: float, rates: list[float], probe: bool, lease: int) -> None:
     tune_collector()  # as run_bot.py does: the sender runs in this process
     # Other work on the machine moves every figure: the load goes with them.
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
@@ -266,7 +267,7 @@ async def main(n: int, seconds: float, rates: list[float], probe: bool) -> None:
                     await tg.set_limits(global_per_sec=global_limit, global_burst=int(global_limit))
                     before = await tg.count_429()
                     sandbox_cpu = cpu_seconds(proc.pid)
-                    sent, elapsed = await deliver(store, where, db_url, rate, seconds)
+                    sent, elapsed = await deliver(store, where, db_url, rate, seconds, lease)
                     sandbox_cpu = cpu_seconds(proc.pid) - sandbox_cpu
                     got = await tg.count_429() - before
                     print(
@@ -291,10 +292,16 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rates", default="25,1000", help="sending rates to measure")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the sandbox ceiling")
+    parser.add_argument(
+        "--lease",
+        type=int,
+        default=600,
+        help="LEASE_SECONDS (5 or more): leases are renewed every quarter of it while sending",
+    )
     parser.add_argument("--serve-sandbox", type=int, metavar="USERS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_sandbox is not None:
         asyncio.run(serve_sandbox(args.serve_sandbox))
     else:
         rates = [float(r) for r in args.rates.split(",") if r]
-        asyncio.run(main(args.lines, args.seconds, rates, not args.no_ceiling))
+        asyncio.run(main(args.lines, args.seconds, rates, not args.no_ceiling, args.lease))
