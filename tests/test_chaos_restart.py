@@ -5,11 +5,11 @@ answering them and started again on the same store.
 
 Telegram confirms an update with the next getUpdates (whose offset is above its id), which PTB
 sends before the bot has handled the batch; so the bot saves each batch in its inbox
-(bot/inbox.py) before that, marks updates answered once handled (written behind, every
-~50 ms or 100 updates) and replays the unanswered ones on start. Nothing may be lost: every
-message gets its answer, in order, whichever process gives it. After the kill, an update is
-answered twice only if its answer went out and its answered mark was not committed: those in
-flight at the kill and those answered within the last flush window. So the repeats are at
+(bot/inbox.py) before that, marks updates answered once handled (at the event loop's next
+turn) and replays the unanswered ones on start. Nothing may be lost: every message gets its
+answer, in order, whichever process gives it. After the kill, an update is answered twice
+only if its answer went out and its answered mark was not committed: those in flight at the
+kill and those whose handling ended in the loop's last turn. So the repeats are at
 most the answers sent at the kill minus the updates marked answered then, and those updates
 are among the inbox's unanswered rows at the kill.
 
