@@ -35,6 +35,7 @@ def _clear_caches() -> None:
         understanding._direct_atoms,
         understanding._fuzzy_atoms,
         understanding._token_votes,
+        understanding._is_gibberish,
         understanding.intent_model.normalise,
     ):
         cached.cache_clear()

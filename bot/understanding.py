@@ -949,6 +949,7 @@ def _language(
     return ranked[0][0]
 
 
+@lru_cache(maxsize=16384)
 def _is_gibberish(word: str) -> bool:
     if word.isdigit() or len(word) < 4:
         return False
@@ -1096,8 +1097,11 @@ def understand(text: str) -> Understanding:
     language = _language(folded_text, tokens, scores, gibberish)
     content = _content(tokens, scores, order_number)
 
-    mashed = sum(_is_gibberish(t.folded) for t in words)
-    if not scores.by_intent and order_number is None and 2 * mashed >= len(words):
+    if (
+        not scores.by_intent
+        and order_number is None
+        and 2 * sum(_is_gibberish(t.folded) for t in words) >= len(words)
+    ):
         # no word at all (" 1", "🤔"), or keyboard mash ("zxcv bnm"): whatever the model
         # made of it would be a guess about noise
         return Understanding(Intent.UNKNOWN, None, None, language, 0.0)
