@@ -273,7 +273,10 @@ def _cache_path() -> Path | None:
     for path in (Path(__file__), *sorted(DATA.glob("*.tsv"))):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    except RuntimeError:  # no home directory to be found: no cache, the fit still runs
+        return None
     return Path(base) / "backorder-bot" / f"intent-model-{digest.hexdigest()[:24]}.npz"
 
 
