@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
 
 from bot.context import BotApplication
-from bot.notices import deliver_due, run_policy
+from bot.notices import deliver_due, run_policy, tick
 from sandbox import Limits
 from sandbox.client import SandboxClient
 from store import Store
@@ -234,3 +235,25 @@ async def test_a_result_the_database_keeps_refusing_does_not_hold_back_the_sent_
     report = await round_
     assert (report.sent, report.unreachable) == (3, 1)
     assert await statuses(store) == {"sent": 3, "dead": 1}
+
+
+async def test_a_tick_whose_queueing_fails_still_delivers_what_was_queued(
+    bot: BotApplication, tg: SandboxClient, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = await seed(store, tg, 3)
+    await slip(bot, store)  # three notices queued
+    async with store.begin() as conn:
+        await change_restock_date(conn, RESTOCK, day(31), "supplier delay")
+        # The next change's notices cannot be written (a disk error, an import holding the
+        # file past the busy timeout).
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_queueing BEFORE INSERT ON outbox"
+            " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
+        )
+    caplog.set_level(logging.WARNING, logger="bot.notices")
+    await tick(SimpleNamespace(application=bot))  # type: ignore[arg-type]
+    # The round went on: what was queued before is delivered, once each.
+    assert "notice queueing failed" in caplog.text
+    assert "notice round failed" not in caplog.text
+    assert await statuses(store) == {"sent": 3}
+    assert set((await per_chat(tg, [chat for _, chat, _ in made])).values()) == {1}
