@@ -51,8 +51,8 @@ async def _no_empty_take(conn: AsyncConnection, limit: int) -> list[int]:
 
 async def main(args: argparse.Namespace) -> dict[str, int]:
     if args.no_turn:
-        store.delays.take_turn = _no_turn  # type: ignore[assignment]
-        store.delays.take_marks = _no_empty_take  # type: ignore[assignment]
+        store.delays.take_turn = _no_turn
+        store.delays.take_marks = _no_empty_take
     s = await open_store(f"sqlite+aiosqlite:///{args.db}", migrate_schema=False)
     try:
         if args.die_in_batch:
