@@ -182,13 +182,12 @@ class IntentModel:
         self.probabilities = lru_cache(maxsize=_TEXT_CACHE)(self._probabilities)
 
     def _ids_of_word(self, word: str) -> frozenset[int]:
-        # map() over slices keeps the look-ups in C: a word never seen costs ~2 us, not ~6
-        get = self.vocabulary.get
+        # one map() over every slice keeps the look-ups in C: ~11 us for a word never seen
         padded = f" {word} "
         size = len(padded)
-        ids = {get("\x01" + word)}
-        for n in _NGRAMS:
-            ids.update(map(get, [padded[i : i + n] for i in range(size - n + 1)]))
+        grams = [padded[i : i + n] for n in _NGRAMS for i in range(size - n + 1)]
+        grams.append("\x01" + word)
+        ids = set(map(self.vocabulary.get, grams))
         ids.discard(None)
         return frozenset(cast(set[int], ids))
 

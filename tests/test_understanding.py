@@ -616,3 +616,14 @@ def test_a_damaged_cached_model_is_fitted_again(
 )
 def test_menu_words_and_short_answers(text: str, intent: Intent) -> None:
     assert understand(text).intent == intent
+
+
+@pytest.mark.parametrize("text", ["wo ist meine Bestellung?", "gde moj zakaz", "a", "Ёлка 2 шт"])
+def test_prediction_reads_the_features_the_model_was_fitted_on(text: str) -> None:
+    # understand() looks features up per word (cached); the fit took them from features()
+    model = intent_model.model()
+    fitted = {model.vocabulary[f] for f in intent_model.features(text) if f in model.vocabulary}
+    looked_up: set[int] = set()
+    for word in intent_model.normalise(text).split():
+        looked_up |= model._word_ids(word)
+    assert looked_up == fitted
