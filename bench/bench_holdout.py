@@ -105,7 +105,7 @@ def main() -> None:
             )
     n = len(rows)
     total_ok = sum(by_lang_hits.values())
-    print(f"{args.file.relative_to(ROOT)}: {n} messages, catalog of {len(index)} products")
+    print(f"{args.file}: {n} messages, catalog of {len(index)} products")
     print(f"intent: {total_ok}/{n} = {total_ok / n:.1%}")
     print(_line("by language", by_lang_hits, by_lang))
     print(
