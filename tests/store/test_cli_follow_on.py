@@ -1,0 +1,106 @@
+"""Issue #14, backorder-admin: a change commits on its own; what it owes (the delay policy from
+its marks, the notices) runs after it in batches of their own, and a command that dies in the
+middle of them leaves the rest to `catch-up`, which ends where the policy from scratch ends.
+`status` shows what is pending."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+import store.cli
+from store import open_store
+from store.cli import follow_on_settings, main
+from store.delays import DelayRun, apply_delay_policy
+from store.outbox import queue_notices
+from store.schema import restocks
+from tests.store.policy_helpers import policy_state
+from tests.store.test_cli import load_all
+
+
+def run(db_url: str, *argv: str) -> int:
+    return main(["--db", db_url, *argv])
+
+
+async def _state(url: str, *, scratch: bool = False) -> dict[str, Any]:
+    s = await open_store(url, migrate_schema=False)
+    try:
+        async with s.begin() as conn:
+            if scratch:
+                settings = follow_on_settings()
+                now = datetime.now(UTC)
+                today = now.astimezone(settings.zone).date()
+                await apply_delay_policy(conn, today=today, now=now, policy=settings.policy)
+                await queue_notices(conn, threshold_days=settings.threshold_days, now=now)
+            return await policy_state(conn)
+    finally:
+        await s.close()
+
+
+def test_a_change_commits_before_its_follow_on_and_catch_up_finishes_it(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_all(db_url, tmp_path)
+    capsys.readouterr()
+    assert run(db_url, "status") == 0
+    assert capsys.readouterr().out.splitlines()[:4] == [
+        "lines marked, not passed yet: 0",
+        "first pass: 3 of 3 lines looked at (100.0%), 0 left",
+        "delay offers past their answer-by day: 0",
+        "notices due now: 0; outbox backlog (pending): 0",
+    ]
+
+    real = store.cli.run_delay_policy
+
+    async def dies_after_one_batch(*args: Any, **kwargs: Any) -> DelayRun:
+        await real(*args, **{**kwargs, "batch_size": 1, "max_batches": 1})
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(store.cli, "run_delay_policy", dies_after_one_batch)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(db_url, "restock-date", "PO-1", "2026-06-01", "--reason", "supplier")
+    monkeypatch.undo()
+    capsys.readouterr()
+
+    # The change stayed; one of its two marked lines was passed, the other still marked.
+    async def expected_date() -> Any:
+        s = await open_store(db_url, migrate_schema=False)
+        async with s.connect() as conn:
+            found = await conn.scalar(select(restocks.c.expected_date))
+        await s.close()
+        return found
+
+    assert str(asyncio.run(expected_date())) == "2026-06-01"
+    assert run(db_url, "status") == 0
+    assert capsys.readouterr().out.splitlines()[0] == "lines marked, not passed yet: 1"
+
+    scratch = tmp_path / "scratch.sqlite3"
+    shutil.copy(db_url.removeprefix("sqlite+aiosqlite:///"), scratch)
+    expected = asyncio.run(_state(f"sqlite+aiosqlite:///{scratch}", scratch=True))
+
+    assert run(db_url, "catch-up") == 0
+    assert capsys.readouterr().out == (
+        "delay policy: 1 offered, 0 cancelled, 0 to agents, 0 closed;"
+        " 1 lines looked at in 1 batches; 2 notices queued\n"
+    )
+    assert asyncio.run(_state(db_url)) == expected
+    assert len(expected["offers"]) == 2
+    assert run(db_url, "status") == 0
+    assert capsys.readouterr().out.splitlines()[0] == "lines marked, not passed yet: 0"
+
+
+def test_no_progress_bar_when_not_on_a_terminal(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_all(db_url, tmp_path)
+    capsys.readouterr()
+    assert run(db_url, "restock-date", "PO-1", "2026-06-01", "--reason", "supplier") == 0
+    assert run(db_url, "catch-up", "--batch-size", "1") == 0
+    out = capsys.readouterr()
+    assert out.err == ""
