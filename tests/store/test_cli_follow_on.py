@@ -44,8 +44,10 @@ async def _state(url: str, *, scratch: bool = False) -> dict[str, Any]:
 
 
 def test_a_change_commits_before_its_follow_on_and_catch_up_finishes_it(
-    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A file of its own: the from-scratch reference runs on a copy of it.
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
     load_all(db_url, tmp_path)
     capsys.readouterr()
     assert run(db_url, "status") == 0
@@ -81,7 +83,7 @@ def test_a_change_commits_before_its_follow_on_and_catch_up_finishes_it(
     assert capsys.readouterr().out.splitlines()[0] == "lines marked, not passed yet: 1"
 
     scratch = tmp_path / "scratch.sqlite3"
-    shutil.copy(db_url.removeprefix("sqlite+aiosqlite:///"), scratch)
+    shutil.copy(tmp_path / "store.sqlite3", scratch)
     expected = asyncio.run(_state(f"sqlite+aiosqlite:///{scratch}", scratch=True))
 
     assert run(db_url, "catch-up") == 0
