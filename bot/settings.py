@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.lexicon import LexiconError, check_file
 from store.links import DEVELOPMENT_SECRET, secret_problem
 
 SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "de", "es", "ru")
@@ -109,6 +110,10 @@ class Settings(BaseSettings):
     idle_handback_hours: int = Field(default=24, ge=1, le=24 * 30)
     handoff_check_seconds: int = Field(default=60, ge=5, le=3600)
 
+    # The shop's own words, phrases and synonyms on top of bot/lexicon/ (checked here, so a
+    # mistake stops start-up with file:line: reason; used by bot.understanding.load_lexicon).
+    lexicon_file: Path | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -166,6 +171,21 @@ class Settings(BaseSettings):
         problem = secret_problem(secret)
         if problem is not None:
             raise ValueError(problem)
+        return value
+
+    @field_validator("lexicon_file", mode="before")
+    @classmethod
+    def _blank_path_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("lexicon_file")
+    @classmethod
+    def _readable_lexicon(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                check_file(value)
+            except LexiconError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("log_level")

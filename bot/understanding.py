@@ -8,7 +8,9 @@ How it works, in order:
 1. The text is bounded (``MAX_CHARS``), HTML entities are decoded, apostrophes inside words are
    dropped ("don't" -> "dont") and it is split into word tokens and clause breaks (.,!?;: ...).
 2. Every token is folded for matching: casefold (ß -> ss), accents stripped, ё -> е.
-3. Each folded token is mapped to *atoms* of the lexicon: exact words, stems written ``stem*``
+3. Each folded token is mapped to *atoms* of the lexicon (``bot/lexicon/*.toml``, one file per
+   language, and the shop's own file: ``load_lexicon``; a shop's synonym is read as the word
+   it stands for): exact words, stems written ``stem*``
    (cheap morphology for Russian and German: заказ* covers заказа/заказе/заказом), and, for
    tokens of 4+ letters that are not stop-words, a typo match (optimal string alignment
    distance 1, or 2 for keywords of 8+ letters, same first letter) against keywords of 5+ letters.
@@ -58,12 +60,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 
 from rapidfuzz.distance import OSA
 
-from bot import intent_model
+from bot import intent_model, lexicon
 
-__all__ = ["MAX_CHARS", "Intent", "Understanding", "understand"]
+__all__ = ["MAX_CHARS", "Intent", "Understanding", "load_lexicon", "understand"]
 
 # Telegram caps a message at 4096 characters; anything longer is not from Telegram.
 MAX_CHARS = 4096
@@ -92,451 +95,15 @@ class Understanding:
 
 
 # --------------------------------------------------------------------------------------------
-# Lexicons. A phrase is space-separated atoms; an atom is `word`, `stem*` or `a|b*|c`.
-# A trailing ` :0.5` sets the weight (default 1.0). A leading `!` marks a phrase that contains
-# its own negation, so a negation before it must not cancel it.
-# Entries are written naturally (accents, ё); they are folded like the messages.
+# The lexicon: words and phrases per language, in bot/lexicon/*.toml (the format is described
+# in bot/lexicon/README.md), plus a shop's own file named by LEXICON_FILE (``load_lexicon``).
 # --------------------------------------------------------------------------------------------
 
-_LEXICON: Mapping[Intent, Mapping[str, tuple[str, ...]]] = {
-    Intent.ORDER_STATUS: {
-        "en": (
-            "order* :0.6",
-            "my order",
-            "where|wheres order*|package|parcel|stuff|it|things",
-            "where|wheres :0.4",
-            "package*|parcel*|shipment*|delivery|deliveries",
-            "deliver*|dispatch*|shipped|ship|ships|shipping",
-            "arriv*",
-            "tracking|track",
-            "when come|coming|get",
-            "status",
-            "eta",
-            "update* :0.5",
-            "still nothing|waiting",
-            "waiting|waited|wait :0.6",
-            "late|delayed :0.6",
-            "received|receive :0.6",
-        ),
-        "de": (
-            "bestell* :0.6",
-            "meine bestellung",
-            "wo bleibt|bleiben",
-            "wo bestell*|lieferung|paket*",
-            "lieferung*|geliefert|liefern|liefert|lieferzeit|lieferdatum|lieferstatus",
-            "paket*|sendung*|versand*|verschickt|verschicken|versendet|versenden",
-            "angekommen|ankommen|eingetroffen",
-            "wann kommt|kommen",
-            "status",
-            "tracking*|trackingnummer",
-            "warte|warten|wartet :0.6",
-            "auftrag* :0.6",
-            "noch nix|nichts :0.6",
-            "nicht da :0.6",
-        ),
-        "es": (
-            "pedido* :0.6",
-            "pedi|compre :0.6",
-            "mi pedido|compra",
-            "donde|dnd pedido*|paquete|compra",
-            "donde|dnd esta|estan :0.6",
-            "lleg*",
-            "envi*",
-            "paquete*",
-            "seguimiento",
-            "estado",
-            "rastre*",
-            "entrega*",
-            "esperando|espero :0.6",
-            "compra :0.5",
-            "y|todavia|aun nada :0.6",
-        ),
-        "ru": (
-            "заказ* :0.6",
-            "мой заказ",
-            "где заказ*|посылк*",
-            "где :0.4",
-            "привез*",
-            "достав*",
-            "отправ*",
-            "пришел|пришла|пришло|придет|придут|прийдет",
-            "статус",
-            "трек*",
-            "посылк*",
-            "что с заказ*",
-            "жду|ждем|ожида* :0.6",
-            "до сих пор :0.6",
-            "опазд*|опозд*|задерж* :0.6",
-        ),
-    },
-    Intent.STOCK: {
-        "en": (
-            "in stock :2",
-            "stock",
-            "restock*",
-            "available|availability",
-            "sold out",
-            "when back",
-            "is|are back",
-            "do|have you|u have|got",
-            "carry :0.6",
-        ),
-        "de": (
-            "auf lager :2",
-            "lager",
-            "lieferbar",
-            "vorratig",
-            "verfugbar*",
-            "erhaltlich",
-            "wieder da|rein :2",
-            "wieder lager|vorratig|lieferbar|verfugbar*|erhaltlich",
-            "habt|haben|hast ihr|sie|du",
-            "gibt es",
-            "gibts",
-            "noch da",
-            "ausverkauft",
-            "nachschub",
-        ),
-        "es": (
-            "en stock :2",
-            "stock",
-            "disponible*",
-            "disponibilidad",
-            "hay :0.8",
-            "tienen|tienes|teneis",
-            "queda|quedan",
-            "repon*|reposicion",
-            "vuelve|vuelven",
-            "agotad*",
-            "existencia*",
-        ),
-        "ru": (
-            "в наличии :2",
-            "наличи*",
-            "есть ли",
-            "у вас есть",
-            "есть :0.6",
-            "появ*",
-            "поступ*",
-            "в продаже",
-            "продаж*",
-            "когда будет :0.6",
-            "закончил*",
-        ),
-    },
-    Intent.CANCEL: {
-        "en": (
-            "cancel*",
-            "refund*",
-            "money back",
-            "my money :0.6",
-            "!dont want anymore|longer",
-            "!dont need anymore|longer",
-            "return order|item|it",
-            "chargeback",
-            "withdraw :0.6",
-        ),
-        "de": (
-            "storn*",
-            "geld zuruck*",
-            "ruckerstatt*|erstatt*",
-            "zurucktreten|rucktritt",
-            "ruckgangig",
-            "widerruf*",
-            "!will nicht mehr",
-            "!brauche nicht mehr",
-            "abbrechen :0.6",
-            "geld :0.6",
-        ),
-        "es": (
-            "cancel*",
-            "reembols*",
-            "devuel*|devolv* dinero|plata",
-            "devolu* :0.8",
-            "dinero :0.6",
-            "!ya no quiero",
-            "anular*",
-        ),
-        "ru": (
-            "отмен*",
-            "отказ*",
-            "верн* деньг*|денег",
-            "возврат*",
-            "верните :0.8",
-            "деньг*|денег :0.6",
-            "!больше не нужн*|надо",
-            "передумал*",
-        ),
-    },
-    Intent.ALTERNATIVES: {
-        "en": (
-            "similar",
-            "comparabl*",
-            "alternativ*",
-            "another|other|different model|brand|option*|one",
-            "instead",
-            "replac*",
-            "substitut*",
-            "something else",
-            "anything like",
-            "suggest*|recommend* :0.6",
-        ),
-        "de": (
-            "ahnlich*",
-            "alternativ*",
-            "andere|anderes|anderen modell|produkt|marke|gerat",
-            "stattdessen|statt",
-            "ersatz*",
-            "vergleichbar*",
-        ),
-        "es": (
-            "parecid*",
-            "similar*",
-            "alternativ*",
-            "otro|otra modelo|marca|opcion|cosa|producto",
-            "en lugar|vez",
-            "reemplaz*",
-            "sustitu*",
-        ),
-        "ru": (
-            "похож*",
-            "аналог*",
-            "альтернатив*",
-            "друг* модел*|вариант*|товар*",
-            "вместо",
-            "замен*",
-        ),
-    },
-    Intent.AGENT: {
-        "en": (
-            "person",
-            "human",
-            "operator",
-            "agent",
-            "manager",
-            "supervisor",
-            "representative",
-            "complain*",
-            "call me",
-            "someone|somebody :0.5",
-            "talk|speak to|with :0.5",
-            "live chat|agent",
-            "staff :0.6",
-            "support :0.3",
-        ),
-        "de": (
-            "mitarbeiter*",
-            "mensch*",
-            "person",
-            "berater*",
-            "beschwer*",
-            "ruckruf",
-            "anrufen",
-            "ruf an",
-            "kundenservice|kundendienst|support :0.6",
-            "chef|vorgesetzt*|manager",
-            "echten|echte|echtem :0.4",
-            "sprechen|reden :0.4",
-        ),
-        "es": (
-            "persona",
-            "humano",
-            "agente",
-            "operador*",
-            "asesor*",
-            "encargado|gerente|supervisor",
-            "queja",
-            "reclam*",
-            "hablar con :0.6",
-            "alguien :0.5",
-            "llamenme|llamame|llameme|llamarme|llamada",
-        ),
-        "ru": (
-            "оператор*",
-            "человек*",
-            "менеджер*",
-            "сотрудник*",
-            "консультант*",
-            "жалоб*",
-            "позов* :0.6",
-            "соедин* :0.6",
-            "позвон*",
-            "живой|живым :0.5",
-            "поговорить :0.5",
-            "руководств*|начальник*",
-        ),
-    },
-    Intent.STOP_NOTIFICATIONS: {
-        "en": (
-            "unsubscribe*",
-            "cancel* notif*|updates|alert*|messag*|subscription*",
-            "stop messag*|notif*|updates|sending|texting|spam*|writing|alert*",
-            "no more messag*|notif*|updates|alert*",
-            "mute",
-            "opt out",
-            "leave me alone",
-            "!dont send|message|text|notify",
-            "!dont want messag*|notif*|updates",
-            "turn off|disable notif*|updates|alert*",
-            "stop :0.6",
-        ),
-        "de": (
-            "abmeld*",
-            "abbestell*",
-            "keine nachricht*|benachrichtigung*|updates|mails|infos|meldung*",
-            "nicht mehr schreiben|anschreiben|kontaktieren|benachrichtigen",
-            "auf schreiben|nachricht*",
-            "benachrichtigung* aus*|deaktiv*|abschalt*|ausschalt*",
-        ),
-        "es": (
-            "dejar|dejen|deja de recibir|enviar|mandar|escribir",
-            "dar|darme|darse de baja",
-            "baja :0.6",
-            "!no me envien|manden|escriban|mandes|envies|notifiquen",
-            "basta de mensajes|notificaciones|spam",
-            "!no recibir mensajes|notificaciones",
-            "desuscrib*|desinscrib*",
-            "cancelar suscripcion|notificaciones|mensajes",
-            "no mas mensajes|notificaciones",
-            "silenciar",
-        ),
-        "ru": (
-            "отпис*",
-            "!не присыла*|пишите|пиши|шлите|отправляйте",
-            "хватит|перестаньте|прекратите писать|присылать|слать|спам*",
-            "отключ*|выключ* уведомлен*|рассылк*|оповещен*",
-            "рассылк* :0.6",
-            "спам :0.6",
-        ),
-    },
-    Intent.GREETING: {
-        "en": ("hi|hello|hey|hiya|howdy|yo", "good morning|afternoon|evening"),
-        "de": (
-            "hallo|hi|hey|moin|servus|gruezi|huhu",
-            "guten tag|morgen|abend",
-            "gruss gott",
-        ),
-        "es": ("hola|buenas", "buenos|buen dias|dia", "buenas tardes|noches", "saludos :0.5"),
-        "ru": ("привет*|здравств*|хай|салют", "добр* день|вечер|утро", "доброго времени"),
-    },
-    Intent.HELP: {
-        "en": ("help", "what you do", "how work*|use", "menu", "commands"),
-        "de": ("hilfe", "helfen :0.6", "was kann*|kannst", "wie funktioniert", "menu", "befehle"),
-        "es": ("ayuda", "ayudame|ayudar :0.6", "que hacer", "como funciona", "menu", "comandos"),
-        "ru": (
-            "помощь|помоги*",
-            "что умеешь|умеете",
-            "как пользоваться|работает",
-            "меню",
-            "команды",
-        ),
-    },
-    Intent.THANKS: {
-        "en": ("thanks|thank|thx|thanx|tnx|ty|cheers|appreciate*", "bye|goodbye"),
-        "de": ("danke*|dankeschon", "dank :0.8", "tschuss|ciao", "auf wiedersehen"),
-        "es": ("gracias", "adios|chao|chau", "hasta luego"),
-        "ru": ("спасибо|спс|благодар*", "пока", "до свидания", "всего доброго|хорошего"),
-    },
-}
 
-
-# Russian typed in Latin letters ("gde moy zakaz"), the spellings people use. Matched like the
-# rest; they mark their words as used, so a product's name is what is left of the message.
-_LEXICON_RU_LATIN: Mapping[Intent, tuple[str, ...]] = {
-    Intent.ORDER_STATUS: (
-        "zakaz* :0.6",
-        "gde zakaz*|posylk*|posilk*",
-        "gde :0.4",
-        "posylk*|posilk*",
-        "dostav*",
-        "otprav*",
-        "prishel|prishla|pridet|priedet|privezut",
-        "zhdu|jdu :0.6",
-    ),
-    Intent.STOCK: (
-        "v nalichii :2",
-        "nalichi*",
-        "est li",
-        "poyav*|poyavi*",
-        "postup*",
-        "v prodazhe",
-    ),
-    Intent.CANCEL: ("otmen*", "vernite|vernut dengi|dengi", "vozvrat*"),
-    Intent.ALTERNATIVES: ("pohozh*|pohozh*", "analog*", "vmesto", "zamen*"),
-    Intent.AGENT: ("operator*", "chelovek*|cheloveka", "menedzher*|manager*", "zhalob*"),
-    Intent.STOP_NOTIFICATIONS: ("otpis*", "!ne pishite|prisylayte|shlite", "rassylk*"),
-    Intent.GREETING: ("privet*|zdravstv*|zdras*|zdarov*", "dobryy|dobryi|dobriy den|vecher|utro"),
-    Intent.HELP: ("pomosh*|pomog*", "chto umeesh*"),
-    Intent.THANKS: ("spasib*|spasibki|sps|blagodar*",),
-}
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-# Negation words that cancel a CANCEL/AGENT/ALTERNATIVES phrase just after them.
-_NEGATIONS = _words(
-    "dont not no never doesnt didnt wont without nicht kein keine nie ohne nunca sin не нет без"
-)
 _NEGATABLE = frozenset({Intent.CANCEL, Intent.AGENT, Intent.ALTERNATIVES})
 # Intents whose words turn up in product names ("noise cancelling", "back support", "door stop"):
 # when the message is about a product after all, their words are part of its name.
 _IN_NAMES = frozenset({Intent.CANCEL, Intent.AGENT, Intent.STOP_NOTIFICATIONS})
-# after a phrase: "не надо", "nicht nötig", "no hace falta" ... and words that deny on their own
-_NOT_NEEDED = _words("надо нужно нужен нужна нужны notig noetig necesario falta needed")
-_NOT_NEEDED_ALONE = _words("unnecessary unnotig")
-
-# Function words and filler per language: never product words, never typo-matched, and the
-# main evidence for the language guess.
-_STOPWORDS: Mapping[str, str] = {
-    "en": """a an the i me my mine we us our you your u ya he she it its they them their this that
-        these those is are was were be been being am im ive id do does did dont doesnt didnt
-        have has had hasnt havent having can cant could would should will wont shall may might
-        must and or but if then so of to in on at for from with by about as into than too very
-        just still yet also only any some something anything there here what whats when where
-        which who whom why how all please pls plz thank ok okay yes yeah yep no not hi hey
-        guys get got want wanted need like know tell let lets show now today tomorrow ago week
-        weeks month months day days again more much many one news info shop store item items
-        product products thing things ive youre sure really thats older whens hows coming
-        buy purchase left
-        faster sooner cheaper better sell""",
-    "de": """der die das den dem des ein eine einen einem einer eines ich mich mir mein meine
-        meinen meinem meiner du dich dir dein deine er sie es ihr ihm ihn ihnen wir uns unser
-        unsere euch euer ist sind war waren bin bist sein hat habe hab haben hast habt hatte
-        wird werden wurde kann kannst konnen konnte mochte mochten will willst wollen soll und
-        oder aber wenn dann so von zu zum zur in im am an auf aus bei mit fur uber unter vor
-        nach seit bis um als wie was wer wo wann warum noch schon auch nur mal ja nein nicht
-        kein keine bitte danke hallo gibt gibts es da hier jetzt heute morgen sofort mehr viel
-        etwas alles artikel produkt ware laden shop nr denn doch eigentlich schneller wieder
-        nochmal rein kaufen bekommt bekommen kriegt kriegen man
-        billiger besser""",
-    "es": """el la los las un una unos unas lo le les yo me mi mis tu tus te usted ustedes su sus
-        nos nosotros es son esta estan estoy ser estar fue era he ha han hay tengo tiene tienen
-        puede pueden puedo quiero quieres queria necesito y o pero si no que de del a al en con
-        por para sin sobre como cuando donde quien cual porque ya muy mas menos tambien solo
-        algo alguno alguna algun todo todos nada hola gracias favor hoy manana ahora aqui
-        este esta esto ese esa eso articulo producto tienda cosa pues bueno ofrecer saber
-        tener otro otra otros otras rapido barato mejor todavia aun comprar vais van volver
-        puedo""",
-    "ru": """я меня мне мой моя моё мое мои моего моим моем ты тебя тебе вы вас вам ваш ваша ваше
-        ваши он она оно они его ее её их мы нас нам наш это этот эта эти этого этой тот та те
-        и или но а если то что чтобы как когда где кто почему зачем какой какая какие каких
-        в во на с со к ко по за из от до для о об при без у же ли бы не нет да уже еще ещё
-        очень просто только тоже также можно нужно надо есть был была было были будет будут
-        хочу хотел хотела хотим пожалуйста скажите подскажите сейчас сегодня завтра товар
-        магазин что-нибудь что-то кто-нибудь чем скажи расскажи
-        быстрее дешевле лучше снова опять купить заказать
-        u vas est li v na s k po ya mne menya moy moj moi moya moe kogda gde chto eto etot eta
-        budet mozhno mozhet kupit snova opyat eshe eshche esche pozhaluysta pozhalujsta
-        pozhalusta skazhite podskazhite uzhe tolko""",
-}
-
-# Words allowed around a bare product name ("the red kettle", "filter für die Maschine").
-_PRODUCT_GLUE = _words(
-    "a an the for with of der die das den dem ein eine fur mit von el la los las un una de del "
-    "con para для с со и"
-)
 
 # Weak spelling cues for Latin-script languages when no word is known (product names).
 _LANG_HINT_RE: Mapping[str, re.Pattern[str]] = {
@@ -557,8 +124,6 @@ _COMMANDS: Mapping[str, Intent] = {
     "stop": Intent.STOP_NOTIFICATIONS,
 }
 
-# Keywords whose near-misses are real, different words ("Laser" is not "Lager").
-_NO_FUZZY = frozenset({"lager", "stock", "human", "menu", "status", "person", "reden"})
 
 _THRESHOLD = 0.99  # a full-weight phrase; 0.99 so that 0.6 + 0.4 counts despite float sums
 _WEAK_THRESHOLD = 0.6  # a lone weak cue still beats UNKNOWN, with low confidence
@@ -625,94 +190,25 @@ _VOWELS = frozenset("aeiouyäöüáéíóúаеёиоуыэюя")
 
 
 # --------------------------------------------------------------------------------------------
-# Lexicon compilation (once, at import).
+# The lexicon in use: read and checked once at import, again only by ``load_lexicon``.
 # --------------------------------------------------------------------------------------------
 
-
-@lru_cache(maxsize=16384)
-def _fold(token: str) -> str:
-    """Matching form: accents stripped, casefolded, ё -> е, й kept (it is a letter of its own)."""
-    token = token.replace("й", "\x00").replace("Й", "\x00")
-    token = _COMBINING_RE.sub("", unicodedata.normalize("NFKD", token)).casefold()
-    return token.replace("\x00", "й").replace("ё", "е")
+assert set(lexicon.INTENT_NAMES) == set(_INTENT_OF) - {Intent.UNKNOWN.value}
+_fold = lexicon.fold
+_C: lexicon.Lexicon[Intent] = lexicon.load(lexicon.BUILTIN, _INTENT_OF)
 
 
-@dataclass(frozen=True)
-class _Phrase:
-    intent: Intent
-    langs: tuple[str, ...]  # a phrase written the same in several languages counts once
-    atoms: tuple[int, ...]
-    weight: float
-    negation_proof: bool
+def load_lexicon(path: Path | None) -> None:
+    """Use the built-in lexicon plus the shop's file ``path`` (None: the built-in one alone).
 
-
-@dataclass
-class _Compiled:
-    phrases: list[_Phrase]
-    by_first_atom: dict[int, list[_Phrase]]
-    exact: dict[str, set[int]]
-    stems: dict[str, set[int]]
-    fuzzy: dict[str, list[tuple[str, bool]]]  # first letter -> (word or stem, is_stem)
-    stem_lengths: tuple[int, ...]
-    stopwords: dict[str, frozenset[str]]
-    all_stopwords: frozenset[str]
-
-
-def _compile() -> _Compiled:
-    atom_ids: dict[str, int] = {}
-    exact: dict[str, set[int]] = {}
-    stems: dict[str, set[int]] = {}
-    phrases_raw: list[tuple[Intent, str, str, float, bool]] = []
-    lexicon = [(i, lang, e) for i, by_lang in _LEXICON.items() for lang, e in by_lang.items()]
-    lexicon.extend((i, "ru", e) for i, e in _LEXICON_RU_LATIN.items())
-    for intent, lang, entries in lexicon:
-        for entry in entries:
-            body, _, weight = entry.partition(" :")
-            negation_proof = body.startswith("!")
-            body = _fold(body.lstrip("!"))
-            phrases_raw.append((intent, lang, body, float(weight or 1.0), negation_proof))
-            for atom in body.split():
-                if atom in atom_ids:
-                    continue
-                atom_id = atom_ids[atom] = len(atom_ids)
-                for alt in atom.split("|"):
-                    table = stems if alt.endswith("*") else exact
-                    table.setdefault(alt.rstrip("*"), set()).add(atom_id)
-    langs_of: dict[tuple[Intent, str], list[str]] = {}
-    for intent, lang, body, _, _ in phrases_raw:
-        langs_of.setdefault((intent, body), []).append(lang)
-    phrases: list[_Phrase] = []
-    for intent, lang, body, score, proof in phrases_raw:
-        langs = tuple(langs_of[(intent, body)])
-        if lang != langs[0]:
-            continue
-        atoms = tuple(atom_ids[a] for a in body.split())
-        phrases.append(_Phrase(intent, langs, atoms, score, proof))
-    by_first: dict[int, list[_Phrase]] = {}
-    for phrase in phrases:
-        by_first.setdefault(phrase.atoms[0], []).append(phrase)
-    stopwords = {
-        lang: frozenset(_fold(w) for w in words.split()) for lang, words in _STOPWORDS.items()
-    }
-    all_stop = frozenset().union(*stopwords.values())
-    fuzzy: dict[str, list[tuple[str, bool]]] = {}
-    for table, is_stem in ((exact, False), (stems, True)):
-        for word in table:
-            if len(word) >= 5 and word not in _NO_FUZZY:
-                fuzzy.setdefault(word[0], []).append((word, is_stem))
-    return _Compiled(
-        phrases=phrases,
-        by_first_atom=by_first,
-        exact=exact,
-        stems=stems,
-        fuzzy=fuzzy,
-        stem_lengths=tuple(sorted({len(s) for s in stems})),
-        stopwords=stopwords,
-        all_stopwords=all_stop,
-    )
-
-
-_C = _compile()
+    Called once while the bot is built, before any message is read: ``understand()`` itself
+    never reads a file. Raises ``lexicon.LexiconError`` (``file:line: reason``) and keeps the
+    lexicon in use when the file is wrong.
+    """
+    global _C
+    _C = lexicon.load([*lexicon.BUILTIN, *([path] if path is not None else [])], _INTENT_OF)
+    for cached in (_lookup, _direct_atoms, _fuzzy_atoms, _token_votes):
+        cached.cache_clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -734,6 +230,7 @@ _NO_ATOMS: frozenset[int] = frozenset()
 @lru_cache(maxsize=16384)
 def _direct_atoms(folded: str) -> frozenset[int]:
     key = folded.replace("-", "")
+    key = _C.synonyms.get(key, key)
     found: set[int] = set(_C.exact.get(key, ()))
     for n in _C.stem_lengths:
         if n > len(key):
@@ -791,16 +288,18 @@ def _tokenize(text: str) -> list[_Token]:
 def _negated(tokens: list[_Token], start: int, end: int) -> bool:
     clause = tokens[start].clause
     for i in range(max(0, start - _NEGATION_WINDOW), start):
-        if tokens[i].clause == clause and tokens[i].folded in _NEGATIONS:
+        if tokens[i].clause == clause and tokens[i].folded in _C.negations:
             return True
     # "оператора не надо", "no human needed": the negation comes after what it denies
     after = [t.folded for t in tokens[end + 1 : end + 3] if t.clause == clause]
-    return (len(after) == 2 and after[0] in _NEGATIONS and after[1] in _NOT_NEEDED) or (
-        bool(after) and after[0] in _NOT_NEEDED_ALONE
+    return (len(after) == 2 and after[0] in _C.negations and after[1] in _C.not_needed) or (
+        bool(after) and after[0] in _C.not_needed_alone
     )
 
 
-def _match_phrase(tokens: list[_Token], start: int, phrase: _Phrase) -> list[int] | None:
+def _match_phrase(
+    tokens: list[_Token], start: int, phrase: lexicon.Phrase[Intent]
+) -> list[int] | None:
     positions = [start]
     for atom in phrase.atoms[1:]:
         prev = positions[-1]
@@ -990,7 +489,7 @@ def _looks_like_product(tokens: list[_Token], content: list[int], scores: _Score
         return False
     kept = set(content)
     for i, token in enumerate(tokens):
-        if i in kept or i in scores.used or token.folded in _PRODUCT_GLUE:
+        if i in kept or i in scores.used or token.folded in _C.product_glue:
             continue
         if not token.folded.isdigit():
             return False

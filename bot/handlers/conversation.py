@@ -12,7 +12,7 @@ from telegram.ext import MessageHandler, filters
 from bot.context import BotApplication, BotContext
 from bot.handlers import account, cancel, fallback, handoff, notifications, orders, start, stock
 from bot.reply import MAIN_MENU, chat_id_of, send
-from bot.understanding import Intent, understand
+from bot.understanding import Intent, load_lexicon, understand
 from store.chats import reset_misses
 
 # understand() gives a bare product-looking phrase this confidence; a real question scores higher.
@@ -71,5 +71,7 @@ async def _reset_misses(update: Update, context: BotContext) -> None:
 
 
 def register(app: BotApplication) -> None:
+    # The shop's words, before the first message is read (the settings checked the file).
+    load_lexicon(app.bot_data.settings.lexicon_file)
     text = filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND
     app.add_handler(MessageHandler(text & ~filters.UpdateType.EDITED_MESSAGE, on_text))
