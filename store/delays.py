@@ -28,9 +28,10 @@ from store.outbox import DELAY_CANCELLED, DELAY_OFFER, IN_CHUNK, insert_notices
 from store.schema import chats, delay_offers, order_lines, orders, utcnow
 
 OPEN = ("open", "consented")
-# Offers due or lines looked at per batch of the policy: a batch of the 1M-order store's
-# first pass (every line late) is this many offers and notices in one short transaction.
-BATCH = 1000
+# Offers due or lines looked at per batch of the policy, each batch one transaction. On the
+# 100,000-order demo store's first pass (138,426 offers) 250 lines a batch took 20 ms (p99
+# 56 ms) and 17.2 s in all; 1,000 took 85 ms (p99 279 ms) and 18.6 s.
+BATCH = 250
 
 
 @dataclass(frozen=True)
