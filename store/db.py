@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -320,6 +320,36 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
             if sqlite:
                 await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                 await conn.commit()
+
+
+_SERIAL_COLUMNS = """
+SELECT c.table_name, c.column_name, pg_get_serial_sequence(
+    quote_ident(c.table_schema) || '.' || quote_ident(c.table_name), c.column_name)
+FROM information_schema.columns AS c
+WHERE c.table_schema = current_schema()
+  AND (c.column_default LIKE 'nextval(%' OR c.is_identity = 'YES')
+ORDER BY c.table_name, c.column_name
+"""
+
+
+async def sync_sequences(conn: AsyncConnection) -> None:
+    """After rows were inserted with explicit ids (the demo data), set each serial column's
+    sequence past the largest id in its table, so the next row the database numbers does not
+    take an id already used (on PostgreSQL a sequence moves only when it hands out a value).
+    Nothing to do on SQLite, which numbers a row after the table's largest id."""
+    if conn.dialect.name != "postgresql":
+        return
+    quoted = conn.dialect.identifier_preparer
+    for table, column, sequence in (await conn.execute(text(_SERIAL_COLUMNS))).all():
+        if sequence is None:
+            continue
+        await conn.execute(
+            text(
+                f"SELECT setval(:seq, COALESCE((SELECT max({quoted.quote(column)})"
+                f" FROM {quoted.quote(table)}), 0) + 1, false)"
+            ),
+            {"seq": sequence},
+        )
 
 
 async def open_store(url: str | None = None, *, migrate_schema: bool = True) -> Store:

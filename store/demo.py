@@ -46,7 +46,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import mark_queues
-from store.db import Store
+from store.db import Store, sync_sequences
 from store.schema import (
     customers,
     order_lines,
@@ -696,6 +696,8 @@ async def fill_demo(
                         for li, q in ls
                     ],
                 )
+        # The rows above carry their ids: PostgreSQL's sequences must move past them.
+        await sync_sequences(conn)
     return DemoSummary(
         size=size,
         seed=seed,

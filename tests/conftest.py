@@ -4,7 +4,7 @@ bot application polling the sandbox over HTTP, exactly as run_bot.py assembles i
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,6 +20,7 @@ from sandbox import Limits, Sandbox
 from sandbox.client import SandboxClient
 from store import Store, open_store
 from store.demo import fill_demo
+from tests.pg import BACKENDS, Databases, sqlite_only_deselect, sqlite_url
 
 # Demo data is generated relative to this day, and the bot's clock starts on it.
 TODAY = date(2026, 11, 26)
@@ -48,17 +49,51 @@ def clock() -> Clock:
     return Clock()
 
 
+# Bot tests that stay on SQLite, by module (these modules are not this file's to mark):
+# what each does that PostgreSQL cannot.
+SQLITE_ONLY_MODULES: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        reason = SQLITE_ONLY_MODULES.get(item.nodeid.split("::")[0])
+        if reason is not None:
+            item.add_marker(pytest.mark.sqlite_only(reason))
+    sqlite_only_deselect(config, items)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database a test's store lives in: every test that takes `store` or `db_url` runs
+    on SQLite, and on PostgreSQL too when TEST_DATABASE_URL names a server (tests/pg.py)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[Databases]:
+    databases = Databases()
+    try:
+        yield databases
+    finally:
+        databases.drop_templates()
+
+
+async def _fill_small_demo(store: Store) -> None:
+    await fill_demo(store, "small", today=TODAY)
+
+
 @pytest.fixture(scope="session")
 def demo_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated database with the small demo shop, copied for every test that needs it."""
+    """One migrated SQLite database with the small demo shop, copied for every test that
+    needs it."""
     import asyncio
 
     path = tmp_path_factory.mktemp("demo") / "demo.sqlite3"
 
     async def build() -> None:
-        store = await open_store(f"sqlite+aiosqlite:///{path}")
+        store = await open_store(sqlite_url(path))
         try:
-            await fill_demo(store, "small", today=TODAY)
+            await _fill_small_demo(store)
         finally:
             await store.close()
 
@@ -67,10 +102,19 @@ def demo_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path, demo_db_template: Path) -> str:
-    path = tmp_path / "bot.sqlite3"
-    shutil.copyfile(demo_db_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of this test's own with the small demo shop."""
+    if backend == "sqlite":
+        path = tmp_path / "bot.sqlite3"
+        shutil.copyfile(request.getfixturevalue("demo_db_template"), path)
+        yield sqlite_url(path)
+        return
+    databases: Databases = request.getfixturevalue("pg_databases")
+    name, url = databases.fresh(databases.template("demo", _fill_small_demo))
+    try:
+        yield url
+    finally:
+        databases.drop(name)
 
 
 @pytest.fixture

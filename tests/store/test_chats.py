@@ -76,6 +76,7 @@ async def _seed(store: Store) -> None:
         )
 
 
+@pytest.mark.sqlite_only("SQLite's pragmas (WAL, foreign keys, busy timeout)")
 async def test_migrations_run_and_pragmas(db_url: str) -> None:
     s = await open_store(db_url)
     async with s.connect() as conn:
@@ -235,6 +236,7 @@ async def test_subscribe_back_in_stock(store: Store) -> None:
             await subscribe_back_in_stock(conn, 5, "NOP-0000")
 
 
+@pytest.mark.sqlite_only("the queue of one process's writers is for SQLite's single write lock")
 async def test_writers_of_one_process_take_turns_instead_of_polling_sqlites_lock(
     store: Store,
 ) -> None:

@@ -115,3 +115,25 @@ async def test_demo_is_deterministic(tmp_path) -> None:
         dumps.append(rows)
         await s.close()
     assert dumps[0] == dumps[1]
+
+
+async def test_after_the_demo_a_new_order_takes_the_next_ids(store: Store) -> None:
+    """The demo writes its orders and lines with their ids; on PostgreSQL the sequences then
+    stood at 1 and every new order failed with a duplicate key of pk_orders."""
+    from store.backorders import NewLine, place_order
+
+    summary = await fill_demo(store, "small", seed=7, today=TODAY)
+    async with store.begin() as conn:
+        placed = await place_order(
+            conn, "900001", 1, [NewLine("COF-0001", 1), NewLine("KET-0001", 2)]
+        )
+        second = await place_order(conn, "900002", 2, [NewLine("PRM-0001", 1)])
+        line_ids = (
+            await conn.execute(
+                select(order_lines.c.line_id)
+                .where(order_lines.c.order_id.in_([placed.order_id, second.order_id]))
+                .order_by(order_lines.c.line_id)
+            )
+        ).scalars()
+        assert [placed.order_id, second.order_id] == [summary.orders + 1, summary.orders + 2]
+        assert list(line_ids) == [summary.lines + 1, summary.lines + 2, summary.lines + 3]

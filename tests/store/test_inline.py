@@ -16,6 +16,8 @@ from store.demo import fill_demo
 from store.queries import orders_of
 from tests.conftest import TODAY
 
+pytestmark = pytest.mark.sqlite_only("the inline engines exist for SQLite files only")
+
 
 def _checkouts(store: Store) -> list[int]:
     seen: list[int] = []
