@@ -793,8 +793,9 @@ async def test_a_held_message_left_behind_is_relayed_by_the_sweep(
     bot: BotApplication, tg: SandboxClient, store: Store, customers: None
 ) -> None:
     # A message held while the topic was opening, which its opener did not get to relay
-    # (here: one John sent just before, held by hand).
-    sent = await tg.send_message(JOHN, "Is anybody there?")
+    # (here: one John sent just before, held by hand). A greeting: "is anybody there?" asks
+    # for a person itself.
+    sent = await tg.send_message(JOHN, "Hello?")
     await asyncio.sleep(0.3)
     await tg.say(JOHN, "/agent", quiet=QUIET)
     thread = (await _topic(tg))["message_thread_id"]
@@ -803,7 +804,7 @@ async def test_a_held_message_left_behind_is_relayed_by_the_sweep(
         await hold_message(conn, h.handoff_id, (JOHN, sent["message_id"]), datetime.now(UTC))
     await asyncio.gather(sweep_handoffs(bot), sweep_handoffs(bot))
     await sweep_handoffs(bot)
-    assert (await _in_topic(tg, thread))[1:] == ["Is anybody there?"]
+    assert (await _in_topic(tg, thread))[1:] == ["Hello?"]
 
 
 # --- the card keeps up ----------------------------------------------------------------------
