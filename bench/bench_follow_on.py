@@ -1,0 +1,206 @@
+# ruff: noqa: E501  (a hand-run script: long report lines, blocking file setup)
+"""Issue #14, a big shop's working day: what a change and its follow-on work (the delay policy,
+the notices) cost on a large store, and how long they keep every other writer waiting. Run by
+hand; prints figures, asserts nothing.
+
+    .venv/bin/python bench/bench_follow_on.py STORE.sqlite3 [--code ROOT] [--orders 2000]
+        [--timeout 900]
+
+STORE is a demo store (store.demo, e.g. bench/bench_store.py's cached one) at any migration
+the code under --code can upgrade; each run works on a copy. --code is the checkout whose
+`backorder-admin` runs (default: this one; an older checkout gives the "before" figures, e.g.
+`git archive <commit> store | tar -x -C /tmp/before`). Two steps, one after the other on the
+copy, each a `backorder-admin` process of its own:
+
+1. the first policy pass over the whole store: the batches of `catch-up` and then its
+   queue_notices, each measured on its own; with an older checkout its queue_after_change, the
+   pass every command ran in one transaction;
+2. `import orders` of a file of ORDERS new orders (one or two lines each), with the follow-on.
+
+Meanwhile a probe process asks for the write lock (BEGIN IMMEDIATE, then ROLLBACK) every 20 ms:
+the longest it waited is the longest write transaction another writer (the bot) met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    conn = sqlite3.connect(path, timeout=3600, isolation_level=None)
+    waits: list[tuple[float, float]] = []  # (when it asked, how long it waited)
+    start = time.perf_counter()
+    while not stop.is_set():
+        t = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        waits.append((t - start, time.perf_counter() - t))
+        conn.execute("ROLLBACK")
+        time.sleep(0.02)
+    conn.close()
+    out.put(waits)
+
+
+CLI = "import sys; from store.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def cli(db: Path, *argv: str) -> list[str]:
+    return [sys.executable, "-c", CLI, "--db", f"sqlite+aiosqlite:///{db}", *argv]
+
+
+def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -> None:
+    stop = mp.Event()
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    prober = mp.Process(target=probe, args=(str(db), stop, q))
+    prober.start()
+    t = time.perf_counter()
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=code,
+            env={**os.environ, "PYTHONPATH": str(code)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        outcome = f"exit {done.returncode}"
+        lines = (done.stdout + done.stderr).strip().splitlines()
+    except subprocess.TimeoutExpired:
+        outcome, lines = f"killed after {timeout:.0f} s (not finished)", []
+    took = time.perf_counter() - t
+    stop.set()
+    asked = q.get()
+    prober.join()
+    waits = sorted(w for _, w in asked)
+    longest = waits[-1] if waits else 0.0
+    p99 = waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] if waits else 0.0
+    over = sum(1 for w in waits if w > 1)
+    top = ", ".join(f"{w:.2f} s at {at:.0f} s" for at, w in sorted(asked, key=lambda a: -a[1])[:3])
+    print(f"{name:<34} {took:8.1f} s  {outcome}")
+    print(
+        f"{'':<34} another writer's BEGIN IMMEDIATE: longest wait {longest:.2f} s, p99 {p99 * 1000:.0f} ms, {over} of {len(waits)} waits over 1 s; longest: {top}"
+    )
+    for line in lines[-4:]:
+        print(f"{'':<34} | {line[:150]}")
+
+
+def orders_file(db: Path, path: Path, n: int) -> None:
+    conn = sqlite3.connect(db)
+    skus = [r[0] for r in conn.execute("SELECT sku FROM products WHERE active AND backorderable")]
+    customers = conn.execute("SELECT max(customer_id) FROM customers").fetchone()[0]
+    first = (
+        int(conn.execute("SELECT max(CAST(order_number AS INTEGER)) FROM orders").fetchone()[0]) + 1
+    )
+    conn.close()
+    rng = random.Random(14)
+    placed = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["order_number", "customer_id", "placed_at", "line_no", "sku", "qty"])
+        for i in range(n):
+            customer = rng.randint(1, customers)
+            for no, sku in enumerate(rng.sample(skus, 1 + (i % 3 == 0)), start=1):
+                w.writerow([first + i, customer, placed, no, sku, rng.randint(1, 3)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("store", type=Path)
+    ap.add_argument("--code", type=Path, default=ROOT)
+    ap.add_argument("--orders", type=int, default=2000)
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    db = args.work / "follow-on.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    t = time.perf_counter()
+    shutil.copy(args.store, db)
+    src = sqlite3.connect(db)
+    lines, late = src.execute(
+        "SELECT count(*), sum(qty_waiting > 0 AND (projected_date IS NULL OR promised_date IS NULL OR projected_date > promised_date)) FROM order_lines"
+    ).fetchone()
+    src.close()
+    print(
+        f"store: {args.store.name}, {lines:,} lines, {late:,} waiting and late (copied in {time.perf_counter() - t:.0f} s); code: {args.code}"
+    )
+    batched = (args.code / "store" / "marks.py").exists()
+    if batched:
+        # The policy's batches and the notices (store.outbox.queue_notices, one transaction)
+        # apart, as catch-up runs them one after the other.
+        for title, body in (
+            (
+                "first pass: policy batches",
+                "    from store.cli import follow_on_settings\n"
+                "    from store.delays import run_delay_policy\n"
+                "    from datetime import UTC, datetime\n"
+                "    f = follow_on_settings(); now = datetime.now(UTC)\n"
+                "    r = await run_delay_policy(s, today=now.astimezone(f.zone).date(), now=now, policy=f.policy)\n"
+                "    print(f'{r.offered} offered, {r.lines} lines in {r.batches} batches')\n",
+            ),
+            (
+                "then queue_notices",
+                "    from store.outbox import queue_notices\n"
+                "    async with s.begin() as conn:\n"
+                "        print(await queue_notices(conn))\n",
+            ),
+        ):
+            script = args.work / "step.py"
+            script.write_text(
+                "import asyncio, sys\n"
+                "from store import open_store\n"
+                "async def go():\n"
+                "    s = await open_store(sys.argv[1])\n" + body + "    await s.close()\n"
+                "asyncio.run(go())\n"
+            )
+            run_step(
+                title,
+                db,
+                [sys.executable, str(script), f"sqlite+aiosqlite:///{db}"],
+                args.code,
+                args.timeout,
+            )
+    else:
+        script = (
+            "import asyncio, sys\n"
+            "from store import open_store\n"
+            "from store.cli import queue_after_change\n"
+            "async def go():\n"
+            "    s = await open_store(sys.argv[1])\n"
+            "    async with s.begin() as conn:\n"
+            "        await queue_after_change(conn)\n"
+            "    await s.close()\n"
+            "asyncio.run(go())\n"
+        )
+        (args.work / "old_pass.py").write_text(script)
+        old_pass = [sys.executable, str(args.work / "old_pass.py"), f"sqlite+aiosqlite:///{db}"]
+        run_step("first pass (one transaction)", db, old_pass, args.code, args.timeout)
+    csv_path = args.work / "orders-2000.csv"
+    orders_file(db, csv_path, args.orders)
+    run_step(
+        f"import {args.orders} orders + follow-on",
+        db,
+        cli(db, "import", "orders", str(csv_path)),
+        args.code,
+        args.timeout,
+    )
+    if batched:
+        run_step("status", db, cli(db, "status"), args.code, args.timeout)
+
+
+if __name__ == "__main__":
+    main()
