@@ -220,6 +220,21 @@ def _fold(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+# Russian in Latin letters, the spelling people type on a Latin keyboard ("kofemashina"). Both
+# the index and the question are read in it, so "кофемашина", "kofemashina" and "кoфемашина"
+# (a Latin o among Cyrillic letters) are one word, and the fuzzy match takes the variants
+# ("kofemaschina", "kofemashyna").
+_LATIN = str.maketrans(
+    {
+        "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh",
+        "з": "z", "и": "i", "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o",
+        "п": "p", "р": "r", "с": "s", "т": "t", "у": "u", "ф": "f", "х": "h", "ц": "ts",
+        "ч": "ch", "ш": "sh", "щ": "sch", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "yu",
+        "я": "ya",
+    }
+)  # fmt: skip
+
+
 def _words(text: str) -> list[str]:
     out, cur = [], []
     for ch in _fold(text):
@@ -230,13 +245,15 @@ def _words(text: str) -> list[str]:
             cur = []
     if cur:
         out.append("".join(cur))
-    return out
+    return [w.translate(_LATIN) for w in out]
 
 
 # Answers kept per index build: customers ask for the same few products in the same words (a
 # new product, a restock), and a common word costs 2-5 ms to rank over a 20,000-product
 # catalog (every product with "kettle" in a name is scored).
 SEARCH_CACHE_SIZE = 4096
+# What a word of the question that no product name has counts for, against 1 for the others.
+UNKNOWN_WORD_WEIGHT = 0.25
 
 
 class ProductIndex:
@@ -332,22 +349,31 @@ class ProductIndex:
             return (ProductMatch(sku, pick_name(self._names[sku], language), 100.0, "en"),)
         scores: dict[str, float] = defaultdict(float)
         langs: dict[str, str] = {}
+        unknown = 0
         for token in tokens:
             best: dict[str, tuple[float, str]] = {}
-            for w, s in self._word_matches(token).items():
+            matches = self._word_matches(token)
+            if not matches:
+                unknown += 1
+            for w, s in matches.items():
                 for p_sku, lang in self._postings[w].items():
                     if s > best.get(p_sku, (0.0, ""))[0]:
                         best[p_sku] = (s, lang)
             for p_sku, (s, lang) in best.items():
                 scores[p_sku] += s
                 langs.setdefault(p_sku, lang)
-        n = len(tokens)
+        # A word no product has ("black hoodie xl cotton" in a shop that never says "xl") is
+        # probably a detail the catalog leaves out: it lowers the score a little. A word some
+        # other product has counts in full: it tells the products apart.
+        query = " ".join(_words(text))
+        n = len(tokens) - unknown + UNKNOWN_WORD_WEIGHT * unknown
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[: max(limit * 4, 20)]
         out = []
         for p_sku, total in ranked:
             lang = langs[p_sku]
             # Tie-break on the whole name so "kettle steel" prefers the steel kettle.
-            whole = fuzz.token_set_ratio(_fold(text), _fold(self._names[p_sku].get(lang, "")))
+            name = " ".join(_words(self._names[p_sku].get(lang, "")))
+            whole = fuzz.token_set_ratio(query, name)
             score = round(0.85 * total / n + 0.15 * whole, 1)
             out.append(
                 ProductMatch(p_sku, pick_name(self._names[p_sku], language or lang), score, lang)

@@ -152,3 +152,39 @@ async def test_stock_questions_in_other_languages(
     await tg.create_user(USER, first_name="Eve", language_code=language)
     reply = await _ask(tg, question)
     assert reply["text"].splitlines()[0] == first_line
+
+
+@pytest.mark.usefixtures("customer")
+@pytest.mark.parametrize(
+    ("question", "first_line"),
+    [
+        (
+            "is the barista coffee machine in matte black with milk frother in stock?",
+            "⏳ Barista Pro Coffee Machine is not in stock, but you can buy it now on backorder: "
+            "it ships around January 10 (in 2 months).",
+        ),
+        (
+            "do you have the steel kettle with the blue led light and auto shutoff?",
+            "✅ Steel Kettle 1.7 l is in stock: you can buy it now and it ships right away.",
+        ),
+    ],
+)
+async def test_words_the_catalog_lacks_lower_the_match_but_keep_it(
+    tg: SandboxClient, question: str, first_line: str
+) -> None:
+    reply = await _ask(tg, question)
+    assert reply["text"].splitlines()[0] == first_line
+
+
+@pytest.mark.usefixtures("customer")
+async def test_russian_in_latin_letters_finds_the_russian_names(tg: SandboxClient) -> None:
+    reply = await _ask(tg, "est li kofemashina?")  # "кофемашина": every coffee machine
+    assert reply["text"] == "I found several products for “kofemashina”. Which one do you mean?"
+    assert buttons(reply) == [
+        [("Barista Pro Coffee Machine", "p:COF-0001")],
+        [("Lumen 470 Coffee Machine", "p:COF-0002")],
+        [("Milano 803 Coffee Machine", "p:COF-0003")],
+        [("Castell 236 Coffee Machine", "p:COF-0004")],
+        [("Kaskad 569 Coffee Machine", "p:COF-0005")],
+        *MENU_ROWS,
+    ]

@@ -1,0 +1,87 @@
+"""ProductIndex.search: words that match rank, words that match nothing only lower the score,
+and Russian is found in Cyrillic, in Latin letters and in a mix of both."""
+
+from __future__ import annotations
+
+import pytest
+
+from store.catalog import ProductIndex
+
+CATALOG = {
+    "HOD-0001": {"en": "Black Hoodie", "de": "Schwarzer Kapuzenpullover", "ru": "Чёрное худи"},
+    "HOD-0002": {"en": "Red Hoodie", "de": "Roter Kapuzenpullover", "ru": "Красное худи"},
+    "TSH-0001": {"en": "Cotton T-Shirt", "de": "Baumwoll-T-Shirt", "ru": "Хлопковая футболка"},
+    "COF-0001": {
+        "en": "Barista Pro Coffee Machine",
+        "de": "Barista Pro Kaffeemaschine",
+        "ru": "Кофемашина Barista Pro",
+    },
+    "KET-0001": {"en": "Steel Kettle 1.7 l", "ru": "Чайник стальной 1,7 л"},
+}
+
+
+@pytest.fixture(scope="module")
+def index() -> ProductIndex:
+    built = ProductIndex()
+    built.build(CATALOG)
+    return built
+
+
+def _skus(index: ProductIndex, words: str) -> list[str]:
+    return [m.sku for m in index.search(words, limit=3)]
+
+
+@pytest.mark.parametrize(
+    ("words", "skus"),
+    [
+        # "xl", "oversize", "size" are in no name: the black hoodie is still found; "black"
+        # is a word of the catalog, so the red one misses it in full
+        ("black hoodie xl", ["HOD-0001"]),
+        ("hoodie xl", ["HOD-0001", "HOD-0002"]),
+        ("black hoodie xl oversize", ["HOD-0001"]),
+        ("hoodie black size xl oversize please", ["HOD-0001"]),
+        # "cotton" is another product's word: it counts against the hoodie, yet leaves it first
+        ("black hoodie xl cotton", ["HOD-0001"]),
+        ("black hoodie oversize xl cotton", ["HOD-0001"]),
+        ("кофемашина barista с капучинатором", ["COF-0001"]),
+    ],
+)
+def test_extra_words_lower_the_score_but_keep_the_product(
+    index: ProductIndex, words: str, skus: list[str]
+) -> None:
+    assert _skus(index, words) == skus
+
+
+def test_more_words_that_match_rank_higher(index: ProductIndex) -> None:
+    scores = [(m.sku, m.score) for m in index.search("black hoodie", limit=3)]
+    assert scores == [("HOD-0001", 100.0), ("HOD-0002", 53.8)]
+    # each word no product has costs a little
+    assert [m.score for m in index.search("black hoodie xl")] == [90.6]
+    assert [m.score for m in index.search("black hoodie xl oversize")] == [83.0]
+
+
+def test_words_that_match_nothing_find_nothing(index: ProductIndex) -> None:
+    assert _skus(index, "xl oversize") == []
+    assert _skus(index, "zzzz") == []
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "кофемашина",
+        "kofemashina",  # Russian typed in Latin letters
+        "kofemaschina",
+        "kofemashyna",
+        "кoфемашина",  # a Latin "o" among Cyrillic letters
+        "бариста",  # the Latin brand in Cyrillic letters
+        "KOFEMASHINA BARISTA",
+    ],
+)
+def test_russian_in_either_script(index: ProductIndex, words: str) -> None:
+    assert _skus(index, words)[:1] == ["COF-0001"]
+
+
+def test_transliteration_finds_the_name_in_the_language_asked(index: ProductIndex) -> None:
+    [match] = index.search("chaynik", limit=1, language="ru")
+    assert (match.sku, match.name, match.language) == ("KET-0001", "Чайник стальной 1,7 л", "ru")
+    assert _skus(index, "hudi chernoe") == ["HOD-0001", "HOD-0002"]
