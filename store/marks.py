@@ -69,12 +69,14 @@ async def take_turn(conn: AsyncConnection, name: str = DELAY) -> int:
         )
     ).first()
     if row is None:
-        # A store made from the schema without its migrations (store.demo's templates):
-        # nothing was ever looked at.
+        # A store made from the schema without its migrations: nothing was ever looked at.
+        # Another process may be adding the row too; either way it is there after this.
         await conn.execute(
-            follow_on_cursors.insert().values(name=name, next_line_id=0, updated_at=utcnow())
+            insert_ignoring(conn, follow_on_cursors).values(
+                name=name, next_line_id=0, updated_at=utcnow()
+            )
         )
-        return 0
+        return await take_turn(conn, name)
     return int(row.next_line_id)
 
 
