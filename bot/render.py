@@ -25,6 +25,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.i18n import translations
 from bot.settings import SUPPORTED_LANGUAGES
+from store.db import Store
 
 KEYBOARD_CACHE_SIZE = 1024
 
@@ -170,3 +171,15 @@ def _days_away(days: int, locale: Locale) -> str:
 def _money(minor: int, currency: str, locale: Locale) -> str:
     amount = Decimal(minor).scaleb(-get_currency_precision(currency))
     return format_currency(amount, currency, locale=locale)
+
+
+async def shop_examples(store: Store, language: str) -> dict[str, str | None]:
+    """What the texts that teach customers what to write give as examples (fallback.j2,
+    stock_ask.j2, stock_not_found.j2, account_ask_order_again.j2): the shop's own, kept with
+    the product index (no statement of their own)."""
+    examples = (await store.product_index()).examples
+    return {
+        "product_example": examples.word(language),
+        "sku_example": examples.sku,
+        "order_example": examples.order_number,
+    }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
 
@@ -13,7 +15,7 @@ from rapidfuzz import fuzz, process
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.schema import order_lines, product_alternatives, products, restocks, stock
+from store.schema import order_lines, orders, product_alternatives, products, restocks, stock
 
 LANGUAGES = ("en", "de", "es", "ru")
 
@@ -256,6 +258,67 @@ SEARCH_CACHE_SIZE = 4096
 UNKNOWN_WORD_WEIGHT = 0.25
 
 
+@dataclass(frozen=True)
+class ShopExamples:
+    """What the bot's texts give as examples ("a product name like “kettle”"), from the shop's
+    own store: a customer of a bike shop is not told to ask about kettles. None where the
+    store has nothing to show (an empty catalog, no orders yet): the texts then give none."""
+
+    words: dict[str, str] = field(default_factory=dict)  # language -> a word of many names
+    sku: str | None = None
+    order_number: str | None = None  # made up, in the shape of the shop's order numbers
+
+    def word(self, language: str | None) -> str | None:
+        return self.words.get(language or "en") or self.words.get("en")
+
+
+# Words of 4+ letters that name no product however often they occur in names.
+_NOT_EXAMPLES = frozenset(
+    ["with", "without", "from", "plus", "ohne", "fuer", "para", "como", "sobre", "sans", "avec"]
+)
+_EXAMPLE_WORD_RE = re.compile(r"[^\W\d_]{4,}")
+
+
+def _examples(names: dict[str, dict[str, str]], active: Collection[str] | None) -> ShopExamples:
+    """One product of the kind the shop sells most of (the English word in the most names of
+    active products; ties: alphabetical; then the first SKU with it), and from its name in
+    each language the word most names share ("Bike", "Trekkingrad", "bicicleta")."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    skus = sorted(sku for sku in names if active is None or sku in active)
+    for sku in skus:
+        for lang, name in names[sku].items():
+            counts[lang].update(_example_words(name).keys())
+    if not skus:
+        return ShopExamples()
+    lang_of_top = next((lang for lang in ("en", *counts) if counts.get(lang)), None)
+    if lang_of_top is None:
+        return ShopExamples(sku=skus[0])  # names without a word to show ("X1")
+    top = min(counts[lang_of_top].items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    example = next(s for s in skus if top in _example_words(names[s].get(lang_of_top, "")))
+    words: dict[str, str] = {}
+    for lang, name in names[example].items():
+        found = _example_words(name)
+        if found:
+            key = max(found, key=lambda w: (counts[lang][w], len(w), w))
+            # German nouns keep their capital; elsewhere a name's Title Case goes
+            words[lang] = found[key] if lang == "de" else key
+    return ShopExamples(words, example)
+
+
+def _example_words(name: str) -> dict[str, str]:
+    """Words of a name that could stand for it, folded -> as written."""
+    found = {w.casefold(): w for w in _EXAMPLE_WORD_RE.findall(name)}
+    return {k: w for k, w in found.items() if k not in _NOT_EXAMPLES}
+
+
+def order_number_example(latest: str | None) -> str | None:
+    """A number like the shop's own: as long, with its first digit (100123 for 6 digits from
+    1). Made up: a real one would be some customer's order."""
+    if latest is None or not latest.isdigit() or len(latest) < 4:
+        return None
+    return (latest[0] + "0" * len(latest))[: len(latest) - 3] + "123"
+
+
 class ProductIndex:
     """An in-memory word index of product names in all languages.
 
@@ -270,6 +333,7 @@ class ProductIndex:
         self._vocab: list[str] = []
         self._by_prefix: dict[str, list[str]] = {}
         self._answers = functools.lru_cache(maxsize=SEARCH_CACHE_SIZE)(self._search)
+        self.examples = ShopExamples()
 
     @classmethod
     async def load(cls, conn: AsyncConnection) -> ProductIndex:
@@ -283,17 +347,27 @@ class ProductIndex:
         return int(row[0]), row[1]
 
     async def refresh(self, conn: AsyncConnection, force: bool = False) -> bool:
-        """Rebuild if the catalog changed since the last build. True if rebuilt."""
+        """Rebuild if the catalog changed since the last build. True if rebuilt. The example
+        order number follows the orders at every call (one look-up in their unique index)."""
         version = await self._version(conn)
+        latest = await conn.scalar(select(func.max(orders.c.order_number)))
+        number = order_number_example(latest)
         if not force and version == self.version:
+            if number != self.examples.order_number:
+                self.examples = replace(self.examples, order_number=number)
             return False
         # Discontinued products stay findable: "discontinued, here are alternatives" is an answer.
         rows = (await conn.execute(select(*_PRODUCT_COLS))).all()
-        self.build({r.sku: names_of(r) for r in rows})
+        self.build({r.sku: names_of(r) for r in rows}, active={r.sku for r in rows if r.active})
+        self.examples = replace(self.examples, order_number=number)
         self.version = version
         return True
 
-    def build(self, names: dict[str, dict[str, str]]) -> None:
+    def build(
+        self, names: dict[str, dict[str, str]], active: Collection[str] | None = None
+    ) -> None:
+        """Index ``names`` (sku -> language -> name); ``active``: the SKUs still sold (the
+        examples come from these; None: all)."""
         postings: dict[str, dict[str, str]] = defaultdict(dict)
         for sku, by_lang in names.items():
             for w in _words(sku):
@@ -310,6 +384,7 @@ class ProductIndex:
                 by_prefix[w[:n]].append(w)
         self._by_prefix = dict(by_prefix)
         self._answers.cache_clear()
+        self.examples = _examples(names, active)
 
     def __len__(self) -> int:
         return len(self._names)
@@ -350,11 +425,14 @@ class ProductIndex:
         scores: dict[str, float] = defaultdict(float)
         langs: dict[str, str] = {}
         unknown = 0
+        sure = False  # a word found as written (or its beginning), not only by a fuzzy guess
         for token in tokens:
             best: dict[str, tuple[float, str]] = {}
             matches = self._word_matches(token)
             if not matches:
                 unknown += 1
+            elif max(matches.values()) >= 90:
+                sure = True
             for w, s in matches.items():
                 for p_sku, lang in self._postings[w].items():
                     if s > best.get(p_sku, (0.0, ""))[0]:
@@ -363,10 +441,11 @@ class ProductIndex:
                 scores[p_sku] += s
                 langs.setdefault(p_sku, lang)
         # A word no product has ("black hoodie xl cotton" in a shop that never says "xl") is
-        # probably a detail the catalog leaves out: it lowers the score a little. A word some
-        # other product has counts in full: it tells the products apart.
+        # probably a detail the catalog leaves out: it lowers the score a little, once another
+        # word was found as written ("blorp fnord" is not a near miss of "Ford" plus a detail).
+        # A word some other product has counts in full: it tells the products apart.
         query = " ".join(_words(text))
-        n = len(tokens) - unknown + UNKNOWN_WORD_WEIGHT * unknown
+        n = len(tokens) - unknown + (UNKNOWN_WORD_WEIGHT if sure else 1.0) * unknown
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[: max(limit * 4, 20)]
         out = []
         for p_sku, total in ranked:

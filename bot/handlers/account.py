@@ -26,7 +26,7 @@ from telegram.ext import (
 
 from bot.context import BotApplication, BotContext
 from bot.handlers.fallback import stale_button
-from bot.render import ButtonSpec
+from bot.render import ButtonSpec, shop_examples
 from bot.reply import MAIN_MENU, acknowledge, chat_id_of, send
 from bot.understanding import Intent, Understanding, understand
 from store.chats import (
@@ -355,7 +355,17 @@ async def _not_an_answer(
         async with context.own_chat_write() as conn:
             await clear_pending(conn, chat_id)
         return False
-    await send(update, context, ask_again, rows=CANCEL_ROW, proof=context.settings.link_proof)
+    language = await context.language_for(update)
+    examples = await shop_examples(context.store, language)
+    await send(
+        update,
+        context,
+        ask_again,
+        rows=CANCEL_ROW,
+        language=language,
+        proof=context.settings.link_proof,
+        **examples,
+    )
     return True
 
 

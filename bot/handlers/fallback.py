@@ -6,6 +6,7 @@ from telegram import Update
 from telegram.ext import CallbackQueryHandler, MessageHandler, filters
 
 from bot.context import BotApplication, BotContext
+from bot.render import shop_examples
 from bot.reply import MAIN_MENU, chat_id_of, send, stale_press
 from store.chats import record_miss
 
@@ -21,7 +22,9 @@ async def not_understood(update: Update, context: BotContext) -> None:
     if chat.misses >= MISSES_BEFORE_OFFERING_A_PERSON:
         await send(update, context, "fallback_offer_agent.j2", rows=OFFER_A_PERSON)
     else:
-        await send(update, context, "fallback.j2", rows=MAIN_MENU)
+        language = await context.language_for(update)
+        examples = await shop_examples(context.store, language)
+        await send(update, context, "fallback.j2", rows=MAIN_MENU, language=language, **examples)
 
 
 async def stale_button(update: Update, context: BotContext) -> None:

@@ -10,7 +10,7 @@ from telegram.ext import CallbackQueryHandler, CommandHandler, filters
 
 from bot.context import BotApplication, BotContext
 from bot.handlers.orders import linked_customer
-from bot.render import ButtonSpec
+from bot.render import ButtonSpec, shop_examples
 from bot.reply import MAIN_MENU, acknowledge, send, stale_press
 from store.catalog import (
     Availability,
@@ -45,7 +45,7 @@ async def stock_question(
     nothing matches say nothing and return False (the caller treats it as not understood)."""
     words = (words or "").strip()[:MAX_QUERY_CHARS]
     if not words:
-        await send(update, context, "stock_ask.j2", rows=MAIN_MENU)
+        await ask_which_product(update, context)
         return True
     language = await context.language_for(update)
     index = await context.store.product_index()
@@ -53,8 +53,15 @@ async def stock_question(
     if not matches:
         if guessed:
             return False
+        examples = await shop_examples(context.store, language)
         await send(
-            update, context, "stock_not_found.j2", rows=MAIN_MENU, language=language, words=words
+            update,
+            context,
+            "stock_not_found.j2",
+            rows=MAIN_MENU,
+            language=language,
+            words=words,
+            **examples,
         )
     elif len(matches) == 1 or matches[0].score - matches[1].score >= CLEAR_LEAD:
         await show_product(update, context, matches[0].sku, language=language)
@@ -117,7 +124,7 @@ async def alternatives_for(update: Update, context: BotContext, words: str | Non
         return
     customer_id = await linked_customer(update, context)
     if customer_id is None:
-        await send(update, context, "stock_ask.j2", rows=MAIN_MENU)
+        await ask_which_product(update, context)
         return
     language = await context.language_for(update)
 
@@ -191,7 +198,13 @@ async def stock_command(update: Update, context: BotContext) -> None:
 
 async def stock_button(update: Update, context: BotContext) -> None:
     await acknowledge(update)
-    await send(update, context, "stock_ask.j2", rows=MAIN_MENU)
+    await ask_which_product(update, context)
+
+
+async def ask_which_product(update: Update, context: BotContext) -> None:
+    language = await context.language_for(update)
+    examples = await shop_examples(context.store, language)
+    await send(update, context, "stock_ask.j2", rows=MAIN_MENU, language=language, **examples)
 
 
 async def product_button(update: Update, context: BotContext) -> None:

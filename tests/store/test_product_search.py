@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from store.catalog import ProductIndex
+from store.catalog import ProductIndex, ShopExamples, order_number_example
 
 CATALOG = {
     "HOD-0001": {"en": "Black Hoodie", "de": "Schwarzer Kapuzenpullover", "ru": "Чёрное худи"},
@@ -85,3 +85,58 @@ def test_transliteration_finds_the_name_in_the_language_asked(index: ProductInde
     [match] = index.search("chaynik", limit=1, language="ru")
     assert (match.sku, match.name, match.language) == ("KET-0001", "Чайник стальной 1,7 л", "ru")
     assert _skus(index, "hudi chernoe") == ["HOD-0001", "HOD-0002"]
+
+
+def test_a_fuzzy_guess_with_words_that_match_nothing_is_no_match() -> None:
+    index = ProductIndex()
+    index.build({"CAR-0001": {"en": "Ford Model Car"}})
+    assert _skus(index, "ford xl") == ["CAR-0001"]  # found as written, plus a detail
+    assert _skus(index, "fnord") == ["CAR-0001"]  # a typo alone, as before
+    assert _skus(index, "blorp fnord") == []  # a typo and a word of nothing: not a question
+
+
+@pytest.mark.parametrize(
+    ("latest", "example"),
+    [
+        ("100777", "100123"),
+        ("52817", "50123"),
+        ("20000001", "20000123"),
+        ("1234", "1123"),
+        ("123", None),  # shorter than any order number the bot reads
+        ("A-100", None),
+        (None, None),  # no orders yet
+    ],
+)
+def test_an_order_number_example_has_the_shape_of_the_shops(
+    latest: str | None, example: str | None
+) -> None:
+    assert order_number_example(latest) == example
+
+
+def test_the_examples_come_from_the_kind_of_product_sold_most() -> None:
+    index = ProductIndex()
+    index.build(
+        {
+            "BAG-0001": {"en": "Leather Bag", "de": "Ledertasche"},
+            "HOD-0003": {
+                "en": "Green Hoodie",
+                "de": "Grüner Kapuzenpullover",
+                "ru": "Зелёное худи",
+            },
+            **CATALOG,
+        },
+        active={"BAG-0001", "HOD-0002", "HOD-0003", "TSH-0001"},  # not HOD-0001
+    )
+    examples = index.examples
+    # "hoodie" is in the most active names; the first active SKU with it is HOD-0002
+    assert examples == ShopExamples(
+        {"en": "hoodie", "de": "Kapuzenpullover", "ru": "худи"}, "HOD-0002", None
+    )
+    assert (examples.word("de"), examples.word("es"), examples.word(None)) == (
+        "Kapuzenpullover",
+        "hoodie",
+        "hoodie",
+    )
+    empty = ProductIndex()
+    empty.build({})
+    assert empty.examples == ShopExamples()
