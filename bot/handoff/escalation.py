@@ -27,7 +27,6 @@ from bot.handoff.topic import (
     _to_customer,
 )
 from bot.i18n import choose_language
-from bot.render import ButtonSpec
 from bot.reply import MAIN_MENU, answer_press
 from store.chats import chat_of, reset_misses
 from store.events import log_event
@@ -169,6 +168,6 @@ async def hand_back(
     )
     await _set_topic_state(app, closed, "closed")
     if not closed.customer_blocked:
-        rows: list[list[ButtonSpec]] = [[("agent", "m:agent")], *map(list, MAIN_MENU)]
-        await _to_customer(app, closed, "handoff_back.j2", rows=rows, by=by)
+        # The menu has "Talk to a person" already: the text points at it, once.
+        await _to_customer(app, closed, "handoff_back.j2", rows=MAIN_MENU, by=by)
     return True

@@ -383,7 +383,11 @@ async def test_hand_back_by_command_then_the_bot_answers_and_a_new_escalation_re
         "Fragen Sie mich jederzeit nach Ihren Bestellungen und Artikeln, oder tippen Sie auf "
         "„Mit einem Menschen sprechen“, um das Team wieder zu erreichen."
     )
-    assert buttons(back)[0] == [("🙋 Mit einem Menschen sprechen", "m:agent")]
+    assert buttons(back) == [
+        [("📦 Meine Bestellungen", "m:orders"), ("🔎 Ist es vorrätig?", "m:stock")],
+        [("🙋 Mit einem Menschen sprechen", "m:agent")],
+        [("❓ Hilfe", "m:help"), ("🌐 Sprache", "m:lang")],
+    ]
     topic = await _topic(tg)
     assert (topic["name"], topic["closed"]) == ("✅ Anna Schmidt · #1", True)
     assert (await _in_topic(tg, thread))[-1] == "✅ Handed back to the bot by Maria."
@@ -418,7 +422,17 @@ async def test_hand_back_by_button(tg: SandboxClient, store: Store, customers: N
     query = await tg.press_button(SUPPORT, h.card_message_id or 0, "ag:x:1", user_id=TOM)
     await tg.callback_answer(query["id"], timeout=2)
     [back] = await tg.collect(JOHN, before, quiet=QUIET)
-    assert back["text"].startswith("Our team has finished the conversation.")
+    assert back["text"] == (
+        "Our team has finished the conversation. Thank you for your patience!\n"
+        "Ask me about your orders and products any time, or tap “Talk to a person” to reach "
+        "the team again."
+    )
+    # "Talk to a person" once, in the menu (it came twice, a row of its own above the menu)
+    assert buttons(back) == [
+        [("📦 My orders", "m:orders"), ("🔎 Is it in stock?", "m:stock")],
+        [("🙋 Talk to a person", "m:agent")],
+        [("❓ Help", "m:help"), ("🌐 Language", "m:lang")],
+    ]
     assert (await _handoff(store, JOHN)).state == "closed"
     assert (await _topic(tg))["closed"] is True
 
