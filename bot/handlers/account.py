@@ -123,15 +123,20 @@ async def start_with_code(update: Update, context: BotContext) -> None:
         await send(update, context, template, rows=LINK_MENU, proof=proof)
         return
     assert customer is not None
-    if template == "account_linked.j2":
-        await send(update, context, template, name=customer.name, switched=switched)
-        await _tell_previous_chat(context, moved_from)
     from bot.handlers import orders as order_replies  # at call time: orders imports us
 
+    # One message: "linked" on top of the orders it opens to.
+    linked = (
+        order_replies.Linked(customer.name, switched) if template == "account_linked.j2" else None
+    )
     if order_number is not None:
-        await order_replies.show_order(update, context, customer.customer_id, order_number)
+        await order_replies.show_order(
+            update, context, customer.customer_id, order_number, linked=linked
+        )
     else:
-        await order_replies.show_open_orders(update, context, customer.customer_id)
+        await order_replies.show_open_orders(update, context, customer.customer_id, linked=linked)
+    if linked is not None:
+        await _tell_previous_chat(context, moved_from)
 
 
 async def _linked_chat(conn: AsyncConnection, customer_id: int, *, other_than: int) -> int | None:
@@ -326,11 +331,11 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
         await send(update, context, "account_no_match.j2", rows=CANCEL_ROW, proof=proof)
     else:
         assert customer is not None and customer_id is not None
-        await send(update, context, "account_linked.j2", name=customer.name, switched=False)
-        await _tell_previous_chat(context, moved_from)
         from bot.handlers import orders as order_replies  # at call time: orders imports us
 
-        await order_replies.show_order(update, context, customer_id, order_number)
+        linked = order_replies.Linked(customer.name, switched=False)
+        await order_replies.show_order(update, context, customer_id, order_number, linked=linked)
+        await _tell_previous_chat(context, moved_from)
     return True
 
 

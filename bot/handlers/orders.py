@@ -6,6 +6,8 @@ reveals anything, so someone else's order and a mistyped one get the same reply.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from telegram import Update
 from telegram.ext import CallbackQueryHandler, CommandHandler, filters
 
@@ -17,6 +19,14 @@ from store.queries import Order, mark_told, order_of, orders_of
 # A phone screen's worth; older orders are one "all my orders" tap away.
 ORDERS_SHOWN = 6
 ALL_ORDERS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Linked:
+    """The chat was linked just now: the order view says so first, in the same message."""
+
+    name: str
+    switched: bool  # it was linked to another customer before
 
 
 async def linked_customer(update: Update, context: BotContext) -> int | None:
@@ -40,8 +50,10 @@ async def where_is_my_order(update: Update, context: BotContext, number: str | N
         await show_open_orders(update, context, customer_id)
 
 
-async def show_open_orders(update: Update, context: BotContext, customer_id: int) -> None:
-    await _show_orders(update, context, customer_id, open_only=True)
+async def show_open_orders(
+    update: Update, context: BotContext, customer_id: int, *, linked: Linked | None = None
+) -> None:
+    await _show_orders(update, context, customer_id, open_only=True, linked=linked)
 
 
 async def show_all_orders(update: Update, context: BotContext, customer_id: int) -> None:
@@ -49,7 +61,12 @@ async def show_all_orders(update: Update, context: BotContext, customer_id: int)
 
 
 async def _show_orders(
-    update: Update, context: BotContext, customer_id: int, *, open_only: bool
+    update: Update,
+    context: BotContext,
+    customer_id: int,
+    *,
+    open_only: bool,
+    linked: Linked | None = None,
 ) -> None:
     language = await context.language_for(update)
     limit = ORDERS_SHOWN if open_only else ALL_ORDERS_SHOWN
@@ -69,11 +86,17 @@ async def _show_orders(
         language=language,
         orders=orders,
         open_only=open_only,
+        linked=linked,
     )
 
 
 async def show_order(
-    update: Update, context: BotContext, customer_id: int, order_number: str
+    update: Update,
+    context: BotContext,
+    customer_id: int,
+    order_number: str,
+    *,
+    linked: Linked | None = None,
 ) -> None:
     language = await context.language_for(update)
     # Not counted as a write: what changes (when a line's date was last told) is in no reader's
@@ -95,6 +118,7 @@ async def show_order(
             rows=[*_order_buttons(open_orders), *MAIN_MENU],
             language=language,
             number=order_number,
+            linked=linked,
         )
         return
     moved_later = any(
@@ -117,6 +141,7 @@ async def show_order(
         language=language,
         order=order,
         moved_later=moved_later,
+        linked=linked,
     )
 
 

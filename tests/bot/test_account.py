@@ -261,13 +261,13 @@ async def test_a_deep_link_from_the_admin_command_links_and_shows_open_orders(
     assert match is not None
 
     await tg.create_user(601, first_name="Anna", language_code=language)
-    linked, open_orders = await say_n(tg, 601, f"/start {match.group(1)}", 2)
-    assert linked["text"] == LINKED[language]
-    assert buttons(linked) == []  # the orders right below carry the buttons
-    # Anna's open orders, answered straight away: 100002 and 100003, not the shipped 100001.
+    # One message: linked, and Anna's open orders below (100002 and 100003, not the shipped
+    # 100001) with their buttons.
+    [open_orders] = await say_n(tg, 601, f"/start {match.group(1)}", 1)
+    assert open_orders["text"].startswith(LINKED[language] + "\n\n")
     assert "100002" in open_orders["text"] and "100003" in open_orders["text"]
     assert "100001" not in open_orders["text"]
-    assert buttons(open_orders) != []
+    assert buttons(open_orders)[0][0][1] == "o:100003"
     assert await linked_to(store, 601) == ANNA
     assert await used_tokens(store) == 1
 
@@ -275,9 +275,8 @@ async def test_a_deep_link_from_the_admin_command_links_and_shows_open_orders(
 async def test_a_deep_link_for_one_order_shows_that_order(tg: SandboxClient, store: Store) -> None:
     code = code_for(ANNA, order_id=await order_id_of(store, "100003"))
     await tg.create_user(602, first_name="Anna", language_code="en")
-    linked, order = await say_n(tg, 602, f"/start {code}", 2)
-    assert linked["text"] == LINKED["en"]
-    assert "Order 100003 ·" in order["text"]
+    [order] = await say_n(tg, 602, f"/start {code}", 1)
+    assert order["text"].startswith(LINKED["en"] + "\n\nOrder 100003 ·")
     assert await linked_to(store, 602) == ANNA
 
 
@@ -298,7 +297,7 @@ async def test_a_link_works_once(tg: SandboxClient, store: Store) -> None:
     code = code_for(ANNA)
     await tg.create_user(604, first_name="Anna", language_code="de")
     await tg.create_user(605, first_name="Mallory", language_code="de")
-    assert len(await say_n(tg, 604, f"/start {code}", 2)) == 2
+    assert len(await say_n(tg, 604, f"/start {code}", 1)) == 1
     # Forwarded to someone else: already used, and the first chat keeps its link.
     reply = await say_one(tg, 605, f"/start {code}")
     assert reply["text"] == USED["de"]
@@ -348,9 +347,24 @@ async def test_order_number_and_email_link_the_chat_and_show_the_order(
     assert found is not None and (found.pending, found.pending_order) == ("proof", "100002")
 
     # Case and spaces do not matter.
-    linked, order = await say_n(tg, 610, "  Anna.Schmidt@Example.com ", 2)
-    assert linked["text"] == LINKED["en"]
-    assert "Order 100002 ·" in order["text"]
+    [order] = await say_n(tg, 610, "  Anna.Schmidt@Example.com ", 1)
+    # one message (the link's confirmation came alone before the order, without buttons)
+    assert order["text"] == (
+        LINKED["en"] + "\n\n"
+        "Sorry: a delivery date in this order has moved.\n\n"
+        "Order 100002 · placed Aug 29, 2026 · €761.99\n\n"
+        "Barista Pro Coffee Machine\n"
+        "⏳ 1 waiting: ships around December 20 (in 3 weeks).\n"
+        "Your place in the queue: 1, for the 4 units due December 20.\n"
+        "📅 New date: December 20 instead of December 2 (18 days later)."
+    )
+    assert buttons(order) == [
+        [("✖️ Cancel an item", "cx:100002")],
+        [("🔁 Alternatives", "alt:o:100002")],
+        [("📦 My orders", "m:orders")],
+        [("🙋 Talk to a person", "m:agent")],
+        [("❓ Help", "m:help"), ("🌐 Language", "m:lang")],
+    ]
     found = await chat(store, 610)
     assert found is not None and found.customer_id == ANNA and found.pending is None
 
@@ -370,12 +384,12 @@ async def test_with_postcode_proof_the_postcode_links_the_chat(
     wrong = await say_one(tg, 611, "28014")
     assert wrong["text"] == NO_MATCH_POSTCODE["es"]
     assert await say_one(tg, 611, "100006")
-    linked, order = await say_n(tg, 611, "28013", 2)
-    assert linked["text"] == (
+    [order] = await say_n(tg, 611, "28013", 1)
+    assert order["text"].startswith(
         "✅ Listo: este chat ya está vinculado a la cuenta de cliente de María García.\n"
-        "Te avisaré aquí cuando cambie una fecha de entrega."
+        "Te avisaré aquí cuando cambie una fecha de entrega.\n\n"
     )
-    assert "100006" in order["text"]
+    assert "\nPedido 100006 ·" in order["text"]
     assert await linked_to(store, 611) == MARIA
 
 
@@ -419,8 +433,8 @@ async def test_the_sixth_attempt_of_a_chat_is_refused_even_with_the_right_proof(
     assert await attempts(store) == 5  # a refused attempt is not checked, so not counted
 
     clock.advance(hours=1, minutes=1)
-    linked, _order = await verify(tg, 613, "100002", "anna.schmidt@example.com", expect=2)
-    assert linked["text"] == LINKED["en"]
+    [linked] = await verify(tg, 613, "100002", "anna.schmidt@example.com", expect=1)
+    assert linked["text"].startswith(LINKED["en"] + "\n\n")
 
 
 def order_wait(language: str, number: str, minutes: int) -> str:
@@ -470,8 +484,8 @@ async def test_strangers_wrong_proofs_leave_the_owner_a_short_stated_wait_then_t
     assert await linked_to(store, 625) is None
     # The question stays open: the proof sent once the wait is over links the chat.
     clock.advance(seconds=1)
-    linked, order = await say_n(tg, 625, "anna.schmidt@example.com", 2)
-    assert linked["text"] == LINKED["en"]
+    [order] = await say_n(tg, 625, "anna.schmidt@example.com", 1)
+    assert order["text"].startswith(LINKED["en"] + "\n\n")
     assert "Order 100002 ·" in order["text"]
     assert await linked_to(store, 625) == ANNA
     assert await failed_attempts(store, order_number="100002") == 5
@@ -514,8 +528,8 @@ async def test_the_wait_for_one_order_doubles_with_each_wrong_proof_up_to_a_quar
     # A day on, all but the last of them have left the window: the order's owner links.
     clock.advance(hours=24)
     await tg.create_user(699, first_name="John", language_code="en")
-    linked, _order = await verify(tg, 699, "100004", "john.smith@example.com", expect=2)
-    assert linked["text"] == LINKED["en"].replace("Anna Schmidt", "John Smith")
+    [linked] = await verify(tg, 699, "100004", "john.smith@example.com", expect=1)
+    assert linked["text"].startswith(LINKED["en"].replace("Anna Schmidt", "John Smith") + "\n\n")
 
 
 async def test_a_chat_at_its_own_limit_is_refused_for_the_hour_whatever_the_order(
@@ -561,7 +575,7 @@ async def test_a_message_that_is_no_email_is_asked_again_without_costing_an_atte
     assert (found.customer_id, found.pending, found.pending_order) == (None, "proof", "100002")
     assert await attempts(store) == 0
     # Still listening for the address.
-    linked, _order = await say_n(tg, 618, "anna.schmidt@example.com", 2)
+    [linked] = await say_n(tg, 618, "anna.schmidt@example.com", 1)
     assert linked["text"].startswith("✅")
 
 
@@ -672,7 +686,7 @@ async def test_another_command_or_a_menu_button_abandons_the_question(
 
 async def test_link_when_already_linked_offers_to_unlink(tg: SandboxClient) -> None:
     await tg.create_user(626, first_name="Anna", language_code="en")
-    await say_n(tg, 626, f"/start {code_for(ANNA)}", 2)
+    await say_n(tg, 626, f"/start {code_for(ANNA)}", 1)
     reply = await say_one(tg, 626, "/link")
     assert reply["text"] == ALREADY_LINKED["en"]
     assert buttons(reply) == [[("🔓 Unlink this chat", "acc:unlink")], *MENU["en"]]
@@ -683,7 +697,7 @@ async def test_unlink_asks_first_and_the_answer_is_rechecked(
     tg: SandboxClient, store: Store, language: str
 ) -> None:
     await tg.create_user(627, first_name="Anna", language_code=language)
-    await say_n(tg, 627, f"/start {code_for(ANNA)}", 2)
+    await say_n(tg, 627, f"/start {code_for(ANNA)}", 1)
     confirm = await say_one(tg, 627, "/unlink")
     assert confirm["text"] == UNLINK_CONFIRM[language]
     yes, keep = buttons(confirm)[0]
@@ -709,7 +723,7 @@ async def test_keeping_the_link_and_forged_unlink_presses_change_nothing(
     tg: SandboxClient, store: Store
 ) -> None:
     await tg.create_user(628, first_name="Anna", language_code="en")
-    await say_n(tg, 628, f"/start {code_for(ANNA)}", 2)
+    await say_n(tg, 628, f"/start {code_for(ANNA)}", 1)
     confirm = await say_one(tg, 628, "/unlink")
     _answered, [kept] = await tg.press(628, confirm["message_id"], "acc:keep", quiet=QUIET)
     assert kept["text"] == KEPT["en"]
@@ -737,10 +751,10 @@ async def test_a_second_telegram_account_takes_the_customer_over_and_the_first_i
 ) -> None:
     await tg.create_user(630, first_name="Anna", language_code="en")
     await tg.create_user(631, first_name="Anna", language_code="en")
-    await say_n(tg, 630, f"/start {code_for(ANNA)}", 2)
+    await say_n(tg, 630, f"/start {code_for(ANNA)}", 1)
     before = (await tg.chat(630))["last_message_id"]
-    linked, _order = await verify(tg, 631, "100003", "anna.schmidt@example.com", expect=2)
-    assert linked["text"] == LINKED["en"]
+    [linked] = await verify(tg, 631, "100003", "anna.schmidt@example.com", expect=1)
+    assert linked["text"].startswith(LINKED["en"] + "\n\n")
     assert await linked_to(store, 631) == ANNA
     assert await linked_to(store, 630) is None
     [told] = await tg.collect(630, before, timeout=2, quiet=QUIET)
@@ -752,12 +766,12 @@ async def test_a_chat_linked_to_one_customer_moves_to_another(
     tg: SandboxClient, store: Store
 ) -> None:
     await tg.create_user(632, first_name="John", language_code="en")
-    await say_n(tg, 632, f"/start {code_for(ANNA)}", 2)
-    linked, _orders = await say_n(tg, 632, f"/start {code_for(JOHN)}", 2)
-    assert linked["text"] == (
+    await say_n(tg, 632, f"/start {code_for(ANNA)}", 1)
+    [linked] = await say_n(tg, 632, f"/start {code_for(JOHN)}", 1)
+    assert linked["text"].startswith(
         "✅ Done: this chat is now linked to the customer account of John Smith.\n"
         "It was linked to a different customer account before; that link has been removed.\n"
-        "I'll tell you here when a delivery date changes."
+        "I'll tell you here when a delivery date changes.\n\n"
     )
     assert await linked_to(store, 632) == JOHN
     async with store.connect() as conn:
