@@ -74,7 +74,7 @@ async def test_after_a_new_link_secret_codes_signed_with_the_old_one_link_nothin
         # Before the change, the old secret's codes work: the one below is refused for its
         # signature alone.
         replies = await tg.say(711, f"/start {old_code_used}", quiet=QUIET)
-        assert texts(replies)[0] == LINKED.format(name="Anna Schmidt")
+        assert texts(replies)[0].startswith(LINKED.format(name="Anna Schmidt"))
     assert await links(store) == {711: ANNA}
 
     new = bot_settings(sandbox, db_url, {"LINK_SECRET": NEW_SECRET})
@@ -85,5 +85,5 @@ async def test_after_a_new_link_secret_codes_signed_with_the_old_one_link_nothin
         assert await used_tokens(store) == 1
         # The shop's new e-mails carry codes signed with the new secret.
         replies = await tg.say(712, f"/start {code(NEW_SECRET, JOHN)}", quiet=QUIET)
-        assert texts(replies)[0] == LINKED.format(name="John Smith")
+        assert texts(replies)[0].startswith(LINKED.format(name="John Smith"))
     assert await links(store) == {711: ANNA, 712: JOHN}
