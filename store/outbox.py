@@ -776,3 +776,41 @@ async def reachable_again(conn: AsyncConnection, chat_id: int) -> bool:
         return False
     await set_reachable(conn, int(customer_id))
     return True
+
+
+async def told_in_order_view(conn: AsyncConnection, customer_id: int, order_id: int) -> int:
+    """The customer has just seen the whole order (the bot's order view): what it showed is
+    told (units ready, shipped, cancelled; waiting lines' dates are queries.mark_told's), so
+    the next queueing finds nothing to repeat; and a notice about this order nobody has
+    claimed yet would only repeat it (quiet hours, a backlog): it is superseded. A claimed one
+    may be on its way this moment and is left to its sender. The number superseded."""
+    ol = order_lines.c
+    owned = select(orders.c.order_id).where(
+        orders.c.order_id == order_id, orders.c.customer_id == customer_id
+    )
+    await conn.execute(
+        update(order_lines)
+        .where(ol.order_id.in_(owned))
+        .values(
+            told_ready_qty=ol.qty_allocated + ol.qty_shipped,
+            told_shipped_qty=ol.qty_shipped,
+            told_cancelled_qty=ol.qty_cancelled,
+        )
+    )
+    o = outbox.c
+    waiting = await conn.execute(
+        select(o.outbox_id, o.payload).where(
+            o.customer_id == customer_id,
+            o.status == "pending",
+            o.kind == ORDER_UPDATE,
+            o.claimed_until.is_(None),
+        )
+    )
+    repeats = [r.outbox_id for r in waiting if json.loads(r.payload)["order_id"] == order_id]
+    if repeats:
+        await conn.execute(
+            update(outbox)
+            .where(o.outbox_id.in_(repeats), o.status == "pending", o.claimed_until.is_(None))
+            .values(status="superseded", last_error="shown in the order view")
+        )
+    return len(repeats)

@@ -14,6 +14,7 @@ from telegram.ext import CallbackQueryHandler, CommandHandler, filters
 from bot.context import BotApplication, BotContext
 from bot.render import ButtonSpec
 from bot.reply import MAIN_MENU, acknowledge, send, stale_press
+from store.outbox import told_in_order_view
 from store.queries import Order, mark_told, order_of, orders_of
 
 # A phone screen's worth; older orders are one "all my orders" tap away.
@@ -108,6 +109,9 @@ async def show_order(
             # The customer now knows each waiting line's date; a later change is news again.
             told = [line.line_id for line in order.lines if line.qty_waiting]
             await mark_told(conn, told)
+            # ... and its shipments, units ready and cancellations: a notice queued before
+            # (say, before the chat was linked) must not repeat them right after this view.
+            await told_in_order_view(conn, customer_id, order.order_id)
         else:
             open_orders = await orders_of(conn, customer_id, open_only=True, limit=ORDERS_SHOWN)
     if order is None:
