@@ -46,7 +46,7 @@ async def _ship(store: Store) -> None:
 
 async def _last_id(store: Store) -> int:
     async with store.connect() as conn:
-        return int(await conn.scalar(select(func.coalesce(func.max(outbox.c.outbox_id), 0))))
+        return int(await conn.scalar(select(func.coalesce(func.max(outbox.c.outbox_id), 0))) or 0)
 
 
 async def _statuses(store: Store, after: int) -> list[tuple[str, str | None]]:
