@@ -295,5 +295,5 @@ class PolicyMachine(RuleBasedStateMachine):
         assert from_marks == from_scratch
 
 
-PolicyMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=20, deadline=None)
+PolicyMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=15, deadline=None)
 TestPolicyMachine = PolicyMachine.TestCase
