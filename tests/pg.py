@@ -74,8 +74,15 @@ class Databases:
     def _name(self, what: str) -> str:
         return f"bt_{self.token}_{what}"
 
-    def template(self, kind: str, fill: Callable[[Store], Awaitable[None]] | None = None) -> str:
-        """The name of this process's template ``kind``: migrated, then ``fill``-ed."""
+    def template(
+        self,
+        kind: str,
+        fill: Callable[[Store], Awaitable[None]] | None = None,
+        *,
+        fill_url: Callable[[str], None] | None = None,
+    ) -> str:
+        """The name of this process's template ``kind``: migrated, then ``fill``-ed (or given by
+        its URL to ``fill_url``, which runs outside any event loop: the admin CLI, say)."""
         name = self._templates.get(kind)
         if name is None:
             name = self._name(f"tmpl_{kind}")
@@ -90,6 +97,8 @@ class Databases:
                     await store.close()
 
             asyncio.run(build())
+            if fill_url is not None:
+                fill_url(_url_of(name))
             self._templates[kind] = name
         return name
 

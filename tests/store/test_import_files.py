@@ -7,6 +7,8 @@ checks at the edges are in test_import_bounds.py, against a fixed clock."""
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from store import imports
 from store.cli import BUSY, main
 from store.master import CustomerIn
+from tests.pg import Databases
 from tests.store.store_dump import dump
 from tests.store.test_cli import FILES, load_all
 
@@ -33,12 +36,27 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "store.sqlite3"
 
 
+def _load_all_into(url: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        load_all(url, Path(folder))
+
+
 @pytest.fixture
-def db_url(loaded: Path, tmp_path: Path) -> str:
-    for suffix in ("", "-wal", "-shm"):
-        if Path(f"{loaded}{suffix}").exists():
-            shutil.copy(f"{loaded}{suffix}", tmp_path / f"store.sqlite3{suffix}")
-    return f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A copy of the store with the files of test_cli.py imported, on either backend."""
+    if backend == "sqlite":
+        loaded: Path = request.getfixturevalue("loaded")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(f"{loaded}{suffix}").exists():
+                shutil.copy(f"{loaded}{suffix}", tmp_path / f"store.sqlite3{suffix}")
+        yield f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
+        return
+    databases: Databases = request.getfixturevalue("pg_databases")
+    name, url = databases.fresh(databases.template("loaded", fill_url=_load_all_into))
+    try:
+        yield url
+    finally:
+        databases.drop(name)
 
 
 def refused(
