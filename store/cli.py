@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -223,7 +224,7 @@ async def _run(args: argparse.Namespace) -> int:
     settings = follow_on_settings() if changes else None
     if args.command == "import":
         # Check the whole file before touching the database.
-        parse_file(args.kind, args.file)
+        rows = len(parse_file(args.kind, args.file))
         if args.check:
             print(f"{args.file.name}: ok")
             return 0
@@ -232,8 +233,9 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "init":
             print(f"database ready: {store.url}")
         elif args.command == "import":
-            async with store.begin() as conn:
-                r = await apply_file(conn, args.kind, args.file)
+            with progress_bar(rows if rows >= 500 else 0, "import", " rows") as bar:
+                async with store.begin() as conn:
+                    r = await apply_file(conn, args.kind, args.file, progress=bar.update)
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
             async with store.begin() as conn:
@@ -435,15 +437,7 @@ async def follow_on(
     async with store.connect() as conn:
         left = await pending(conn)
     todo = left.marked + left.scan_left
-    with tqdm(
-        total=todo,
-        desc="delay policy",
-        unit=" lines",
-        # None: tqdm's own test, a bar on a terminal and nothing otherwise.
-        disable=True if todo < batch_size else (None if show is None else not show),
-        file=sys.stderr,
-        leave=False,
-    ) as bar:
+    with progress_bar(todo if todo >= batch_size else 0, "delay policy", " lines", show) as bar:
         run = await run_delay_policy(
             store,
             today=now.astimezone(settings.zone).date(),
@@ -455,6 +449,19 @@ async def follow_on(
     async with store.begin() as conn:
         queued = await queue_notices(conn, threshold_days=settings.threshold_days, now=now)
     return run, queued
+
+
+def progress_bar(total: int, desc: str, unit: str, show: bool | None = None) -> Any:
+    """A progress bar on stderr when it is a terminal (``show`` None: tqdm's own test),
+    nothing otherwise, nor for work too small to watch (``total`` 0)."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=True if total == 0 else (None if show is None else not show),
+        file=sys.stderr,
+        leave=False,
+    )
 
 
 async def _status(conn: AsyncConnection) -> None:

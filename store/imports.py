@@ -578,9 +578,16 @@ def _parse(kind: str, name: str, f: IO[bytes], ctx: _Context) -> list[tuple[int,
     return records
 
 
-async def apply_file(conn: AsyncConnection, kind: str, path: Path) -> ImportResult:
+async def apply_file(
+    conn: AsyncConnection,
+    kind: str,
+    path: Path,
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> ImportResult:
     """Apply a checked file inside the caller's transaction; any store error is reported with
-    its line and raised as ImportFailed (the caller rolls back)."""
+    its line and raised as ImportFailed (the caller rolls back). ``progress`` is told the rows
+    applied of stock counts and orders, the kinds that can take minutes."""
     records = parse_file(kind, path)
     name = path.name
     changed = 0
@@ -605,6 +612,8 @@ async def apply_file(conn: AsyncConnection, kind: str, path: Path) -> ImportResu
                 before = await _on_hand(conn, sku)
                 await set_stock(conn, sku, on_hand)
                 changed += before != on_hand
+                if progress is not None:
+                    progress(1)
         elif kind == "restocks":
             for at, (rid, sid, sku, qty, when) in records:
                 line = at
@@ -637,6 +646,8 @@ async def apply_file(conn: AsyncConnection, kind: str, path: Path) -> ImportResu
                     priority=prio,
                 )
                 changed += placed.created
+                if progress is not None:
+                    progress(len(lines))
     except StoreError as e:
         raise ImportFailed([f"{name}:{line}: {e}"]) from e
     except DBAPIError as e:
