@@ -66,7 +66,7 @@ from rapidfuzz.distance import OSA
 
 from bot import intent_model, lexicon
 
-__all__ = ["MAX_CHARS", "Intent", "Understanding", "load_lexicon", "understand"]
+__all__ = ["MAX_CHARS", "Intent", "Understanding", "load_lexicon", "understand", "understand_all"]
 
 # Telegram caps a message at 4096 characters; anything longer is not from Telegram.
 MAX_CHARS = 4096
@@ -643,3 +643,39 @@ def understand(text: str) -> Understanding:
         content = _content(tokens, scores, order_number, _IN_NAMES - {intent})
         product = _product_words(tokens, content)
     return Understanding(intent, order_number, product, language, confidence)
+
+
+# Where a second question may start: after a question mark or full stop, or at "and" in the
+# languages the bot speaks ("where is my order 100004 and is the kettle in stock?").
+_SECOND_QUESTION_RE = re.compile(r"[?.!]+\s+|[,;]?\s+(?:and|also|und|y|e|и|а также|а)\s+")
+# The questions that can be asked together and answered one after the other: each answer
+# stands alone (a cancellation or a person would take the conversation somewhere else).
+_TWO_AT_ONCE = frozenset({Intent.ORDER_STATUS, Intent.STOCK})
+_MAX_SPLITS_TRIED = 4
+# Each of two questions must be this clear on its own: "where is order 100004? it has the
+# kettle" (0.89) is one question and a remark.
+_EACH_SURE = 0.95
+
+
+def understand_all(text: str) -> list[Understanding]:
+    """One or two questions, in the order asked. Two when the message splits, at a question
+    mark or an "and", into an order question and a stock question each understood on its own
+    for certain (``_EACH_SURE``, a product named); otherwise what ``understand`` makes of
+    the whole. The whole is read first: a message that is neither costs nothing more."""
+    whole = understand(text)
+    if whole.intent not in _TWO_AT_ONCE:
+        return [whole]
+    text = text[:MAX_CHARS]
+    for n, split in enumerate(_SECOND_QUESTION_RE.finditer(text.lower())):
+        if n >= _MAX_SPLITS_TRIED:
+            break
+        first, second = text[: split.start()], text[split.end() :]
+        if not first.strip() or not second.strip():
+            continue
+        parts = [understand(first), understand(second)]
+        if {p.intent for p in parts} == _TWO_AT_ONCE and all(
+            p.confidence >= _EACH_SURE and (p.intent is not Intent.STOCK or p.product_words)
+            for p in parts
+        ):
+            return parts
+    return [whole]

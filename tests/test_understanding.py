@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import intent_model
-from bot.understanding import MAX_CHARS, Intent, Understanding, understand
+from bot.understanding import MAX_CHARS, Intent, Understanding, understand, understand_all
 
 DATA = Path(__file__).parent / "data" / "understanding.tsv"
 LANGUAGES = {"en", "de", "es", "ru"}
@@ -627,3 +627,47 @@ def test_prediction_reads_the_features_the_model_was_fitted_on(text: str) -> Non
     for word in intent_model.normalise(text).split():
         looked_up |= model._word_ids(word)
     assert looked_up == fitted
+
+
+# --- two questions in one message -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "where is my order 123456 and is the hoodie back in stock?",
+            [(Intent.ORDER_STATUS, "123456", None), (Intent.STOCK, None, "hoodie")],
+        ),
+        (
+            "is the kettle in stock? and where is my order 100004",
+            [(Intent.STOCK, None, "kettle"), (Intent.ORDER_STATUS, "100004", None)],
+        ),
+        (
+            "wo ist meine bestellung 100004 und ist der wasserkocher auf lager?",
+            [(Intent.ORDER_STATUS, "100004", None), (Intent.STOCK, None, "wasserkocher")],
+        ),
+        (
+            "dónde está mi pedido 100004 y hay hervidor en stock?",
+            [(Intent.ORDER_STATUS, "100004", None), (Intent.STOCK, None, "hervidor")],
+        ),
+        (
+            "где мой заказ 100004 и есть ли чайник в наличии?",
+            [(Intent.ORDER_STATUS, "100004", None), (Intent.STOCK, None, "чайник")],
+        ),
+        # one question with an "and" in it, or a question and a remark: one answer
+        ("do you have salt and pepper grinders?", [(Intent.STOCK, None, "salt pepper grinders")]),
+        ("is the black and white kettle in stock", [(Intent.STOCK, None, "black white kettle")]),
+        ("where is order 100004? it has the kettle", [(Intent.ORDER_STATUS, "100004", None)]),
+        ("hi and where is my order", [(Intent.ORDER_STATUS, None, None)]),
+        (
+            "I want to cancel order 100004 and is the kettle in stock?",
+            [(Intent.CANCEL, "100004", None)],
+        ),
+    ],
+)
+def test_two_questions_in_one_message_in_the_order_asked(
+    text: str, expected: list[tuple[Intent, str | None, str | None]]
+) -> None:
+    got = [(u.intent, u.order_number, u.product_words) for u in understand_all(text)]
+    assert got == expected

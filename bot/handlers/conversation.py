@@ -12,7 +12,7 @@ from telegram.ext import MessageHandler, filters
 from bot.context import BotApplication, BotContext
 from bot.handlers import account, cancel, fallback, handoff, notifications, orders, start, stock
 from bot.reply import MAIN_MENU, chat_id_of, send
-from bot.understanding import Intent, load_lexicon, understand
+from bot.understanding import Intent, Understanding, load_lexicon, understand_all
 from store.chats import reset_misses
 
 # understand() gives a bare product-looking phrase this confidence; a real question scores higher.
@@ -25,7 +25,14 @@ async def on_text(update: Update, context: BotContext) -> None:
         return
     if await account.continue_pending(update, context):
         return
-    meaning = understand(message.text)
+    meanings = understand_all(message.text)
+    if len(meanings) > 1:
+        # "where is my order 100004 and is the kettle in stock?": each answered, in order
+        await _reset_misses(update, context)
+        for meaning in meanings:
+            await _answer(update, context, meaning)
+        return
+    meaning = meanings[0]
     if meaning.intent is Intent.UNKNOWN:
         await fallback.not_understood(update, context)
         return
@@ -37,6 +44,10 @@ async def on_text(update: Update, context: BotContext) -> None:
         await _reset_misses(update, context)
         return
     await _reset_misses(update, context)
+    await _answer(update, context, meaning)
+
+
+async def _answer(update: Update, context: BotContext, meaning: Understanding) -> None:
     match meaning.intent:
         case Intent.ORDER_STATUS:
             await orders.where_is_my_order(update, context, meaning.order_number)

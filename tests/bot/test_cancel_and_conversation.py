@@ -147,3 +147,52 @@ async def test_odd_messages_get_a_plain_reply_and_change_no_order(
     async with store.connect() as conn:
         order = await order_of(conn, ANNA, "100003")
     assert order is not None and all(ln.qty_cancelled == 0 for ln in order.lines)
+
+
+JOHN_ORDER = {
+    "en": "Order 100004 · placed Aug 31, 2026 · €51.78\n\n"
+    "Steel Kettle 1.7 l × 2\n✅ 2 reserved for you: ready to ship.",
+    "de": "Bestellung 100004 · aufgegeben am 31.08.2026 · 51,78\xa0€\n\n"
+    "Wasserkocher Edelstahl 1,7 l × 2\n✅ 2 für Sie reserviert: versandbereit.",
+    "ru": "Заказ 100004 · оформлен 31 авг. 2026\u202fг. · 51,78\xa0€\n\n"
+    "Чайник стальной 1,7 л × 2\n✅ 2 шт. зарезервированы для вас: готовы к отправке.",
+}
+KETTLE = {
+    "en": "✅ Steel Kettle 1.7 l is in stock: you can buy it now and it ships right away.\n"
+    "SKU KET-0001 · €25.89",
+    "de": "✅ Wasserkocher Edelstahl 1,7 l ist vorrätig: Sie können jetzt kaufen, der Versand "
+    "erfolgt sofort.\nArt.-Nr. KET-0001 · 25,89\xa0€",
+    "ru": "✅ Товар Чайник стальной 1,7 л есть в наличии: можно купить сейчас, отправим сразу.\n"
+    "Артикул KET-0001 · 25,89\xa0€",
+}
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "order_first"),
+    [
+        ("en", "where is my order 100004 and is the steel kettle in stock?", True),
+        (
+            "de",
+            "Ist der Wasserkocher Edelstahl auf Lager? Und wo ist meine Bestellung 100004?",
+            False,
+        ),
+        ("ru", "где мой заказ 100004 и есть ли чайник стальной в наличии?", True),
+    ],
+)
+async def test_two_questions_in_one_message_get_both_answers_in_the_order_asked(
+    tg: SandboxClient, store: Store, language: str, text: str, order_first: bool
+) -> None:
+    await link_customer(tg, store, JOHN_CHAT, JOHN, language)
+    sent = await tg.send_message(JOHN_CHAT, text)
+    replies: list[dict] = []
+    while len(replies) < 2:  # by count: the second may take its time on a busy machine
+        after = replies[-1]["message_id"] if replies else sent["message_id"]
+        more = await tg.collect(JOHN_CHAT, after, timeout=30, quiet=0)
+        assert more, replies
+        replies += more
+    assert await tg.collect(JOHN_CHAT, replies[-1]["message_id"], quiet=QUIET) == []
+    answers = [JOHN_ORDER[language], KETTLE[language]]
+    assert [r["text"] for r in replies] == (answers if order_first else answers[::-1])
+    # each answer with its own buttons: the order's cancel, the product's menu
+    order_reply = replies[0 if order_first else 1]
+    assert buttons(order_reply)[0] == [(buttons(order_reply)[0][0][0], "cx:100004")]
