@@ -1,6 +1,7 @@
 """Language understanding for customer messages: intent, order number, product words, language.
 
-Pure and deterministic: no I/O, no Telegram, no store. `understand(text)` is the whole API.
+Pure and deterministic: no I/O, no Telegram, no store. `understand(text)` reads a message;
+`understand_all(text)` the one or two questions in it; `load_lexicon` sets the shop's words.
 (The intent model is fitted, or read from the user's cache, once when this module is imported.)
 
 How it works, in order:
