@@ -7,6 +7,12 @@ promise, within ``default_ship_days`` of the order). The first definite delay of
 every further delay, needs the customer's explicit "keep waiting" by the answer-by day; without
 it the line is cancelled (or handed to the agents, by policy). Every offer and answer is a
 row of ``delay_offers``.
+
+The policy costs what changed (issue #14): a change marks the lines it touched
+(store.marks), and ``run_delay_policy`` works from the marks, the offers due and the first
+pass's cursor in batches of ``BATCH`` lines, each its own transaction, safe with any number of
+processes at once. ``apply_delay_policy`` is the same policy from scratch over every line in
+one transaction: what the batches must end with (tests/store/test_policy_machine.py).
 """
 
 from __future__ import annotations
