@@ -62,7 +62,7 @@ from store.imports import (
     whole_number,
 )
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
-from store.marks import pending
+from store.marks import pending, rescan
 from store.outbox import QueueReport, queue_notices
 from store.schema import (
     customers,
@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cu.add_argument(
         "--batch-size", type=_whole(1, 100_000), default=BATCH, help="lines per transaction"
+    )
+    cu.add_argument(
+        "--rescan",
+        action="store_true",
+        help="look at every line again (after a DELAY_* setting changed, or lines were"
+        " written around backorder-admin and the bot)",
     )
 
     sub.add_parser("status", help="print the work still pending (marks, first pass, notices)")
@@ -291,7 +297,10 @@ async def _run(args: argparse.Namespace) -> int:
                 )
             )
         elif args.command == "catch-up":
-            pass  # the follow-on below is the whole command
+            # The follow-on below is the whole command.
+            if args.rescan:
+                async with store.begin() as conn:
+                    await rescan(conn)
         elif args.command == "status":
             async with store.connect() as conn:
                 await _status(conn)

@@ -87,6 +87,15 @@ async def advance(conn: AsyncConnection, to: int, name: str = DELAY) -> None:
     )
 
 
+async def rescan(conn: AsyncConnection, name: str = DELAY) -> None:
+    """Have the scan look at every line again, batch by batch: for what no mark tells, a
+    change of the policy's own settings (DELAY_DEFAULT_SHIP_DAYS...) or lines written
+    around the store's functions."""
+    await take_turn(conn, name)
+    c = follow_on_cursors.c
+    await conn.execute(update(follow_on_cursors).where(c.name == name).values(next_line_id=0))
+
+
 async def lines_from(conn: AsyncConnection, start: int, limit: int) -> list[int]:
     """The ids of up to ``limit`` lines from ``start`` on, in order (the primary key's range)."""
     ol = order_lines.c

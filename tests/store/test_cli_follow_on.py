@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 import store.cli
 from store import open_store
 from store.cli import follow_on_settings, main
 from store.delays import DelayRun, apply_delay_policy
 from store.outbox import queue_notices
-from store.schema import restocks
+from store.schema import order_lines, restocks
 from tests.store.policy_helpers import policy_state
 from tests.store.test_cli import load_all
 
@@ -106,3 +106,31 @@ def test_no_progress_bar_when_not_on_a_terminal(
     assert run(db_url, "catch-up", "--batch-size", "1") == 0
     out = capsys.readouterr()
     assert out.err == ""
+
+
+def test_catch_up_rescan_looks_at_every_line_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'store.sqlite3'}"
+    load_all(db_url, tmp_path)
+
+    async def move_around_the_store() -> None:
+        # Dates written with SQL, not through the store's functions: no mark says so.
+        s = await open_store(db_url, migrate_schema=False)
+        async with s.begin() as conn:
+            await conn.execute(
+                update(order_lines)
+                .where(order_lines.c.qty_waiting > 0)
+                .values(projected_date=date(2026, 5, 1))
+            )
+        await s.close()
+
+    asyncio.run(move_around_the_store())
+    capsys.readouterr()
+    assert run(db_url, "catch-up") == 0
+    assert capsys.readouterr().out.startswith("delay policy: 0 offered")
+    assert run(db_url, "catch-up", "--rescan") == 0
+    assert capsys.readouterr().out.startswith(
+        "delay policy: 2 offered, 0 cancelled, 0 to agents, 0 closed;"
+        " 3 lines looked at in 1 batches;"
+    )
