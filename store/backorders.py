@@ -6,6 +6,7 @@ id (order number, restock id, shipment id) leaves the store as it was.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -22,6 +23,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     type_coerce,
     update,
@@ -33,6 +35,7 @@ from store.events import log_event
 from store.marks import mark_lines
 from store.schema import (
     customers,
+    events,
     order_lines,
     orders,
     products,
@@ -861,3 +864,189 @@ async def ship(
         tracking=tracking_number,
     )
     return Shipped(shipment_id, True, tuple(Allocation(li, q) for li, _, q in plan))
+
+
+# --- a file of orders ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderIn:
+    order_number: str
+    customer_id: int
+    lines: tuple[NewLine, ...]
+    placed_at: datetime
+    priority: int = 0
+
+
+def _chunks(items: Sequence[Any], size: int = 5000) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | None:
+    """Place a file's orders as ``place_order`` one after another would, with each touched
+    SKU allocated and projected once at the end instead of once per order: the number of
+    orders created, or None (nothing written) when that would not give exactly the same
+    store, and the caller places them one by one.
+
+    The same, because every new line joins the end of its SKU's queue: its key (priority,
+    placed_at) is at or past every waiting line's before it, the store's and the file's.
+    Then an order's allocation and projected date do not change when a later one joins, and
+    one greedy allocation over the final queue is the sequence of per-order ones. Anything
+    else (a line that jumps the queue, an order that exists, a refused order) returns None:
+    the one-by-one path gives its own result or error."""
+    if not new:
+        return 0
+    numbers = [o.order_number for o in new]
+    skus = list(dict.fromkeys(ln.sku for o in new for ln in o.lines))
+    cids = list({o.customer_id for o in new})
+    if len(set(numbers)) != len(numbers) or any(
+        not o.order_number.isdigit() or not o.lines or any(ln.qty <= 0 for ln in o.lines)
+        for o in new
+    ):
+        return None
+    for part in _chunks(numbers):
+        if (
+            await conn.execute(select(orders.c.order_id).where(orders.c.order_number.in_(part)))
+        ).first():
+            return None  # a re-import: compared order by order
+    known: set[int] = set()
+    for part in _chunks(cids):
+        known.update(
+            await conn.scalars(
+                select(customers.c.customer_id).where(customers.c.customer_id.in_(part))
+            )
+        )
+    prods: dict[str, Any] = {}
+    stocked: dict[str, tuple[int, int]] = {}
+    tail: dict[str, tuple[int, datetime]] = {}
+    c = order_lines.c
+    waiting = c.qty_waiting > literal_column("0")  # a literal: the queue index is partial
+    for part in _chunks(skus):
+        for r in await conn.execute(
+            select(
+                products.c.sku,
+                products.c.price_minor,
+                products.c.currency,
+                products.c.active,
+                products.c.backorderable,
+            ).where(products.c.sku.in_(part))
+        ):
+            prods[r.sku] = r
+        for sr in await conn.execute(
+            select(stock.c.sku, stock.c.on_hand, stock.c.allocated).where(stock.c.sku.in_(part))
+        ):
+            stocked[sr.sku] = (int(sr.on_hand), int(sr.allocated))
+        for tr in await conn.execute(
+            select(c.sku, c.queue_rank, func.max(c.queued_at))
+            .where(c.sku.in_(part), waiting)
+            .group_by(c.sku, c.queue_rank)
+        ):
+            key = (int(tr[1]), tr[2] if tr[2].tzinfo else tr[2].replace(tzinfo=UTC))
+            if tr[0] not in tail or key > tail[tr[0]]:
+                tail[tr[0]] = key
+    free = {s: max(0, on - al) for s, (on, al) in stocked.items()}
+    stocked_skus = [s for s, f in free.items() if f > 0]
+    for part in _chunks(stocked_skus):
+        for wr in await conn.execute(
+            select(c.sku, func.sum(c.qty_waiting)).where(c.sku.in_(part), waiting).group_by(c.sku)
+        ):
+            free[wr[0]] = max(0, free[wr[0]] - int(wr[1] or 0))  # the store's waiting lines first
+    for o in new:
+        if o.customer_id not in known:
+            return None
+        ps = [prods.get(ln.sku) for ln in o.lines]
+        if any(p is None or not p.active for p in ps) or len({p and p.currency for p in ps}) != 1:
+            return None
+        key = (-o.priority, o.placed_at.astimezone(UTC))
+        for sku in dict.fromkeys(ln.sku for ln in o.lines):
+            if sku in tail and key < tail[sku]:
+                return None  # joins ahead of a waiting line
+            tail[sku] = key
+            want = sum(ln.qty for ln in o.lines if ln.sku == sku)
+            if not prods[sku].backorderable and free.get(sku, 0) < want:
+                return None
+        for ln in o.lines:
+            give = min(free.get(ln.sku, 0), ln.qty)
+            if give:
+                free[ln.sku] -= give
+
+    order_ids: list[int] = []
+    for part in _chunks(new):
+        got = await conn.execute(
+            insert(orders).returning(orders.c.order_id, sort_by_parameter_order=True),
+            [
+                {
+                    "order_number": o.order_number,
+                    "customer_id": o.customer_id,
+                    "placed_at": o.placed_at,
+                    "priority": o.priority,
+                    "currency": prods[o.lines[0].sku].currency,
+                }
+                for o in part
+            ],
+        )
+        order_ids.extend(int(i) for i in got.scalars())
+    rows = [
+        {
+            "order_id": oid,
+            "line_no": no,
+            "sku": ln.sku,
+            "qty_ordered": ln.qty,
+            "qty_waiting": ln.qty,
+            "unit_price_minor": (
+                ln.unit_price_minor
+                if ln.unit_price_minor is not None
+                else int(prods[ln.sku].price_minor)
+            ),
+            "queue_rank": -o.priority,
+            "queued_at": o.placed_at,
+        }
+        for o, oid in zip(new, order_ids, strict=True)
+        for no, ln in enumerate(o.lines, start=1)
+    ]
+    line_ids: list[int] = []
+    for part in _chunks(rows):
+        got = await conn.execute(
+            insert(order_lines).returning(c.line_id, sort_by_parameter_order=True), list(part)
+        )
+        line_ids.extend(int(i) for i in got.scalars())
+    await mark_lines(conn, line_ids)
+    now = utcnow()
+    await conn.execute(
+        insert(events),
+        [
+            {
+                "at": now,
+                "kind": "order_placed",
+                "sku": None,
+                "order_id": oid,
+                "line_id": None,
+                "restock_id": None,
+                "customer_id": o.customer_id,
+                "data": json.dumps({"order_number": o.order_number}, sort_keys=True),
+            }
+            for o, oid in zip(new, order_ids, strict=True)
+        ],
+    )
+    missing = [s for s in skus if s not in stocked]
+    if missing:
+        await conn.execute(
+            insert(stock),
+            [{"sku": s, "on_hand": 0, "allocated": 0, "updated_at": now} for s in missing],
+        )
+    for sku in skus:
+        if stocked.get(sku, (0, 0))[0] > stocked.get(sku, (0, 0))[1]:
+            await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
+        await project_dates(conn, sku)
+    for part in _chunks(order_ids):
+        await conn.execute(
+            update(order_lines)
+            .where(c.order_id.in_(part))
+            .values(
+                promised_date=c.projected_date,
+                last_told_date=c.projected_date,
+                last_told_at=utcnow(),
+                told_ready_qty=c.qty_allocated,
+            )
+        )
+    return len(new)

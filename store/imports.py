@@ -17,8 +17,8 @@ from typing import IO, Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.backorders import NewLine, place_order, set_stock
-from store.catalog import product_by_sku
+from store.backorders import NewLine, OrderIn, place_order, place_orders, set_stock
+from store.catalog import normalize_sku, product_by_sku
 from store.errors import StoreError, db_reason, is_busy
 from store.master import (
     LANGUAGES,
@@ -584,6 +584,7 @@ async def apply_file(
     path: Path,
     *,
     progress: Callable[[int], object] | None = None,
+    one_by_one: bool = False,
 ) -> ImportResult:
     """Apply a checked file inside the caller's transaction; any store error is reported with
     its line and raised as ImportFailed (the caller rolls back). ``progress`` is told the rows
@@ -624,12 +625,38 @@ async def apply_file(
                 changed += await upsert_customer(conn, c)
         elif kind == "orders":
             grouped: dict[str, tuple[int, Any, list[tuple[int, NewLine]]]] = {}
+            known = await _known_skus(conn, {normalize_sku(nl.sku) for _, (_, _, _, nl) in records})
             for at, (number, head, line_no, nl) in records:
                 line = at
                 # Unknown SKUs are named on their own row, not the order's first.
-                if await product_by_sku(conn, nl.sku) is None:
+                if normalize_sku(nl.sku) not in known:
                     raise StoreError(f"unknown SKU {nl.sku}")
                 grouped.setdefault(number, (at, head, []))[2].append((line_no, nl))
+            # The whole file at once when that gives the same store (place_orders says);
+            # otherwise one order after another, as before.
+            line = next(iter(grouped.values()))[0] if grouped else 0
+            placed_all = (
+                await place_orders(
+                    conn,
+                    [
+                        OrderIn(
+                            number,
+                            cid,
+                            tuple(nl for _, nl in sorted(lines, key=lambda x: x[0])),
+                            placed_at,
+                            prio,
+                        )
+                        for number, (_, (cid, placed_at, prio), lines) in grouped.items()
+                    ],
+                )
+                if not one_by_one and all(_numbered(lines) for _, _, lines in grouped.values())
+                else None
+            )
+            if placed_all is not None:
+                changed = placed_all
+                if progress is not None:
+                    progress(len(records))
+                grouped = {}
             for number, (at, (cid, placed_at, prio), lines) in grouped.items():
                 line = at
                 nos = sorted(no for no, _ in lines)
@@ -655,6 +682,23 @@ async def apply_file(
             raise  # not the row's fault: the caller says so in its own words
         raise ImportFailed([f"{name}:{line}: the store refused this row: {db_reason(e)}"]) from e
     return ImportResult(kind, len(records), changed)
+
+
+def _numbered(lines: list[tuple[int, NewLine]]) -> bool:
+    return sorted(no for no, _ in lines) == list(range(1, len(lines) + 1))
+
+
+async def _known_skus(conn: AsyncConnection, skus: set[str]) -> set[str]:
+    from sqlalchemy import select
+
+    from store.schema import products
+
+    wanted = sorted(skus)
+    known: set[str] = set()
+    for start in range(0, len(wanted), 5000):
+        part = wanted[start : start + 5000]
+        known.update(await conn.scalars(select(products.c.sku).where(products.c.sku.in_(part))))
+    return known
 
 
 async def _on_hand(conn: AsyncConnection, sku: str) -> int:
