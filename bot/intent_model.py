@@ -51,6 +51,8 @@ from typing import cast
 
 import numpy as np
 
+from bot.lexicon import INTENT_NAMES
+
 __all__ = ["INTENTS", "IntentModel", "model", "normalise", "training_set"]
 
 DATA = Path(__file__).parent / "intent_data"
@@ -58,18 +60,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 _FIT_TIMEOUT = 120  # seconds; ~2 s on a quiet machine
 
 # The labels, in the order of the probabilities; the values of bot.understanding.Intent.
-INTENTS = (
-    "order_status",
-    "stock",
-    "cancel",
-    "alternatives",
-    "agent",
-    "stop_notifications",
-    "greeting",
-    "help",
-    "thanks",
-    "unknown",
-)
+INTENTS = (*INTENT_NAMES, "unknown")
 
 # The intent a message with two requests is answered with: the same order as the rules' priority
 # (a person, stop, cancel before anything else; a greeting or thanks never hides a request).
