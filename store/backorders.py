@@ -1037,7 +1037,8 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     for sku in skus:
         if stocked.get(sku, (0, 0))[0] > stocked.get(sku, (0, 0))[1]:
             await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
-        await project_dates(conn, sku)
+    for part in _chunks(skus, 500):
+        await _project_many(conn, list(part))
     for part in _chunks(order_ids):
         await conn.execute(
             update(order_lines)
@@ -1050,3 +1051,133 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             )
         )
     return len(new)
+
+
+async def _project_many(conn: AsyncConnection, skus: list[str]) -> None:
+    """``project_dates(conn, sku)`` for each of ``skus``, in three statements for all of them
+    (the same rule and writes, each SKU's windows apart): the update of the lines that
+    changed, their marks, and the SKUs' queue marks; a 'dates_projected' event per SKU whose
+    lines moved, as project_dates logs it."""
+    c = order_lines.c
+    r = restocks.c
+    now = utcnow()
+    left = r.qty - r.qty_received
+    in_date_order = (r.expected_date, r.restock_id)
+    free = func.coalesce(stock.c.on_hand - stock.c.allocated, 0)
+    hi = free + func.sum(left).over(partition_by=r.sku, order_by=in_date_order, rows=(None, 0))
+    bounds = (
+        select(
+            r.sku.label("sku"),
+            r.restock_id.label("restock_id"),
+            r.expected_date.label("expected_date"),
+            hi.label("hi"),
+            case(
+                (
+                    func.row_number().over(partition_by=r.sku, order_by=in_date_order) == 1,
+                    None,
+                ),
+                else_=hi - left,
+            ).label("lo"),
+        )
+        .select_from(restocks.outerjoin(stock, stock.c.sku == r.sku))
+        .where(r.sku.in_(skus), r.status == "open")
+        .subquery("bounds")
+    )
+    queue_order = (c.queue_rank, c.queued_at, c.line_id)
+    queue = (
+        select(
+            c.sku.label("sku"),
+            c.line_id.label("line_id"),
+            c.projected_date.label("projected_date"),
+            c.waits_for_restock_id.label("waits_for_restock_id"),
+            func.sum(c.qty_waiting)
+            .over(partition_by=c.sku, order_by=queue_order, rows=(None, 0))
+            .label("need"),
+        )
+        .where(c.sku.in_(skus), c.qty_waiting > 0)
+        .subquery("queue")
+    )
+    date_moved = queue.c.projected_date.is_distinct_from(bounds.c.expected_date)
+    changed = (
+        select(
+            queue.c.line_id,
+            bounds.c.restock_id.label("new_restock"),
+            bounds.c.expected_date.label("new_date"),
+            case((date_moved, 1), else_=0).label("moved"),
+        )
+        .select_from(
+            queue.outerjoin(
+                bounds,
+                (bounds.c.sku == queue.c.sku)
+                & (queue.c.need <= bounds.c.hi)
+                & (bounds.c.lo.is_(None) | (queue.c.need > bounds.c.lo)),
+            )
+        )
+        .where(date_moved | queue.c.waits_for_restock_id.is_distinct_from(bounds.c.restock_id))
+        .cte("proj")
+        .prefix_with("MATERIALIZED")
+    )
+    returned = (
+        await conn.execute(
+            update(order_lines)
+            .add_cte(changed)
+            .where(c.line_id == changed.c.line_id)
+            .values(
+                previous_projected_date=case(
+                    (changed.c.moved == 1, c.projected_date), else_=c.previous_projected_date
+                ),
+                projected_date=changed.c.new_date,
+                projected_changed_at=case(
+                    (changed.c.moved == 1, now), else_=c.projected_changed_at
+                ),
+                waits_for_restock_id=changed.c.new_restock,
+            )
+            .returning(
+                c.line_id,
+                c.order_id,
+                c.previous_projected_date,
+                c.projected_date,
+                c.queue_rank,
+                type_coerce(c.queued_at, DateTime()),
+                type_coerce(c.projected_changed_at, DateTime()),
+                c.sku,
+            )
+        )
+    ).all()
+    await mark_lines(conn, (int(row[0]) for row in returned))
+    await mark_queues_of(conn, skus)
+    stamp = now.astimezone(UTC).replace(tzinfo=None)
+    moved: dict[str, list[Any]] = {}
+    for row in sorted(
+        (row for row in returned if row[6] == stamp), key=lambda row: (row[4], row[5], row[0])
+    ):
+        moved.setdefault(row[7], []).append(row)
+    for sku in skus:
+        if sku in moved:
+            await log_event(
+                conn,
+                "dates_projected",
+                sku=sku,
+                moved=len(moved[sku]),
+                sample=[[int(m[0]), m[2], m[3]] for m in moved[sku][:50]],
+            )
+
+
+async def mark_queues_of(conn: AsyncConnection, skus: Sequence[str]) -> None:
+    """``mark_queues(conn, sku)`` for each of ``skus``, in two statements."""
+    c = order_lines.c
+    queue_order = (c.queue_rank, c.queued_at, c.line_id)
+    ahead = func.row_number().over(partition_by=c.sku, order_by=queue_order)
+    waiting = select(c.sku, *queue_order, (ahead - 1).label("lines_before")).where(
+        c.qty_waiting > 0, c.sku.in_(skus)
+    )
+    await conn.execute(delete(queue_marks).where(queue_marks.c.sku.in_(skus)))
+    q = waiting.subquery("queue").c
+    await conn.execute(
+        insert(queue_marks).from_select(
+            ["sku", "queue_rank", "queued_at", "line_id", "lines_before"],
+            select(q.sku, q.queue_rank, q.queued_at, q.line_id, q.lines_before).where(
+                q.lines_before % MARK_EVERY == 0
+            ),
+        )
+    )
