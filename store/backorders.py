@@ -262,36 +262,7 @@ async def project_dates(conn: AsyncConnection, sku: str, *, requeue: bool = True
     # One walk of the queue writes both kinds of change (a walk took ~0.7 s per 100,000
     # waiting lines): a moved date keeps the old one as previous and stamps the change; a
     # line whose date is right but whose awaited restock changed gets only the restock.
-    changed = _projection(sku, free)
-    returned = (
-        await conn.execute(
-            update(order_lines)
-            .add_cte(changed)
-            .where(c.line_id == changed.c.line_id)
-            .values(
-                # Right-hand sides see the row as it was: the old date becomes the previous.
-                previous_projected_date=case(
-                    (changed.c.moved == 1, c.projected_date), else_=c.previous_projected_date
-                ),
-                projected_date=changed.c.new_date,
-                projected_changed_at=case(
-                    (changed.c.moved == 1, now), else_=c.projected_changed_at
-                ),
-                waits_for_restock_id=changed.c.new_restock,
-            )
-            .returning(
-                c.line_id,
-                c.order_id,
-                c.previous_projected_date,
-                c.projected_date,
-                c.queue_rank,
-                # As stored (naive UTC; the order is the same): UTCDateTime's conversion per
-                # row is not needed to sort, nor to see which rows this call stamped.
-                type_coerce(c.queued_at, DateTime()),
-                type_coerce(c.projected_changed_at, DateTime()),
-            )
-        )
-    ).all()
+    returned = await _write_projection(conn, _projection(sku, free), now)
     # Every line written here: a moved date or a new awaited restock is what the follow-on
     # work looks at again (store.marks).
     await mark_lines(conn, (int(r[0]) for r in returned))
@@ -346,6 +317,46 @@ async def mark_queues(conn: AsyncConnection, sku: str | None = None) -> None:
                 q.lines_before % MARK_EVERY == 0
             ),
         )
+    )
+
+
+async def _write_projection(conn: AsyncConnection, changed: CTE, now: datetime) -> list[Any]:
+    """Write the lines of a projection (``_projection``'s columns): a moved date keeps the old
+    one as previous and stamps the change; a line whose date is right but whose awaited restock
+    changed gets only the restock. Returns (line_id, order_id, previous date, date, queue_rank,
+    queued_at, changed_at, sku) of every line written."""
+    c = order_lines.c
+    return list(
+        (
+            await conn.execute(
+                update(order_lines)
+                .add_cte(changed)
+                .where(c.line_id == changed.c.line_id)
+                .values(
+                    # Right-hand sides see the row as it was: the old date becomes the previous.
+                    previous_projected_date=case(
+                        (changed.c.moved == 1, c.projected_date), else_=c.previous_projected_date
+                    ),
+                    projected_date=changed.c.new_date,
+                    projected_changed_at=case(
+                        (changed.c.moved == 1, now), else_=c.projected_changed_at
+                    ),
+                    waits_for_restock_id=changed.c.new_restock,
+                )
+                .returning(
+                    c.line_id,
+                    c.order_id,
+                    c.previous_projected_date,
+                    c.projected_date,
+                    c.queue_rank,
+                    # As stored (naive UTC; the order is the same): UTCDateTime's conversion
+                    # per row is not needed to sort, nor to see which rows this call stamped.
+                    type_coerce(c.queued_at, DateTime()),
+                    type_coerce(c.projected_changed_at, DateTime()),
+                    c.sku,
+                )
+            )
+        ).all()
     )
 
 
@@ -1117,33 +1128,7 @@ async def _project_many(conn: AsyncConnection, skus: list[str]) -> None:
         .cte("proj")
         .prefix_with("MATERIALIZED")
     )
-    returned = (
-        await conn.execute(
-            update(order_lines)
-            .add_cte(changed)
-            .where(c.line_id == changed.c.line_id)
-            .values(
-                previous_projected_date=case(
-                    (changed.c.moved == 1, c.projected_date), else_=c.previous_projected_date
-                ),
-                projected_date=changed.c.new_date,
-                projected_changed_at=case(
-                    (changed.c.moved == 1, now), else_=c.projected_changed_at
-                ),
-                waits_for_restock_id=changed.c.new_restock,
-            )
-            .returning(
-                c.line_id,
-                c.order_id,
-                c.previous_projected_date,
-                c.projected_date,
-                c.queue_rank,
-                type_coerce(c.queued_at, DateTime()),
-                type_coerce(c.projected_changed_at, DateTime()),
-                c.sku,
-            )
-        )
-    ).all()
+    returned = await _write_projection(conn, changed, now)
     await mark_lines(conn, (int(row[0]) for row in returned))
     await mark_queues_of(conn, skus)
     stamp = now.astimezone(UTC).replace(tzinfo=None)
