@@ -2,6 +2,7 @@
 hand; prints figures, asserts nothing).
 
     .venv/bin/python bench/bench_holdout.py [--misses] [--file tests/data/holdout/messages.tsv]
+        [--catalog CATALOG.tsv (default: the catalog.tsv beside --file)]
 
 The hold-out (tests/data/holdout/) is an electronics shop, not the demo shop: its catalog
 (catalog.tsv, names in en/de/es/ru) and messages written the way people type in a chat app.
@@ -56,11 +57,15 @@ def _line(name: str, hits: Counter[str], totals: Counter[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--file", type=Path, default=HOLDOUT / "messages.tsv")
+    parser.add_argument(
+        "--catalog", type=Path, help="the shop's catalog (default: catalog.tsv beside --file)"
+    )
     parser.add_argument("--misses", action="store_true", help="list every miss")
     args = parser.parse_args()
 
     rows = _read(args.file)
-    index = load_index()
+    catalog = args.catalog or args.file.parent / "catalog.tsv"
+    index = load_index(catalog if catalog.is_file() else HOLDOUT / "catalog.tsv")
     by_lang: Counter[str] = Counter()
     by_lang_hits: Counter[str] = Counter()
     by_intent: Counter[str] = Counter()
