@@ -251,13 +251,7 @@ async def close(app: BotApplication) -> None:
 
 
 def delay_policy(app: BotApplication) -> DelayPolicy:
-    s = app.bot_data.settings
-    return DelayPolicy(
-        silent_consent_days=s.delay_silent_consent_days,
-        default_ship_days=s.delay_default_ship_days,
-        min_answer_days=s.delay_min_answer_days,
-        no_answer_action=s.delay_no_answer_action,
-    )
+    return app.bot_data.settings.delay_policy
 
 
 def shop_today(app: BotApplication) -> date:

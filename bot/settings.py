@@ -5,31 +5,19 @@ A missing or invalid setting stops start-up with one line naming it (see `load_s
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import (
-    AfterValidator,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from bot.lexicon import LexiconError, check_file
 from store.links import DEVELOPMENT_SECRET, secret_problem
+from store.settings import SettingsError, StoreSettings
+from store.settings import load_settings as _load
 
 SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "de", "es", "ru")
-
-
-class SettingsError(Exception):
-    """A setting is missing or invalid; the message is one line that names it."""
 
 
 def _check_language(value: str) -> str:
@@ -42,15 +30,13 @@ def _check_language(value: str) -> str:
 Language = Annotated[str, AfterValidator(_check_language)]
 
 
-class Settings(BaseSettings):
-    """Every setting of the bot. Environment names are the field names in upper case."""
-
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, case_sensitive=False)
+class Settings(StoreSettings):
+    """Every setting of the bot: the store's (store.settings, shared with backorder-admin) and
+    its own. Environment names are the field names in upper case."""
 
     bot_token: SecretStr | None = None
     bot_api_base_url: str = "https://api.telegram.org/bot"
     bot_api_file_url: str = "https://api.telegram.org/file/bot"
-    database_url: str = "sqlite+aiosqlite:///var/backorder.sqlite3"
 
     webhook_url: str | None = None
     # Behind the TLS proxy on the same machine; whoever listens on every interface says so.
@@ -60,12 +46,8 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
 
     shop_name: str = "Backorder Demo Shop"
-    shop_timezone: str = "Europe/Berlin"
     default_language: Language = "en"
-    # Blank means unset: the development secret in the sandbox, refused with a real token.
-    link_secret: SecretStr = Field(default=SecretStr(""), validate_default=True)
     link_proof: Literal["email", "postcode"] = "email"
-    link_code_days: int = Field(default=30, ge=1, le=365)
     verification_attempts_per_hour: int = Field(default=5, ge=1, le=100)
 
     sandbox_host: str = "127.0.0.1"
@@ -85,7 +67,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # Notices the bot sends first (the scheduler): see bot/notices.py and store/outbox.py.
-    notice_threshold_days: int = Field(default=1, ge=1, le=365)
     send_rate_per_second: float = Field(default=25.0, gt=0, le=10_000)
     per_chat_interval_seconds: float = Field(default=1.0, ge=0, le=3600)
     quiet_hours: str = "21:00-08:00"
@@ -93,10 +74,6 @@ class Settings(BaseSettings):
     notice_batch_size: int = Field(default=500, ge=1, le=10_000)
     lease_seconds: int = Field(default=60, ge=5, le=3600)
     notice_max_attempts: int = Field(default=8, ge=1, le=100)
-    delay_silent_consent_days: int = Field(default=30, ge=0, le=365)
-    delay_default_ship_days: int = Field(default=30, ge=1, le=365)
-    delay_min_answer_days: int = Field(default=7, ge=1, le=90)
-    delay_no_answer_action: Literal["cancel", "agents"] = "cancel"
     alternative_action: Literal["confirm", "agents"] = "confirm"
 
     # Handoff to people: the support supergroup (a forum) with one topic per customer.
@@ -114,27 +91,6 @@ class Settings(BaseSettings):
     # mistake stops start-up with file:line: reason; used by bot.understanding.load_lexicon).
     lexicon_file: Path | None = None
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment is passed in by load_settings, so tests can give their own.
-        return (init_settings, dotenv_settings)
-
-    @field_validator("shop_timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError("unknown time zone") from exc
-        return value
-
     @field_validator("bot_token", "webhook_secret", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
@@ -150,28 +106,27 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
 
-    @field_validator("link_secret", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _blank_secret_is_unset(cls, value: object) -> object:
-        return SecretStr("") if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("link_secret")
-    @classmethod
-    def _strong_secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+    def _strong_secret(cls, data: Any) -> Any:
         # A code signed with this secret links a chat to a customer's account: with a real
         # token, a secret anyone can read (the README's) or guess would give away every account.
-        secret = value.get_secret_value()
-        if info.data.get("bot_token") is None:
-            return value if secret.strip() else SecretStr(DEVELOPMENT_SECRET)
-        if not secret.strip():
+        # A model validator, since LINK_SECRET (a store setting) is validated before BOT_TOKEN.
+        if not isinstance(data, dict):
+            return data
+        token, secret = _raw(data.get("bot_token")), _raw(data.get("link_secret"))
+        if not token:
+            return data if secret else {**data, "link_secret": DEVELOPMENT_SECRET}
+        if not secret:
             raise ValueError(
-                "must be set when BOT_TOKEN is: a random string of at least 32 characters, e.g."
-                " from python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                "LINK_SECRET: must be set when BOT_TOKEN is: a random string of at least 32"
+                " characters, e.g. from"
+                " python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         problem = secret_problem(secret)
         if problem is not None:
-            raise ValueError(problem)
-        return value
+            raise ValueError(f"LINK_SECRET: {problem}")
+        return data
 
     @field_validator("lexicon_file", mode="before")
     @classmethod
@@ -252,12 +207,15 @@ class Settings(BaseSettings):
         return time.fromisoformat(start), time.fromisoformat(end)
 
     @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.shop_timezone)
-
-    @property
     def sandboxed(self) -> bool:
         return self.bot_token is None
+
+
+def _raw(value: object) -> str:
+    """A setting's text as given, blank when unset."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value.strip() if isinstance(value, str) else ""
 
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -288,19 +246,7 @@ def parse_business_days(value: str) -> frozenset[int]:
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read settings; raise SettingsError with one line naming the first bad setting."""
-    env = dict(os.environ if environ is None else environ)
-    settings_file = env.get("BACKORDER_SETTINGS_FILE")
-    if settings_file and not Path(settings_file).is_file():
-        raise SettingsError(f"BACKORDER_SETTINGS_FILE: no such file: {settings_file}")
-    keys = {name.upper() for name in Settings.model_fields}
-    values: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.upper() in keys}
-    try:
-        return Settings(_env_file=settings_file or None, **values)  # type: ignore[call-arg]
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
-        message = error["msg"].removeprefix("Value error, ")
-        raise SettingsError(f"{name}: {message}") from None
+    return _load(Settings, environ)
 
 
 __all__ = ["SUPPORTED_LANGUAGES", "Settings", "SettingsError", "load_settings"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from store.backorders import (
     receive_restock,
     ship,
 )
-from store.db import Store, database_url, open_store
+from store.db import Store, open_store
 from store.delays import (
     BATCH,
     DelayPolicy,
@@ -74,6 +73,7 @@ from store.schema import (
     restocks,
     stock,
 )
+from store.settings import SettingsError, StoreSettings, load_store_settings
 
 # The bot's own default (bot.settings), so demo links work without configuring anything.
 DEMO_LINK_SECRET = DEVELOPMENT_SECRET
@@ -188,9 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--customer", type=_whole(1, MAX_ID), help="customer id")
     target.add_argument("--order", help="order number (the link opens that order)")
     ln.add_argument(
-        "--bot-username",
-        default=os.environ.get("BOT_USERNAME") or "backorder_demo_bot",
-        help="the bot's username (default: $BOT_USERNAME or backorder_demo_bot)",
+        "--bot-username", help="the bot's username (default: BOT_USERNAME, else backorder_demo_bot)"
     )
     ln.add_argument("--secret", help="the bot's LINK_SECRET (default: $LINK_SECRET)")
     ln.add_argument(
@@ -234,7 +232,7 @@ async def _run(args: argparse.Namespace) -> int:
         if args.check:
             print(f"{args.file.name}: ok")
             return 0
-    store = await open_store(database_url(args.db))
+    store = await open_store(args.db or _settings().database_url)
     try:
         if args.command == "init":
             print(f"database ready: {store.url}")
@@ -311,7 +309,8 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "link":
             async with store.connect() as conn:
                 code = await _link_code(conn, args)
-            print(f"https://t.me/{args.bot_username.lstrip('@')}?start={code}")
+            username = (args.bot_username or _settings().bot_username).lstrip("@")
+            print(f"https://t.me/{username}?start={code}")
         elif args.command == "demo":
             from store.demo import fill_demo, is_empty
 
@@ -345,13 +344,14 @@ def _checked(value: str, name: str, *, back: int, ahead: int | timedelta) -> dat
 
 
 async def _link_code(conn: AsyncConnection, args: argparse.Namespace) -> str:
+    settings = _settings()
     if args.days is None:
-        args.days = _env_int("LINK_CODE_DAYS", 30)
+        args.days = settings.link_code_days
     if not 1 <= args.days <= 365:
         raise StoreError("--days must be between 1 and 365")
     source, secret = "--secret", args.secret
     if secret is None:
-        source, secret = "LINK_SECRET", os.environ.get("LINK_SECRET") or None
+        source, secret = "LINK_SECRET", settings.link_secret.get_secret_value() or None
     if secret is None:
         print(
             "warning: LINK_SECRET is not set; using the development secret, which only the"
@@ -388,12 +388,12 @@ async def _link_code(conn: AsyncConnection, args: argparse.Namespace) -> str:
     return make_link_code(secret, customer_id, expires_at=expires_at, order_id=order_id)
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
+def _settings() -> StoreSettings:
+    """The settings the bot reads too (store.settings): one name, default and check each."""
     try:
-        return int(value) if value else default
-    except ValueError:
-        raise StoreError(f"{name}: not a whole number: {value!r}") from None
+        return load_store_settings()
+    except SettingsError as e:
+        raise StoreError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -404,21 +404,9 @@ class FollowOnSettings:
 
 
 def follow_on_settings() -> FollowOnSettings:
-    """The delay policy and notice settings, from the environment variables the bot reads."""
-    action = os.environ.get("DELAY_NO_ANSWER_ACTION", "cancel").strip() or "cancel"
-    if action not in ("cancel", "agents"):
-        raise StoreError(f"DELAY_NO_ANSWER_ACTION: must be cancel or agents: {action!r}")
-    policy = DelayPolicy(
-        silent_consent_days=_env_int("DELAY_SILENT_CONSENT_DAYS", 30),
-        default_ship_days=_env_int("DELAY_DEFAULT_SHIP_DAYS", 30),
-        min_answer_days=_env_int("DELAY_MIN_ANSWER_DAYS", 7),
-        no_answer_action="agents" if action == "agents" else "cancel",
-    )
-    return FollowOnSettings(
-        policy,
-        ZoneInfo(os.environ.get("SHOP_TIMEZONE") or "Europe/Berlin"),
-        _env_int("NOTICE_THRESHOLD_DAYS", 1),
-    )
+    """The delay policy and notice settings, as the bot reads them."""
+    s = _settings()
+    return FollowOnSettings(s.delay_policy, s.zone, s.notice_threshold_days)
 
 
 async def queue_after_change(conn: AsyncConnection) -> None:
