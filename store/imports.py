@@ -513,6 +513,15 @@ def parse_file(kind: str, path: Path, *, now: datetime | None = None) -> list[tu
         raise ImportFailed([f"{path}: cannot read: {e.strerror or e}"]) from None
 
 
+def parse_row(kind: str, row: dict[str, str], *, now: datetime | None = None) -> Any:
+    """One row of ``kind`` checked by the file's rules (each field's characters and length,
+    then the kind's own parser): its record, or RowError. For rows that come another way than
+    a file (the Shopify adapter), so there is one copy of the rules."""
+    for col, value in row.items():
+        check_field(col, value, MAX_CHARS_OF_KIND.get((kind, col), MAX_CHARS[col]))
+    return PARSERS[kind](row, _Context(now or datetime.now(UTC)))[1]
+
+
 def _parse(kind: str, name: str, f: IO[bytes], ctx: _Context) -> list[tuple[int, Any]]:
     problems: list[str] = []
     records: list[tuple[int, Any]] = []

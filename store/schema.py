@@ -550,3 +550,40 @@ follow_on_cursors = Table(
     Column("batches", Integer, nullable=False, server_default=text("0")),
     Column("updated_at", UTCDateTime),
 )
+
+# The Shopify adapter (shopapi/shopify.py). Each webhook delivery's X-Shopify-Webhook-Id, kept
+# in the transaction that applied it: a replayed delivery inserts nothing and changes nothing.
+shopify_webhooks = Table(
+    "shopify_webhooks",
+    metadata,
+    Column("webhook_id", String(100), primary_key=True),
+    Column("topic", String(64), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Index(None, "received_at"),
+)
+
+# Shopify's order id -> the store's order number: a fulfillment names its order by the id.
+shopify_orders = Table(
+    "shopify_orders",
+    metadata,
+    Column("shopify_order_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("order_number", ORDER_NUMBER, nullable=False),
+)
+
+# Shopify's inventory item -> SKU, learnt from products/create and products/update: an
+# inventory level names only the item.
+shopify_inventory_items = Table(
+    "shopify_inventory_items",
+    metadata,
+    Column("inventory_item_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("sku", SKU, nullable=False),
+)
+
+# Shopify's "available" per item and location; the store's stock is one count per SKU.
+shopify_inventory_levels = Table(
+    "shopify_inventory_levels",
+    metadata,
+    Column("inventory_item_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("location_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("available", BigInteger, nullable=False),
+)
