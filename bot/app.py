@@ -16,6 +16,7 @@ from bot.context import BotApplication, BotContext, BotData
 from bot.handlers import register_all
 from bot.handlers.handoff import check_support_group
 from bot.inbox import Inbox, InboxRequest
+from bot.metrics import counted
 from bot.render import Renderer
 from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings
@@ -75,6 +76,7 @@ def build_application(
         json_body=True,
         server_error_retries=settings.max_retries,
     )
+    counted(request, "reply")
     clock = now or (lambda: datetime.now(UTC))
     # Every fetched update is in the store before Telegram hears it arrived (bot/inbox.py).
     inbox = Inbox(store, clock, webhook=settings.webhook_url is not None)

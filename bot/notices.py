@@ -40,6 +40,7 @@ from telegram.request import BaseRequest, RequestData
 from telegram.request._requestparameter import RequestParameter
 
 from bot.context import BotApplication, BotContext
+from bot.metrics import counted
 from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
@@ -148,7 +149,7 @@ def sends_in_flight(settings: Settings) -> int:
 def sender_request(settings: Settings) -> BaseRequest:
     """The notice sender's own HTTP layer: the one REQUEST_LAYER names, sized for sending."""
     pool = max(POOL_SIZE[settings.request_layer], sends_in_flight(settings))
-    return request_for(settings, pool=pool, json_body=True)
+    return counted(request_for(settings, pool=pool, json_body=True), "notice")
 
 
 @dataclass

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from telegram import Update
 from telegram.ext import BaseUpdateProcessor
 
+from bot.metrics import timed
+
 if TYPE_CHECKING:
     from bot.inbox import Inbox
 
@@ -121,7 +123,7 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
         if key is None:
             handled = False
             try:
-                await coroutine
+                await timed(update, coroutine)
                 handled = True
             except Exception:
                 handled = True  # it would fail again if replayed
@@ -140,7 +142,7 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
             while current is not None:
                 handled = False
                 try:
-                    await current[1]
+                    await timed(*current)
                     handled = True
                 except Exception:
                     # Application.process_update reports handler errors itself; this is a

@@ -4,16 +4,20 @@ the fields the adapter reads plus a few it must ignore, and a signed delivery he
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from shopapi.shopify import PATH, signature
-from store import Store
+from store import Store, open_store
 from store.schema import (
     customers,
     order_lines,
@@ -26,6 +30,7 @@ from store.schema import (
     shopify_webhooks,
     stock,
 )
+from tests.pg import Databases, sqlite_url
 
 SECRET = "shpss_0123456789abcdef0123456789abcdef"
 
@@ -318,3 +323,31 @@ async def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
     }
     async with store.connect() as conn:
         return {name: [tuple(r) for r in await conn.execute(q)] for name, q in queries.items()}
+
+
+@pytest.fixture(scope="session")
+def empty_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated empty SQLite store, copied for each test (migrating takes a second)."""
+    path = tmp_path_factory.mktemp("shop") / "empty.sqlite3"
+
+    async def build() -> None:
+        await (await open_store(sqlite_url(path))).close()
+
+    asyncio.run(build())
+    return path
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty migrated store of this test's own (the catalog is the test's)."""
+    if backend == "sqlite":
+        path = tmp_path / "shop.sqlite3"
+        shutil.copyfile(request.getfixturevalue("empty_sqlite_template"), path)
+        yield sqlite_url(path)
+        return
+    databases: Databases = request.getfixturevalue("pg_databases")
+    name, url = databases.fresh(databases.template("store"))
+    try:
+        yield url
+    finally:
+        databases.drop(name)

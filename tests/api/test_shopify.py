@@ -5,59 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from shopapi.shopify import add_shopify_routes
-from store import Store, open_store
+from store import Store
 from store.backorders import set_stock
 from store.master import CustomerIn, ProductIn, upsert_customer, upsert_product
-from tests.api.shopify_helpers import (
+from tests.api.shopify_helpers import (  # noqa: F401 (fixtures)
     LEVEL,
     PRODUCT,
     SECRET,
+    db_url,
     deliver,
     dump,
+    empty_sqlite_template,
     fulfillment,
     order,
 )
-from tests.pg import Databases, sqlite_url
 
 PLACED = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)  # 2026-11-20T19:00:00-05:00
-
-
-@pytest.fixture(scope="session")
-def empty_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated empty SQLite store, copied for each test (migrating takes a second)."""
-    path = tmp_path_factory.mktemp("shop") / "empty.sqlite3"
-
-    async def build() -> None:
-        await (await open_store(sqlite_url(path))).close()
-
-    asyncio.run(build())
-    return path
-
-
-@pytest.fixture
-def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """An empty migrated store of this test's own (the catalog is the test's)."""
-    if backend == "sqlite":
-        path = tmp_path / "shop.sqlite3"
-        shutil.copyfile(request.getfixturevalue("empty_sqlite_template"), path)
-        yield sqlite_url(path)
-        return
-    databases: Databases = request.getfixturevalue("pg_databases")
-    name, url = databases.fresh(databases.template("store"))
-    try:
-        yield url
-    finally:
-        databases.drop(name)
 
 
 class FollowOns:
