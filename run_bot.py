@@ -107,7 +107,7 @@ async def _sandbox_support_group(sandbox: _SandboxHandle, settings: Settings) ->
 
 def _secrets(settings: Settings) -> list[str]:
     """What the log must never show (the sandbox's token is added once the sandbox runs)."""
-    values = [settings.bot_token, settings.webhook_secret]
+    values = [settings.bot_token, settings.webhook_secret, settings.shopify_webhook_secret]
     if not settings.sandboxed:  # in the sandbox it may be short, or the README's
         values.append(settings.link_secret)
     return [value.get_secret_value() for value in values if value is not None]
@@ -129,7 +129,9 @@ def main() -> int:
     except SettingsError as exc:
         print(f"backorder-bot: invalid setting {exc}", file=sys.stderr)
         return 2
-    redactor = configure_logging(settings.log_level, _secrets(settings))
+    redactor = configure_logging(
+        settings.log_level, _secrets(settings), json_lines=settings.log_format == "json"
+    )
 
     sandbox: _SandboxHandle | None = None
     if settings.sandboxed:

@@ -15,10 +15,13 @@ strings, in the message, its arguments and the exception's text.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import Iterable
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import TextIO
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,38 @@ class Redactor(logging.Filter):
         return True
 
 
+# (update_id, chat_id) of the update being handled, set by bot.metrics.timed for the whole of
+# its handling: every line logged meanwhile carries them in the JSON log.
+UPDATE_CONTEXT: ContextVar[tuple[int | None, int | None] | None] = ContextVar(
+    "update_context", default=None
+)
+JSON_FIELDS = ("time", "level", "logger", "message", "update_id", "chat_id")
+
+
+class JsonFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object per line with JSON_FIELDS (update_id and chat_id null
+    when the line is not about an update), and "exception" when there is one. It writes the
+    record as the Redactor left it, like the text format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        known = UPDATE_CONTEXT.get() or (None, None)
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "update_id": getattr(record, "update_id", known[0]),
+            "chat_id": getattr(record, "chat_id", known[1]),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = record.stack_info
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
 def hold_content_loggers(level: int) -> None:
     """Keep the libraries' loggers that write content at or above their safe level."""
     for name, lowest in CONTENT_LOGGERS.items():
@@ -123,13 +158,18 @@ def hold_content_loggers(level: int) -> None:
 
 
 def configure_logging(
-    level: str, secrets: Iterable[str] = (), stream: TextIO | None = None
+    level: str,
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    *,
+    json_lines: bool = False,
 ) -> Redactor:
     """The process's logging: one handler on the root logger, at ``level``, behind a Redactor
-    that hides ``secrets`` (add the sandbox's token later with `Redactor.hide`)."""
+    that hides ``secrets`` (add the sandbox's token later with `Redactor.hide`); ``json_lines``:
+    one JSON object per line (JsonFormatter) instead of FORMAT."""
     redactor = Redactor(secrets)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(FORMAT))
     handler.addFilter(redactor)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     number = logging.getLevelNamesMapping()[level]
@@ -140,4 +180,13 @@ def configure_logging(
     return redactor
 
 
-__all__ = ["CONTENT_LOGGERS", "FORMAT", "Redactor", "configure_logging", "hold_content_loggers"]
+__all__ = [
+    "CONTENT_LOGGERS",
+    "FORMAT",
+    "JSON_FIELDS",
+    "UPDATE_CONTEXT",
+    "JsonFormatter",
+    "Redactor",
+    "configure_logging",
+    "hold_content_loggers",
+]

@@ -23,6 +23,8 @@ from telegram import Update
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest
 
+from bot.logs import UPDATE_CONTEXT
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 UPDATES = Counter(
@@ -86,11 +88,17 @@ def update_kind(update: object) -> str:
 
 
 async def timed(update: object, handling: Awaitable[T]) -> T:
-    """Await an update's handling, counting it and its time by kind (failed ones too)."""
+    """Await an update's handling, counting it and its time by kind (failed ones too); the
+    log lines written meanwhile carry its update and chat ids (bot.logs.UPDATE_CONTEXT)."""
     start = time.perf_counter()
+    chat = update.effective_chat if isinstance(update, Update) else None
+    token = UPDATE_CONTEXT.set(
+        (update.update_id if isinstance(update, Update) else None, chat.id if chat else None)
+    )
     try:
         return await handling
     finally:
+        UPDATE_CONTEXT.reset(token)
         kind = update_kind(update)
         UPDATES.labels(kind).inc()
         UPDATE_SECONDS.labels(kind).observe(time.perf_counter() - start)

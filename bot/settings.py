@@ -91,7 +91,13 @@ class Settings(StoreSettings):
     # mistake stops start-up with file:line: reason; used by bot.understanding.load_lexicon).
     lexicon_file: Path | None = None
 
-    @field_validator("bot_token", "webhook_secret", mode="before")
+    # "json": one JSON object per log line (bot/logs.py JsonFormatter), for log collectors.
+    log_format: Literal["text", "json"] = "text"
+    # The Shopify app's webhook signing secret: POST /shopify/webhooks on API_PORT is served
+    # only when it is set (shopapi/shopify.py).
+    shopify_webhook_secret: SecretStr | None = None
+
+    @field_validator("bot_token", "webhook_secret", "shopify_webhook_secret", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
