@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="print the work still pending (marks, first pass, notices)")
 
+    bk = sub.add_parser("backup", help="copy a SQLite store to PATH while the bot runs")
+    bk.add_argument("path", type=Path)
+
     rp = sub.add_parser("report", help="print the backorder report per SKU")
     rp.add_argument("--limit", type=_whole(1, 10_000), default=50)
 
@@ -232,6 +235,12 @@ async def _run(args: argparse.Namespace) -> int:
         if args.check:
             print(f"{args.file.name}: ok")
             return 0
+    if args.command == "backup":
+        from store.backup import backup_sqlite
+
+        pages = backup_sqlite(args.db or _settings().database_url, args.path)
+        print(f"backup: {pages} pages written to {args.path}")
+        return 0
     store = await open_store(args.db or _settings().database_url)
     try:
         if args.command == "init":
