@@ -1,0 +1,292 @@
+"""The bot in webhook mode under the chaos the polling bot is tested under (test_chaos_load,
+test_chaos_restart): the sandbox delivers each update by POST with the secret header, one at a
+time and in order, and sends it again until the bot answers 2xx, as Telegram does.
+
+- 429 storms, 5xx, slow answers and dropped connections on sendMessage: every chat reads
+  exactly what the polling bot's chats read under the same faults.
+- kill -9 of run_bot.py in webhook mode in the middle of a load, then a new process on the
+  same port: the deliveries refused meanwhile come again, the inbox replays what the dead
+  process had taken and not answered, nothing is lost, and only what was out and not marked
+  answered at the kill is answered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from telegram import Update
+
+from bot.app import build_application
+from bot.context import BotApplication
+from bot.settings import Settings
+from sandbox import Sandbox
+from sandbox.client import SandboxClient
+from store import Store
+from store.inbox import count_updates
+from tests.chaos_helpers import (
+    APOLOGY,
+    ASK_ORDER,
+    GREETING,
+    HELP,
+    Handled,
+    Load,
+    all_bot_texts,
+    build_load,
+    enqueue,
+    prepare,
+    successful_sends,
+    wait_for,
+)
+from tests.conftest import LINK_SECRET, Clock
+from tests.test_chaos_load import (
+    ANSWER_LOST,
+    BAD_GATEWAY,
+    DROPPED,
+    RETRIES_EXHAUSTED,
+    SERVER_ERROR,
+    TIMED_OUT,
+    expected_under_faults,
+    settled,
+    waves,
+)
+from tests.test_chaos_restart import missing
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "webhook-chaos-secret"
+DEADLINE = 30.0
+
+pytestmark = pytest.mark.sqlite_only(
+    "time: the chaos tests run on SQLite (as test_chaos_restart); the webhook's store path is"
+    " the polling one's (bot/inbox.py), which PostgreSQL tests cover"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def hook_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def bot_environ(hook_port: int) -> dict[str, str]:
+    # As test_chaos_load's, and the webhook.
+    return {
+        "REQUEST_TIMEOUT": "4",
+        "MAX_RETRIES": "2",
+        "REPLIES_PER_SECOND": "0",
+        "WEBHOOK_URL": f"http://127.0.0.1:{hook_port}/hook",
+        "WEBHOOK_PORT": str(hook_port),
+        "WEBHOOK_SECRET": SECRET,
+    }
+
+
+@asynccontextmanager
+async def webhook_bot(
+    settings: Settings, store: Store, clock: Clock
+) -> AsyncIterator[BotApplication]:
+    """The application with PTB's webhook server, started as run_webhook starts it."""
+    app = build_application(settings, store, now=clock)
+    await app.initialize()
+    assert app.post_init is not None and app.post_shutdown is not None
+    await app.post_init(app)
+    await app.start()
+    assert app.updater is not None and settings.webhook_url is not None
+    await app.updater.start_webhook(
+        listen="127.0.0.1",
+        port=settings.webhook_port,
+        url_path="hook",
+        webhook_url=settings.webhook_url,
+        secret_token=SECRET,
+        allowed_updates=Update.ALL_TYPES,
+    )
+    try:
+        yield app
+    finally:
+        await app.updater.stop()
+        await app.stop()
+        await app.shutdown()
+        await app.post_shutdown(app)
+
+
+@pytest.fixture
+async def bot(settings: Settings, store: Store, clock: Clock) -> AsyncIterator[BotApplication]:
+    async with webhook_bot(settings, store, clock) as app:
+        yield app
+
+
+async def test_by_webhook_429s_5xx_slow_answers_and_drops_leave_every_chat_exact(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    # Every fault's victim is in the load (810_041 is the last unlinked chat).
+    load = build_load(unlinked=41)
+    await prepare(tg, store, load)
+    handled = Handled(bot)
+    sent: list[tuple[int, int]] = []
+    for at, faults in enumerate(waves(load.chats)):
+        for fault in faults:
+            if fault["method"] != "getUpdates":  # nothing polls
+                await tg.inject_fault(**fault)
+        wave = await enqueue(tg, load, range(at, at + 1))
+        await handled.all_of(wave, within=DEADLINE)
+        await tg.clear_faults()
+        if at == 2:
+            await settled(tg, {chat: 4 for chat in TIMED_OUT})
+        sent += wave
+    assert len(sent) == load.updates == 4 * 45
+    assert set(handled.seen) == set(sent)
+    assert set(handled.seen.values()) == {1}
+    texts = await all_bot_texts(tg, load.chats)
+    for chat in load.chats:
+        if chat in TIMED_OUT:
+            got = texts[chat]
+            assert sorted(got[2:4]) == sorted([ASK_ORDER, APOLOGY]), chat
+            assert got[:2] + got[4:] == load.expected(chat)[:2] + load.expected(chat)[3:], chat
+        else:
+            assert texts[chat] == expected_under_faults(load, chat), chat
+    calls = await tg.calls()
+    status = Counter((c["method"].lower(), c["status"]) for c in calls)
+    assert status[("sendmessage", 429)] == len(load.chats) - 1 + 3
+    assert status[("sendmessage", 502)] == len(BAD_GATEWAY)
+    assert status[("sendmessage", 500)] == len(SERVER_ERROR)
+    assert status[("sendmessage", 0)] == len(DROPPED)
+    assert status[("getupdates", 200)] == 0  # updates came by webhook only
+    apologies = sum(t.count(APOLOGY) for t in texts.values())
+    assert apologies == len([RETRIES_EXHAUSTED, *TIMED_OUT, *DROPPED, *ANSWER_LOST])
+
+
+async def test_deliveries_refused_while_the_bot_is_down_come_again_once_it_is_back(
+    settings: Settings, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    load = build_load(unlinked=20)
+    await prepare(tg, store, load)
+    async with webhook_bot(settings, store, clock):
+        pass  # the webhook is set; now nobody listens on its port
+    sent = await enqueue(tg, load, range(0, 1))
+    await asyncio.sleep(0.3)  # the sandbox meets a closed port and keeps the updates
+    assert (await tg.stats())["pending_updates"] == len(sent)
+    async with webhook_bot(settings, store, clock) as app:
+        handled = Handled(app)
+        await handled.all_of(sent, within=DEADLINE)
+    texts = await all_bot_texts(tg, load.chats)
+    assert texts == {chat: load.expected(chat)[:1] for chat in load.chats}
+
+
+# --- kill -9 ---------------------------------------------------------------------------------
+
+
+class Bots:
+    def __init__(self, environ: dict[str, str], log: Path) -> None:
+        self.environ = environ
+        self.log = log
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as err:
+            process = subprocess.Popen(
+                [sys.executable, str(ROOT / "run_bot.py")],
+                env=self.environ,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        self.running.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+@pytest.fixture
+def bots(sandbox: Sandbox, db_url: str, tmp_path: Path, hook_port: int) -> Iterator[Bots]:
+    environ = {
+        **os.environ,
+        "BOT_TOKEN": sandbox.token,
+        "BOT_API_BASE_URL": sandbox.api_base,
+        "BOT_API_FILE_URL": sandbox.file_base,
+        "DATABASE_URL": db_url,
+        "LINK_SECRET": LINK_SECRET,
+        "SHOP_NAME": "Demo Shop",
+        "NOTICE_JOB_INTERVAL_SECONDS": "0",
+        "REPLIES_PER_SECOND": "0",
+        "LOG_LEVEL": "WARNING",
+        "WEBHOOK_URL": f"http://127.0.0.1:{hook_port}/hook",
+        "WEBHOOK_PORT": str(hook_port),
+        "WEBHOOK_SECRET": SECRET,
+    }
+    started = Bots(environ, tmp_path / "bot.log")
+    try:
+        yield started
+    finally:
+        started.stop_all()
+
+
+async def test_run_bot_by_webhook_killed_mid_load_and_restarted_answers_everything(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    load: Load = build_load(unlinked=20)
+    await prepare(tg, store, load)
+    sent = await enqueue(tg, load)
+    assert len(sent) == load.updates == 96
+
+    first = bots.start()
+
+    async def answering() -> bool:
+        assert first.poll() is None, bots.log.read_text()
+        return await successful_sends(tg) >= 30
+
+    await wait_for(answering, DEADLINE, "the first bot to answer 30 messages")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    async with store.connect() as conn:
+        unanswered_at_kill, marked_at_kill = await count_updates(conn)
+    await asyncio.sleep(0.2)  # sends the sandbox had fully received before the kill
+    answered_at_kill = await successful_sends(tg)
+    assert answered_at_kill < load.updates
+    sent_unmarked = answered_at_kill - marked_at_kill
+    assert 0 <= sent_unmarked <= unanswered_at_kill
+
+    second = bots.start()
+    marks = await tg.bulk(messages=[{"user_id": chat, "text": "/help"} for chat in load.chats])
+    assert len(marks["messages"]) == len(load.chats)
+
+    async def marked() -> bool:
+        assert second.poll() is None, bots.log.read_text()
+        texts = await all_bot_texts(tg, load.chats)
+        return all(HELP in t for t in texts.values())
+
+    await wait_for(marked, DEADLINE, "every chat's last answer")
+    texts = await all_bot_texts(tg, load.chats)
+    lost = {
+        chat: n for chat in load.chats if (n := missing([*load.expected(chat), HELP], texts[chat]))
+    }
+    assert not lost, f"answers never came: {lost}"
+    repeated = sum(len(t) - len(load.expected(chat)) - 1 for chat, t in texts.items())
+    assert repeated <= sent_unmarked, (repeated, answered_at_kill, marked_at_kill)
+    assert (await tg.stats())["pending_updates"] == 0
+    async with store.connect() as conn:
+        assert (await count_updates(conn))[0] == 0
+    # Never a forged delivery: every POST carried the secret (PTB answers 403 otherwise).
+    assert "403" not in bots.log.read_text()
+    assert GREETING in texts[load.chats[-1]]
