@@ -38,6 +38,7 @@ The mapping (also in the README):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -613,6 +614,42 @@ async def apply_webhook(store: Store, webhook_id: str, topic: str, apply: Apply)
         return await apply(conn)
 
 
+class FollowOnRunner:
+    """The follow-on after changes, in the background and coalesced: Shopify wants its answer
+    within seconds, and a burst of webhooks owes one run, not one each. A change asks for a run
+    (`poke`); a run already going runs once more after it ends, never two at once. What a run
+    would do is in the store's marks already, so a crash before it loses nothing (the next
+    command or the bot's notice job does it)."""
+
+    def __init__(self, follow_on: Callable[[], Awaitable[None]]) -> None:
+        self._follow_on = follow_on
+        self._again = False
+        self._task: asyncio.Task[None] | None = None
+        self.runs = 0
+
+    def poke(self) -> None:
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._again:
+            self._again = False
+            self.runs += 1
+            try:
+                await self._follow_on()
+            except Exception:
+                log.exception("shopify: the follow-on after a webhook failed")
+
+    async def idle(self) -> None:
+        """Until no run is going or asked for (tests, shutdown)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+
+FOLLOW_ON = web.AppKey("shopify_follow_on", FollowOnRunner)
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -625,9 +662,16 @@ def add_shopify_routes(
     follow_on: Callable[[], Awaitable[None]],
 ) -> None:
     """POST /shopify/webhooks on ``app``. ``follow_on`` runs after a change is committed (the
-    delay policy and notices, as after an import: store.cli.follow_on)."""
+    delay policy and notices, as after an import: store.cli.follow_on), in the background
+    (`FollowOnRunner`, at ``app[FOLLOW_ON]``)."""
     if not secret:
         raise ValueError("add_shopify_routes needs SHOPIFY_WEBHOOK_SECRET")
+    runner = app[FOLLOW_ON] = FollowOnRunner(follow_on)
+
+    async def finish(app: web.Application) -> None:
+        await runner.idle()
+
+    app.on_cleanup.append(finish)
 
     async def webhook(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_BODY:
@@ -663,12 +707,7 @@ def add_shopify_routes(
             return _error(422, f"the store refused it: {db_reason(e)}")
         log.info("shopify: %s %s: %s %s", topic, webhook_id, outcome.status, outcome.detail)
         if outcome.changed:
-            try:
-                await follow_on()
-            except Exception:
-                # The change is committed; the next follow-on (any command, the bot's tick)
-                # does what this one did not.
-                log.exception("shopify: the follow-on after %s failed", topic)
+            runner.poke()
         return web.json_response(
             {"status": outcome.status, "detail": outcome.detail, "changed": outcome.changed}
         )
@@ -690,10 +729,12 @@ def store_follow_on(store: Store) -> Callable[[], Awaitable[None]]:
 
 
 __all__ = [
+    "FOLLOW_ON",
     "MAX_BODY",
     "PATH",
     "TOPICS",
     "BadPayload",
+    "FollowOnRunner",
     "add_shopify_routes",
     "apply_webhook",
     "signature",
