@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -264,7 +265,7 @@ async def deliver(
         "X-Shopify-Webhook-Id": webhook_id or f"b54557e4-bdd9-4b37-8a5f-{next(_ids):012d}",
         "X-Shopify-Triggered-At": "2026-11-21T00:00:00.000000Z",
     }
-    response = await client.post(PATH, data=raw, headers=headers)
+    response = await client.post(PATH, data=io.BytesIO(raw), headers=headers)
     return response.status, await response.json()
 
 

@@ -360,3 +360,15 @@ async def test_orders_of_one_new_e_mail_at_once_create_one_customer(
     state = await dump(store)
     assert state["customers"][1:] == [CUSTOMER_8]
     assert sorted(r[:2] for r in state["orders"]) == [(str(20000 + i), 8) for i in range(12)]
+
+
+async def test_a_body_over_the_limit_is_413_before_its_signature_is_checked(
+    client: TestClient, store: Store
+) -> None:
+    from shopapi.shopify import MAX_BODY
+
+    before = await dump(store)
+    raw = b'{"pad": "' + b"x" * MAX_BODY + b'"}'
+    status, body = await deliver(client, "orders/create", None, body=raw)
+    assert (status, body) == (413, {"error": f"body larger than {MAX_BODY:,} bytes"})
+    assert await dump(store) == before
