@@ -110,7 +110,10 @@ def _secrets(settings: Settings) -> list[str]:
     values = [settings.bot_token, settings.webhook_secret, settings.shopify_webhook_secret]
     if not settings.sandboxed:  # in the sandbox it may be short, or the README's
         values.append(settings.link_secret)
-    return [value.get_secret_value() for value in values if value is not None]
+    from shopapi.auth import parse_tokens
+
+    tokens = list(parse_tokens(settings.api_tokens.get_secret_value()).values())
+    return [value.get_secret_value() for value in values if value is not None] + tokens
 
 
 def _webhook_secret(settings: Settings) -> str:
@@ -158,6 +161,10 @@ def main() -> int:
 
     store = Store(create_engine_for(settings.database_url), settings.database_url)
     app = build_application(settings, store)
+    if settings.api_port is not None:
+        from shopapi.server import attach_to_bot
+
+        attach_to_bot(app, settings, store)
     tune_collector()
     freeze_after_start(app)
     if sandbox is not None:

@@ -97,6 +97,13 @@ class Settings(StoreSettings):
     # only when it is set (shopapi/shopify.py).
     shopify_webhook_secret: SecretStr | None = None
 
+    # The HTTP API for shop systems (shopapi/): off unless API_PORT is set. API_TOKENS is
+    # "name:token,name:token", one per integration (shopapi.auth.parse_tokens checks it).
+    api_port: int | None = Field(default=None, ge=0, le=65535)
+    api_listen: str = "127.0.0.1"
+    api_tokens: SecretStr = Field(default=SecretStr(""), validate_default=True)
+    api_rate_per_second: float = Field(default=20.0, gt=0, le=100_000)
+
     @field_validator("bot_token", "webhook_secret", "shopify_webhook_secret", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
@@ -147,6 +154,21 @@ class Settings(StoreSettings):
                 check_file(value)
             except LexiconError as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("api_port", mode="before")
+    @classmethod
+    def _blank_port_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _api_tokens(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        from shopapi.auth import parse_tokens
+
+        tokens = parse_tokens(value.get_secret_value())
+        if info.data.get("api_port") is not None and not tokens:
+            raise ValueError("must be set when API_PORT is: name:token,name:token")
         return value
 
     @field_validator("log_level")
