@@ -74,7 +74,7 @@ async def _products(ctx: ApiContext, _: Any, body: m.ProductsIn) -> m.Applied:
                     changed += await set_alternatives(conn, p.sku, list(p.alternatives))
     except StoreError as e:
         raise refused(e, where) from None
-    return await _done(ctx, m.Applied(received=len(body.products), changed=changed))
+    return await _done(ctx, m.Applied(received=len(body.products), changed=changed), changed)
 
 
 async def _suppliers(ctx: ApiContext, _: Any, body: m.SuppliersIn) -> m.Applied:
@@ -102,7 +102,7 @@ async def _stock(ctx: ApiContext, _: Any, body: m.StockIn) -> m.Applied:
                 changed += before != count.on_hand
     except StoreError as e:
         raise refused(e, where) from None
-    return await _done(ctx, m.Applied(received=len(body.counts), changed=changed))
+    return await _done(ctx, m.Applied(received=len(body.counts), changed=changed), changed)
 
 
 async def _restocks(ctx: ApiContext, _: Any, body: m.RestocksIn) -> m.Applied:
@@ -117,7 +117,7 @@ async def _restocks(ctx: ApiContext, _: Any, body: m.RestocksIn) -> m.Applied:
                 )
     except StoreError as e:
         raise refused(e, where) from None
-    return await _done(ctx, m.Applied(received=len(body.restocks), changed=changed))
+    return await _done(ctx, m.Applied(received=len(body.restocks), changed=changed), changed)
 
 
 async def _restock_date(ctx: ApiContext, path: m.RestockPath, body: m.RestockDateIn) -> Any:
@@ -208,7 +208,7 @@ async def _orders(ctx: ApiContext, _: Any, body: m.OrdersIn) -> m.Applied:
                     created += placed.created
     except StoreError as e:
         raise refused(e, where) from None
-    return await _done(ctx, m.Applied(received=len(new), changed=created))
+    return await _done(ctx, m.Applied(received=len(new), changed=created), created)
 
 
 async def _cancel_order(ctx: ApiContext, path: m.OrderPath, body: m.CancelIn) -> Any:
@@ -290,7 +290,7 @@ async def _link(ctx: ApiContext, _: Any, body: m.LinkIn) -> m.LinkOut:
     return m.LinkOut(url=f"https://t.me/{username}?start={code}", code=code, expires_at=expires_at)
 
 
-async def _done(ctx: ApiContext, answer: Any, changed: bool | int = True) -> Any:
+async def _done(ctx: ApiContext, answer: Any, changed: bool | int) -> Any:
     """After the change's commit: what it owes (allocation and projection are in its own
     transaction; the delay policy and the notices here), as the admin commands run it."""
     if changed:
