@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from bot.settings import Settings
 from shopapi.auth import RateLimit, Tokens, parse_tokens, retry_after
@@ -299,7 +299,13 @@ async def _handle(
     if endpoint.body is not None:
         body = await _body(request, endpoint.body, now)
     try:
-        return await apply(context, path, body)
+        try:
+            return await apply(context, path, body)
+        except IntegrityError:
+            # Another request inserted the same id between this one's check and its insert
+            # (two processes, or PostgreSQL's concurrent transactions): this one's transaction
+            # was rolled back whole, and once more it finds that id, as a replay does.
+            return await apply(context, path, body)
     except StoreError as e:
         raise refused(e, "body") from None
     except DBAPIError as e:

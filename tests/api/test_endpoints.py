@@ -3,6 +3,7 @@ the follow-on work done (no marks left), and the same request again writing noth
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -436,3 +437,19 @@ async def test_a_deep_link_for_a_customer_or_an_order(api: Any, store: Store) ->
             ]
         },
     )
+
+
+async def test_the_same_new_order_sent_many_times_at_once_is_placed_once(
+    api: Any, store: Store
+) -> None:
+    one = {"orders": [ORDERS["orders"][0]]}
+    answers = await asyncio.gather(*(post(api, "/api/orders", one) for _ in range(20)))
+    assert (
+        sorted(answers, key=lambda a: -a[1]["changed"])
+        == [(200, {"received": 1, "changed": 1})] + [(200, {"received": 1, "changed": 0})] * 19
+    )
+    assert await rows(store, select(func.count()).where(orders.c.order_number == "990001")) == [
+        (1,)
+    ]
+    assert len(await lines_of(store, "990001")) == 2
+    assert await marks_left(store) == 0
