@@ -141,6 +141,7 @@ async def _run(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.1)
             batches = _batches(args.orders, args.batch, cids, skus)
             latencies: list[float] = []
+            follow_ons: list[float] = []
             created = 0
             queue = list(batches)
 
@@ -152,6 +153,12 @@ async def _run(args: argparse.Namespace) -> None:
                     async with session.post(base + "/api/orders", json=body, headers=headers) as r:
                         answer = await r.json()
                     latencies.append(time.perf_counter() - began)
+                    timing = dict(
+                        part.strip().split(";dur=")
+                        for part in r.headers.get("Server-Timing", "").split(",")
+                        if ";dur=" in part
+                    )
+                    follow_ons.append(float(timing.get("follow-on", "nan")) / 1000)
                     if r.status != 200:
                         raise SystemExit(f"HTTP {r.status}: {answer}")
                     created += answer["changed"]
@@ -165,6 +172,11 @@ async def _run(args: argparse.Namespace) -> None:
             f" (concurrency {args.concurrency}): {took:.1f} s, {created / took:,.0f} orders/s;"
             f" per request p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms,"
             f" max {max(latencies) * 1000:.0f} ms"
+        )
+        f = statistics.quantiles(follow_ons, n=100)
+        print(
+            f"of which the follow-on work (delay policy, notices): p50 {f[49] * 1000:.0f} ms,"
+            f" p99 {f[98] * 1000:.0f} ms, {sum(follow_ons) / sum(latencies):.0%} of the time"
         )
         print(f"load average: {os.getloadavg()}")
     finally:

@@ -48,6 +48,9 @@ async def test_no_token_or_a_wrong_one_is_401_and_the_log_names_the_integration_
         "/api/customers", json=CUSTOMER, headers={"Authorization": f"Bearer {POS_TOKEN}"}
     )
     assert (r.status, await r.json()) == (200, {"received": 1, "changed": 1})
+    # A customer changes no order line: no follow-on work was waited for.
+    assert r.headers["Server-Timing"].startswith("total;dur=")
+    assert r.headers["Server-Timing"].endswith(", follow-on;dur=0.0")
     lines = [rec.getMessage() for rec in caplog.records]
     assert [line.split(":")[0] for line in lines] == [
         "api POST /api/customers",
