@@ -3,19 +3,16 @@ links, stopped before the store closes) and on its own (``python -m shopapi``'s 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from shopapi.__main__ import main as shopapi_main
 from shopapi.server import attach_to_bot
 from store import Store
 from tests.api.conftest import AUTH, api_settings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -69,22 +66,30 @@ async def test_the_api_runs_beside_the_bot_with_the_bots_username(
             pass
 
 
-def test_python_m_shopapi_refuses_bad_settings_in_one_line() -> None:
-    env = {"PATH": "/usr/bin:/bin", "API_TOKENS": "erp:" + "t" * 40}
-    run = subprocess.run(
-        [sys.executable, "-m", "shopapi"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert (run.returncode, run.stdout, run.stderr) == (
-        2,
-        "",
-        "shopapi: invalid setting API_PORT: must be set to run the API\n",
-    )
-    env = {"PATH": "/usr/bin:/bin", "API_PORT": "8099", "API_TOKENS": "erp:short"}
-    run = subprocess.run(
-        [sys.executable, "-m", "shopapi"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert run.returncode == 2
-    assert run.stderr == (
-        "shopapi: invalid setting API_TOKENS: the token of erp must be at least 32 characters"
-        " without spaces, e.g. from python3 -c 'import secrets; print(secrets.token_urlsafe(32))'\n"
-    )
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        (
+            {"API_TOKENS": "erp:" + "t" * 40},
+            "shopapi: invalid setting API_PORT: must be set to run the API\n",
+        ),
+        (
+            {"API_PORT": "8099", "API_TOKENS": "erp:short"},
+            "shopapi: invalid setting API_TOKENS: the token of erp must be at least 32"
+            " characters without spaces, e.g. from python3 -c 'import secrets;"
+            " print(secrets.token_urlsafe(32))'\n",
+        ),
+    ],
+)
+def test_python_m_shopapi_refuses_bad_settings_in_one_line(
+    environ: dict[str, str],
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("API_PORT", "API_TOKENS", "BACKORDER_SETTINGS_FILE", "BOT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert shopapi_main() == 2
+    assert capsys.readouterr() == ("", line)
