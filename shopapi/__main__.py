@@ -11,20 +11,30 @@ import sys
 from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
 from shopapi.auth import parse_tokens
-from shopapi.server import build_web_app, start_server
+from shopapi.ops import metrics_middleware
+from shopapi.server import build_web_app, served_beside, start_server
 from store import open_store
 from store.links import DEVELOPMENT_SECRET
 
 log = logging.getLogger("shopapi")
 
 
+async def _no_bot_here() -> bool:
+    return True
+
+
 async def serve(settings: Settings) -> None:
     assert settings.api_port is not None
     store = await open_store(settings.database_url)
     try:
-        runner = await start_server(
-            build_web_app(settings, store), settings.api_listen, settings.api_port
+        app = build_web_app(
+            settings,
+            store,
+            # No bot runs in this process: /readyz's Bot API check is the bot's own.
+            routes=served_beside(settings, store, _no_bot_here),
+            middlewares=[metrics_middleware],
         )
+        runner = await start_server(app, settings.api_listen, settings.api_port)
         log.info("api: listening on %s:%d", settings.api_listen, settings.api_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -138,12 +138,14 @@ def build_web_app(
     now: Callable[[], datetime] | None = None,
     monotonic: Callable[[], float] = time.monotonic,
     bot_username: Callable[[], str] | None = None,
+    middlewares: Sequence[Any] = (),
 ) -> web.Application:
     """The API server's application: the shop API under /api/ with its OpenAPI document at
     /api/openapi.json, then each of ``routes`` (a function adding its group of routes).
     ``now`` (aware UTC) is the clock requests are checked against and the follow-on runs at;
     ``monotonic`` paces each token's rate; ``bot_username`` gives the username deep links
-    name (default: BOT_USERNAME)."""
+    name (default: BOT_USERNAME); ``middlewares`` run around every route (the operators'
+    request metrics)."""
     from shopapi.handlers import shop_routes
 
     clock = now or (lambda: datetime.now(UTC))
@@ -157,7 +159,7 @@ def build_web_app(
         now=clock,
         bot_username=bot_username or (lambda: settings.bot_username),
     )
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[*middlewares, _json_errors])
     app[API] = context
     shop_routes(app)
     for add in routes:
@@ -368,15 +370,34 @@ async def start_server(app: web.Application, host: str, port: int) -> web.AppRun
     return runner
 
 
-def attach_to_bot(
-    bot_app: Any,
-    settings: Settings,
-    store: Store,
-    *,
-    routes: Sequence[Callable[[web.Application], None]] = (),
-) -> None:
+def served_beside(
+    settings: Settings, store: Store, check_bot_api: Callable[[], Awaitable[bool]]
+) -> list[Callable[[web.Application], None]]:
+    """The route groups served on API_PORT beside the shop API: the operators' /healthz,
+    /readyz and /metrics (shopapi.ops), and Shopify's webhooks when SHOPIFY_WEBHOOK_SECRET is
+    set (shopapi.shopify)."""
+    from shopapi.ops import add_ops_routes
+    from shopapi.shopify import add_shopify_routes, store_follow_on
+
+    groups: list[Callable[[web.Application], None]] = [
+        lambda app: add_ops_routes(app, store=store, check_bot_api=check_bot_api)
+    ]
+    if settings.shopify_webhook_secret is not None:
+        secret = settings.shopify_webhook_secret.get_secret_value()
+        groups.append(
+            lambda app: add_shopify_routes(
+                app, store=store, secret=secret, follow_on=store_follow_on(store)
+            )
+        )
+    return groups
+
+
+def attach_to_bot(bot_app: Any, settings: Settings, store: Store) -> None:
     """Run the API server in the bot's process (its event loop) from the bot's post_init to
-    its post_shutdown, the server stopping before the store closes."""
+    its post_shutdown, the server stopping before the store closes; the operators' endpoints
+    and Shopify's webhooks beside it (``served_beside``)."""
+    from shopapi.ops import bot_api_check, metrics_middleware
+
     started, stopped = bot_app.post_init, bot_app.post_shutdown
     runner: list[web.AppRunner] = []
 
@@ -384,7 +405,11 @@ def attach_to_bot(
         if started is not None:
             await started(app)
         web_app = build_web_app(
-            settings, store, routes=routes, bot_username=lambda: str(app.bot.username)
+            settings,
+            store,
+            routes=served_beside(settings, store, bot_api_check(app.bot)),
+            bot_username=lambda: str(app.bot.username),
+            middlewares=[metrics_middleware],
         )
         assert settings.api_port is not None
         runner.append(await start_server(web_app, settings.api_listen, settings.api_port))

@@ -15,7 +15,7 @@ from bot.settings import SettingsError, load_settings
 from shopapi.models import MAX_ITEMS
 from shopapi.server import MAX_BODY_BYTES
 from store import Store
-from tests.api.conftest import AUTH, ERP_TOKEN, POS_TOKEN, dump
+from tests.api.shop.conftest import AUTH, ERP_TOKEN, POS_TOKEN, dump
 
 CUSTOMER = {"customers": [{"customer_id": 9100, "name": "Ola", "email": "ola@example.com"}]}
 

@@ -24,7 +24,7 @@ from store.schema import (
     shipments,
     stock,
 )
-from tests.api.conftest import AUTH, dump
+from tests.api.shop.conftest import AUTH, dump
 from tests.conftest import LINK_SECRET, START
 
 

@@ -12,7 +12,7 @@ import pytest
 from shopapi.__main__ import main as shopapi_main
 from shopapi.server import attach_to_bot
 from store import Store
-from tests.api.conftest import AUTH, api_settings
+from tests.api.shop.conftest import AUTH, api_settings
 
 
 @dataclass
@@ -37,8 +37,13 @@ class _BotApp:
 
 
 async def test_the_api_runs_beside_the_bot_with_the_bots_username(
-    store: Store, db_url: str, unused_tcp_port: int
+    store: Store, db_url: str, unused_tcp_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    async def reachable() -> bool:
+        return True
+
+    # The fake bot is no PTB Bot for getMe: the probe's own check is shopapi.ops's (test_ops).
+    monkeypatch.setattr("shopapi.ops.bot_api_check", lambda bot: reachable)
     settings = api_settings(db_url, API_PORT=str(unused_tcp_port))
     bot_app = _BotApp()
     attach_to_bot(bot_app, settings, store)
@@ -55,6 +60,14 @@ async def test_the_api_runs_beside_the_bot_with_the_bots_username(
             answer = await r.json()
         assert r.status == 200
         assert answer["url"] == f"https://t.me/real_shop_bot?start={answer['code']}"
+        # The operators' probes on the same port (shopapi.ops), the API's requests counted.
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{unused_tcp_port}"
+            async with session.get(base + "/healthz") as r:
+                assert (r.status, await r.json()) == (200, {"status": "ok"})
+            async with session.get(base + "/metrics") as r:
+                page = await r.text()
+            assert 'endpoint="/api/links",method="POST",status="200"} ' in page, page[:2000]
     finally:
         await bot_app.post_shutdown(bot_app)
     assert bot_app.calls == ["bot's post_init", "bot's post_shutdown"]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from store import Store
-from tests.api.conftest import ERP_TOKEN, POS_TOKEN, Ticks
+from tests.api.shop.conftest import ERP_TOKEN, POS_TOKEN, Ticks
 
 
 @pytest.fixture

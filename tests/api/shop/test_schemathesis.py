@@ -28,7 +28,7 @@ from schemathesis.checks import (
 
 from shopapi.server import OPENAPI_PATH, build_web_app, start_server
 from store import Store, open_store
-from tests.api.conftest import AUTH, api_settings, dump
+from tests.api.shop.conftest import AUTH, api_settings, dump
 from tests.conftest import START
 
 T = TypeVar("T")
@@ -108,7 +108,7 @@ def _fuzz(live: LiveApi, operation: Any, mode: GenerationMode) -> int:
 
 
 @pytest.mark.sqlite_only(
-    "time: a request is validated before the store is touched, and tests/api/test_endpoints.py"
+    "time: a request is validated before the store is touched, and tests/api/shop/test_endpoints.py"
     " and test_auth_limits.py cover each endpoint's store work and refusals on PostgreSQL"
 )
 def test_every_endpoint_with_generated_valid_and_invalid_input(live_api: LiveApi) -> None:
