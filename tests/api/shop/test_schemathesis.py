@@ -32,9 +32,10 @@ from tests.api.shop.conftest import AUTH, api_settings, dump
 from tests.conftest import START
 
 T = TypeVar("T")
-# Examples per operation and mode: 13 operations x 2 modes x 3 took 11 s on SQLite (most of it
-# hypothesis making the cases from the schemas), 6 took 21 s.
-EXAMPLES = 2
+# Examples per operation: 13 operations x 2 modes x 3 took 11 s on SQLite on a quiet machine
+# (most of it hypothesis making the cases from the schemas), 6 took 21 s. Valid input's store
+# work is test_endpoints.py's; here it is the no-5xx and the documented answers.
+EXAMPLES = {GenerationMode.NEGATIVE: 2, GenerationMode.POSITIVE: 1}
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -89,7 +90,7 @@ def _fuzz(live: LiveApi, operation: Any, mode: GenerationMode) -> int:
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=EXAMPLES[mode],
         deadline=None,
         database=None,
         derandomize=True,
