@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.handlers.conversation import GUESS_CONFIDENCE  # noqa: E402
-from bot.understanding import Intent, understand  # noqa: E402
+from bot.understanding import Intent, ProductWords, understand  # noqa: E402
 from store.catalog import LANGUAGES, ProductIndex  # noqa: E402
 
 HOLDOUT = ROOT / "tests" / "data" / "holdout"
@@ -61,11 +61,17 @@ def main() -> None:
         "--catalog", type=Path, help="the shop's catalog (default: catalog.tsv beside --file)"
     )
     parser.add_argument("--misses", action="store_true", help="list every miss")
+    parser.add_argument(
+        "--no-catalog-words",
+        action="store_true",
+        help="understand without the catalog's words (the bot passes them)",
+    )
     args = parser.parse_args()
 
     rows = _read(args.file)
     catalog = args.catalog or args.file.parent / "catalog.tsv"
     index = load_index(catalog if catalog.is_file() else HOLDOUT / "catalog.tsv")
+    catalog_words = None if args.no_catalog_words else ProductWords.of_names(index.names())
     by_lang: Counter[str] = Counter()
     by_lang_hits: Counter[str] = Counter()
     by_intent: Counter[str] = Counter()
@@ -75,7 +81,7 @@ def main() -> None:
     acted_ok = 0
     misses: list[str] = []
     for row in rows:
-        u = understand(row["text"])
+        u = understand(row["text"], catalog_words)
         ok = u.intent == Intent(row["intent"])
         acted = u.intent
         # the bot answers a guessed product name only when the catalog knows it

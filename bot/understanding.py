@@ -55,6 +55,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import html
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -67,7 +68,15 @@ from rapidfuzz.distance import OSA
 
 from bot import intent_model, lexicon
 
-__all__ = ["MAX_CHARS", "Intent", "Understanding", "load_lexicon", "understand", "understand_all"]
+__all__ = [
+    "MAX_CHARS",
+    "Intent",
+    "ProductWords",
+    "Understanding",
+    "load_lexicon",
+    "understand",
+    "understand_all",
+]
 
 # Telegram caps a message at 4096 characters; anything longer is not from Telegram.
 MAX_CHARS = 4096
@@ -223,6 +232,8 @@ class _Token:
     folded: str  # matching form
     clause: int
     atoms: frozenset[int]
+    start: int  # where it is in the text read
+    end: int
 
 
 _NO_ATOMS: frozenset[int] = frozenset()
@@ -282,7 +293,7 @@ def _tokenize(text: str) -> list[_Token]:
         if typo_candidate and fuzzy_budget > 0:
             fuzzy_budget -= 1
             atoms = _fuzzy_atoms(folded)
-        tokens.append(_Token(word, folded, clause, atoms))
+        tokens.append(_Token(word, folded, clause, atoms, match.start(1), match.end(1)))
     return tokens
 
 
@@ -359,6 +370,103 @@ def _score(tokens: list[_Token]) -> _Scores:
                 for lang in phrase.langs:
                     by_lang[lang] = by_lang.get(lang, 0.0) + 1.0 / len(phrase.langs)
     return _Scores(by_intent, by_lang, used, negated, used_by)
+
+
+# --------------------------------------------------------------------------------------------
+# The shop's catalog: which words of a message are a product.
+# --------------------------------------------------------------------------------------------
+
+_PART_RE = re.compile(r"[^\W_]+")
+_MIN_NAME_WORD = 3  # "xl", "m", "go": a word this short is a product only next to another
+
+
+@lru_cache(maxsize=16384)
+def _name_parts(word: str) -> tuple[str, ...]:
+    """A word as ``ProductWords`` holds it: lower case, no accents, Cyrillic in Latin letters
+    (so "кофемашина" and "kofemashina" are one word), split where the catalog splits it."""
+    return tuple(_PART_RE.findall(intent_model.latin_spelling(word)))
+
+
+@dataclass(frozen=True)
+class ProductWords:
+    """The words of a shop's product names, in every language, for ``understand``.
+
+    Built by the caller from its catalog (``ProductWords.of_names``), so that understanding
+    reads no store. A word of a name that is no word of the lexicon ("webcam", "ps5"), and the
+    words joined to it as in a name ("noise cancelling", "iphone 15", "lego technic 42115"),
+    are the product: they are no intent's cue and no order number, and the model reads them
+    as a product whatever they are.
+    """
+
+    words: frozenset[str]
+    pairs: frozenset[tuple[str, str]]  # two words one after the other in some name
+
+    @classmethod
+    def of_names(cls, names: Iterable[str]) -> ProductWords:
+        words: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
+        for name in names:
+            parts = _PART_RE.findall(intent_model.latin_spelling(name))
+            words.update(parts)
+            pairs.update(itertools.pairwise(parts))
+        return cls(frozenset(words), frozenset(pairs))
+
+
+def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
+    """Positions of the tokens the catalog says are (part of) a product name."""
+    parts = [_name_parts(t.text) for t in tokens]
+    known = [bool(p) and all(x in products.words for x in p) for p in parts]
+
+    def joined(i: int, j: int) -> bool:  # token i then token j, as in a name
+        return known[i] and known[j] and (parts[i][-1], parts[j][0]) in products.pairs
+
+    found: set[int] = set()
+    for i, token in enumerate(tokens):
+        if (
+            known[i]
+            and len(token.folded) >= _MIN_NAME_WORD
+            and not token.folded.isdigit()
+            and token.folded not in _C.all_stopwords
+            and not _direct_atoms(token.folded)
+        ):
+            found.add(i)
+    # words joined to a product word as in a name, intent words and numbers too ("noise
+    # cancelling", "flip 6"); a function word only with the word after it ("case for iphone",
+    # "olaplex no 3")
+    grown = True
+    while grown:
+        grown = False
+        for i in sorted(found):
+            for d in (1, -1):
+                j = i + d
+                if not 0 <= j < len(tokens) or j in found or not joined(min(i, j), max(i, j)):
+                    continue
+                if tokens[j].folded in _C.all_stopwords:
+                    k = j + d
+                    if not (0 <= k < len(tokens) and joined(min(j, k), max(j, k))):
+                        continue
+                    found.add(k)
+                found.add(j)
+                grown = True
+    return found
+
+
+def _mask(text: str, tokens: list[_Token], positions: set[int], by: str) -> str:
+    """``text`` with each run of the tokens at ``positions`` replaced by ``by``."""
+    out: list[str] = []
+    at = 0
+    previous = -2
+    for i in sorted(positions):
+        token = tokens[i]
+        if i == previous + 1:
+            at = token.end  # the same run: what lies between goes too
+        else:
+            out.append(text[at : token.start])
+            out.append(by)
+            at = token.end
+        previous = i
+    out.append(text[at:])
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,8 +677,9 @@ def _model_confidence(probability: float) -> float:
     return round(min(_MODEL_MAX_CONFIDENCE, 0.5 + 0.45 * probability), 3)
 
 
-def understand(text: str) -> Understanding:
-    """Read one customer message. Never raises for any `str`; bounded time for any length."""
+def understand(text: str, products: ProductWords | None = None) -> Understanding:
+    """Read one customer message. Never raises for any `str`; bounded time for any length.
+    ``products``: the words of the shop's product names (see ``ProductWords``)."""
     text = text[:MAX_CHARS]
     if "&" in text:
         text = html.unescape(text)
@@ -582,13 +691,18 @@ def understand(text: str) -> Understanding:
 
     text = _APOSTROPHE_RE.sub("", text)
     tokens = _tokenize(text)
+    named = _product_tokens(tokens, products) if products is not None and tokens else set()
+    for i in named:
+        tokens[i].atoms = _NO_ATOMS  # the catalog's word, not the lexicon's
     scores = _score(tokens)
     for emoji, intent in _EMOJI_INTENT.items():
         if emoji in text:
             scores.by_intent[intent] = scores.by_intent.get(intent, 0.0) + 1.0
 
     folded_text = _fold_text(text)
-    order_number, _marked = _order_number(folded_text)
+    order_number, _marked = _order_number(
+        _fold_text(_mask(text, tokens, named, " ")) if named else folded_text
+    )
     if order_number is not None and Intent.ORDER_STATUS in scores.by_intent:
         scores.by_intent[Intent.ORDER_STATUS] += _ORDER_NUMBER_BOOST
 
@@ -607,7 +721,9 @@ def understand(text: str) -> Understanding:
         return Understanding(Intent.UNKNOWN, None, None, language, 0.0)
 
     rules = _decide(scores.by_intent, order_number is not None)
-    probabilities = _model().probabilities(text)
+    probabilities = _model().probabilities(
+        _mask(text, tokens, named, f" {intent_model.PRODUCT} ") if named else text
+    )
     decided = _combine(rules, scores, probabilities)
     if decided[0] is Intent.STOCK and _looks_like_product(tokens, content, scores):
         if Intent.STOCK not in scores.by_intent:
@@ -658,12 +774,12 @@ _MAX_SPLITS_TRIED = 4
 _EACH_SURE = 0.95
 
 
-def understand_all(text: str) -> list[Understanding]:
+def understand_all(text: str, products: ProductWords | None = None) -> list[Understanding]:
     """One or two questions, in the order asked. Two when the message splits, at a question
     mark or an "and", into an order question and a stock question each understood on its own
     for certain (``_EACH_SURE``, a product named); otherwise what ``understand`` makes of
     the whole. The whole is read first: a message that is neither costs nothing more."""
-    whole = understand(text)
+    whole = understand(text, products)
     if whole.intent not in _TWO_AT_ONCE:
         return [whole]
     text = text[:MAX_CHARS]
@@ -673,7 +789,7 @@ def understand_all(text: str) -> list[Understanding]:
         first, second = text[: split.start()], text[split.end() :]
         if not first.strip() or not second.strip():
             continue
-        parts = [understand(first), understand(second)]
+        parts = [understand(first, products), understand(second, products)]
         if {p.intent for p in parts} == _TWO_AT_ONCE and all(
             p.confidence >= _EACH_SURE and (p.intent is not Intent.STOCK or p.product_words)
             for p in parts

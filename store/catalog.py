@@ -334,6 +334,7 @@ class ProductIndex:
         self._by_prefix: dict[str, list[str]] = {}
         self._answers = functools.lru_cache(maxsize=SEARCH_CACHE_SIZE)(self._search)
         self.examples = ShopExamples()
+        self.generation = 0  # counts builds: what is derived from the names follows it
 
     @classmethod
     async def load(cls, conn: AsyncConnection) -> ProductIndex:
@@ -385,6 +386,11 @@ class ProductIndex:
         self._by_prefix = dict(by_prefix)
         self._answers.cache_clear()
         self.examples = _examples(names, active)
+        self.generation += 1
+
+    def names(self) -> list[str]:
+        """Every SKU and every name in every language, as the catalog has them."""
+        return [text for sku, by_lang in self._names.items() for text in (sku, *by_lang.values())]
 
     def __len__(self) -> int:
         return len(self._names)

@@ -6,13 +6,16 @@ the chance to take it as the answer to a question it asked (a pending step in th
 
 from __future__ import annotations
 
+import weakref
+
 from telegram import Update
 from telegram.ext import MessageHandler, filters
 
 from bot.context import BotApplication, BotContext
 from bot.handlers import account, cancel, fallback, handoff, notifications, orders, start, stock
 from bot.reply import MAIN_MENU, chat_id_of, send
-from bot.understanding import Intent, Understanding, load_lexicon, understand_all
+from bot.understanding import Intent, ProductWords, Understanding, load_lexicon, understand_all
+from store.catalog import ProductIndex
 from store.chats import reset_misses
 
 # understand() gives a bare product-looking phrase this confidence; a real question scores higher.
@@ -25,7 +28,7 @@ async def on_text(update: Update, context: BotContext) -> None:
         return
     if await account.continue_pending(update, context):
         return
-    meanings = understand_all(message.text)
+    meanings = understand_all(message.text, await _catalog_words(context))
     if len(meanings) > 1:
         # "where is my order 100004 and is the kettle in stock?": each answered, in order
         await _reset_misses(update, context)
@@ -45,6 +48,22 @@ async def on_text(update: Update, context: BotContext) -> None:
         return
     await _reset_misses(update, context)
     await _answer(update, context, meaning)
+
+
+# The words of the catalog's names, made again when the index is built again (a new catalog).
+_WORDS_OF: weakref.WeakKeyDictionary[ProductIndex, tuple[int, ProductWords]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _catalog_words(context: BotContext) -> ProductWords:
+    """What the understanding needs of the catalog: which words are a product's."""
+    index = await context.store.product_index()
+    made = _WORDS_OF.get(index)
+    if made is None or made[0] != index.generation:
+        made = (index.generation, ProductWords.of_names(index.names()))
+        _WORDS_OF[index] = made
+    return made[1]
 
 
 async def _answer(update: Update, context: BotContext, meaning: Understanding) -> None:
