@@ -606,8 +606,19 @@ def _looks_like_product(tokens: list[_Token], content: list[int], scores: _Score
     return bool(words) and not any(_is_gibberish(w) for w in words)
 
 
+# "Panzerglas für iPhone 15": the store's search reads the words after one of these as what the
+# product fits, so it stays between two words of the name.
+_FITS = frozenset({"for", "fur", "fuer", "para", "для", "dlya"})
+
+
 def _product_words(tokens: list[_Token], content: Iterable[int]) -> str | None:
-    words = " ".join(tokens[i].text for i in content)
+    kept = sorted(content)
+    between = {
+        i + 1
+        for i in kept
+        if i + 2 < len(tokens) and tokens[i + 1].folded in _FITS and i + 2 in kept
+    }
+    words = " ".join(tokens[i].text for i in sorted({*kept, *between}))
     return words or None
 
 

@@ -256,6 +256,10 @@ def _words(text: str) -> list[str]:
 SEARCH_CACHE_SIZE = 4096
 # What a word of the question that no product name has counts for, against 1 for the others.
 UNKNOWN_WORD_WEIGHT = 0.25
+# "Panzerglas für iPhone 15", "funda para iphone", "чехол для iphone": the words after one of
+# these say what the product fits, the ones before what it is. They count this much.
+FITS_WEIGHT = 0.5
+_FOR_WORDS = frozenset({"for", "fur", "fuer", "para", "dlya"})
 
 
 @dataclass(frozen=True)
@@ -430,28 +434,38 @@ class ProductIndex:
             return (ProductMatch(sku, pick_name(self._names[sku], language), 100.0, "en"),)
         scores: dict[str, float] = defaultdict(float)
         langs: dict[str, str] = {}
-        unknown = 0
+        unknown = 0.0
+        known = 0.0
+        weight = 1.0
+        head = len(tokens)  # the words that say what the product is
         sure = False  # a word found as written (or its beginning), not only by a fuzzy guess
-        for token in tokens:
+        for n_token, token in enumerate(tokens):
+            if token in _FOR_WORDS and 0 < n_token < len(tokens) - 1:
+                weight = FITS_WEIGHT
+                head = min(head, n_token)
+                continue
             best: dict[str, tuple[float, str]] = {}
             matches = self._word_matches(token)
             if not matches:
-                unknown += 1
-            elif max(matches.values()) >= 90:
-                sure = True
+                unknown += weight
+            else:
+                known += weight
+                sure = sure or max(matches.values()) >= 90
             for w, s in matches.items():
                 for p_sku, lang in self._postings[w].items():
                     if s > best.get(p_sku, (0.0, ""))[0]:
                         best[p_sku] = (s, lang)
             for p_sku, (s, lang) in best.items():
-                scores[p_sku] += s
+                scores[p_sku] += weight * s
                 langs.setdefault(p_sku, lang)
         # A word no product has ("black hoodie xl cotton" in a shop that never says "xl") is
         # probably a detail the catalog leaves out: it lowers the score a little, once another
         # word was found as written ("blorp fnord" is not a near miss of "Ford" plus a detail).
         # A word some other product has counts in full: it tells the products apart.
-        query = " ".join(_words(text))
-        n = len(tokens) - unknown + (UNKNOWN_WORD_WEIGHT if sure else 1.0) * unknown
+        query = " ".join(tokens[:head])
+        n = known + (UNKNOWN_WORD_WEIGHT if sure else 1.0) * unknown
+        if n <= 0:
+            return ()
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[: max(limit * 4, 20)]
         out = []
         for p_sku, total in ranked:

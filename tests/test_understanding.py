@@ -11,7 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import intent_model
-from bot.understanding import MAX_CHARS, Intent, Understanding, understand, understand_all
+from bot.understanding import (
+    MAX_CHARS,
+    Intent,
+    ProductWords,
+    Understanding,
+    understand,
+    understand_all,
+)
 
 DATA = Path(__file__).parent / "data" / "understanding.tsv"
 LANGUAGES = {"en", "de", "es", "ru"}
@@ -404,7 +411,7 @@ def test_return_and_availability_questions_are_stock_questions(text: str, words:
         ("noise cancelling earbuds in stock?", "noise cancelling earbuds"),
         ("Kopfhörer mit Noise Cancelling lieferbar?", "kopfhörer noise cancelling"),
         ("¿tienen auriculares con cancelación de ruido?", "auriculares cancelación ruido"),
-        ("подушка для поддержки спины есть в наличии?", "подушка поддержки спины"),
+        ("подушка для поддержки спины есть в наличии?", "подушка для поддержки спины"),
     ],
 )
 def test_an_intent_word_inside_a_product_name_stays_part_of_the_name(text: str, words: str) -> None:
@@ -671,3 +678,82 @@ def test_two_questions_in_one_message_in_the_order_asked(
 ) -> None:
     got = [(u.intent, u.order_number, u.product_words) for u in understand_all(text)]
     assert got == expected
+
+
+# --- the catalog decides what a product is ---------------------------------------------------
+
+SHOP = {
+    "BIK-0007": {
+        "en": "Trek Marlin 7 Mountain Bike",
+        "de": "Trek Marlin 7 Mountainbike",
+        "es": "Bicicleta de montaña Trek Marlin 7",
+        "ru": "Горный велосипед Trek Marlin 7",
+    },
+    "TOY-0193": {
+        "en": "Playmobil 71193 Police Station",
+        "de": "Playmobil 71193 Polizeistation",
+        "es": "Playmobil 71193 Comisaría de policía",
+        "ru": "Playmobil 71193 Полицейский участок",
+    },
+    "EAR-0002": {
+        "en": "Jabra Elite Noise Cancelling Earbuds",
+        "de": "Jabra Elite Ohrhörer mit Geräuschunterdrückung",
+        "es": "Auriculares Jabra Elite con cancelación de ruido",
+        "ru": "Наушники Jabra Elite с шумоподавлением",
+    },
+    "GRI-0040": {
+        "en": "Comandante C40 Coffee Grinder",
+        "de": "Comandante C40 Kaffeemühle",
+        "es": "Molinillo de café Comandante C40",
+        "ru": "Кофемолка Comandante C40",
+    },
+    "CAS-0008": {
+        "en": "Pixel 8 Case",
+        "de": "Hülle für Pixel 8",
+        "es": "Funda para Pixel 8",
+        "ru": "Чехол для Pixel 8",
+    },
+}
+SHOP_WORDS = ProductWords.of_names(
+    [text for sku, names in SHOP.items() for text in (sku, *names.values())]
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "intent", "number", "words"),
+    [
+        # a model number of the catalog is no order number, and the name is no order question
+        ("playmobil 71193", Intent.STOCK, None, "playmobil 71193"),
+        ("playmobil 71193 noch zu haben?", Intent.STOCK, None, "playmobil 71193"),
+        ("wann kommt die comandante c40 wieder", Intent.STOCK, None, "comandante c40"),
+        ("habt ihr die trek marlin 7 da", Intent.STOCK, None, "trek marlin 7"),
+        ("¿tienen la funda para pixel 8?", Intent.STOCK, None, "funda para pixel 8"),
+        ("есть чехол для pixel 8?", Intent.STOCK, None, "чехол для pixel 8"),
+        ("kofemolka comandante est?", Intent.STOCK, None, "kofemolka comandante"),
+        ("jabra noise cancelling earbuds back yet?", Intent.STOCK, None, None),
+        # the intent words of a message stay its intent: the catalog only claims its names
+        ("cancel my order 100234", Intent.CANCEL, "100234", None),
+        ("where is my trek marlin 7 order", Intent.ORDER_STATUS, None, None),
+        ("order 100234 with playmobil 71193 where is it", Intent.ORDER_STATUS, "100234", None),
+        ("hi", Intent.GREETING, None, None),
+    ],
+)
+def test_the_catalog_decides_which_words_are_a_product(
+    text: str, intent: Intent, number: str | None, words: str | None
+) -> None:
+    u = understand(text, SHOP_WORDS)
+    assert (u.intent, u.order_number) == (intent, number)
+    if words is not None:
+        assert u.product_words == words
+
+
+def test_without_the_catalog_a_model_number_reads_as_an_order_number() -> None:
+    # what the catalog's words change (the test above fails without them)
+    assert understand("playmobil 71193").order_number == "71193"
+    assert understand("playmobil 71193", SHOP_WORDS).order_number is None
+
+
+def test_catalog_words_fold_case_accents_and_script() -> None:
+    words = ProductWords.of_names(["Kaffeemühle", "Кофемолка Comandante"])
+    assert {"kaffeemuhle", "kofemolka", "comandante"} <= words.words
+    assert ("kofemolka", "comandante") in words.pairs

@@ -140,3 +140,29 @@ def test_the_examples_come_from_the_kind_of_product_sold_most() -> None:
     empty = ProductIndex()
     empty.build({})
     assert empty.examples == ShopExamples()
+
+
+FITS = {
+    "CAS-0008": {"en": "Pixel 8 Case", "de": "Hülle für Pixel 8", "ru": "Чехол для Pixel 8"},
+    "PHN-0008": {"en": "Pixel 8 Smartphone", "de": "Pixel 8 Smartphone"},
+    "GLS-0001": {"en": "Tempered Glass Screen Protector", "de": "Panzerglas-Displayschutz"},
+}
+
+
+@pytest.mark.parametrize(
+    ("words", "first", "among"),
+    [
+        # what follows "für", "for", "для" is what the product fits: the Pixel itself and its
+        # case share those words, the glass is what was asked for
+        ("panzerglas für pixel 8", "GLS-0001", {"GLS-0001"}),
+        ("screen protector for pixel 8", "GLS-0001", {"GLS-0001"}),
+        ("hülle für pixel 8", "CAS-0008", {"CAS-0008"}),
+        ("чехол для pixel 8", "CAS-0008", {"CAS-0008"}),
+        ("pixel 8 smartphone", "PHN-0008", {"PHN-0008"}),
+    ],
+)
+def test_words_after_for_say_what_the_product_fits(words: str, first: str, among: set[str]) -> None:
+    index = ProductIndex()
+    index.build(FITS)
+    found = _skus(index, words)
+    assert found[0] == first and among <= set(found)
