@@ -469,6 +469,33 @@ def _mask(text: str, tokens: list[_Token], positions: set[int], by: str) -> str:
     return "".join(out)
 
 
+def _other_product(tokens: list[_Token], named: set[int], scores: _Scores) -> None:
+    """ "any other hiking boots in stock?", "andere Wanderschuhe lieferbar?": "other" before a
+    product (the catalog's, or a word no rule knows in a stock question) asks for an
+    alternative; "the other day", "another question" do not."""
+    if Intent.ALTERNATIVES in scores.by_intent:
+        return
+    stock_question = Intent.STOCK in scores.by_intent
+    for i, token in enumerate(tokens[:-1]):
+        if token.folded not in _C.other or i in scores.used:
+            continue
+        j = i + 1
+        if tokens[j].folded in _C.product_glue and j + 1 < len(tokens):
+            j += 1
+        nxt = tokens[j]
+        if j in named or (
+            stock_question
+            and not nxt.atoms
+            and nxt.folded not in _C.all_stopwords
+            and not nxt.folded.isdigit()
+            and j not in scores.used
+        ):
+            scores.by_intent[Intent.ALTERNATIVES] = 1.0
+            scores.used.add(i)
+            scores.used_by.setdefault(i, set()).add(Intent.ALTERNATIVES)
+            return
+
+
 # --------------------------------------------------------------------------------------------
 # Order numbers.
 # --------------------------------------------------------------------------------------------
@@ -706,6 +733,7 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
     for i in named:
         tokens[i].atoms = _NO_ATOMS  # the catalog's word, not the lexicon's
     scores = _score(tokens)
+    _other_product(tokens, named, scores)
     for emoji, intent in _EMOJI_INTENT.items():
         if emoji in text:
             scores.by_intent[intent] = scores.by_intent.get(intent, 0.0) + 1.0

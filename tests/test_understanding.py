@@ -757,3 +757,29 @@ def test_catalog_words_fold_case_accents_and_script() -> None:
     words = ProductWords.of_names(["Kaffeemühle", "Кофемолка Comandante"])
     assert {"kaffeemuhle", "kofemolka", "comandante"} <= words.words
     assert ("kofemolka", "comandante") in words.pairs
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "any other grinders in stock?",
+        "got another comandante that ships faster",
+        "habt ihr andere kaffeemühlen auf lager",
+        "hay otros molinillos disponibles?",
+        "есть другие кофемолки в наличии?",
+        "drugie kofemolki est?",
+    ],
+)
+def test_another_product_is_an_alternative(text: str) -> None:
+    assert understand(text, SHOP_WORDS).intent is Intent.ALTERNATIVES
+
+
+@pytest.mark.parametrize(
+    ("text", "intent"),
+    [
+        ("the other day i ordered the comandante c40, where is it?", Intent.ORDER_STATUS),
+        ("ich hab noch eine andere frage", Intent.UNKNOWN),
+    ],
+)
+def test_other_without_a_product_is_no_alternative(text: str, intent: Intent) -> None:
+    assert understand(text, SHOP_WORDS).intent is intent

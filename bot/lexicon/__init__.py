@@ -55,6 +55,7 @@ _WORD_LISTS = (
     "not_needed_alone",
     "product_glue",
     "no_typos",
+    "other",
 )
 _KEYS = frozenset({"phrases", "synonyms", *_WORD_LISTS})
 _MAX_WEIGHT = 10.0
@@ -102,6 +103,7 @@ class Lexicon(Generic[I]):
     not_needed: frozenset[str]
     not_needed_alone: frozenset[str]
     product_glue: frozenset[str]
+    other: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,7 @@ def _compile(raw: _Raw, intents: Mapping[str, I]) -> Lexicon[I]:
         not_needed=_union(raw.words["not_needed"]),
         not_needed_alone=_union(raw.words["not_needed_alone"]),
         product_glue=_union(raw.words["product_glue"]),
+        other=_union(raw.words["other"]),
     )
 
 
