@@ -64,6 +64,8 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
+from rapidfuzz import fuzz
+from rapidfuzz import process as fuzz_process
 from rapidfuzz.distance import OSA
 
 from bot import intent_model, lexicon
@@ -378,6 +380,8 @@ def _score(tokens: list[_Token]) -> _Scores:
 
 _PART_RE = re.compile(r"[^\W_]+")
 _MIN_NAME_WORD = 3  # "xl", "m", "go": a word this short is a product only next to another
+_MIN_NEAR = 5  # shorter words are compared as written ("idea" is not "ideal")
+_NEAR_SCORE = 80  # rapidfuzz ratio: "jakcet" for "jacket" (83), "kofemolka" for "kofemolki"
 
 
 @lru_cache(maxsize=16384)
@@ -400,6 +404,20 @@ class ProductWords:
 
     words: frozenset[str]
     pairs: frozenset[tuple[str, str]]  # two words one after the other in some name
+    long_words: tuple[str, ...] = ()  # the words of _MIN_NEAR letters or more, for near()
+
+    def near(self, word: str) -> bool:
+        """A word of a name, or one typo from one ("jakcet"): for a message that is only a
+        name; a few milliseconds over a large catalog, asked only of such messages."""
+        parts = _name_parts(word)
+        return bool(parts) and all(
+            part in self.words
+            or fuzz_process.extractOne(
+                part, self.long_words, scorer=fuzz.ratio, score_cutoff=_NEAR_SCORE
+            )
+            is not None
+            for part in parts
+        )
 
     @classmethod
     def of_names(cls, names: Iterable[str]) -> ProductWords:
@@ -409,7 +427,8 @@ class ProductWords:
             parts = _PART_RE.findall(intent_model.latin_spelling(name))
             words.update(parts)
             pairs.update(itertools.pairwise(parts))
-        return cls(frozenset(words), frozenset(pairs))
+        long_words = tuple(sorted(w for w in words if len(w) >= _MIN_NEAR))
+        return cls(frozenset(words), frozenset(pairs), long_words)
 
 
 def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
@@ -449,6 +468,19 @@ def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
                 found.add(j)
                 grown = True
     return found
+
+
+def _catalog_knows(
+    tokens: list[_Token], content: list[int], named: set[int], products: ProductWords
+) -> bool:
+    """Whether a word left for a product name is the catalog's, or one typo away from one."""
+    if any(i in named for i in content):
+        return True
+    return any(
+        products.near(tokens[i].text)
+        for i in content
+        if len(tokens[i].folded) >= _MIN_NEAR and not tokens[i].folded.isdigit()
+    )
 
 
 def _mask(text: str, tokens: list[_Token], positions: set[int], by: str) -> str:
@@ -764,10 +796,17 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
         _mask(text, tokens, named, f" {intent_model.PRODUCT} ") if named else text
     )
     decided = _combine(rules, scores, probabilities)
+
+    def a_name() -> bool:
+        # a short message of words no rule knows, which the catalog (when given) knows
+        return _looks_like_product(tokens, content, scores) and (
+            products is None or _catalog_knows(tokens, content, named, products)
+        )
+
     if decided[0] is Intent.STOCK and _looks_like_product(tokens, content, scores):
         if Intent.STOCK not in scores.by_intent:
             # only a name, no stock question around it: the catalog has to agree
-            decided = (Intent.STOCK, GUESS_CONFIDENCE)
+            decided = (Intent.STOCK, GUESS_CONFIDENCE) if a_name() else (Intent.UNKNOWN, 0.0)
     elif (
         not scores.by_intent
         and decided[0] not in _SOCIAL
@@ -777,7 +816,7 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
         # words no rule knows and a model not sure what they ask: a product name is likeliest
         # ("enchufe inteligente" was an agent request), and the catalog decides; a short
         # greeting or thanks stays one ("moinsen")
-        decided = (Intent.STOCK, GUESS_CONFIDENCE)
+        decided = (Intent.STOCK, GUESS_CONFIDENCE) if a_name() else (Intent.UNKNOWN, 0.0)
     elif decided[0] in (Intent.GREETING, Intent.UNKNOWN):
         if order_number is not None:
             only_number = not words or all(t.folded in _C.all_stopwords for t in words)
@@ -785,7 +824,7 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
         elif (
             (decided[0] is Intent.UNKNOWN or Intent.GREETING in scores.by_intent)
             and probabilities[decided[0].value] < _MODEL_SURE
-            and _looks_like_product(tokens, content, scores)
+            and a_name()
         ):
             # "Hi, Dyson V11?": a greeting the lexicon knows, and a name after it; but not
             # "hallo zusammen", nor chat the model knows for chat ("lol")

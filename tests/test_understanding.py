@@ -783,3 +783,23 @@ def test_another_product_is_an_alternative(text: str) -> None:
 )
 def test_other_without_a_product_is_no_alternative(text: str, intent: Intent) -> None:
     assert understand(text, SHOP_WORDS).intent is intent
+
+
+@pytest.mark.parametrize(
+    ("text", "alone", "with_catalog"),
+    [
+        # words of no name: a guess without the catalog, nothing with it
+        ("dyson v11", Intent.STOCK, Intent.UNKNOWN),
+        ("blaue stunde", Intent.STOCK, Intent.UNKNOWN),
+        ("zelt omega", Intent.STOCK, Intent.UNKNOWN),
+        # a word of a name, or one typo from one, is the catalog's guess
+        ("trek marlen 7", Intent.ORDER_STATUS, Intent.STOCK),
+        ("kaffeemühle comandnte", Intent.STOCK, Intent.STOCK),
+        ("кофемолка комманданте", Intent.STOCK, Intent.STOCK),
+    ],
+)
+def test_a_bare_name_is_a_guess_only_when_the_catalog_knows_its_words(
+    text: str, alone: Intent, with_catalog: Intent
+) -> None:
+    assert understand(text).intent is alone
+    assert understand(text, SHOP_WORDS).intent is with_catalog
