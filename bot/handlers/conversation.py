@@ -32,6 +32,10 @@ async def on_text(update: Update, context: BotContext) -> None:
     if len(meanings) > 1:
         # "where is my order 100004 and is the kettle in stock?": each answered, in order
         await _reset_misses(update, context)
+        if await orders.linked_customer(update, context) is None:
+            # An unlinked chat is asked to prove the order is theirs: the answer it can have
+            # now comes first and the question last, where the customer replies to it.
+            meanings.sort(key=lambda m: m.intent is Intent.ORDER_STATUS)
         for meaning in meanings:
             await _answer(update, context, meaning)
         return
