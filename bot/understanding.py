@@ -634,11 +634,16 @@ def _content(
     scores: _Scores,
     order_number: str | None,
     overruled: frozenset[Intent] = frozenset(),
+    named: set[int] | None = None,
 ) -> list[int]:
     """Positions of the words left for a product name. Words of a phrase of an ``overruled``
-    intent stay: they were part of the name ("noise cancelling headphones")."""
+    intent stay: they were part of the name ("noise cancelling headphones"); so do the words
+    the catalog says are a name ``named`` ("tienda para 2 personas")."""
     keep: list[int] = []
     for i, token in enumerate(tokens):
+        if named and i in named:
+            keep.append(i)
+            continue
         if token.folded in _C.all_stopwords:
             continue
         if i in scores.used and not scores.used_by[i] <= overruled:
@@ -780,7 +785,7 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
     words = [t for t in tokens if not t.folded.isdigit()]
     gibberish = bool(words) and all(_is_gibberish(t.folded) for t in words)
     language = _language(folded_text, tokens, scores, gibberish)
-    content = _content(tokens, scores, order_number)
+    content = _content(tokens, scores, order_number, named=named)
 
     if (
         not scores.by_intent
@@ -835,7 +840,7 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
     intent, confidence = decided
     product = None
     if intent in (Intent.STOCK, Intent.ALTERNATIVES):
-        content = _content(tokens, scores, order_number, _IN_NAMES - {intent})
+        content = _content(tokens, scores, order_number, _IN_NAMES - {intent}, named)
         product = _product_words(tokens, content)
     return Understanding(intent, order_number, product, language, confidence)
 

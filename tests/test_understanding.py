@@ -707,6 +707,12 @@ SHOP = {
         "es": "Molinillo de café Comandante C40",
         "ru": "Кофемолка Comandante C40",
     },
+    "TNT-0002": {
+        "en": "2 Person Tent",
+        "de": "2-Personen-Zelt",
+        "es": "Tienda de campaña para 2 personas",
+        "ru": "Палатка на 2 человека",
+    },
     "CAS-0008": {
         "en": "Pixel 8 Case",
         "de": "Hülle für Pixel 8",
@@ -731,6 +737,10 @@ SHOP_WORDS = ProductWords.of_names(
         ("есть чехол для pixel 8?", Intent.STOCK, None, "чехол для pixel 8"),
         ("kofemolka comandante est?", Intent.STOCK, None, "kofemolka comandante"),
         ("jabra noise cancelling earbuds back yet?", Intent.STOCK, None, None),
+        # "person", "человека" are a person asked for, except in a name
+        ("do you have the 2 person tent", Intent.STOCK, None, "2 person tent"),
+        ("est li palatka na 2 cheloveka", Intent.STOCK, None, "palatka na 2 cheloveka"),
+        ("habt ihr das 2 personen zelt", Intent.STOCK, None, "2 personen zelt"),
         # the intent words of a message stay its intent: the catalog only claims its names
         ("cancel my order 100234", Intent.CANCEL, "100234", None),
         ("where is my trek marlin 7 order", Intent.ORDER_STATUS, None, None),
@@ -791,7 +801,7 @@ def test_other_without_a_product_is_no_alternative(text: str, intent: Intent) ->
         # words of no name: a guess without the catalog, nothing with it
         ("dyson v11", Intent.STOCK, Intent.UNKNOWN),
         ("blaue stunde", Intent.STOCK, Intent.UNKNOWN),
-        ("zelt omega", Intent.STOCK, Intent.UNKNOWN),
+        ("lampe omega", Intent.STOCK, Intent.UNKNOWN),
         # a word of a name, or one typo from one, is the catalog's guess
         ("trek marlen 7", Intent.ORDER_STATUS, Intent.STOCK),
         ("kaffeemühle comandnte", Intent.STOCK, Intent.STOCK),
