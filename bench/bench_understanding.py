@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot import understanding  # noqa: E402
-from bot.understanding import MAX_CHARS, understand  # noqa: E402
+from bot.understanding import MAX_CHARS, ProductWords, understand  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "understanding.tsv"
+CATALOG = ROOT / "tests" / "data" / "holdout" / "catalog.tsv"
 
 
 def _clear_caches() -> None:
@@ -36,6 +37,7 @@ def _clear_caches() -> None:
         understanding._fuzzy_atoms,
         understanding._token_votes,
         understanding._is_gibberish,
+        understanding._name_parts,
         understanding.intent_model.normalise,
     ):
         cached.cache_clear()
@@ -44,17 +46,21 @@ def _clear_caches() -> None:
 
 
 def _measure(
-    name: str, messages: Sequence[str], rounds: int, before: Callable[[], None] | None = None
+    name: str,
+    messages: Sequence[str],
+    rounds: int,
+    before: Callable[[], None] | None = None,
+    products: ProductWords | None = None,
 ) -> None:
     for message in messages:  # warm-up: import-time work and caches, as in a running bot
-        understand(message)
+        understand(message, products)
     times: list[float] = []
     for _ in range(rounds):
         for message in messages:
             if before is not None:
                 before()
             start = time.perf_counter()
-            understand(message)
+            understand(message, products)
             times.append(time.perf_counter() - start)
     times.sort()
     total = sum(times)
@@ -91,9 +97,25 @@ def main() -> None:
         "&amp;" * 819,
     ]
 
+    with CATALOG.open(encoding="utf-8", newline="") as f:
+        names = [
+            v
+            for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for v in row.values()
+        ]
+    products = ProductWords.of_names(names)
+
     print(f"python {sys.version.split()[0]}, {len(texts)} labelled messages")
     _measure("labelled set (warm)", texts, args.rounds)
+    _measure("labelled set, catalog's words (warm)", texts, args.rounds, products=products)
     _measure("labelled set (cold caches)", texts, max(1, args.rounds // 4), _clear_caches)
+    _measure(
+        "labelled set, catalog (cold caches)",
+        texts,
+        max(1, args.rounds // 4),
+        _clear_caches,
+        products=products,
+    )
     _measure("4096 chars of real words (warm)", long_real, max(1, args.rounds // 4))
     _measure("4096 chars of real words (cold)", long_real, 1, _clear_caches)
     _measure("4096 random letters (cold)", long_random, 1, _clear_caches)

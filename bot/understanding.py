@@ -1,7 +1,9 @@
 """Language understanding for customer messages: intent, order number, product words, language.
 
-Pure and deterministic: no I/O, no Telegram, no store. `understand(text)` reads a message;
-`understand_all(text)` the one or two questions in it; `load_lexicon` sets the shop's words.
+Pure and deterministic: no I/O, no Telegram, no store. `understand(text, products)` reads a
+message; `understand_all(text, products)` the one or two questions in it; `load_lexicon` sets
+the shop's words; ``products`` (``ProductWords``, made by the caller from its catalog's names)
+says which words are the shop's products.
 (The intent model is fitted, or read from the user's cache, once when this module is imported.)
 
 How it works, in order:
@@ -15,6 +17,12 @@ How it works, in order:
    (cheap morphology for Russian and German: заказ* covers заказа/заказе/заказом), and, for
    tokens of 4+ letters that are not stop-words, a typo match (optimal string alignment
    distance 1, or 2 for keywords of 8+ letters, same first letter) against keywords of 5+ letters.
+3b. With ``products``: a word of a product name that is no lexicon word and no stop-word
+   ("webcam", "ps5"), and the words joined to it as in a name ("noise cancelling", "iphone 15",
+   "palatka na 2 cheloveka"), are the product. They lose their atoms (no intent cue), hold no
+   order number, stay in the product words, and the model reads each run of them as one
+   placeholder word it was trained with in place of product names (``intent_model.PRODUCT``).
+   "other" before such a word asks for an alternative.
 4. Lexicon phrases (one or more atoms in order, at most ``_GAP`` tokens apart) add their weight
    to their intent. A CANCEL, AGENT or ALTERNATIVES phrase preceded in the same clause by a
    negation ("I don't want to cancel", "no quiero cancelar", "не хочу отменять") is ignored;
@@ -33,7 +41,8 @@ How it works, in order:
 7. Fallbacks: an order number alone means ORDER_STATUS; a short message that looks like a
    product name ("Kaffeemaschine Barista Pro"), with no stock question around it, is STOCK with
    ``GUESS_CONFIDENCE`` (the handler answers it only if the catalog knows the name), also after
-   a greeting ("Hi, Dyson V11?") unless the model is sure it is only a greeting.
+   a greeting ("Hi, Dyson V11?") unless the model is sure it is only a greeting. With
+   ``products`` the guess needs a word of a name, or one typo from one; else not understood.
 
 Decisions worth knowing:
 
@@ -295,7 +304,7 @@ def _tokenize(text: str) -> list[_Token]:
         if typo_candidate and fuzzy_budget > 0:
             fuzzy_budget -= 1
             atoms = _fuzzy_atoms(folded)
-        tokens.append(_Token(word, folded, clause, atoms, match.start(1), match.end(1)))
+        tokens.append(_Token(word, folded, clause, atoms, *match.span(1)))
     return tokens
 
 
