@@ -432,8 +432,14 @@ class ProductWords:
     def of_names(cls, names: Iterable[str]) -> ProductWords:
         words: set[str] = set()
         pairs: set[tuple[str, str]] = set()
+        spelled: dict[str, list[str]] = {}  # names share most of their words
         for name in names:
-            parts = _PART_RE.findall(intent_model.latin_spelling(name))
+            parts: list[str] = []
+            for word in name.split():
+                found = spelled.get(word)
+                if found is None:
+                    found = spelled[word] = _PART_RE.findall(intent_model.latin_spelling(word))
+                parts.extend(found)
             words.update(parts)
             pairs.update(itertools.pairwise(parts))
         long_words = tuple(sorted(w for w in words if len(w) >= _MIN_NEAR))
