@@ -406,10 +406,10 @@ async def derive_causes(conn: AsyncConnection, after: str, upto: str) -> list[Ca
     # not run yet): its supplier still says who they wait on.
     missing = {g.waits_for_restock_id for g in groups if g.waits_for_restock_id} - set(info)
     if missing:
-        for row in await conn.execute(
+        for gone in await conn.execute(
             select(r.restock_id, r.supplier_id).where(r.restock_id.in_(sorted(missing)))
         ):
-            info[row.restock_id] = (row.supplier_id, False)
+            info[gone.restock_id] = (gone.supplier_id, False)
     out = []
     for g in groups:
         rid = g.waits_for_restock_id
