@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from babel import Locale
 from babel.dates import (
     format_date,
+    format_interval,
     format_skeleton,
     format_time,
     format_timedelta,
@@ -120,6 +121,8 @@ class Renderer:
         locale = Locale.parse(language)
         env.filters.update(
             day_month=lambda d: _day_month(d, locale),
+            # "12–16 March" in the reader's language (an ETA range, store.insights).
+            day_range=lambda start, end: _day_range(start, end, locale),
             long_date=lambda d: format_date(d, "long", locale=locale),
             local_day=lambda dt: format_date(
                 dt.astimezone(self._zone).date(), "medium", locale=locale
@@ -154,6 +157,13 @@ class Renderer:
 @lru_cache(maxsize=4096)
 def _day_month(day: date, locale: Locale) -> str:
     return format_skeleton("MMMMd", day, locale=locale)
+
+
+@lru_cache(maxsize=4096)
+def _day_range(start: date, end: date, locale: Locale) -> str:
+    if start == end:
+        return _day_month(start, locale)
+    return format_interval(start, end, "MMMMd", locale=locale)
 
 
 @lru_cache(maxsize=1024)
