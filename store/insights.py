@@ -17,34 +17,40 @@ its few rows), so a refresh of the 1M-order store never holds the lock for long.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, func, insert, literal, select, true
+from sqlalchemy import and_, delete, exists, func, insert, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.db import Store
 from store.schema import (
     cause_snapshots,
+    delay_offers,
+    ops_alerts,
     order_lines,
     orders,
     products,
+    reorder_points,
     restock_date_changes,
     restocks,
+    stock,
     track_records,
     utcnow,
     wait_causes,
 )
 
 MIN_DELIVERIES = 5
-# SKUs per batch of the causes' refresh: ~2,000 SKUs are ~4,000 rows, written in a few ms.
-CAUSE_BATCH = 2_000
-RECORD_BATCH = 2_000
+# SKUs per batch of the causes' refresh: 500 SKUs of the 1M-order store are ~800 rows, written in
+# tens of ms (2,000 a batch held the lock 421 ms once under load).
+CAUSE_BATCH = 500
+RECORD_BATCH = 1_000
 
 NO_RESTOCK = "no_restock"
 SUPPLIER_SLIP = "supplier_slip"
@@ -242,6 +248,7 @@ class RefreshRun:
     rows: int  # records written, or cause rows (SKU and restock pairs)
     lines: int  # waiting lines covered (causes)
     longest_write: float  # seconds of the longest write transaction (for the benchmark)
+    writes: tuple[float, ...] = ()  # seconds of each write transaction, in order
 
 
 async def refresh_records(
@@ -257,17 +264,15 @@ async def refresh_records(
     async with store.connect() as conn:
         recs = await compute_records(conn, min_deliveries=min_deliveries, zone=zone)
     rows = [*recs.suppliers, *recs.skus]
-    longest = 0.0
-    batches = 0
+    writes: list[float] = []
     for i in range(0, max(len(rows), 1), batch):
         started = time.perf_counter()
         async with store.begin() as conn:
             await save_records(conn, rows[i : i + batch], now)
             if i + batch >= len(rows):
                 await drop_records_before(conn, now)
-        longest = max(longest, time.perf_counter() - started)
-        batches += 1
-    return RefreshRun(batches=batches, rows=len(rows), lines=0, longest_write=longest)
+        writes.append(time.perf_counter() - started)
+    return RefreshRun(len(writes), len(rows), 0, max(writes), tuple(writes))
 
 
 async def stored_records(conn: AsyncConnection, scope: str) -> list[TrackRecord]:
@@ -475,7 +480,7 @@ async def refresh_causes(
     now = now or utcnow()
     after = ""
     batches = rows = lines = 0
-    longest = 0.0
+    writes: list[float] = []
     while True:
         async with store.connect() as conn:
             upto = await _sku_bound(conn, after, batch)
@@ -485,7 +490,7 @@ async def refresh_causes(
         started = time.perf_counter()
         async with store.begin() as conn:
             await save_causes(conn, after, upto, groups, now)
-        longest = max(longest, time.perf_counter() - started)
+        writes.append(time.perf_counter() - started)
         batches += 1
         rows += len(groups)
         lines += sum(g.lines for g in groups)
@@ -495,7 +500,7 @@ async def refresh_causes(
     # Causes of SKUs no product row holds any more (none in practice): gone with the rest.
     async with store.begin() as conn:
         await conn.execute(delete(wait_causes).where(wait_causes.c.sku > after))
-    return RefreshRun(batches=batches, rows=rows, lines=lines, longest_write=longest)
+    return RefreshRun(batches, rows, lines, max(writes, default=0.0), tuple(writes))
 
 
 @dataclass(frozen=True)
@@ -629,3 +634,235 @@ async def line_causes(conn: AsyncConnection, line_ids: Iterable[int]) -> dict[in
         ):
             out[r.line_id] = r.cause
     return out
+
+
+# --- the team's alerts -----------------------------------------------------------------------
+
+DEMAND = "demand"  # waiting units of a SKU exceed its free stock and what is coming
+REORDER = "reorder"  # free stock below the SKU's reorder point
+SLIP_AGAIN = "slip_again"  # an open restock's date moved later a second time (or more)
+CANCEL_SPIKE = "cancel_spike"  # delay cancellations of the last 7 days against the 4 before
+ALERT_KINDS = (DEMAND, REORDER, SLIP_AGAIN, CANCEL_SPIKE)
+
+
+@dataclass(frozen=True)
+class AlertRules:
+    default_reorder_point: int = 0  # 0: only SKUs with a point of their own
+    spike_factor: float = 2.0  # last 7 days >= factor x the weekly mean of the 28 before
+    spike_min: int = 3  # and at least this many
+
+
+@dataclass(frozen=True)
+class Condition:
+    key: str
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Alert:
+    key: str
+    kind: str
+    active: bool
+    data: dict[str, Any]
+    since: datetime
+    told_at: datetime | None
+    cleared_at: datetime | None
+
+
+async def alert_conditions(
+    conn: AsyncConnection, now: datetime, rules: AlertRules = AlertRules()
+) -> list[Condition]:
+    """Every condition that holds now, each under its key (waiting demand from the stored
+    causes: refresh_causes first)."""
+    out: list[Condition] = []
+    w = wait_causes.c
+    s = stock.c
+    r = restocks.c
+    waiting = select(w.sku, func.sum(w.units).label("units")).group_by(w.sku).subquery("waiting")
+    coming = (
+        select(r.sku, func.sum(r.qty - r.qty_received).label("units"))
+        .where(r.status == "open")
+        .group_by(r.sku)
+        .subquery("coming")
+    )
+    free = func.coalesce(s.on_hand - s.allocated, 0)
+    incoming = func.coalesce(coming.c.units, 0)
+    for row in await conn.execute(
+        select(waiting.c.sku, waiting.c.units, free.label("free"), incoming.label("coming"))
+        .select_from(
+            waiting.outerjoin(stock, s.sku == waiting.c.sku).outerjoin(
+                coming, coming.c.sku == waiting.c.sku
+            )
+        )
+        .where(waiting.c.units > free + incoming)
+        .order_by(waiting.c.sku)
+    ):
+        out.append(
+            Condition(
+                f"{DEMAND}:{row.sku}",
+                DEMAND,
+                dict(
+                    sku=row.sku, waiting=int(row.units), free=int(row.free), coming=int(row.coming)
+                ),
+            )
+        )
+    p = products.c
+    rp = reorder_points.c
+    point = func.coalesce(rp.point, rules.default_reorder_point)
+    for low in await conn.execute(
+        select(p.sku, free.label("free"), point.label("point"))
+        .select_from(
+            products.outerjoin(stock, s.sku == p.sku).outerjoin(reorder_points, rp.sku == p.sku)
+        )
+        .where(p.active.is_(true()), free < point)
+        .order_by(p.sku)
+    ):
+        out.append(
+            Condition(
+                f"{REORDER}:{low.sku}",
+                REORDER,
+                dict(sku=low.sku, free=int(low.free), point=int(low.point)),
+            )
+        )
+    c = restock_date_changes.c
+    later = (
+        select(c.restock_id, func.count().label("moves"))
+        .where(c.new_date > c.old_date)
+        .group_by(c.restock_id)
+        .having(func.count() >= 2)
+        .subquery("later")
+    )
+    for slip in await conn.execute(
+        select(r.restock_id, r.supplier_id, r.sku, r.expected_date, later.c.moves)
+        .select_from(restocks.join(later, later.c.restock_id == r.restock_id))
+        .where(r.status == "open")
+        .order_by(r.restock_id)
+    ):
+        out.append(
+            Condition(
+                f"{SLIP_AGAIN}:{slip.restock_id}:{slip.moves}",
+                SLIP_AGAIN,
+                dict(
+                    restock_id=slip.restock_id,
+                    supplier_id=slip.supplier_id,
+                    sku=slip.sku,
+                    expected=slip.expected_date.isoformat(),
+                    moves=int(slip.moves),
+                ),
+            )
+        )
+    d = delay_offers.c
+    week = now - timedelta(days=7)
+    month = week - timedelta(days=28)
+    cancelled = d.status == "cancelled"
+    recent = await conn.scalar(
+        select(func.count()).where(cancelled, d.answered_at >= week, d.answered_at < now)
+    )
+    before = await conn.scalar(
+        select(func.count()).where(cancelled, d.answered_at >= month, d.answered_at < week)
+    )
+    recent, before = int(recent or 0), int(before or 0)
+    if recent >= rules.spike_min and recent >= rules.spike_factor * before / 4:
+        out.append(
+            Condition(CANCEL_SPIKE, CANCEL_SPIKE, dict(last_7_days=recent, before_28_days=before))
+        )
+    return out
+
+
+def _alert(row: Any) -> Alert:
+    return Alert(
+        key=row.key,
+        kind=row.kind,
+        active=bool(row.active),
+        data=json.loads(row.data),
+        since=row.since,
+        told_at=row.told_at,
+        cleared_at=row.cleared_at,
+    )
+
+
+async def sync_alerts(
+    conn: AsyncConnection, conditions: Sequence[Condition], now: datetime
+) -> tuple[int, int]:
+    """Record what holds now: a new condition, or one that had ended and is back, is to be
+    told (told_at NULL); one that still holds stays told; one that ended is cleared. Returns
+    (new or back, cleared). Call it in a transaction of its own: the first statement writes."""
+    a = ops_alerts.c
+    known = {
+        row.key: bool(row.active)
+        for row in await conn.execute(select(a.key, a.active).where(a.active.is_(true())))
+    }
+    holding = {c.key for c in conditions}
+    fresh = 0
+    for cond in conditions:
+        data = json.dumps(cond.data, sort_keys=True)
+        if cond.key in known:
+            await conn.execute(
+                update(ops_alerts).where(a.key == cond.key).values(data=data, updated_at=now)
+            )
+            continue
+        back = await conn.execute(
+            update(ops_alerts)
+            .where(a.key == cond.key)
+            .values(
+                active=True, data=data, since=now, told_at=None, cleared_at=None, updated_at=now
+            )
+        )
+        if not back.rowcount:
+            await conn.execute(
+                insert(ops_alerts).values(
+                    key=cond.key, kind=cond.kind, active=True, data=data, since=now,
+                    told_at=None, cleared_at=None, updated_at=now,
+                )
+            )  # fmt: skip
+        fresh += 1
+    ended = sorted(set(known) - holding)
+    for i in range(0, len(ended), 500):
+        await conn.execute(
+            update(ops_alerts)
+            .where(a.key.in_(ended[i : i + 500]))
+            .values(active=False, cleared_at=now, updated_at=now)
+        )
+    return fresh, len(ended)
+
+
+async def claim_untold(conn: AsyncConnection, now: datetime, limit: int = 50) -> list[Alert]:
+    """Take the alerts not told yet (at most ``limit``, oldest first), marking them told: two
+    processes never take the same one."""
+    a = ops_alerts.c
+    keys = [
+        k
+        for (k,) in await conn.execute(
+            select(a.key)
+            .where(a.active.is_(true()), a.told_at.is_(None))
+            .order_by(a.since, a.key)
+            .limit(limit)
+        )
+    ]
+    if not keys:
+        return []
+    rows = await conn.execute(
+        update(ops_alerts)
+        .where(a.key.in_(keys), a.told_at.is_(None))
+        .values(told_at=now)
+        .returning(*ops_alerts.c)
+    )
+    return sorted((_alert(r) for r in rows), key=lambda x: (x.since, x.key))
+
+
+async def alerts(
+    conn: AsyncConnection, *, active_only: bool = False, limit: int = 200
+) -> list[Alert]:
+    a = ops_alerts.c
+    q = select(ops_alerts).order_by(a.active.desc(), a.since.desc(), a.key).limit(limit)
+    if active_only:
+        q = q.where(a.active.is_(true()))
+    return [_alert(r) for r in await conn.execute(q)]
+
+
+async def set_reorder_point(conn: AsyncConnection, sku: str, point: int | None) -> None:
+    """A SKU's own reorder point (None: back to the default)."""
+    await conn.execute(delete(reorder_points).where(reorder_points.c.sku == sku))
+    if point is not None:
+        await conn.execute(insert(reorder_points).values(sku=sku, point=point))
