@@ -19,7 +19,12 @@ from babel.dates import (
     format_timedelta,
     get_datetime_format,
 )
-from babel.numbers import format_currency, format_decimal, get_currency_precision
+from babel.numbers import (
+    format_currency,
+    format_decimal,
+    format_percent,
+    get_currency_precision,
+)
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
@@ -134,6 +139,8 @@ class Renderer:
             days_from_today=lambda d: (d - self._today()).days,
             money=lambda minor, currency: _money(minor, currency, locale),
             number=lambda n: format_decimal(n, locale=locale),
+            percent=lambda share: format_percent(share, locale=locale),
+            iso_day=date.fromisoformat,
             duration=lambda days: _duration(days, locale),
         )
         env.globals["language"] = language

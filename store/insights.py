@@ -34,8 +34,10 @@ from store.schema import (
     cause_snapshots,
     delay_offers,
     ops_alerts,
+    ops_state,
     order_lines,
     orders,
+    outbox,
     products,
     reorder_points,
     restock_date_changes,
@@ -866,3 +868,99 @@ async def set_reorder_point(conn: AsyncConnection, sku: str, point: int | None) 
     await conn.execute(delete(reorder_points).where(reorder_points.c.sku == sku))
     if point is not None:
         await conn.execute(insert(reorder_points).values(sku=sku, point=point))
+
+
+# --- the digest's figures --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SkuWaiting:
+    sku: str
+    name: str
+    customers: int
+    lines: int
+    units: int
+
+
+async def top_waiting_skus(conn: AsyncConnection, limit: int = 5) -> list[SkuWaiting]:
+    """The SKUs the most customers wait for: the candidates come from the stored causes (the
+    most lines), their customers are counted on the queue index of those SKUs alone."""
+    w = wait_causes.c
+    candidates = [
+        r.sku
+        for r in await conn.execute(
+            select(w.sku).group_by(w.sku).order_by(func.sum(w.lines).desc(), w.sku).limit(limit * 4)
+        )
+    ]
+    if not candidates:
+        return []
+    ol = order_lines.c
+    rows = await conn.execute(
+        select(
+            ol.sku,
+            products.c.name_en,
+            func.count(func.distinct(orders.c.customer_id)).label("customers"),
+            func.count().label("lines"),
+            func.sum(ol.qty_waiting).label("units"),
+        )
+        .select_from(
+            order_lines.join(orders, orders.c.order_id == ol.order_id).join(
+                products, products.c.sku == ol.sku
+            )
+        )
+        .where(ol.sku.in_(candidates), ol.qty_waiting > 0)
+        .group_by(ol.sku, products.c.name_en)
+    )
+    found = [
+        SkuWaiting(r.sku, r.name_en, int(r.customers), int(r.lines), int(r.units)) for r in rows
+    ]
+    return sorted(found, key=lambda s: (-s.customers, -s.units, s.sku))[:limit]
+
+
+@dataclass(frozen=True)
+class Activity:
+    notices_sent: int
+    kept_waiting: int
+    cancelled: int
+    alternative: int
+
+
+async def activity(conn: AsyncConnection, since: datetime, until: datetime) -> Activity:
+    """Notices sent and customers' answers to delay offers in [since, until)."""
+    o = outbox.c
+    sent = await conn.scalar(
+        select(func.count()).where(o.status == "sent", o.sent_at >= since, o.sent_at < until)
+    )
+    d = delay_offers.c
+    answered = and_(d.answered_at >= since, d.answered_at < until)
+    counts: dict[str, int] = defaultdict(int)
+    for r in await conn.execute(
+        select(d.status, d.answer, func.count().label("n"))
+        .where(answered, d.status.in_(["consented", "cancelled"]))
+        .group_by(d.status, d.answer)
+    ):
+        if r.status == "consented":
+            counts["kept"] += int(r.n)
+        elif r.answer == "alternative":
+            counts["alternative"] += int(r.n)
+        else:
+            counts["cancelled"] += int(r.n)
+    return Activity(int(sent or 0), counts["kept"], counts["cancelled"], counts["alternative"])
+
+
+async def claim_state(conn: AsyncConnection, name: str, value: str, now: datetime) -> bool:
+    """Set a named value once: True for the caller that set it, False when it was set. Call
+    it in a transaction of its own (a losing insert aborts it on PostgreSQL)."""
+    found = await conn.scalar(select(ops_state.c.value).where(ops_state.c.name == name))
+    if found is not None:
+        return False
+    await conn.execute(insert(ops_state).values(name=name, value=value, updated_at=now))
+    return True
+
+
+async def state_of(conn: AsyncConnection, name: str) -> str | None:
+    return await conn.scalar(select(ops_state.c.value).where(ops_state.c.name == name))
+
+
+async def drop_state(conn: AsyncConnection, name: str) -> None:
+    await conn.execute(delete(ops_state).where(ops_state.c.name == name))

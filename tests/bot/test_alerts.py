@@ -1,0 +1,130 @@
+"""Alerts to the team (#18) through the sandbox: the ops topic opened at start-up; an alert is
+told once, stays quiet while its condition holds, is told again after it ended and came back,
+and waits for the morning in quiet hours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.context import BotApplication
+from bot.ops import open_topic, ops_thread, refresh, run_check
+from sandbox.client import SandboxClient
+from store import Store
+from store.insights import alert_conditions, alerts, claim_untold, set_reorder_point, sync_alerts
+from store.schema import stock
+from tests.conftest import Clock
+
+SUPPORT = -1001999000018
+MARIA = 9001
+
+
+@pytest.fixture
+async def support(tg: SandboxClient) -> int:
+    await tg.create_user(MARIA, first_name="Maria")
+    await tg.create_supergroup("Support", chat_id=SUPPORT, administrators=[MARIA])
+    return SUPPORT
+
+
+@pytest.fixture
+def bot_environ(support: int) -> dict[str, str]:
+    return {"SUPPORT_CHAT_ID": str(support), "NOTICE_JOB_INTERVAL_SECONDS": "0"}
+
+
+async def demo_alerts_told(bot: BotApplication, store: Store) -> None:
+    """The demo shop's own conditions (many SKUs' demand over supply), told already."""
+    now = bot.bot_data.now()
+    await refresh(bot)
+    async with store.connect() as conn:
+        conditions = await alert_conditions(conn, now)
+    async with store.begin() as conn:
+        await sync_alerts(conn, conditions, now)
+        await claim_untold(conn, now, limit=100_000)
+
+
+async def topic_texts(tg: SandboxClient, thread: int) -> list[str]:
+    messages: list[dict[str, Any]] = await tg.transcript(SUPPORT, message_thread_id=thread)
+    return [m["text"] for m in messages if m.get("text")]
+
+
+async def reorder_point(store: Store, sku: str, point: int | None) -> None:
+    async with store.begin() as conn:
+        await set_reorder_point(conn, sku, point)
+
+
+async def test_the_ops_topic_is_opened_once_at_start_up(
+    bot: BotApplication, tg: SandboxClient
+) -> None:
+    topics = await tg.topics(SUPPORT)
+    thread = await ops_thread(bot)
+    assert [(t["name"], t["message_thread_id"]) for t in topics] == [("📊 Backorder ops", thread)]
+    # Another start (a restart, a second process) finds it in the store.
+    assert await open_topic(bot) == thread
+    assert len(await tg.topics(SUPPORT)) == 1
+
+
+async def test_an_alert_fires_once_stays_quiet_and_fires_again_when_it_returns(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    thread = await ops_thread(bot)
+    assert thread is not None
+    await demo_alerts_told(bot, store)
+    async with store.connect() as conn:
+        free = await conn.scalar(
+            select(stock.c.on_hand - stock.c.allocated).where(stock.c.sku == "KET-0001")
+        )
+    assert free == 20
+    said = (
+        "🔔 Alerts\n"
+        "📉 KET-0001: 20 free, below its reorder point of 30."
+    )  # fmt: skip
+    await reorder_point(store, "KET-0001", 30)
+    assert await run_check(bot) == 1
+    assert await topic_texts(tg, thread) == [said]
+    # While it holds: nothing more.
+    clock.advance(minutes=15)
+    assert await run_check(bot) == 0
+    assert await topic_texts(tg, thread) == [said]
+    # It ends (the point is lowered): cleared, nothing said.
+    await reorder_point(store, "KET-0001", 10)
+    clock.advance(minutes=15)
+    assert await run_check(bot) == 0
+    async with store.connect() as conn:
+        (row,) = [a for a in await alerts(conn) if a.key == "reorder:KET-0001"]
+    assert (row.active, row.cleared_at) == (False, clock.now)
+    # It comes back: said again.
+    await reorder_point(store, "KET-0001", 30)
+    clock.advance(minutes=15)
+    assert await run_check(bot) == 1
+    assert await topic_texts(tg, thread) == [said, said]
+
+
+async def test_quiet_hours_hold_an_alert_until_morning(
+    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
+) -> None:
+    thread = await ops_thread(bot)
+    assert thread is not None
+    await demo_alerts_told(bot, store)
+    clock.advance(hours=11)  # 22:00 in the shop's zone: quiet
+    await reorder_point(store, "KET-0001", 22)
+    assert await run_check(bot) == 0
+    assert await topic_texts(tg, thread) == []
+    clock.advance(hours=10, minutes=30)  # 08:30
+    assert await run_check(bot) == 1
+    assert await topic_texts(tg, thread) == [
+        "🔔 Alerts\n📉 KET-0001: 20 free, below its reorder point of 22."
+    ]
+
+
+@pytest.mark.parametrize(
+    "bot_environ",
+    [{"SUPPORT_CHAT_ID": str(SUPPORT), "OPS_TOPIC": "false", "NOTICE_JOB_INTERVAL_SECONDS": "0"}],
+)
+async def test_no_ops_topic_when_it_is_off(
+    bot: BotApplication, tg: SandboxClient, store: Store, support: int
+) -> None:
+    assert await tg.topics(SUPPORT) == []
+    await reorder_point(store, "KET-0001", 30)
+    assert await run_check(bot, refresh_first=False) == 0
