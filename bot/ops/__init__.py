@@ -33,10 +33,9 @@ from store.schema import ops_alerts
 
 log = logging.getLogger(__name__)
 
-# Alerts per message, and messages per check: a store that wakes up to thousands of
-# conditions (the first check of a big shop) tells them over the next checks.
+# Alerts told in full in a check's message; the rest (up to CLAIM_LIMIT) are counted.
 ALERTS_PER_MESSAGE = 20
-MESSAGES_PER_CHECK = 5
+CLAIM_LIMIT = 10_000
 
 
 def _topic_key(chat_id: int) -> str:
@@ -112,26 +111,30 @@ async def run_check(app: BotApplication, *, refresh_first: bool = True) -> int:
     thread = await ops_thread(app)
     if thread is None or settings.ops_chat_id is None or in_quiet_hours(app, now):
         return 0
-    told = 0
-    for _ in range(MESSAGES_PER_CHECK):
+    async with store.begin() as conn:
+        batch = await claim_untold(conn, now, limit=CLAIM_LIMIT)
+    if not batch:
+        return 0
+    # One message a check: the first alerts in full, the count of the rest (a big shop's
+    # first check finds thousands; the report lists them all).
+    text = app.bot_data.renderer.text(
+        "ops_alerts.j2",
+        settings.default_language,
+        alerts=batch[:ALERTS_PER_MESSAGE],
+        more=len(batch) - len(batch[:ALERTS_PER_MESSAGE]),
+    )
+    try:
+        await app.bot.send_message(settings.ops_chat_id, text, message_thread_id=thread)
+    except TelegramError as exc:
+        log.warning("ops alerts not sent, the next check tries again: %s", exc)
         async with store.begin() as conn:
-            batch = await claim_untold(conn, now, limit=ALERTS_PER_MESSAGE)
-        if not batch:
-            break
-        text = app.bot_data.renderer.text("ops_alerts.j2", settings.default_language, alerts=batch)
-        try:
-            await app.bot.send_message(settings.ops_chat_id, text, message_thread_id=thread)
-        except TelegramError as exc:
-            log.warning("ops alerts not sent, the next check tries again: %s", exc)
-            async with store.begin() as conn:
-                await conn.execute(
-                    ops_alerts.update()
-                    .where(ops_alerts.c.key.in_([a.key for a in batch]))
-                    .values(told_at=None)
-                )
-            break
-        told += len(batch)
-    return told
+            await conn.execute(
+                ops_alerts.update()
+                .where(ops_alerts.c.key.in_([a.key for a in batch]))
+                .values(told_at=None)
+            )
+        return 0
+    return len(batch)
 
 
 async def _check_job(context: BotContext) -> None:
@@ -153,11 +156,11 @@ async def _digest_job(context: BotContext) -> None:
 
 
 async def start(app: BotApplication) -> None:
-    """At start-up: the ops topic, then the jobs."""
+    """At start-up: the ops topic, then the jobs. The check runs without a topic too: the
+    order view's ETA ranges need the track records it refreshes."""
     settings = app.bot_data.settings
-    if settings.ops_chat_id is None:
-        return
-    await open_topic(app)
+    if settings.ops_chat_id is not None:
+        await open_topic(app)
     if app.job_queue is None:
         return
     if settings.ops_check_minutes > 0:
@@ -166,6 +169,6 @@ async def start(app: BotApplication) -> None:
             _check_job, interval=every, first=every, name="ops-check",
             job_kwargs={"max_instances": 1},
         )  # fmt: skip
-    if settings.digest_time != "off":
+    if settings.digest_time != "off" and settings.ops_chat_id is not None:
         at = datetime.strptime(settings.digest_time, "%H:%M").time().replace(tzinfo=settings.zone)
         app.job_queue.run_daily(_digest_job, time=at, name="ops-digest")

@@ -128,3 +128,19 @@ async def test_no_ops_topic_when_it_is_off(
     assert await tg.topics(SUPPORT) == []
     await reorder_point(store, "KET-0001", 30)
     assert await run_check(bot, refresh_first=False) == 0
+
+
+async def test_a_first_check_tells_many_alerts_in_one_message(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    thread = await ops_thread(bot)
+    assert thread is not None
+    told = await run_check(bot)
+    async with store.connect() as conn:
+        active = await alerts(conn, active_only=True, limit=100_000)
+    assert told == len(active) > 20
+    [text] = await topic_texts(tg, thread)
+    lines = text.split("\n")
+    assert lines[0] == "🔔 Alerts" and len(lines) == 22
+    assert lines[-1] == f"…and {told - 20} more: backorder-admin report alerts lists them all."
+    assert await run_check(bot) == 0
