@@ -30,6 +30,7 @@ from sqlalchemy import and_, delete, exists, func, insert, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.db import Store
+from store.marks import insert_ignoring
 from store.schema import (
     cause_snapshots,
     delay_offers,
@@ -235,7 +236,10 @@ async def save_records(
                 delete(track_records).where(t.scope == scope, t.key.in_(keys[i : i + 500]))
             )
     if records:
-        await conn.execute(insert(track_records), [_record_row(r, now) for r in records])
+        # Ignoring a key written meanwhile: another process's refresh, of the same history.
+        await conn.execute(
+            insert_ignoring(conn, track_records), [_record_row(r, now) for r in records]
+        )
 
 
 async def drop_records_before(conn: AsyncConnection, when: datetime) -> int:
@@ -446,8 +450,9 @@ async def save_causes(
     w = wait_causes.c
     await conn.execute(delete(wait_causes).where(w.sku > after, w.sku <= upto))
     if groups:
+        # Ignoring a pair written meanwhile: another process's refresh of the same range.
         await conn.execute(
-            insert(wait_causes),
+            insert_ignoring(conn, wait_causes),
             [
                 dict(
                     sku=g.sku,
@@ -532,7 +537,7 @@ async def snapshot_causes(conn: AsyncConnection, day: date) -> list[CauseCount]:
     counts = await cause_counts(conn)
     await conn.execute(delete(cause_snapshots).where(cause_snapshots.c.day == day))
     await conn.execute(
-        insert(cause_snapshots),
+        insert_ignoring(conn, cause_snapshots),
         [dict(day=day, cause=c.cause, lines=c.lines, units=c.units) for c in counts],
     )
     return counts
@@ -812,8 +817,9 @@ async def sync_alerts(
             )
         )
         if not back.rowcount:
+            # Another process may record the same new condition at once: one row, one tell.
             await conn.execute(
-                insert(ops_alerts).values(
+                insert_ignoring(conn, ops_alerts).values(
                     key=cond.key, kind=cond.kind, active=True, data=data, since=now,
                     told_at=None, cleared_at=None, updated_at=now,
                 )
@@ -949,13 +955,14 @@ async def activity(conn: AsyncConnection, since: datetime, until: datetime) -> A
 
 
 async def claim_state(conn: AsyncConnection, name: str, value: str, now: datetime) -> bool:
-    """Set a named value once: True for the caller that set it, False when it was set. Call
-    it in a transaction of its own (a losing insert aborts it on PostgreSQL)."""
-    found = await conn.scalar(select(ops_state.c.value).where(ops_state.c.name == name))
-    if found is not None:
-        return False
-    await conn.execute(insert(ops_state).values(name=name, value=value, updated_at=now))
-    return True
+    """Set a named value once: True for the one caller that set it (of any number at once),
+    False when it was set already."""
+    won = await conn.execute(
+        insert_ignoring(conn, ops_state)
+        .values(name=name, value=value, updated_at=now)
+        .returning(ops_state.c.name)
+    )
+    return won.first() is not None
 
 
 async def state_of(conn: AsyncConnection, name: str) -> str | None:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy.exc import IntegrityError
 from telegram.error import TelegramError
 
 from bot.context import BotApplication, BotContext
@@ -68,11 +67,8 @@ async def open_topic(app: BotApplication) -> int | None:
         log.error("cannot open the ops topic in the support group %s: %s", chat_id, exc)
         return None
     now = app.bot_data.now()
-    try:
-        async with app.bot_data.store.begin() as conn:
-            mine = await claim_state(conn, _topic_key(chat_id), str(topic.message_thread_id), now)
-    except IntegrityError:
-        mine = False
+    async with app.bot_data.store.begin() as conn:
+        mine = await claim_state(conn, _topic_key(chat_id), str(topic.message_thread_id), now)
     if mine:
         return topic.message_thread_id
     # Another process opened it meanwhile: ours is surplus.

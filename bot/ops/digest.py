@@ -9,7 +9,6 @@ import logging
 from datetime import date, timedelta
 
 import numpy as np
-from sqlalchemy.exc import IntegrityError
 from telegram.error import TelegramError
 
 from bot.context import BotApplication
@@ -85,12 +84,9 @@ async def send_digest(app: BotApplication, day: date | None = None) -> bool:
     now = app.bot_data.now()
     day = day or now.astimezone(settings.zone).date()
     name = f"digest:{day.isoformat()}"
-    try:
-        async with store.begin() as conn:
-            if not await claim_state(conn, name, now.isoformat(), now):
-                return False
-    except IntegrityError:
-        return False
+    async with store.begin() as conn:
+        if not await claim_state(conn, name, now.isoformat(), now):
+            return False
     try:
         await refresh(app)
         async with store.connect() as conn:

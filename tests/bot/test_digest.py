@@ -3,6 +3,7 @@ of waiting lines by cause over 30 days, sent as a photo; once a day."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from datetime import date, timedelta
@@ -140,6 +141,16 @@ async def test_the_digest_lists_top_skus_and_suppliers_by_slip(
         "SUP-03: 7 days, on time 33% of 15, worst 9 days",
         "SUP-10: 7 days, on time 60% of 15, worst 13 days",
     ]
+
+
+async def test_two_digests_at_once_send_one(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    thread = await ops_thread(bot)
+    sent = await asyncio.gather(*(send_digest(bot) for _ in range(3)))
+    assert sorted(sent) == [False, False, True]
+    after = await tg.transcript(SUPPORT, message_thread_id=thread)
+    assert [m["kind"] for m in after] == ["service", "text", "photo"]
 
 
 RENDERED = {

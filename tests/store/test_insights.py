@@ -345,3 +345,26 @@ async def test_causes_follow_changes_and_snapshots_keep_a_day(store: Store) -> N
 def test_cause_group_is_frozen() -> None:
     g = CauseGroup("KET-0001", None, "no_restock", None, 1, 1)
     assert g == CauseGroup("KET-0001", None, "no_restock", None, 1, 1)
+
+
+async def test_refreshes_at_once_store_what_one_stores(store: Store) -> None:
+    """Two processes' checks may refresh at the same time: on PostgreSQL their batches
+    interleave on the pool's connections; the store ends as after one refresh."""
+    import asyncio
+
+    await causes_shop(store)
+    async with store.begin() as conn:
+        await history(conn)
+    await asyncio.gather(
+        refresh_causes(store, batch=1, now=NOW),
+        refresh_causes(store, batch=2, now=NOW),
+        refresh_causes(store, batch=3, now=NOW),
+        refresh_records(store, batch=1, now=NOW),
+        refresh_records(store, batch=2, now=NOW),
+    )
+    async with store.connect() as conn:
+        causes = (await conn.execute(select(wait_causes).order_by(wait_causes.c.sku))).all()
+        records = await stored_records(conn, "supplier")
+        counts = await cause_counts(conn)
+    assert len(causes) == 7 and sum(c.lines for c in counts) == 8
+    assert [(r.key, r.deliveries) for r in records] == [("SUP-1", 6), ("SUP-2", 3)]
