@@ -186,7 +186,7 @@ def test_the_ops_texts_in_four_languages() -> None:
                "expected": "2026-12-04", "moves": 2}, at, None, None),
     ]  # fmt: skip
     for language, expected in RENDERED.items():
-        assert renderer.text("ops_alerts.j2", language, alerts=batch) == expected
+        assert renderer.text("ops_alerts.j2", language, alerts=batch, more=0) == expected
         assert renderer.plain("ops.j2", "topic_name", language) != ""
         title = renderer.plain("ops.j2", "chart_title", language, days=30)
         assert "30" in title and (language == "en") == (title.startswith("Waiting"))
