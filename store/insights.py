@@ -13,6 +13,11 @@ Causes are derived per SKU and the restock its lines wait for (every waiting lin
 pair has the same cause), and stored in ``wait_causes``, SKU range by SKU range: each range is
 read without the write lock and written in a short transaction of its own (delete + insert of
 its few rows), so a refresh of the 1M-order store never holds the lock for long.
+
+The team's alerts (bot.ops) are conditions under a key (alert_conditions), recorded in
+``ops_alerts`` by sync_alerts: told once while they hold (claim_untold), cleared when they end,
+told again when they come back. The digest's figures (top_waiting_skus, activity) and its
+chart's daily snapshots (snapshot_causes, cause_history) are read here too.
 """
 
 from __future__ import annotations

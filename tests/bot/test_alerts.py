@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from bot.context import BotApplication
 from bot.ops import open_topic, ops_thread, refresh, run_check
+from bot.settings import SettingsError, load_settings
 from sandbox.client import SandboxClient
 from store import Store
 from store.insights import alert_conditions, alerts, claim_untold, set_reorder_point, sync_alerts
@@ -54,17 +55,6 @@ async def reorder_point(store: Store, sku: str, point: int | None) -> None:
         await set_reorder_point(conn, sku, point)
 
 
-async def test_the_ops_topic_is_opened_once_at_start_up(
-    bot: BotApplication, tg: SandboxClient
-) -> None:
-    topics = await tg.topics(SUPPORT)
-    thread = await ops_thread(bot)
-    assert [(t["name"], t["message_thread_id"]) for t in topics] == [("📊 Backorder ops", thread)]
-    # Another start (a restart, a second process) finds it in the store.
-    assert await open_topic(bot) == thread
-    assert len(await tg.topics(SUPPORT)) == 1
-
-
 async def test_an_alert_fires_once_stays_quiet_and_fires_again_when_it_returns(
     bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
 ) -> None:
@@ -99,42 +89,30 @@ async def test_an_alert_fires_once_stays_quiet_and_fires_again_when_it_returns(
     clock.advance(minutes=15)
     assert await run_check(bot) == 1
     assert await topic_texts(tg, thread) == [said, said]
-
-
-async def test_quiet_hours_hold_an_alert_until_morning(
-    bot: BotApplication, tg: SandboxClient, store: Store, clock: Clock
-) -> None:
-    thread = await ops_thread(bot)
-    assert thread is not None
-    await demo_alerts_told(bot, store)
-    clock.advance(hours=11)  # 22:00 in the shop's zone: quiet
-    await reorder_point(store, "KET-0001", 22)
+    # Quiet hours: a new condition at 22:00 waits for the morning.
+    clock.advance(hours=10, minutes=15)  # 22:00 in the shop's zone
+    await reorder_point(store, "COF-0001", 1)
     assert await run_check(bot) == 0
-    assert await topic_texts(tg, thread) == []
+    assert await topic_texts(tg, thread) == [said, said]
     clock.advance(hours=10, minutes=30)  # 08:30
     assert await run_check(bot) == 1
     assert await topic_texts(tg, thread) == [
-        "🔔 Alerts\n📉 KET-0001: 20 free, below its reorder point of 22."
+        said,
+        said,
+        "🔔 Alerts\n📉 COF-0001: 0 free, below its reorder point of 1.",
     ]
 
 
-@pytest.mark.parametrize(
-    "bot_environ",
-    [{"SUPPORT_CHAT_ID": str(SUPPORT), "OPS_TOPIC": "false", "NOTICE_JOB_INTERVAL_SECONDS": "0"}],
-)
-async def test_no_ops_topic_when_it_is_off(
-    bot: BotApplication, tg: SandboxClient, store: Store, support: int
-) -> None:
-    assert await tg.topics(SUPPORT) == []
-    await reorder_point(store, "KET-0001", 30)
-    assert await run_check(bot, refresh_first=False) == 0
-
-
-async def test_a_first_check_tells_many_alerts_in_one_message(
+async def test_the_ops_topic_opens_once_and_a_first_check_tells_many_alerts_in_one_message(
     bot: BotApplication, tg: SandboxClient, store: Store
 ) -> None:
+    topics = await tg.topics(SUPPORT)
     thread = await ops_thread(bot)
     assert thread is not None
+    assert [(t["name"], t["message_thread_id"]) for t in topics] == [("📊 Backorder ops", thread)]
+    # Another start (a restart, a second process) finds it in the store.
+    assert await open_topic(bot) == thread
+    assert len(await tg.topics(SUPPORT)) == 1
     told = await run_check(bot)
     async with store.connect() as conn:
         active = await alerts(conn, active_only=True, limit=100_000)
@@ -144,3 +122,11 @@ async def test_a_first_check_tells_many_alerts_in_one_message(
     assert lines[0] == "🔔 Alerts" and len(lines) == 22
     assert lines[-1] == f"…and {told - 20} more: backorder-admin report alerts lists them all."
     assert await run_check(bot) == 0
+
+
+def test_no_ops_topic_when_it_is_off() -> None:
+    on = load_settings({"SUPPORT_CHAT_ID": str(SUPPORT)})
+    off = load_settings({"SUPPORT_CHAT_ID": str(SUPPORT), "OPS_TOPIC": "false"})
+    assert (on.ops_chat_id, off.ops_chat_id, load_settings({}).ops_chat_id) == (SUPPORT, None, None)
+    with pytest.raises(SettingsError, match="DIGEST_TIME"):
+        load_settings({"DIGEST_TIME": "25:00"})

@@ -12,7 +12,6 @@ from store import Store
 from store.backorders import NewLine, cancel_restock, change_restock_date, place_order
 from store.insights import (
     CauseCount,
-    CauseGroup,
     TrackRecord,
     cause_counts,
     cause_history,
@@ -340,11 +339,6 @@ async def test_causes_follow_changes_and_snapshots_keep_a_day(store: Store) -> N
             demand_ahead=3, no_restock=0, not_backorderable=1, on_schedule=3, supplier_slip=1
         ),
     }
-
-
-def test_cause_group_is_frozen() -> None:
-    g = CauseGroup("KET-0001", None, "no_restock", None, 1, 1)
-    assert g == CauseGroup("KET-0001", None, "no_restock", None, 1, 1)
 
 
 async def test_refreshes_at_once_store_what_one_stores(store: Store) -> None:
