@@ -58,7 +58,7 @@ MIN_DELIVERIES = 5
 # SKUs per batch of the causes' refresh: 500 SKUs of the 1M-order store are ~800 rows, written in
 # tens of ms (2,000 a batch held the lock 421 ms once under load).
 CAUSE_BATCH = 500
-RECORD_BATCH = 1_000
+RECORD_BATCH = 500
 
 NO_RESTOCK = "no_restock"
 SUPPLIER_SLIP = "supplier_slip"
