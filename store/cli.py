@@ -65,7 +65,7 @@ from store.imports import (
     whole_number,
 )
 from store.insights import alerts as list_alerts
-from store.insights import cause_report, compute_records, refresh_causes
+from store.insights import cause_report, compute_records, refresh_causes, set_reorder_point
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
 from store.marks import pending, rescan
 from store.outbox import QueueReport, queue_notices
@@ -199,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--limit", type=_whole(1, 10_000), default=50)
     rp.add_argument("--csv", action="store_true", help="CSV on stdout (suppliers, causes, alerts)")
 
+    rpp = sub.add_parser(
+        "reorder-point",
+        help="set a SKU's own reorder point (the team is alerted when its free stock falls"
+        " below it); without POINT, back to REORDER_POINT_DEFAULT",
+    )
+    rpp.add_argument("sku")
+    rpp.add_argument("point", nargs="?", type=_whole(0, MAX_QTY))
+
     ln = sub.add_parser("link", help="print a deep link that links a Telegram chat to a customer")
     target = ln.add_mutually_exclusive_group(required=True)
     target.add_argument("--customer", type=_whole(1, MAX_ID), help="customer id")
@@ -324,6 +332,13 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "status":
             async with store.connect() as conn:
                 await _status(conn)
+        elif args.command == "reorder-point":
+            async with store.begin() as conn:
+                await set_reorder_point(conn, args.sku, args.point)
+            print(
+                f"{args.sku}: reorder point "
+                + ("default" if args.point is None else str(args.point))
+            )
         elif args.command == "report" and args.what is not None:
             await _insights_report(store, args.what, args.limit, args.csv)
         elif args.command == "report":

@@ -35,6 +35,7 @@ from sqlalchemy import and_, delete, exists, func, insert, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.db import Store
+from store.errors import NotFound
 from store.marks import insert_ignoring
 from store.schema import (
     cause_snapshots,
@@ -876,6 +877,8 @@ async def alerts(
 
 async def set_reorder_point(conn: AsyncConnection, sku: str, point: int | None) -> None:
     """A SKU's own reorder point (None: back to the default)."""
+    if await conn.scalar(select(products.c.sku).where(products.c.sku == sku)) is None:
+        raise NotFound(f"unknown SKU {sku}")
     await conn.execute(delete(reorder_points).where(reorder_points.c.sku == sku))
     if point is not None:
         await conn.execute(insert(reorder_points).values(sku=sku, point=point))

@@ -7,10 +7,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
 from store import Store, open_store
 from store.cli import main
 from store.insights import Condition, sync_alerts
+from store.schema import reorder_points
 from tests.store.test_insights import causes_shop, history
 
 
@@ -86,3 +88,24 @@ def test_report_alerts_and_a_bad_report_name(
     )
     assert main(["--db", db_url, "report", "supplier"]) == 2
     assert "invalid choice: 'supplier'" in capsys.readouterr().err
+
+
+def test_reorder_point_command(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    filled(db_url, _history)
+    assert main(["--db", db_url, "reorder-point", "KET-0001", "4"]) == 0
+    assert main(["--db", db_url, "reorder-point", "KET-0002", "2"]) == 0
+    assert main(["--db", db_url, "reorder-point", "KET-0002"]) == 0
+    assert capsys.readouterr().out == (
+        "KET-0001: reorder point 4\nKET-0002: reorder point 2\nKET-0002: reorder point default\n"
+    )
+    # Bad input: a clear answer, nothing written.
+    assert main(["--db", db_url, "reorder-point", "NOPE-0001", "3"]) == 1
+    assert main(["--db", db_url, "reorder-point", "KET-0001", "-1"]) == 2
+    assert "error: unknown SKU NOPE-0001" in capsys.readouterr().err
+
+    async def points(store: Store) -> None:
+        async with store.connect() as conn:
+            rows = (await conn.execute(select(reorder_points))).all()
+        assert [tuple(r) for r in rows] == [("KET-0001", 4)]
+
+    filled(db_url, points)
