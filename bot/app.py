@@ -17,6 +17,7 @@ from bot.handlers import register_all
 from bot.handlers.handoff import check_support_group
 from bot.inbox import Inbox, InboxRequest
 from bot.metrics import counted
+from bot.ops import start as ops_start
 from bot.render import Renderer
 from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings
@@ -135,6 +136,7 @@ async def _post_init(app: BotApplication) -> None:
         ]
         await app.bot.set_my_commands(commands, language_code=code)
     await check_support_group(app)
+    await ops_start(app)  # the ops topic and its jobs (#18)
     # Before polling starts (run_polling and the tests start it after post_init), so what the
     # last process left unanswered comes before anything new, in each chat's order.
     intake = _intake(app)

@@ -46,6 +46,7 @@ from bot.request import request_for
 from bot.settings import Settings
 from store.catalog import names_of, pick_name
 from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
+from store.insights import line_range_days
 from store.outbox import (
     BACK_IN_STOCK,
     DELAY_CANCELLED,
@@ -498,6 +499,7 @@ class _Batch:
     names: dict[str, dict[str, str]]
     owned: set[int]  # chats whose thread an agent owns now
     labels: dict[tuple[Any, ...], str] = field(default_factory=dict)
+    ranges: dict[int, int] = field(default_factory=dict)  # line id -> days of its ETA range
 
 
 def batch_limit(settings: Settings) -> int:
@@ -532,7 +534,7 @@ async def _claim(
     names = await _names(app, notices)
     # One connection for the whole batch: a lookup per notice, all at once, drained the pool.
     owned = await _agent_owned(app, {n.chat_id for n in notices if n.chat_id})
-    return _Batch(notices, names, owned)
+    return _Batch(notices, names, owned, ranges=await _ranges(app, notices))
 
 
 async def _send_batch(
@@ -748,7 +750,7 @@ async def _one(
         )
         return
     language = notice.language or app.bot_data.settings.default_language
-    rendered = await _render(app, notice, batch.names, language)
+    rendered = await _render(app, notice, batch.names, language, batch.ranges)
     if rendered is None:
         report.skipped += 1
         results.add(
@@ -960,12 +962,31 @@ async def _names(app: BotApplication, batch: Sequence[Claimed]) -> dict[str, dic
     return found
 
 
+async def _ranges(app: BotApplication, batch: Sequence[Claimed]) -> dict[int, int]:
+    """Days of the ETA range (store.insights) of each dated line the batch tells a new date."""
+    ids = [
+        int(line["line_id"])
+        for n in batch
+        if n.kind == ORDER_UPDATE
+        for line in n.payload["lines"]
+        if line.get("new") and "line_id" in line
+    ]
+    if not ids:
+        return {}
+    async with app.bot_data.store.connect() as conn:
+        return await line_range_days(conn, ids)
+
+
 def _day(value: str | None) -> date | None:
     return date.fromisoformat(value) if value else None
 
 
 async def _render(
-    app: BotApplication, notice: Claimed, names: dict[str, dict[str, str]], language: str
+    app: BotApplication,
+    notice: Claimed,
+    names: dict[str, dict[str, str]],
+    language: str,
+    ranges: dict[int, int] | None = None,
 ) -> Rendered | None:
     renderer = app.bot_data.renderer
     p = notice.payload
@@ -983,6 +1004,8 @@ async def _render(
             view["name"] = pick_name(names.get(line["sku"], {"en": line["sku"]}), language)
             view["old"] = _day(line.get("old"))
             view["new"] = _day(line.get("new"))
+            days = (ranges or {}).get(int(line.get("line_id") or 0))
+            view["until"] = view["new"] + timedelta(days=days) if view["new"] and days else None
             view["shipped_on"] = _day(line.get("shipped_on"))
             view["moved"] = "old" in line or "new" in line
             if view["moved"] and not notice.notify_delays:

@@ -13,12 +13,18 @@ from zoneinfo import ZoneInfo
 from babel import Locale
 from babel.dates import (
     format_date,
+    format_interval,
     format_skeleton,
     format_time,
     format_timedelta,
     get_datetime_format,
 )
-from babel.numbers import format_currency, format_decimal, get_currency_precision
+from babel.numbers import (
+    format_currency,
+    format_decimal,
+    format_percent,
+    get_currency_precision,
+)
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
@@ -120,6 +126,8 @@ class Renderer:
         locale = Locale.parse(language)
         env.filters.update(
             day_month=lambda d: _day_month(d, locale),
+            # "12–16 March" in the reader's language (an ETA range, store.insights).
+            day_range=lambda start, end: _day_range(start, end, locale),
             long_date=lambda d: format_date(d, "long", locale=locale),
             local_day=lambda dt: format_date(
                 dt.astimezone(self._zone).date(), "medium", locale=locale
@@ -131,6 +139,8 @@ class Renderer:
             days_from_today=lambda d: (d - self._today()).days,
             money=lambda minor, currency: _money(minor, currency, locale),
             number=lambda n: format_decimal(n, locale=locale),
+            percent=lambda share: format_percent(share, locale=locale),
+            iso_day=date.fromisoformat,
             duration=lambda days: _duration(days, locale),
         )
         env.globals["language"] = language
@@ -154,6 +164,13 @@ class Renderer:
 @lru_cache(maxsize=4096)
 def _day_month(day: date, locale: Locale) -> str:
     return format_skeleton("MMMMd", day, locale=locale)
+
+
+@lru_cache(maxsize=4096)
+def _day_range(start: date, end: date, locale: Locale) -> str:
+    if start == end:
+        return _day_month(start, locale)
+    return format_interval(start, end, "MMMMd", locale=locale)
 
 
 @lru_cache(maxsize=1024)

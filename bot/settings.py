@@ -111,6 +111,32 @@ class Settings(StoreSettings):
     api_tokens: SecretStr = Field(default=SecretStr(""), validate_default=True)
     api_rate_per_second: float = Field(default=20.0, gt=0, le=100_000)
 
+    # The team's ops topic in the support group (#18, bot.ops): alerts and the daily digest.
+    # On whenever SUPPORT_CHAT_ID is set, unless OPS_TOPIC=false. OPS_CHECK_MINUTES: how often
+    # the track records, causes and alerts are refreshed (0: never, by the bot); DIGEST_TIME:
+    # the shop's local time of the digest, or off; REORDER_POINT_DEFAULT: free units below
+    # which a SKU without a point of its own is reported (0: only SKUs with their own).
+    ops_topic: bool = True
+    ops_check_minutes: int = Field(default=15, ge=0, le=24 * 60)
+    digest_time: str = "08:30"
+    reorder_point_default: int = Field(default=0, ge=0, le=1_000_000)
+
+    @field_validator("digest_time")
+    @classmethod
+    def _known_digest_time(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", "off"):
+            return "off"
+        try:
+            return f"{time.fromisoformat(value):%H:%M}"
+        except ValueError:
+            raise ValueError("must be HH:MM (or off)") from None
+
+    @property
+    def ops_chat_id(self) -> int | None:
+        """The support group that holds the ops topic, None when there is none."""
+        return self.support_chat_id if self.ops_topic else None
+
     @field_validator("bot_token", "webhook_secret", "shopify_webhook_secret", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:

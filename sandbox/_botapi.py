@@ -20,6 +20,7 @@ from sandbox._world import (
 )
 
 FILE_MARK = "__file__"  # marks a multipart upload in the parameters
+UPLOAD_SIZE = "__size__"  # UPLOAD_SIZE + name: the bytes uploaded as that parameter
 _CHAT_ACTIONS = {
     "typing",
     "upload_photo",
@@ -536,6 +537,9 @@ def _media_method(kind: str, with_caption: bool) -> Handler:
     async def send(world: World, p: Params) -> Any:
         def content(chat: ChatState) -> dict[str, Any]:
             c = media_content(kind, _file_id(p, kind))
+            size = p.raw.get(UPLOAD_SIZE + kind)
+            if kind == "photo" and isinstance(size, int):
+                c["photo"][-1]["file_size"] = size
             if with_caption:
                 c.update(_caption(world, p))
             return c

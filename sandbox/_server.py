@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from sandbox import _control
-from sandbox._botapi import FILE_MARK, Params, call
+from sandbox._botapi import FILE_MARK, UPLOAD_SIZE, Params, call
 from sandbox._limits import Limits
 from sandbox._world import ApiError, Settings, World, now
 
@@ -246,6 +246,9 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
         form = await request.post()
         for key, value in form.items():
             raw[key] = FILE_MARK if isinstance(value, web.FileField) else value
+            if isinstance(value, web.FileField):
+                # What was uploaded, kept as its size (the message's file_size) for tests.
+                raw[UPLOAD_SIZE + key] = len(value.file.read())
     return raw
 
 

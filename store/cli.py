@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from babel.numbers import get_currency_precision
 from sqlalchemy import func, select
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -60,6 +64,8 @@ from store.imports import (
     strict_date,
     whole_number,
 )
+from store.insights import alerts as list_alerts
+from store.insights import cause_report, compute_records, refresh_causes, set_reorder_point
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
 from store.marks import pending, rescan
 from store.outbox import QueueReport, queue_notices
@@ -83,6 +89,7 @@ BUSY = (
 )
 # Commands that change the store and then run what the change owes (follow_on).
 CHANGES = ("import", "restock-date", "receive", "cancel", "ship", "catch-up")
+REPORTS = ("suppliers", "causes", "alerts")
 # Longest free text an operator types into a command (reasons, carriers, tracking numbers).
 MAX_ARG_CHARS = {"--reason": 500, "--shipment-id": 64, "--carrier": 64, "--tracking": 100}
 
@@ -183,8 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     bk = sub.add_parser("backup", help="copy a SQLite store to PATH while the bot runs")
     bk.add_argument("path", type=Path)
 
-    rp = sub.add_parser("report", help="print the backorder report per SKU")
+    rp = sub.add_parser(
+        "report",
+        help="print the backorder report per SKU, or: suppliers (track records), causes (why"
+        " lines wait; derives them first, in short batches), alerts (the team's)",
+    )
+    rp.add_argument("what", nargs="?", choices=REPORTS, help="one report (default: per SKU)")
     rp.add_argument("--limit", type=_whole(1, 10_000), default=50)
+    rp.add_argument("--csv", action="store_true", help="CSV on stdout (suppliers, causes, alerts)")
+
+    rpp = sub.add_parser(
+        "reorder-point",
+        help="set a SKU's own reorder point (the team is alerted when its free stock falls"
+        " below it); without POINT, back to REORDER_POINT_DEFAULT",
+    )
+    rpp.add_argument("sku")
+    rpp.add_argument("point", nargs="?", type=_whole(0, MAX_QTY))
 
     ln = sub.add_parser("link", help="print a deep link that links a Telegram chat to a customer")
     target = ln.add_mutually_exclusive_group(required=True)
@@ -311,6 +332,15 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "status":
             async with store.connect() as conn:
                 await _status(conn)
+        elif args.command == "reorder-point":
+            async with store.begin() as conn:
+                await set_reorder_point(conn, args.sku, args.point)
+            print(
+                f"{args.sku}: reorder point "
+                + ("default" if args.point is None else str(args.point))
+            )
+        elif args.command == "report" and args.what is not None:
+            await _insights_report(store, args.what, args.limit, args.csv)
         elif args.command == "report":
             async with store.connect() as conn:
                 await _report(conn, args.limit)
@@ -577,6 +607,87 @@ async def _report(conn: AsyncConnection, limit: int) -> None:
         )
     if not rows:
         print("no backorders")
+
+
+async def _insights_report(store: Store, what: str, limit: int, as_csv: bool) -> None:
+    """The insights' reports (store.insights): a table on a terminal, or CSV."""
+    out = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
+    settings = _settings()
+
+    def row(*values: Any) -> None:
+        if out is not None:
+            out.writerow(values)
+
+    if what == "suppliers":
+        async with store.connect() as conn:
+            recs = await compute_records(
+                conn,
+                min_deliveries=settings.insights_min_deliveries,
+                zone=ZoneInfo(settings.shop_timezone),
+            )
+        row(
+            "scope", "key", "deliveries", "on_time_share", "slip_median", "slip_p80",
+            "slip_worst", "moved_share", "lead_median", "enough",
+        )  # fmt: skip
+        if out is None:
+            print(
+                f"{'supplier/SKU':<14} {'deliv':>5} {'on time':>7} {'median':>6} {'p80':>4}"
+                f" {'worst':>5} {'moved':>6} {'lead':>5}"
+            )
+        # SKUs with a record first, the slowest first.
+        skus = sorted(recs.skus, key=lambda r: (not r.enough, -r.slip_p80, r.key))
+        for rec in [*recs.suppliers, *skus[:limit]]:
+            row(
+                rec.scope, rec.key, rec.deliveries, f"{rec.on_time_share:.3f}", rec.slip_median,
+                rec.slip_p80, rec.slip_worst, f"{rec.moved_share:.3f}",
+                "" if rec.lead_median is None else rec.lead_median, int(rec.enough),
+            )  # fmt: skip
+            lead = "-" if rec.lead_median is None else str(rec.lead_median)
+            if out is None and rec.enough:
+                print(
+                    f"{rec.key:<14} {rec.deliveries:>5} {rec.on_time_share:>7.0%}"
+                    f" {rec.slip_median:>6} {rec.slip_p80:>4} {rec.slip_worst:>5}"
+                    f" {rec.moved_share:>6.0%} {lead:>5}"
+                )
+            elif out is None:
+                print(
+                    f"{rec.key:<14} {rec.deliveries:>5}  not enough history"
+                    f" (fewer than {settings.insights_min_deliveries} deliveries)"
+                )
+        if out is None and not recs.suppliers:
+            print("no deliveries yet")
+    elif what == "causes":
+        await refresh_causes(store)
+        async with store.connect() as conn:
+            totals, detail = await cause_report(conn, limit)
+        row("cause", "supplier", "sku", "lines", "customers", "money", "currency")
+        for r in [*totals, *detail]:
+            places = get_currency_precision(r.currency)
+            money = format(Decimal(r.money_minor).scaleb(-places), f".{places}f")
+            row(r.cause, r.supplier_id or "", r.sku or "", r.lines, r.customers, money, r.currency)
+            if out is None:
+                print(
+                    f"{r.cause:<18} {r.supplier_id or '-':<8} {r.sku or 'all':<10} {r.lines:>7}"
+                    f" lines {r.customers:>7} customers {money:>14} {r.currency}"
+                )
+            if out is None and r is totals[-1]:
+                print()
+        if out is None and not totals:
+            print("no lines waiting")
+    else:
+        async with store.connect() as conn:
+            found = await list_alerts(conn, limit=limit)
+        row("key", "kind", "active", "since", "told_at", "cleared_at", "data")
+        for a in found:
+            data = json.dumps(a.data, sort_keys=True)
+            stamps = [t.isoformat(timespec="seconds") if t else "" for t in
+                      (a.since, a.told_at, a.cleared_at)]  # fmt: skip
+            row(a.key, a.kind, int(a.active), *stamps, data)
+            if out is None:
+                state = "active" if a.active else f"cleared {stamps[2]}"
+                print(f"{a.key:<40} {state:<28} since {stamps[0]}  {data}")
+        if out is None and not found:
+            print("no alerts")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,6 +109,23 @@ LAST = {
     "es": ["López", "Martínez", "Sánchez", "Pérez", "Gómez", "Ruiz", "Díaz", "Moreno"],
     "ru": ["Иванов", "Смирнов", "Кузнецов", "Попов", "Соколов", "Лебедев", "Козлов", "Новиков"],
 }
+# Each supplier's habit, SUP-01 first: (share of deliveries that come late, fewest and most
+# days late); the others come on their date or up to 2 days early. So the track records
+# (store.insights) differ: a punctual supplier states a single date, a slow one a range.
+HABITS = [
+    (0.10, 1, 2),
+    (0.30, 1, 4),
+    (0.60, 2, 9),
+    (0.90, 5, 18),
+    (0.50, 8, 30),
+    (0.20, 1, 3),
+    (0.70, 3, 12),
+    (0.05, 1, 1),
+    (0.40, 2, 6),
+    (0.80, 4, 14),
+    (0.25, 2, 20),
+    (0.15, 1, 5),
+]
 TRANSLIT = str.maketrans("ÄÖÜäöüßáéíóúñ", "AOUaousaeioun")
 
 SHOWCASE_CUSTOMERS = [
@@ -458,7 +475,74 @@ def _simulate(size: str, seed: int, today: date) -> _Sim:
         sim.shipments.append(
             (f"SH-{len(sim.shipments) + 1:07d}", o, carrier, tracking, when, shipped_lines)
         )
+    _supplier_history(sim, seed, showcase_idx)
     return sim
+
+
+def _slip(rng: random.Random, supplier: int) -> int:
+    late, lo, hi = HABITS[(supplier - 1) % len(HABITS)]
+    return rng.randint(lo, hi) if rng.random() < late else -rng.choice((0, 0, 0, 0, 1, 2))
+
+
+def _supplier_history(sim: _Sim, seed: int, showcase: set[int]) -> None:
+    """Past deliveries by each supplier's habit, for their track records: the restocks
+    received already (the simulation's) keep their day of arrival and get a first date that
+    habit made them miss; older ones are added, every supplier's on its own SKUs (the SKU's
+    supplier is SUP-(index % 12 + 1)). A random stream of its own, so that the rest of the
+    demo (customers, orders, queues) is the same as without it."""
+    rng = random.Random(seed + 18)
+    today = sim.today
+
+    def moved(rid: str, first: date, arrived: date, created: date) -> None:
+        # Most late deliveries were announced: the date moved once before they came.
+        if arrived > first and rng.random() < 0.7:
+            when = max(created + timedelta(days=1), first - timedelta(days=rng.randint(1, 5)))
+            sim.changes.append(
+                dict(
+                    restock_id=rid,
+                    old_date=first,
+                    new_date=arrived,
+                    reason="supplier delay",
+                    changed_at=datetime.combine(when, time(8), tzinfo=UTC),
+                )
+            )
+
+    for r in sim.restocks:
+        if r["status"] != "received":
+            continue
+        supplier = int(r["supplier_id"][4:])
+        arrived = r["expected_date"]
+        first = arrived - timedelta(days=_slip(rng, supplier))
+        created = first - timedelta(days=14 + supplier)
+        r.update(
+            received_at=datetime.combine(arrived, time(10), tzinfo=UTC),
+            created_at=datetime.combine(created, time(9), tzinfo=UTC),
+        )
+        moved(r["restock_id"], first, arrived, created)
+    by_supplier: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(sim.skus)):
+        if i not in showcase:
+            by_supplier[i % 12 + 1].append(i)
+    per_supplier = max(10, len(sim.skus) // 40)
+    for supplier in sorted(by_supplier):
+        skus = by_supplier[supplier]
+        for _ in range(per_supplier):
+            first = today - timedelta(days=rng.randint(60, 400))
+            arrived = first + timedelta(days=_slip(rng, supplier))
+            created = first - timedelta(days=14 + supplier)
+            sim.restocks.append(
+                dict(
+                    restock_id=f"PO-{len(sim.restocks) + 1:06d}",
+                    supplier_id=f"SUP-{supplier:02d}",
+                    sku_i=rng.choice(skus),
+                    qty=rng.choice([5, 10, 20, 50]),
+                    expected_date=arrived,
+                    status="received",
+                    received_at=datetime.combine(arrived, time(10), tzinfo=UTC),
+                    created_at=datetime.combine(created, time(9), tzinfo=UTC),
+                )
+            )
+            moved(sim.restocks[-1]["restock_id"], first, arrived, created)
 
 
 def _chunks(rows: list[dict[str, Any]], n: int = 20_000) -> list[list[dict[str, Any]]]:
@@ -561,8 +645,8 @@ async def fill_demo(
                     expected_date=r["expected_date"],
                     status=r["status"],
                     qty_received=r["qty"] if r["status"] == "received" else 0,
-                    received_at=now if r["status"] == "received" else None,
-                    created_at=now,
+                    received_at=r.get("received_at"),
+                    created_at=r.get("created_at", now),
                     updated_at=now,
                 )
                 for r in sim.restocks
@@ -571,7 +655,8 @@ async def fill_demo(
             await conn.execute(insert(restocks), chunk)
         if sim.changes:
             await conn.execute(
-                insert(restock_date_changes), [dict(c, changed_at=now) for c in sim.changes]
+                insert(restock_date_changes),
+                [dict(c, changed_at=c.get("changed_at", now)) for c in sim.changes],
             )
 
         cust_rows = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -14,12 +14,14 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Select,
+    and_,
     bindparam,
     case,
     exists,
     func,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -36,6 +38,7 @@ from store.schema import (
     restocks,
     shipment_lines,
     shipments,
+    track_records,
     utcnow,
 )
 
@@ -85,6 +88,9 @@ class OrderLine:
     queue_position: int | None  # 1 = next to be served among the SKU's waiting lines
     waits_for: RestockRef | None
     delay_consent: str | None
+    # The end of the range the supplier's track record supports (projected date + its p80
+    # slip, store.insights); None: a single date (not enough history, or it is not late).
+    eta_end: date | None = None
 
     @property
     def dated(self) -> bool:
@@ -258,10 +264,19 @@ def _lines_query() -> Select[Any]:
             restocks.c.restock_id,
             restocks.c.qty.label("restock_qty"),
             restocks.c.expected_date,
+            track_records.c.slip_p80.label("range_days"),
         )
         .select_from(
-            order_lines.join(products, products.c.sku == ol.sku).outerjoin(
-                restocks, restocks.c.restock_id == ol.waits_for_restock_id
+            order_lines.join(products, products.c.sku == ol.sku)
+            .outerjoin(restocks, restocks.c.restock_id == ol.waits_for_restock_id)
+            .outerjoin(
+                track_records,
+                and_(
+                    track_records.c.scope == "supplier",
+                    track_records.c.key == restocks.c.supplier_id,
+                    track_records.c.enough.is_(true()),
+                    track_records.c.slip_p80 > 0,
+                ),
             )
         )
         .where(ol.order_id.in_(bindparam("order_ids", expanding=True)))
@@ -309,6 +324,11 @@ async def _lines_by_order(
                     else None
                 ),
                 delay_consent=r.delay_consent,
+                eta_end=(
+                    r.projected_date + timedelta(days=r.range_days)
+                    if waiting and r.projected_date is not None and r.range_days
+                    else None
+                ),
             )
         )
     return out

@@ -587,3 +587,91 @@ shopify_inventory_levels = Table(
     Column("location_id", BigInteger, primary_key=True, autoincrement=False),
     Column("available", BigInteger, nullable=False),
 )
+
+# --- insights (#18): what the store learns from its own history -------------------------------
+
+# Each supplier's and each SKU's track record, from restocks received and their date histories
+# (store.insights): rewritten whole by refresh_records. enough: at least the minimum sample of
+# deliveries, so the order view may state a range from slip_p80.
+track_records = Table(
+    "track_records",
+    metadata,
+    Column("scope", String(8), primary_key=True),  # 'supplier' | 'sku'
+    Column("key", String(64), primary_key=True),
+    Column("deliveries", Integer, nullable=False),
+    Column("on_time", Integer, nullable=False),
+    Column("moved", Integer, nullable=False),
+    Column("slip_median", Integer, nullable=False),
+    Column("slip_p80", Integer, nullable=False),
+    Column("slip_worst", Integer, nullable=False),
+    Column("lead_median", Integer),
+    Column("enough", Boolean, nullable=False),
+    Column("computed_at", UTCDateTime, nullable=False),
+    CheckConstraint("scope IN ('supplier', 'sku')", name="scope_known"),
+)
+
+# Why lines wait, per SKU and the restock they wait for (restock_key '' when none): every
+# waiting line of the pair has the same cause, so one row stands for all of them (1.7 million
+# waiting lines in the 1M-order store are 31,000 pairs). Rewritten SKU range by SKU range.
+wait_causes = Table(
+    "wait_causes",
+    metadata,
+    Column("sku", SKU, primary_key=True),
+    Column("restock_key", String(64), primary_key=True),
+    Column("cause", String(24), nullable=False),
+    Column("supplier_id", String(64)),
+    Column("lines", Integer, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("computed_at", UTCDateTime, nullable=False),
+    CheckConstraint(
+        "cause IN ('no_restock', 'supplier_slip', 'demand_ahead', 'not_backorderable',"
+        " 'on_schedule')",
+        name="cause_known",
+    ),
+    Index(None, "cause"),
+)
+
+# Waiting lines by cause, one row per day and cause (the digest's chart).
+cause_snapshots = Table(
+    "cause_snapshots",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("cause", String(24), primary_key=True),
+    Column("lines", Integer, nullable=False),
+    Column("units", BigInteger, nullable=False),
+)
+
+# A SKU's own reorder point (units free below which the team is told); others use the default.
+reorder_points = Table(
+    "reorder_points",
+    metadata,
+    Column("sku", SKU, ForeignKey("products.sku"), primary_key=True),
+    Column("point", Integer, nullable=False),
+    CheckConstraint("point >= 0", name="point_nonneg"),
+)
+
+# Every condition the team is alerted about, by its key: told once while it holds; cleared
+# when it ends, so that its return is told again.
+ops_alerts = Table(
+    "ops_alerts",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("since", UTCDateTime, nullable=False),
+    Column("told_at", UTCDateTime),
+    Column("cleared_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "active", "told_at"),
+)
+
+# Small named values of the ops side: the ops topic's thread per support group, the last
+# digest's day.
+ops_state = Table(
+    "ops_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -47,6 +47,10 @@ class StoreSettings(BaseSettings):
     delay_min_answer_days: int = Field(default=7, ge=1, le=90)
     delay_no_answer_action: Literal["cancel", "agents"] = "cancel"
 
+    # Suppliers' track records (store.insights): fewer deliveries than this is "not enough
+    # history", and the order view states a single date instead of a range.
+    insights_min_deliveries: int = Field(default=5, ge=1, le=10_000)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -71,6 +71,8 @@ def bot_environ(request: pytest.FixtureRequest, support: int) -> dict[str, str]:
     return {
         "SUPPORT_CHAT_ID": str(support),
         "NOTICE_JOB_INTERVAL_SECONDS": "0",
+        # The group's topics here are the customers' alone (the ops topic: test_alerts).
+        "OPS_TOPIC": "false",
         **getattr(request, "param", {}),
     }
 

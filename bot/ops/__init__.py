@@ -1,0 +1,170 @@
+"""The shop team's side (#18): alerts and a daily digest in an ops topic of the support group.
+
+The topic is opened at start-up, like the customers' topics are on escalation, and kept in the
+store (ops_state) so that every process and every restart writes to the same one. A job every
+OPS_CHECK_MINUTES refreshes the suppliers' track records and the causes of waiting lines (in
+short batches, store.insights), then the alerts: each condition is told once while it holds,
+again only after it ended and came back, and never in quiet hours (it waits for the morning).
+The digest goes out once a day at DIGEST_TIME, with a chart of waiting lines by cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import datetime, timedelta
+
+from telegram.error import TelegramError
+
+from bot.context import BotApplication, BotContext
+from store.insights import (
+    AlertRules,
+    alert_conditions,
+    claim_state,
+    claim_untold,
+    refresh_causes,
+    refresh_records,
+    snapshot_causes,
+    state_of,
+    sync_alerts,
+)
+from store.schema import ops_alerts
+
+log = logging.getLogger(__name__)
+
+# Alerts told in full in a check's message; the rest (up to CLAIM_LIMIT) are counted.
+ALERTS_PER_MESSAGE = 20
+CLAIM_LIMIT = 10_000
+
+
+def _topic_key(chat_id: int) -> str:
+    return f"ops_topic:{chat_id}"
+
+
+async def ops_thread(app: BotApplication) -> int | None:
+    """The ops topic's thread in the support group, None when there is none."""
+    chat_id = app.bot_data.settings.ops_chat_id
+    if chat_id is None:
+        return None
+    async with app.bot_data.store.connect() as conn:
+        value = await state_of(conn, _topic_key(chat_id))
+    return int(value) if value is not None else None
+
+
+async def open_topic(app: BotApplication) -> int | None:
+    """Open the ops topic unless the store knows it already; its thread id."""
+    settings = app.bot_data.settings
+    chat_id = settings.ops_chat_id
+    if chat_id is None:
+        return None
+    known = await ops_thread(app)
+    if known is not None:
+        return known
+    name = app.bot_data.renderer.plain("ops.j2", "topic_name", settings.default_language)
+    try:
+        topic = await app.bot.create_forum_topic(chat_id, name)
+    except TelegramError as exc:
+        log.error("cannot open the ops topic in the support group %s: %s", chat_id, exc)
+        return None
+    now = app.bot_data.now()
+    async with app.bot_data.store.begin() as conn:
+        mine = await claim_state(conn, _topic_key(chat_id), str(topic.message_thread_id), now)
+    if mine:
+        return topic.message_thread_id
+    # Another process opened it meanwhile: ours is surplus.
+    with contextlib.suppress(TelegramError):
+        await app.bot.delete_forum_topic(chat_id, topic.message_thread_id)
+    return await ops_thread(app)
+
+
+async def refresh(app: BotApplication) -> None:
+    """Track records, causes and today's snapshot of them, each in short batches."""
+    settings = app.bot_data.settings
+    store = app.bot_data.store
+    await refresh_records(
+        store, min_deliveries=settings.insights_min_deliveries, zone=settings.zone
+    )
+    await refresh_causes(store, now=app.bot_data.now())
+    async with store.begin() as conn:
+        await snapshot_causes(conn, app.bot_data.now().astimezone(settings.zone).date())
+
+
+async def run_check(app: BotApplication, *, refresh_first: bool = True) -> int:
+    """Refresh, record which alerts hold, and tell the new ones in the ops topic (not in quiet
+    hours). Returns the alerts told."""
+    from bot.notices import in_quiet_hours
+
+    settings = app.bot_data.settings
+    store = app.bot_data.store
+    if refresh_first:
+        await refresh(app)
+    now = app.bot_data.now()
+    rules = AlertRules(default_reorder_point=settings.reorder_point_default)
+    async with store.connect() as conn:
+        conditions = await alert_conditions(conn, now, rules)
+    async with store.begin() as conn:
+        await sync_alerts(conn, conditions, now)
+    thread = await ops_thread(app)
+    if thread is None or settings.ops_chat_id is None or in_quiet_hours(app, now):
+        return 0
+    async with store.begin() as conn:
+        batch = await claim_untold(conn, now, limit=CLAIM_LIMIT)
+    if not batch:
+        return 0
+    # One message a check: the first alerts in full, the count of the rest (a big shop's
+    # first check finds thousands; the report lists them all).
+    text = app.bot_data.renderer.text(
+        "ops_alerts.j2",
+        settings.default_language,
+        alerts=batch[:ALERTS_PER_MESSAGE],
+        more=len(batch) - len(batch[:ALERTS_PER_MESSAGE]),
+    )
+    try:
+        await app.bot.send_message(settings.ops_chat_id, text, message_thread_id=thread)
+    except TelegramError as exc:
+        log.warning("ops alerts not sent, the next check tries again: %s", exc)
+        async with store.begin() as conn:
+            await conn.execute(
+                ops_alerts.update()
+                .where(ops_alerts.c.key.in_([a.key for a in batch]))
+                .values(told_at=None)
+            )
+        return 0
+    return len(batch)
+
+
+async def _check_job(context: BotContext) -> None:
+    app: BotApplication = context.application  # type: ignore[assignment]
+    try:
+        await run_check(app)
+    except Exception:
+        log.exception("ops check failed; the next one tries again")
+
+
+async def _digest_job(context: BotContext) -> None:
+    from bot.ops.digest import send_digest
+
+    app: BotApplication = context.application  # type: ignore[assignment]
+    try:
+        await send_digest(app)
+    except Exception:
+        log.exception("the daily digest failed")
+
+
+async def start(app: BotApplication) -> None:
+    """At start-up: the ops topic, then the jobs. The check runs without a topic too: the
+    order view's ETA ranges need the track records it refreshes."""
+    settings = app.bot_data.settings
+    if settings.ops_chat_id is not None:
+        await open_topic(app)
+    if app.job_queue is None:
+        return
+    if settings.ops_check_minutes > 0:
+        every = timedelta(minutes=settings.ops_check_minutes)
+        app.job_queue.run_repeating(
+            _check_job, interval=every, first=every, name="ops-check",
+            job_kwargs={"max_instances": 1},
+        )  # fmt: skip
+    if settings.digest_time != "off" and settings.ops_chat_id is not None:
+        at = datetime.strptime(settings.digest_time, "%H:%M").time().replace(tzinfo=settings.zone)
+        app.job_queue.run_daily(_digest_job, time=at, name="ops-digest")
