@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,47 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         yield url
     finally:
         databases.drop(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SQLite files migrated and filled once per worker, by kind (see filled_db_url)."""
+    return {}
+
+
+def filled_db_url(
+    request: pytest.FixtureRequest,
+    backend: str,
+    kind: str,
+    fill: Callable[[Store], Awaitable[None]],
+) -> Iterator[str]:
+    """What ``db_url`` gives, with ``fill`` run on it: a copy of a template of this worker's,
+    filled once (a fresh migration and fill took a second or more per test)."""
+    if backend == "postgresql":
+        databases: Databases = request.getfixturevalue("pg_databases")
+        name, url = databases.fresh(databases.template(kind, fill))
+        try:
+            yield url
+        finally:
+            databases.drop(name)
+        return
+    templates: dict[str, Path] = request.getfixturevalue("sqlite_templates")
+    if kind not in templates:
+        tmp: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        path = tmp.mktemp(kind) / "template.sqlite3"
+
+        async def build() -> None:
+            s = await open_store(sqlite_url(path))
+            try:
+                await fill(s)
+            finally:
+                await s.close()
+
+        asyncio.run(build())
+        templates[kind] = path
+    copy = request.getfixturevalue("tmp_path") / "store.sqlite3"
+    shutil.copyfile(templates[kind], copy)
+    yield sqlite_url(copy)
 
 
 @pytest.fixture

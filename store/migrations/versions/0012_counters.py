@@ -1,0 +1,34 @@
+"""counters: numbers the store hands out itself, one row each, taken with one atomic UPDATE
+(the order numbers of orders the bot places: max + 1 gave two processes the same number)
+
+Revision ID: 0012_counters
+Revises: 0015_shopify
+Create Date: 2026-12-02 03:00:00
+
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0012_counters"
+down_revision: str | Sequence[str] | None = "0015_shopify"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    counters = op.create_table(
+        "counters",
+        sa.Column("name", sa.String(length=40), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_counters")),
+    )
+    # 0: the next number is taken past the largest order number there is (store.delays.
+    # next_order_number), which also covers the orders already in the store.
+    op.bulk_insert(counters, [{"name": "order_number", "value": 0}])
+
+
+def downgrade() -> None:
+    op.drop_table("counters")
