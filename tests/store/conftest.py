@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,14 +43,16 @@ def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return {}
 
 
-def filled_db_url(
+@contextmanager
+def copied_db(
     request: pytest.FixtureRequest,
     backend: str,
     kind: str,
-    fill: Callable[[Store], Awaitable[None]],
+    fill: Callable[[Store], Awaitable[None]] | None = None,
 ) -> Iterator[str]:
-    """What ``db_url`` gives, with ``fill`` run on it: a copy of a template of this worker's,
-    filled once (a fresh migration and fill took a second or more per test)."""
+    """The URL of a new database: a copy of this worker's template ``kind``, migrated and
+    ``fill``-ed once (a fresh migration took about a second per test, or per example of a
+    property), dropped or deleted afterwards."""
     if backend == "postgresql":
         databases: Databases = request.getfixturevalue("pg_databases")
         name, url = databases.fresh(databases.template(kind, fill))
@@ -58,22 +62,35 @@ def filled_db_url(
             databases.drop(name)
         return
     templates: dict[str, Path] = request.getfixturevalue("sqlite_templates")
+    tmp: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
     if kind not in templates:
-        tmp: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
         path = tmp.mktemp(kind) / "template.sqlite3"
 
         async def build() -> None:
             s = await open_store(sqlite_url(path))
             try:
-                await fill(s)
+                if fill is not None:
+                    await fill(s)
             finally:
                 await s.close()
 
         asyncio.run(build())
         templates[kind] = path
-    copy = request.getfixturevalue("tmp_path") / "store.sqlite3"
-    shutil.copyfile(templates[kind], copy)
-    yield sqlite_url(copy)
+    with tempfile.TemporaryDirectory(dir=tmp.getbasetemp()) as folder:
+        copy = Path(folder) / "store.sqlite3"
+        shutil.copyfile(templates[kind], copy)
+        yield sqlite_url(copy)
+
+
+def filled_db_url(
+    request: pytest.FixtureRequest,
+    backend: str,
+    kind: str,
+    fill: Callable[[Store], Awaitable[None]],
+) -> Iterator[str]:
+    """For a ``db_url`` fixture: a copy of template ``kind`` (see copied_db)."""
+    with copied_db(request, backend, kind, fill) as url:
+        yield url
 
 
 @pytest.fixture
