@@ -57,13 +57,6 @@ SQLITE_ONLY: dict[str, str] = {
         "a SQLite file's inline writer writes the mark within the next turn; through"
         " PostgreSQL's pool the mark starts then and takes several turns"
     ),
-    # Both wait a fixed time for the relay, which on PostgreSQL (through the pool) under a
-    # load of 8 on two cores was not always enough: the last sticker came after the 0.5 s.
-    "tests/bot/test_handoff.py::test_messages_of_every_kind_and_their_edits_are_relayed_both"
-    "_ways": "a fixed 0.5 s wait for the relay (flaky on PostgreSQL under load)",
-    "tests/bot/test_handoff.py::test_a_held_message_left_behind_is_relayed_by_the_sweep": (
-        "a fixed 0.3 s wait for a message (flaky on PostgreSQL under load)"
-    ),
     "tests/test_chaos_import.py": (
         "paced for SQLite: on PostgreSQL the second import committed after the last update"
         " was answered (during = [642, 816])"
