@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
 from store.events import log_event
-from store.marks import mark_lines
+from store.marks import insert_ignoring, mark_lines
 from store.schema import (
     customers,
     events,
@@ -122,17 +122,34 @@ class Shipped:
 
 
 async def _ensure_stock_row(conn: AsyncConnection, sku: str) -> None:
-    have = await conn.scalar(select(stock.c.sku).where(stock.c.sku == sku))
-    if have is None:
-        await conn.execute(
-            insert(stock).values(sku=sku, on_hand=0, allocated=0, updated_at=utcnow())
-        )
+    # One statement: two transactions adding the row at once both succeed.
+    await conn.execute(
+        insert_ignoring(conn, stock).values(sku=sku, on_hand=0, allocated=0, updated_at=utcnow())
+    )
 
 
-async def free_stock(conn: AsyncConnection, sku: str) -> int:
-    row = (
-        await conn.execute(select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == sku))
-    ).first()
+async def _lock_stock(conn: AsyncConnection, skus: Sequence[str]) -> None:
+    """Hold the stock rows of ``skus`` (made if missing) until the transaction ends, in SKU
+    order, so that two transactions locking the same SKUs wait for each other instead of
+    deadlocking. On PostgreSQL whoever allocates a SKU's free units holds its row first:
+    the rest read what it left (READ COMMITTED would let two both read the last unit as free,
+    and the second fail on ck_stock_allocated_within). Nothing on SQLite, whose write
+    transactions run one at a time."""
+    for sku in sorted(set(skus)):
+        await _ensure_stock_row(conn, sku)
+    await conn.execute(
+        select(stock.c.sku)
+        .where(stock.c.sku.in_(sorted(set(skus))))
+        .order_by(stock.c.sku)
+        .with_for_update()
+    )
+
+
+async def free_stock(conn: AsyncConnection, sku: str, *, lock: bool = False) -> int:
+    """Units of ``sku`` on hand and not allocated; ``lock``: holding the stock row (see
+    _lock_stock), for a caller that allocates them."""
+    query = select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == sku)
+    row = (await conn.execute(query.with_for_update() if lock else query)).first()
     return 0 if row is None else int(row.on_hand - row.allocated)
 
 
@@ -161,7 +178,7 @@ async def set_stock(conn: AsyncConnection, sku: str, on_hand: int) -> tuple[Allo
 async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation, ...]:
     """Give free stock of ``sku`` to waiting lines, first come first served, partial fills
     allowed."""
-    free = await free_stock(conn, sku)
+    free = await free_stock(conn, sku, lock=True)
     done: list[Allocation] = []
     last: tuple[int, datetime, int] | None = None
     while free > 0:
@@ -495,6 +512,9 @@ async def place_order(
     currencies = {p.currency for p in prods.values()}
     if len(currencies) != 1:
         raise StoreError("all lines of an order must be in one currency")
+    # Held from here to the commit: the free units checked below and allocated at the end
+    # are not given to another order in between.
+    await _lock_stock(conn, list(prods))
     for sku in prods:
         if not prods[sku].backorderable:
             want = sum(ln.qty for ln in lines if ln.sku == sku)
@@ -545,7 +565,6 @@ async def place_order(
 
     allocated: list[Allocation] = []
     for sku in dict.fromkeys(ln.sku for ln in lines):
-        await _ensure_stock_row(conn, sku)
         allocated.extend(await allocate_waiting(conn, sku))
         await project_dates(conn, sku)
     # What the customer is told at order time is the promise; later moves compare with it.

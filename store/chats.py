@@ -6,7 +6,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -344,20 +355,26 @@ _ORDER_FAILURES = (
 )
 
 
+# PostgreSQL only: a lock held until the transaction ends, on a 64-bit hash of a text key (two
+# keys that hash alike only wait for each other).
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
 async def proof_check(
     conn: AsyncConnection, chat_id: int, order_number: str, *, allowance: int, now: datetime
 ) -> ProofCheck:
     """Whether this chat may have a proof for ``order_number`` checked at ``now``.
 
-    Atomic only with the attempt it lets through: call it, check the proof and
-    `record_verification_attempt` in one write transaction, or two chats could both be let
-    through on the same count. On SQLite what holds it is the file's write lock, had before
-    the counts are read: Store.begin_small begins IMMEDIATE; through the pool (the file was
-    busy) the driver begins only at the first write, so the caller writes first (the bot
-    clears the chat's question). On PostgreSQL, READ COMMITTED lets two transactions read
-    the same count: take ``pg_advisory_xact_lock`` on the order number and on the chat
-    before counting (a number that does not exist has no row to lock), or run the
-    transaction SERIALIZABLE and retry it on a serialization failure."""
+    Atomic with the attempt it lets through when the caller checks the proof and records it
+    (`record_verification_attempt`) in the same write transaction: two proofs of the chat,
+    or two for the number, are counted one after the other. On PostgreSQL, where READ
+    COMMITTED would let both read the same count, this takes a transaction-level advisory
+    lock on the chat and one on the number (a number that does not exist has no row to
+    lock), always in that order; on SQLite the transaction holds the file's write lock from
+    its start (Store.begin and begin_small begin IMMEDIATE)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_ADVISORY_LOCK, {"key": f"proof-chat:{chat_id}"})
+        await conn.execute(_ADVISORY_LOCK, {"key": f"proof-order:{order_number}"})
     chat_failures = await conn.scalar(
         _CHAT_FAILURES, {"chat_id": chat_id, "since": now - CHAT_WINDOW}
     )

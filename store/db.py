@@ -84,9 +84,19 @@ class Store:
         """One transaction: committed on success, rolled back on error.
 
         ``counted=False``: not counted in `writes`, for rows no reader caches (the bot's
-        update inbox, a chat's own state written by the update that holds it)."""
+        update inbox, a chat's own state written by the update that holds it).
+
+        Every check-then-write inside is atomic against every other transaction, on both
+        backends, as long as it takes its lock before it reads: on SQLite the transaction
+        begins IMMEDIATE, with the file's write lock (the driver would begin it only at the
+        first write, so what was read before came from outside the transaction, and a
+        writer of another `Store` or process could slip in between); on PostgreSQL, where
+        READ COMMITTED lets two transactions read the same rows, the step takes a row lock
+        (SELECT ... FOR UPDATE, which is nothing on SQLite) or an advisory lock."""
         try:
             async with self._one_writer or nullcontext(), self.engine.begin() as conn:
+                if self._one_writer is not None:
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
                 yield conn
         finally:
             # Counted once the transaction has ended, so a reader that saw the count before

@@ -29,6 +29,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import cancel_line, cancel_order
+from store.counters import next_value
 from store.db import Store
 from store.errors import NotFound
 from store.marks import advance, insert_ignoring, lines_from, take_marks, take_turn
@@ -652,18 +653,14 @@ async def answer_alternative(
 
 
 async def next_order_number(conn: AsyncConnection) -> str:
-    """A fresh order number for an order the bot places itself (an alternative)."""
-    numbers = [
-        r.order_number
-        for r in await conn.execute(
-            select(orders.c.order_number)
-            .order_by(func.length(orders.c.order_number).desc(), orders.c.order_number.desc())
-            .limit(1)
-        )
-    ]
-    if not numbers:
-        return "100001"
-    return str(int(numbers[0]) + 1)
+    """A fresh order number for an order the bot places itself (an alternative): past the
+    largest in the store, and never one given to another transaction (store.counters)."""
+    largest = await conn.scalar(
+        select(orders.c.order_number)
+        .order_by(func.length(orders.c.order_number).desc(), orders.c.order_number.desc())
+        .limit(1)
+    )
+    return str(await next_value(conn, "order_number", above=int(largest or 100000)))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ keeps one topic per chat (UNIQUE(chat_id)).
 
 Several bot processes may act on the same customer at once, so every transition is a
 conditional UPDATE (or an INSERT guarded by a UNIQUE constraint) whose row count says who won;
-the loser re-reads and follows the winner.
+the loser re-reads and follows the winner. An escalation, which reads where the customer's
+topic is before it moves it, first holds the rows of the chat and of the customers involved
+(_hold_topics): escalations that could touch the same topic run one after the other.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.chats import touch_chat
+from store.chats import Chat, chat_of, touch_chat
 from store.errors import Conflict
 from store.schema import (
     chats,
@@ -216,6 +218,34 @@ async def handoff_by_thread(
     )
 
 
+async def _hold_topics(conn: AsyncConnection, chat_id: int) -> Chat:
+    """Hold, until the transaction ends, the chat's row and the rows of the customers whose
+    topics an escalation of the chat may touch (the chat's customer's, and the one its own
+    topic belongs to): two escalations that could move the same topic run one after the
+    other. On PostgreSQL at READ COMMITTED one chat's escalation would otherwise see the
+    customer's topic on the old chat while another moves it (and fail, or detach the topic
+    the other just took). The chat first, then customers by id, so two escalations never
+    wait for each other in a circle; FOR NO KEY UPDATE leaves rows that refer to them free
+    to be written. Nothing on SQLite, whose write transactions run one at a time. Returns
+    the chat as it is under the lock."""
+    await touch_chat(conn, chat_id)
+    await conn.execute(
+        select(chats.c.chat_id).where(chats.c.chat_id == chat_id).with_for_update(key_share=True)
+    )
+    chat = await chat_of(conn, chat_id)
+    assert chat is not None
+    mine = await handoff_of(conn, chat_id)
+    held = {chat.customer_id, mine.customer_id if mine is not None else None} - {None}
+    if held:
+        await conn.execute(
+            select(customers.c.customer_id)
+            .where(customers.c.customer_id.in_(sorted(held)))
+            .order_by(customers.c.customer_id)
+            .with_for_update(key_share=True)
+        )
+    return chat
+
+
 async def claim_handoff(
     conn: AsyncConnection,
     chat_id: int,
@@ -235,7 +265,7 @@ async def claim_handoff(
     exactly one starts it."""
     if reason not in REASONS:
         raise ValueError(f"unknown escalation reason {reason!r}")
-    chat = await touch_chat(conn, chat_id)
+    chat = await _hold_topics(conn, chat_id)
     current = await handoff_of(conn, chat_id)
     if current is not None and current.active:
         return Claim(current, started=False, needs_topic=False)

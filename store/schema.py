@@ -675,3 +675,13 @@ ops_state = Table(
     Column("value", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Numbers the store hands out itself, one row per kind ('order_number': the orders the bot
+# places, store.delays.next_order_number): one UPDATE takes the next, so two processes never
+# get the same one (PostgreSQL's row lock, SQLite's single writer).
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

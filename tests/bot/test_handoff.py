@@ -7,9 +7,9 @@ agents are its users, and the bot polls it like Telegram.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from telegram import Update
@@ -34,6 +34,8 @@ from store.handoffs import (
     hold_message,
 )
 from tests.conftest import Clock, buttons
+
+T = TypeVar("T")
 
 QUIET = 0.15
 SUPPORT = -1001999000001
@@ -107,11 +109,35 @@ async def _agent_says(tg: SandboxClient, agent: int, thread: int, text: str) -> 
     return await tg.send_topic_message(agent, SUPPORT, thread, text)
 
 
+async def _last_from_bot(tg: SandboxClient, chat: int) -> str | None:
+    mine = [r for r in await tg.transcript(chat) if r["from_bot"]]
+    return mine[-1]["text"] if mine else None
+
+
+async def _state(store: Store, chat_id: int) -> str:
+    return (await _handoff(store, chat_id)).state
+
+
 async def _handoff(store: Store, chat_id: int) -> Handoff:
     async with store.connect() as conn:
         found = await handoff_of(conn, chat_id)
     assert found is not None
     return found
+
+
+async def eventually(read: Callable[[], Awaitable[T]], expected: T, timeout: float = 20.0) -> T:  # noqa: ASYNC109
+    """What ``read()`` gives once it gives ``expected``: asked again every 20 ms, so a test
+    waits exactly as long as the bot takes (through PostgreSQL's pool a relay takes more of
+    the loop's turns than through SQLite's inline writer). Fails with the last reading if
+    it never does within ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    got = await read()
+    while got != expected and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+        got = await read()
+    assert got == expected
+    return got
 
 
 STARTED_DE = (
@@ -291,14 +317,18 @@ async def test_messages_of_every_kind_and_their_edits_are_relayed_both_ways(
     for media in MEDIA:
         sent = await tg.send_message(ANNA, **media)
         assert await tg.collect(ANNA, sent["message_id"], timeout=0.5, quiet=QUIET) == []
-    await asyncio.sleep(0.3)
-    assert (await _in_topic(tg, thread))[1:] == [
+    relayed = [
         "Wo bleibt meine Kaffeemaschine?",
         "[photo] the box",
         "[document] invoice",
         "[voice]",
         "[sticker]",
     ]
+
+    async def in_topic() -> list[str]:
+        return (await _in_topic(tg, thread))[1:]
+
+    await eventually(in_topic, relayed)
     # Topic -> customer: the agent's own account never shows, the bot sends the copy.
     before = (await tg.chat(ANNA))["last_message_id"]
     first = await _agent_says(tg, MARIA, thread, "Hallo Anna, ich schaue nach.")
@@ -308,31 +338,37 @@ async def test_messages_of_every_kind_and_their_edits_are_relayed_both_ways(
     assert (await _topic(tg))["name"] == "💬 Anna Schmidt · #1"
     for media in MEDIA:
         await tg.send_message(MARIA, chat_id=SUPPORT, message_thread_id=thread, **media)
-    await asyncio.sleep(0.5)
-    customer_side = [
-        r for r in await tg.transcript(ANNA, after_message_id=copy["message_id"]) if r["from_bot"]
-    ]
-    assert [(r["kind"], r["caption"]) for r in customer_side] == [
-        ("photo", "the box"),
-        ("document", "invoice"),
-        ("voice", None),
-        ("sticker", None),
-    ]
+
+    async def customer_side() -> list[tuple[str, str | None]]:
+        after = await tg.transcript(ANNA, after_message_id=copy["message_id"])
+        return [(r["kind"], r["caption"]) for r in after if r["from_bot"]]
+
+    await eventually(
+        customer_side,
+        [("photo", "the box"), ("document", "invoice"), ("voice", None), ("sticker", None)],
+    )
     h = await _handoff(store, ANNA)
     assert h.state == "answered" and h.answered_at is not None
     # Edits follow, both ways.
     await tg.edit_message(
         MARIA, first["message_id"], "Hallo Anna, ich schaue sofort nach.", SUPPORT
     )
-    await asyncio.sleep(0.3)
-    [edited] = [r for r in await tg.transcript(ANNA) if r["message_id"] == copy["message_id"]]
-    assert edited["text"] == "Hallo Anna, ich schaue sofort nach."
+
+    async def the_copy() -> list[str]:
+        return [
+            r["text"] for r in await tg.transcript(ANNA) if r["message_id"] == copy["message_id"]
+        ]
+
+    await eventually(the_copy, ["Hallo Anna, ich schaue sofort nach."])
     mine = await tg.send_message(ANNA, "Danke!")
-    await asyncio.sleep(0.3)
-    assert (await _topic(tg))["name"] == "⏳ Anna Schmidt · #1"  # the customer wrote last
+
+    async def topic_name() -> str:
+        return str((await _topic(tg))["name"])
+
+    await eventually(topic_name, "⏳ Anna Schmidt · #1")  # the customer wrote last
+    await eventually(in_topic, [*relayed, "Danke!"])
     await tg.edit_message(ANNA, mine["message_id"], "Danke schön!")
-    await asyncio.sleep(0.3)
-    assert (await _in_topic(tg, thread))[-1] == "Danke schön!"
+    await eventually(in_topic, [*relayed, "Danke schön!"])
 
 
 @pytest.mark.parametrize("bot_environ", [{"AGENT_SIGNATURE": "true"}], indirect=True)
@@ -376,7 +412,7 @@ async def test_hand_back_by_command_then_the_bot_answers_and_a_new_escalation_re
     await tg.say(ANNA, "/agent", quiet=QUIET)
     thread = (await _topic(tg))["message_thread_id"]
     await _agent_says(tg, MARIA, thread, "Alles erledigt?")
-    await asyncio.sleep(0.3)
+    await eventually(lambda: _last_from_bot(tg, ANNA), "Alles erledigt?")
     before = (await tg.chat(ANNA))["last_message_id"]
     await _agent_says(tg, MARIA, thread, "/close")
     [back] = await tg.collect(ANNA, before, quiet=QUIET)
@@ -481,7 +517,8 @@ async def test_an_idle_thread_is_handed_back_by_itself(
     await tg.say(JOHN, "/agent", quiet=QUIET)
     thread = (await _topic(tg))["message_thread_id"]
     await _agent_says(tg, MARIA, thread, "Hi John, I'm on it.")
-    await asyncio.sleep(0.3)
+    await eventually(lambda: _last_from_bot(tg, JOHN), "Hi John, I'm on it.")
+    await eventually(lambda: _state(store, JOHN), "answered")
     clock.advance(hours=23)
     await sweep_handoffs(bot)
     assert (await _handoff(store, JOHN)).state == "answered"
@@ -592,19 +629,19 @@ async def test_a_customer_who_blocked_the_bot(
     await tg.say(JOHN, "/agent", quiet=QUIET)
     thread = (await _topic(tg))["message_thread_id"]
     await tg.block(JOHN)
-    await asyncio.sleep(0.3)
-    assert (await _in_topic(tg, thread))[-1] == (
-        "⛔ The customer blocked the bot: nothing reaches them until they unblock it."
+
+    async def last_in_topic() -> str:
+        return (await _in_topic(tg, thread))[-1]
+
+    await eventually(
+        last_in_topic,
+        "⛔ The customer blocked the bot: nothing reaches them until they unblock it.",
     )
     await _agent_says(tg, MARIA, thread, "Hello?")
-    await asyncio.sleep(0.3)
-    assert (await _in_topic(tg, thread))[
-        -1
-    ] == "⛔ Not delivered: the customer has blocked the bot."
+    await eventually(last_in_topic, "⛔ Not delivered: the customer has blocked the bot.")
     assert (await _handoff(store, JOHN)).customer_blocked is True
     await tg.unblock(JOHN)
-    await asyncio.sleep(0.3)
-    assert (await _in_topic(tg, thread))[-1] == "✅ The customer unblocked the bot."
+    await eventually(last_in_topic, "✅ The customer unblocked the bot.")
 
 
 async def test_agent_tools_orders_cancel_and_canned_reply(
@@ -736,8 +773,11 @@ async def test_a_customer_on_a_new_account_gets_their_topic_back_and_the_old_cha
     assert "asked for a person, moved to another Telegram account" in posted[-2]
     # The new account talks to the topic, both ways ...
     assert await tg.say(ANNA_2, "Hallo, neues Handy!", timeout=0.5, quiet=QUIET) == []
-    await asyncio.sleep(0.2)
-    assert (await _in_topic(tg, thread))[-1] == "Hallo, neues Handy!"
+
+    async def last_in_topic() -> str:
+        return (await _in_topic(tg, thread))[-1]
+
+    await eventually(last_in_topic, "Hallo, neues Handy!")
     before = (await tg.chat(ANNA_2))["last_message_id"]
     await _agent_says(tg, MARIA, thread, "Willkommen zurück!")
     [copy] = await tg.collect(ANNA_2, before, quiet=QUIET)
@@ -754,7 +794,11 @@ async def test_an_unlinked_chat_has_its_own_topic_which_its_customer_keeps_after
     thread = (await _topic(tg))["message_thread_id"]
     assert (await _handoff(store, NEW)).customer_id is None
     await _agent_says(tg, MARIA, thread, "/close")
-    await asyncio.sleep(0.3)
+
+    async def closed() -> tuple[str, bool]:
+        return (await _state(store, NEW), bool((await _topic(tg))["closed"]))
+
+    await eventually(closed, ("closed", True))
     async with store.begin() as conn:
         await link_chat(conn, NEW, 3)
     await tg.say(NEW, "/agent", quiet=QUIET)
@@ -812,7 +856,7 @@ async def test_a_held_message_left_behind_is_relayed_by_the_sweep(
     # (here: one John sent just before, held by hand). A greeting: "is anybody there?" asks
     # for a person itself.
     sent = await tg.send_message(JOHN, "Hello?")
-    await asyncio.sleep(0.3)
+    await tg.wait_for_bot_message(JOHN, sent["message_id"], timeout=20)
     await tg.say(JOHN, "/agent", quiet=QUIET)
     thread = (await _topic(tg))["message_thread_id"]
     h = await _handoff(store, JOHN)
@@ -841,10 +885,15 @@ async def test_a_notice_posted_to_the_topic_brings_the_card_up_to_date(
         await change_restock_date(conn, waits.restock_id, date(2027, 1, 8), "supplier")
     # The notice scheduler's path: it posts the rendered notice through post_to_topic.
     assert await post_to_topic(bot, ANNA, "📅 <b>Order 100002</b>: new date") is True
-    await asyncio.sleep(0.2)
-    card = next(r for r in await tg.transcript(SUPPORT) if r["message_id"] == h.card_message_id)
-    assert "Barista Pro Coffee Machine ×1 · waiting · ~January 8 · queue 1" in card["text"]
-    assert "December 20 → January 8" in card["text"]
+
+    async def card_up_to_date() -> bool:
+        card = next(r for r in await tg.transcript(SUPPORT) if r["message_id"] == h.card_message_id)
+        return (
+            "Barista Pro Coffee Machine ×1 · waiting · ~January 8 · queue 1" in card["text"]
+            and "December 20 → January 8" in card["text"]
+        )
+
+    await eventually(card_up_to_date, True)
 
 
 async def test_the_card_shows_order_dates_as_the_shops_local_day(

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.context import BotApplication
 from bot.notices import deliver_due, run_policy, tick
@@ -163,17 +164,39 @@ async def test_a_blocked_customer_is_marked_unreachable_and_not_tried_again(
     assert await statuses(store) == {"sent": 6, "dead": 2}
 
 
+async def refuse_writes(
+    conn: AsyncConnection, name: str, event: str, when: str | None = None
+) -> None:
+    """A trigger ``name`` that makes the database refuse ``event`` on outbox rows (``when``
+    NEW is such), in the connection's own dialect, so the bot's own writes run unchanged and
+    meet the refusal as they would a disk error."""
+    injected = "disk I/O error (injected)"
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
+            f" AS $$ BEGIN RAISE EXCEPTION '{injected}'; END $$"
+        )
+        await conn.exec_driver_sql(
+            f"CREATE TRIGGER {name} {event} ON outbox FOR EACH ROW"
+            + (f" WHEN ({when})" if when else "")
+            + f" EXECUTE FUNCTION {name}()"
+        )
+        return
+    await conn.exec_driver_sql(
+        f"CREATE TRIGGER {name} {event} ON outbox"
+        + (f" WHEN {when}" if when else "")
+        + f" BEGIN SELECT RAISE(ABORT, '{injected}'); END"
+    )
+
+
 async def refuse(store: Store, status: str | None) -> None:
-    """Make the database refuse to set outbox rows to ``status`` (None: stop refusing): a
-    trigger, so the bot's own writes run unchanged and meet the refusal as they would a disk
-    error."""
+    """Make the database refuse to set outbox rows to ``status`` (None: stop refusing)."""
     async with store.begin() as conn:
-        await conn.exec_driver_sql("DROP TRIGGER IF EXISTS refuse_status")
+        on = " ON outbox" if conn.dialect.name == "postgresql" else ""
+        await conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS refuse_status{on}")
         if status is not None:
-            await conn.exec_driver_sql(
-                "CREATE TRIGGER refuse_status BEFORE UPDATE OF status ON outbox"
-                f" WHEN NEW.status = '{status}'"
-                " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
+            await refuse_writes(
+                conn, "refuse_status", "BEFORE UPDATE OF status", f"NEW.status = '{status}'"
             )
 
 
@@ -246,10 +269,7 @@ async def test_a_tick_whose_queueing_fails_still_delivers_what_was_queued(
         await change_restock_date(conn, RESTOCK, day(31), "supplier delay")
         # The next change's notices cannot be written (a disk error, an import holding the
         # file past the busy timeout).
-        await conn.exec_driver_sql(
-            "CREATE TRIGGER refuse_queueing BEFORE INSERT ON outbox"
-            " BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END"
-        )
+        await refuse_writes(conn, "refuse_queueing", "BEFORE INSERT")
     caplog.set_level(logging.WARNING, logger="bot.notices")
     await tick(SimpleNamespace(application=bot))  # type: ignore[arg-type]
     # The round went on: what was queued before is delivered, once each.

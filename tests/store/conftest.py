@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +35,62 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         yield url
     finally:
         databases.drop(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """SQLite files migrated and filled once per worker, by kind (see filled_db_url)."""
+    return {}
+
+
+@contextmanager
+def copied_db(
+    request: pytest.FixtureRequest,
+    backend: str,
+    kind: str,
+    fill: Callable[[Store], Awaitable[None]] | None = None,
+) -> Iterator[str]:
+    """The URL of a new database: a copy of this worker's template ``kind``, migrated and
+    ``fill``-ed once (a fresh migration took about a second per test, or per example of a
+    property), dropped or deleted afterwards."""
+    if backend == "postgresql":
+        databases: Databases = request.getfixturevalue("pg_databases")
+        name, url = databases.fresh(databases.template(kind, fill))
+        try:
+            yield url
+        finally:
+            databases.drop(name)
+        return
+    templates: dict[str, Path] = request.getfixturevalue("sqlite_templates")
+    tmp: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    if kind not in templates:
+        path = tmp.mktemp(kind) / "template.sqlite3"
+
+        async def build() -> None:
+            s = await open_store(sqlite_url(path))
+            try:
+                if fill is not None:
+                    await fill(s)
+            finally:
+                await s.close()
+
+        asyncio.run(build())
+        templates[kind] = path
+    with tempfile.TemporaryDirectory(dir=tmp.getbasetemp()) as folder:
+        copy = Path(folder) / "store.sqlite3"
+        shutil.copyfile(templates[kind], copy)
+        yield sqlite_url(copy)
+
+
+def filled_db_url(
+    request: pytest.FixtureRequest,
+    backend: str,
+    kind: str,
+    fill: Callable[[Store], Awaitable[None]],
+) -> Iterator[str]:
+    """For a ``db_url`` fixture: a copy of template ``kind`` (see copied_db)."""
+    with copied_db(request, backend, kind, fill) as url:
+        yield url
 
 
 @pytest.fixture

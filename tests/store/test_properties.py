@@ -1,5 +1,6 @@
 # ruff: noqa: E501  (scenario tables read best unwrapped)
-"""Property-based tests of the allocation and projection invariants (hypothesis)."""
+"""Property-based tests of the allocation and projection invariants (hypothesis), on both
+backends: every example in a database of its own, a copy of a migrated template."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import tempfile
 from datetime import date, timedelta
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -28,10 +30,15 @@ from store.master import add_restock
 from store.queries import _queue_position, order_of
 from store.schema import order_lines, restocks, stock
 
+from .conftest import copied_db
 from .helpers import at, seed_catalog
 
 SKU = "KET-0001"
 BASE = date(2026, 2, 1)
+# Examples per backend: PostgreSQL's share keeps the suite's time (each example there is a
+# database of its own and every statement a round trip); the same rules run on both.
+INVARIANT_EXAMPLES = {"sqlite": 25, "postgresql": 3}
+REIMPORT_EXAMPLES = {"sqlite": 8, "postgresql": 1}
 
 ops = st.lists(
     st.one_of(
@@ -68,88 +75,85 @@ async def _queue(conn: AsyncConnection) -> list:
     ).all()
 
 
-async def _scenario(script: list[tuple[str, int, int]], initial: int) -> None:
+async def _scenario(url: str, script: list[tuple[str, int, int]], initial: int) -> None:
     # Marks every other line, so that places are counted from marks, not only from the head.
     mark_every, backorders.MARK_EVERY = backorders.MARK_EVERY, 2
     try:
-        await _run(script, initial)
+        await _run(url, script, initial)
     finally:
         backorders.MARK_EVERY = mark_every
 
 
-async def _run(script: list[tuple[str, int, int]], initial: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        store = await open_store(f"sqlite+aiosqlite:///{Path(tmp) / 'p.sqlite3'}")
-        try:
+async def _run(url: str, script: list[tuple[str, int, int]], initial: int) -> None:
+    store = await open_store(url, migrate_schema=False)
+    try:
+        async with store.begin() as conn:
+            await seed_catalog(conn, customers=2)
+            await set_stock(conn, SKU, initial)
+        received_total = 0
+        orders: list[str] = []
+        owner: dict[str, int] = {}
+        restock_ids: list[str] = []
+        for step, (kind, a, b) in enumerate(script):
             async with store.begin() as conn:
-                await seed_catalog(conn, customers=2)
-                await set_stock(conn, SKU, initial)
-            received_total = 0
-            orders: list[str] = []
-            owner: dict[str, int] = {}
-            restock_ids: list[str] = []
-            for step, (kind, a, b) in enumerate(script):
-                async with store.begin() as conn:
-                    try:
-                        if kind == "order":
-                            number = str(100_001 + len(orders))
-                            await place_order(
-                                conn,
-                                number,
-                                1 + step % 2,
-                                [NewLine(SKU, a)],
-                                placed_at=at(step),
-                                priority=b,
-                            )
-                            orders.append(number)
-                            owner[number] = 1 + step % 2
-                        elif kind == "restock":
-                            rid = f"PO-{len(restock_ids)}"
-                            await add_restock(conn, rid, "SUP-1", SKU, a, BASE + timedelta(days=b))
-                            restock_ids.append(rid)
-                        elif kind == "receive" and restock_ids:
-                            rid = restock_ids[a % len(restock_ids)]
-                            before = await _queue(conn)
-                            r = await receive_restock(conn, rid, b if b else None)
-                            if r.changed:
-                                received_total += r.qty
-                                _assert_fcfs(before, await _queue(conn), r.qty - r.to_free_stock)
-                        elif kind == "cancel" and orders:
-                            number = orders[a % len(orders)]
-                            before = await _queue(conn)
-                            c = await cancel_line(conn, number, 1)
-                            after = await _queue(conn)
-                            # A cancelled line's units go to the next in line.
-                            cancelled = {
-                                x.line_id
-                                for x, y in zip(before, after, strict=True)
-                                if y.qty_cancelled > x.qty_cancelled
-                            }
-                            _assert_fcfs(
-                                [x for x in before if x.line_id not in cancelled],
-                                [y for y in after if y.line_id not in cancelled],
-                                c.released,
-                            )
-                        elif kind == "slip" and restock_ids:
-                            rid = restock_ids[a % len(restock_ids)]
-                            await change_restock_date(
-                                conn, rid, BASE + timedelta(days=15 + b), "slip"
-                            )
-                        elif kind == "ship" and orders:
-                            await ship(
-                                conn,
-                                f"S{step}",
-                                orders[a % len(orders)],
-                                carrier="DHL",
-                                tracking_number=None,
-                                shipped_on=BASE,
-                            )
-                    except StoreError:
-                        pass
-                async with store.connect() as conn:
-                    await _check_invariants(conn, initial + received_total, owner)
-        finally:
-            await store.close()
+                try:
+                    if kind == "order":
+                        number = str(100_001 + len(orders))
+                        await place_order(
+                            conn,
+                            number,
+                            1 + step % 2,
+                            [NewLine(SKU, a)],
+                            placed_at=at(step),
+                            priority=b,
+                        )
+                        orders.append(number)
+                        owner[number] = 1 + step % 2
+                    elif kind == "restock":
+                        rid = f"PO-{len(restock_ids)}"
+                        await add_restock(conn, rid, "SUP-1", SKU, a, BASE + timedelta(days=b))
+                        restock_ids.append(rid)
+                    elif kind == "receive" and restock_ids:
+                        rid = restock_ids[a % len(restock_ids)]
+                        before = await _queue(conn)
+                        r = await receive_restock(conn, rid, b if b else None)
+                        if r.changed:
+                            received_total += r.qty
+                            _assert_fcfs(before, await _queue(conn), r.qty - r.to_free_stock)
+                    elif kind == "cancel" and orders:
+                        number = orders[a % len(orders)]
+                        before = await _queue(conn)
+                        c = await cancel_line(conn, number, 1)
+                        after = await _queue(conn)
+                        # A cancelled line's units go to the next in line.
+                        cancelled = {
+                            x.line_id
+                            for x, y in zip(before, after, strict=True)
+                            if y.qty_cancelled > x.qty_cancelled
+                        }
+                        _assert_fcfs(
+                            [x for x in before if x.line_id not in cancelled],
+                            [y for y in after if y.line_id not in cancelled],
+                            c.released,
+                        )
+                    elif kind == "slip" and restock_ids:
+                        rid = restock_ids[a % len(restock_ids)]
+                        await change_restock_date(conn, rid, BASE + timedelta(days=15 + b), "slip")
+                    elif kind == "ship" and orders:
+                        await ship(
+                            conn,
+                            f"S{step}",
+                            orders[a % len(orders)],
+                            carrier="DHL",
+                            tracking_number=None,
+                            shipped_on=BASE,
+                        )
+                except StoreError:
+                    pass
+            async with store.connect() as conn:
+                await _check_invariants(conn, initial + received_total, owner)
+    finally:
+        await store.close()
 
 
 def _assert_fcfs(before: list, after: list, given: int) -> None:
@@ -211,11 +215,14 @@ async def _check_invariants(conn: AsyncConnection, supplied: int, owner: dict[st
     assert dated_need <= open_qty
 
 
-@given(script=ops, initial=st.integers(0, 5))
-def test_allocation_and_projection_invariants(
-    script: list[tuple[str, int, int]], initial: int
-) -> None:
-    asyncio.run(_scenario(script, initial))
+def test_allocation_and_projection_invariants(backend: str, request: pytest.FixtureRequest) -> None:
+    @settings(max_examples=INVARIANT_EXAMPLES[backend])
+    @given(script=ops, initial=st.integers(0, 5))
+    def example(script: list[tuple[str, int, int]], initial: int) -> None:
+        with copied_db(request, backend, "store") as url:
+            asyncio.run(_scenario(url, script, initial))
+
+    example()
 
 
 order_rows = st.lists(
@@ -225,14 +232,22 @@ order_rows = st.lists(
 )
 
 
-@settings(max_examples=8)  # each example runs the CLI twelve times
-@given(rows=order_rows, stock_qty=st.integers(0, 6))
-def test_reimport_changes_nothing(rows: list[tuple[int, str, int]], stock_qty: int) -> None:
+def test_reimport_changes_nothing(backend: str, request: pytest.FixtureRequest) -> None:
+    # Each example runs the CLI twelve times.
+    @settings(max_examples=REIMPORT_EXAMPLES[backend])
+    @given(rows=order_rows, stock_qty=st.integers(0, 6))
+    def example(rows: list[tuple[int, str, int]], stock_qty: int) -> None:
+        with copied_db(request, backend, "store") as url:
+            _reimport(url, rows, stock_qty)
+
+    example()
+
+
+def _reimport(url: str, rows: list[tuple[int, str, int]], stock_qty: int) -> None:
     from store.cli import main
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        url = f"sqlite+aiosqlite:///{d / 'r.sqlite3'}"
         files = {
             "products": "sku,name_en,category,price_minor,currency\nKET-0001,Kettle,kettles,100,EUR\nKET-0002,Kettle 2,kettles,200,EUR\n",
             "suppliers": "supplier_id,name\nSUP-1,Acme\n",

@@ -1,0 +1,115 @@
+"""Check-then-write steps taken many at once, on separate connections, on both backends: each
+limit holds exactly, and no step fails on a constraint (tests/store/races.py runs them)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from store import Store
+from store.backorders import NewLine, place_order
+from store.delays import next_order_number
+from tests.store.conftest import filled_db_url
+from tests.store.races import (
+    ALLOWANCE,
+    LAST_UNIT,
+    LINKED_CHAT,
+    NOW,
+    OLD_CHAT,
+    at_once,
+    bot_order,
+    close_stores,
+    escalate,
+    failures,
+    open_stores,
+    order_last_unit,
+    outcome,
+    seed,
+    wrong_proof,
+)
+
+TASKS = 32
+# An order is some twenty statements, and the orders for one SKU run one after another.
+ORDERS = 12
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    yield from filled_db_url(request, backend, "races", seed)
+
+
+@pytest.fixture
+async def stores(db_url: str) -> AsyncIterator[list[Store]]:
+    opened = await open_stores(db_url, 4)
+    try:
+        yield opened
+    finally:
+        await close_stores(opened)
+
+
+async def test_a_chats_wrong_proofs_at_once_record_exactly_its_limit(
+    stores: list[Store],
+) -> None:
+    results = await at_once(stores, TASKS, lambda conn, i: wrong_proof(conn, 77, f"{300000 + i}"))
+    assert failures(results) == []
+    assert results.count(True) == ALLOWANCE
+    assert (await outcome(stores[0])).attempts_by_chat == {77: ALLOWANCE}
+
+
+async def test_wrong_proofs_for_one_number_from_many_chats_record_exactly_its_allowance(
+    stores: list[Store],
+) -> None:
+    # Past the allowance each proof waits after the last wrong one, and all come at NOW.
+    results = await at_once(stores, TASKS, lambda conn, i: wrong_proof(conn, 500 + i, "100001"))
+    assert failures(results) == []
+    assert results.count(True) == ALLOWANCE
+    assert (await outcome(stores[0])).attempts_by_number == {"100001": ALLOWANCE}
+
+
+@pytest.mark.parametrize("orders", [2, ORDERS])
+async def test_orders_for_the_last_units_at_once_give_each_once_and_queue_the_rest(
+    stores: list[Store], orders: int
+) -> None:
+    # Every order wants one unit of both SKUs, half of them naming the SKUs the other way round.
+    results = await at_once(
+        stores, orders, lambda conn, i: order_last_unit(conn, f"{200000 + i}", i)
+    )
+    assert failures(results) == []
+    assert 1 <= results.count(True) <= 2
+    found = await outcome(stores[0])
+    assert found.allocated == {sku: 1 for sku in LAST_UNIT}
+    assert found.lines_allocated == {sku: 1 for sku in LAST_UNIT}
+    assert found.lines_waiting == {sku: orders - 1 for sku in LAST_UNIT}
+
+
+async def test_order_numbers_the_bot_gives_at_once_are_all_different(
+    stores: list[Store],
+) -> None:
+    # Past the largest number in the store, whoever gave it (the shop's import here).
+    async with stores[0].begin() as conn:
+        await place_order(conn, "100500", 1, [NewLine(LAST_UNIT[1], 1)], placed_at=NOW)
+    results = await at_once(stores, ORDERS, bot_order)
+    assert failures(results) == []
+    expected = [str(100501 + k) for k in range(ORDERS)]
+    assert sorted(results) == expected  # type: ignore[type-var]
+    assert (await outcome(stores[0])).numbers == ["100500", *expected]
+    async with stores[1].begin() as conn:
+        await place_order(conn, "100900", 1, [NewLine(LAST_UNIT[1], 1)], placed_at=NOW)
+        assert await next_order_number(conn) == "100901"
+    async with stores[2].begin() as conn:
+        assert await next_order_number(conn) == "100902"
+
+
+async def test_escalations_at_once_keep_one_topic_per_customer(
+    stores: list[Store],
+) -> None:
+    # Customer 1 writes from LINKED_CHAT now; OLD_CHAT, theirs before, escalates too.
+    results = await at_once(stores, TASKS, escalate)
+    assert failures(results) == []
+    assert results.count(True) == 2  # one escalation of each chat
+    found = await outcome(stores[0])
+    # The customer's topic came over to their chat (its second escalation); the old chat,
+    # no longer theirs, has a topic of its own.
+    assert found.topics == [(LINKED_CHAT, 1, "waiting", 2), (OLD_CHAT, None, "waiting", 1)]
+    assert found.escalation_rows == 3
