@@ -168,6 +168,15 @@ class Inbox:
         self._held.add(update_id)
         return True
 
+    async def may_answer(self, update_id: int) -> bool:
+        """Whether the update may be answered now: always, in one process."""
+        return True
+
+    async def may_poll(self, within: float) -> bool:
+        """Whether this process may send getUpdates, known within ``within`` seconds: one
+        process always may."""
+        return True
+
     async def replay(self, bot: Bot, queue: UpdateIntake) -> int:
         """Put every saved, unanswered update into ``queue``, in update_id order; call before
         polling starts. Returns how many."""
@@ -263,6 +272,10 @@ class Inbox:
                 await flusher
 
 
+# A getUpdates answer with no updates.
+_NOTHING = b'{"ok":true,"result":[]}'
+
+
 class InboxRequest(BaseRequest):
     """The getUpdates request layer: ``InboxRequest(inner, inbox)`` saves each batch ``inner``
     fetched in ``inbox`` before handing it on (see the module docstring)."""
@@ -299,6 +312,14 @@ class InboxRequest(BaseRequest):
         connect_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
         pool_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
     ) -> tuple[int, bytes]:
+        polling = url.endswith("/getUpdates")
+        if polling:
+            # Of several processes, only the poller's lease holder asks Telegram (bot/shared.py);
+            # the others' polls wait as long as a poll would and find nothing. So PTB's
+            # Updater runs as usual, and its last poll on stop (timeout 0) ends at once.
+            wait = request_data.parameters.get("timeout", 0) if request_data else 0
+            if not await self._inbox.may_poll(float(wait) if isinstance(wait, int | float) else 0):
+                return 200, _NOTHING
         code, payload = await self._inner.do_request(
             url,
             method,
@@ -308,7 +329,7 @@ class InboxRequest(BaseRequest):
             connect_timeout=connect_timeout,
             pool_timeout=pool_timeout,
         )
-        if code == 200 and url.endswith("/getUpdates"):
+        if code == 200 and polling:
             try:
                 body = json.loads(payload)
             except ValueError:
