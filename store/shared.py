@@ -33,6 +33,8 @@ from store.schema import chat_claims, send_pace, store_versions, update_inbox, w
 
 # IN lists and VALUES rows per statement.
 _CHUNK = 500
+# claim_chats looks at this many times the chats it wants.
+_TRIES = 3
 
 
 def db_clock(conn: AsyncConnection) -> ColumnElement[float]:
@@ -70,6 +72,9 @@ async def claim_chats(conn: AsyncConnection, worker: str, lease: float, limit: i
     if limit <= 0:
         return []
     now = db_clock(conn)
+    # Candidates for a few tries: when processes claim at once they see the same oldest
+    # chats, and the loser of one goes on to the next ones (what SKIP LOCKED does for rows
+    # that exist; a chat's claim row may not exist yet).
     u, c = update_inbox.c, chat_claims.c
     free = (
         select(u.chat_key)
@@ -81,12 +86,14 @@ async def claim_chats(conn: AsyncConnection, worker: str, lease: float, limit: i
         )
         .group_by(u.chat_key)
         .order_by(func.min(u.update_id))
-        .limit(limit)
+        .limit(limit * _TRIES)
     )
     keys = [str(k) for k in (await conn.execute(free)).scalars()]
-    if not keys:
-        return []
-    return await _take(conn, chat_claims, chat_claims.c.chat_key, keys, worker, lease)
+    taken: list[str] = []
+    while keys and len(taken) < limit:
+        part, keys = keys[: limit - len(taken)], keys[limit - len(taken) :]
+        taken.extend(await _take(conn, chat_claims, chat_claims.c.chat_key, part, worker, lease))
+    return taken
 
 
 async def _take(
