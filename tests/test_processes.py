@@ -206,17 +206,16 @@ async def test_two_processes_answer_every_chat_once_and_in_order(
         await conn.execute(
             update(products).where(products.c.sku == "KET-0001").values(name_en="Samovar Deluxe")
         )
-    await enqueue(
-        tg, Load(scripts={c: [("is the samovar deluxe in stock?", "")] for c in load.chats[:4]})
-    )
+    asked = load.chats[:4]
+    await enqueue(tg, Load(scripts={c: [("is the samovar deluxe in stock?", "")] for c in asked}))
 
     async def renamed() -> bool:
         bots.alive()
-        texts = await all_bot_texts(tg, load.chats[:4])
+        texts = await all_bot_texts(tg, asked)
         return all(len(t) == len(SCRIPT) + 1 for t in texts.values())
 
     await wait_for(renamed, DEADLINE, "the answers after the rename")
-    texts = await all_bot_texts(tg, load.chats[:4])
+    texts = await all_bot_texts(tg, asked)
     samovar = KETTLE.replace("Steel Kettle 1.7 l", "Samovar Deluxe")
     assert [t[-1] for t in texts.values()] == [samovar] * 4
     await bots.stop_all()
