@@ -14,6 +14,7 @@ On SQLite a second process is refused with one line (run_bot.py).
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import signal
@@ -317,12 +318,22 @@ async def test_a_second_process_on_sqlite_is_refused_with_one_line(
     bots = Bots(environ, tmp_path)
     try:
         bots.start("first")
+        lock = tmp_path / "bot.sqlite3.bot-lock"
 
-        async def up() -> bool:
+        async def locked() -> bool:
+            # The first process holds the lock beside the file (as run_bot.py takes it).
             bots.alive()
-            return "is up" in bots.log("first")
+            if not lock.exists():
+                return False
+            with lock.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return True
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return False
 
-        await wait_for(up, DEADLINE, "the first process to be up")
+        await wait_for(locked, DEADLINE, "the first process to hold the SQLite lock")
         second = bots.start("second")
 
         async def refused() -> bool:
