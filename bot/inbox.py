@@ -20,6 +20,9 @@ Webhook mode: Telegram sends an update again until it gets our 200, and PTB's we
 answers only after `UpdateIntake.put` returns, so `Inbox.admit` saves a webhook update there
 (one transaction per update; Telegram sends them one per request anyway).
 
+Several processes on PostgreSQL share the inbox instead (bot/shared.py, SharedInbox): a
+start replays nothing itself; the processes claim the unanswered updates chat by chat.
+
 Duplicates: after a kill, an update is answered again only if its answer went out but its
 answered mark was not committed yet: the updates in flight at the kill (handled at once, at
 most CONCURRENT_UPDATES) and those whose handling ended in the loop's last turn, which the

@@ -19,7 +19,9 @@ so polling stops asking Telegram for more and the backlog stays on Telegram's si
 
 With a `bot.inbox.Inbox`, the intake also drops updates Telegram delivered again (already in
 the inbox) and passes on which updates were handled, for the inbox to mark them answered; an
-update cancelled at shutdown is not handled and stays in the inbox for the next start.
+update cancelled at shutdown is not handled and stays in the inbox for the next start. With
+several processes (bot/shared.py) each update is checked in its chat's turn (`may_answer`):
+one whose chat this process no longer holds is dropped unhandled, for the chat's new holder.
 """
 
 from __future__ import annotations
