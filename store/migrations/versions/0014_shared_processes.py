@@ -2,7 +2,7 @@
 the shared send pace, and the catalog's version (moved by a trigger on products)
 
 Revision ID: 0014_shared_processes
-Revises: 0015_shopify
+Revises: 0013_insights
 Create Date: 2026-12-02 00:00:00
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014_shared_processes"
-down_revision: str | Sequence[str] | None = "0015_shopify"
+down_revision: str | Sequence[str] | None = "0013_insights"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
