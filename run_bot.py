@@ -8,14 +8,20 @@ database with demo data if it is empty, and runs the bot against the sandbox.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import fcntl
 import logging
 import secrets
+import signal
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlparse
 
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 from telegram import Update
 
 from bot.app import build_application, freeze_after_start, tune_collector
@@ -126,15 +132,46 @@ def _webhook_secret(settings: Settings) -> str:
     return secrets.token_urlsafe(32)
 
 
+def _one_process_on_sqlite(url: str) -> TextIO | str | None:
+    """On a SQLite file, a lock beside it for as long as this process runs (the system lets
+    it go when the process ends, however it ends): the open lock file, or the line that
+    refuses a second process. None on anything else.
+
+    Several processes share a bot only on PostgreSQL (bot/shared.py): on SQLite each would
+    replay the others' unanswered updates, answer the same chat out of order and pace its
+    sends alone."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = Path(str(parsed.database))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    handle = (database.parent / f"{database.name}.bot-lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return (
+            f"another bot process runs on {database}; SQLite serves one bot process"
+            " (several share a bot on PostgreSQL: DATABASE_URL=postgresql+asyncpg://...)"
+        )
+    return handle
+
+
 def main() -> int:
     try:
         settings = load_settings()
     except SettingsError as exc:
         print(f"backorder-bot: invalid setting {exc}", file=sys.stderr)
         return 2
+    lock = _one_process_on_sqlite(settings.database_url)
+    if isinstance(lock, str):
+        print(f"backorder-bot: {lock}", file=sys.stderr)
+        return 1
     redactor = configure_logging(
         settings.log_level, _secrets(settings), json_lines=settings.log_format == "json"
     )
+    # `kill -USR1 <pid>`: every thread's stack on stderr, for a process that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     sandbox: _SandboxHandle | None = None
     if settings.sandboxed:

@@ -90,7 +90,7 @@ def _store_file(scratch: Path) -> tuple[Path, str]:
     return target, size
 
 
-async def _link_chats(db: Path, linked: int) -> dict[int, list[str]]:
+async def _link_chats(db: Path | str, linked: int) -> dict[int, list[str]]:
     """Link chats LINKED_BASE+i to customers; their order numbers by chat."""
     from sqlalchemy import select
 
@@ -98,7 +98,7 @@ async def _link_chats(db: Path, linked: int) -> dict[int, list[str]]:
     from store.chats import link_chat, set_chat_language, touch_chat
     from store.schema import orders
 
-    store = await open_store(f"sqlite+aiosqlite:///{db}")
+    store = await open_store(db if isinstance(db, str) else f"sqlite+aiosqlite:///{db}")
     numbers: dict[int, list[str]] = {}
     try:
         async with store.connect() as conn:
@@ -239,7 +239,9 @@ def _start_sandbox(port: int, log: Path) -> Proc:
     return Proc(subprocess.Popen(args, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT))
 
 
-def _start_bot(kind: str, port: int, db: Path, log: Path) -> Proc:
+def _start_bot(
+    kind: str, port: int, db: Path | str, log: Path, worker: str = "", replies: int = 0
+) -> Proc:
     env = {
         **os.environ,
         "BOT_TOKEN": TOKEN,
@@ -248,16 +250,18 @@ def _start_bot(kind: str, port: int, db: Path, log: Path) -> Proc:
         "BOT_API_FILE_URL": f"http://127.0.0.1:{port}/file/bot",
         "PYTHONUNBUFFERED": "1",
     }
-    if kind == "bot":
+    if kind not in ("echo", "floor"):
         env.update(
-            DATABASE_URL=f"sqlite+aiosqlite:///{db}",
+            DATABASE_URL=db if isinstance(db, str) else f"sqlite+aiosqlite:///{db}",
             LOG_LEVEL="WARNING",
             NOTICE_JOB_INTERVAL_SECONDS="0",
             # The echo bot has no cap and the sandbox runs without limits: compare like with
             # like (with the default 30/s cap the bot could never answer faster than 30/s).
-            REPLIES_PER_SECOND="0",
+            REPLIES_PER_SECOND=str(replies),
             SHOP_NAME="Bench Shop",
         )
+        if worker:
+            env["WORKER_NAME"] = worker
         args = [PY, "run_bot.py"]
     else:
         if kind == "floor":
@@ -268,7 +272,34 @@ def _start_bot(kind: str, port: int, db: Path, log: Path) -> Proc:
     )
 
 
-async def _wait_ready(client: SandboxClient, bot: Proc, within: float = 120) -> None:
+@dataclass
+class Group:
+    """The bot's processes (several on PostgreSQL, bot/shared.py): CPU summed, RSS the
+    largest."""
+
+    procs: list[Proc]
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes]:
+        dead = [p.popen for p in self.procs if p.popen.poll() is not None]
+        return dead[0] if dead else self.procs[0].popen
+
+    def rss(self) -> tuple[float, float]:
+        pairs = [p.rss() for p in self.procs]
+        return max(r for r, _ in pairs), max(h for _, h in pairs)
+
+    def cpu(self) -> float:
+        return sum(p.cpu() for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.popen.poll() is None:
+                p.popen.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            p.stop()
+
+
+async def _wait_ready(client: SandboxClient, bot: Proc | Group, within: float = 120) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if bot.popen.poll() is not None:
@@ -359,7 +390,7 @@ async def _match(client: SandboxClient, phase: Phase) -> None:
         phase.rate = len(phase.latencies) / span if span > 0 else 0.0
 
 
-async def _order_check(client: SandboxClient, kind: str, chats: list[int]) -> int:
+async def _order_check(client: SandboxClient, kind: str, chats: list[int]) -> tuple[int, int, int]:
     """Two messages per chat at full speed whose replies tell apart in any language: for the
     bot, /language (its keyboard has "lang:" buttons) and /help, in either order by chat; for
     the echo bot, two texts. Counts the chats whose replies came in another order."""
@@ -369,7 +400,7 @@ async def _order_check(client: SandboxClient, kind: str, chats: list[int]) -> in
     for i, chat in enumerate(chats):
         language_first = i % 2 == 0
         firsts[chat] = language_first
-        pair = ("/language", "/help") if kind == "bot" else ("first", "second")
+        pair = ("first", "second") if kind in ("echo", "floor") else ("/language", "/help")
         if not language_first:
             pair = (pair[1], pair[0])
         items += [{"user_id": chat, "text": pair[0]}, {"user_id": chat, "text": pair[1]}]
@@ -381,16 +412,28 @@ async def _order_check(client: SandboxClient, kind: str, chats: list[int]) -> in
         p = c["params"]
         if c["status"] != 200 or c["method"] not in REPLY_METHODS or "chat_id" not in p:
             continue
-        if kind == "bot":
+        if kind not in ("echo", "floor"):
             is_first_kind = "lang:" in str(p.get("reply_markup", ""))
         else:
             is_first_kind = p.get("text") == "first"
         seen.setdefault(int(p["chat_id"]), []).append(is_first_kind)
-    wrong = 0
+    wrong = lost = doubled = 0
     for chat, language_first in firsts.items():
-        if seen.get(chat, [])[:2] != [language_first, not language_first]:
+        got = seen.get(chat, [])
+        if got[:2] != [language_first, not language_first]:
             wrong += 1
-    return wrong
+        lost += max(0, 2 - len(got))
+        doubled += max(0, len(got) - 2)
+    return wrong, lost, doubled
+
+
+async def _max_per_second(client: SandboxClient, since: int) -> int:
+    """The most messages the sandbox took in any second (by its clock, whole seconds)."""
+    per: dict[int, int] = {}
+    for c in await client.calls(since=since):
+        if c["status"] == 200 and c["method"] in REPLY_METHODS:
+            per[int(c["time"])] = per.get(int(c["time"]), 0) + 1
+    return max(per.values(), default=0)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -401,13 +444,18 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _run_bot(
-    kind: str, args: argparse.Namespace, db: Path, numbers: dict[int, list[str]], chats: list[int]
+    kind: str,
+    args: argparse.Namespace,
+    db: Path | str,
+    numbers: dict[int, list[str]],
+    chats: list[int],
+    processes: int = 1,
 ) -> dict[str, Any]:
     port = _free_port()
     sandbox = _start_sandbox(port, RESULTS / f"e2e-sandbox-{kind}.log")
-    bot: Proc | None = None
+    bot: Proc | Group | None = None
     result: dict[str, Any] = {"kind": kind, "phases": []}
-    presses = kind == "bot"
+    presses = kind not in ("echo", "floor")
     rng = random.Random(7)
     try:
         async with SandboxClient(f"http://127.0.0.1:{port}", timeout=120) as client:
@@ -430,7 +478,24 @@ async def _run_bot(
                 ]
                 for start in range(0, len(backlog), 5000):
                     await client.bulk(messages=backlog[start : start + 5000])
-            bot = _start_bot(kind, port, db, RESULTS / f"e2e-{kind}.log")
+            if processes > 1 or isinstance(db, str):
+                bot = Group(
+                    [
+                        _start_bot(
+                            kind,
+                            port,
+                            db,
+                            RESULTS / f"e2e-{kind}-{n}.log",
+                            worker=f"bench{n}",
+                            replies=args.replies_per_second,
+                        )
+                        for n in range(1, processes + 1)
+                    ]
+                )
+            else:
+                bot = _start_bot(
+                    kind, port, db, RESULTS / f"e2e-{kind}.log", replies=args.replies_per_second
+                )
             await _wait_ready(client, bot)
             if args.backlog:
                 t0 = time.monotonic()
@@ -461,6 +526,7 @@ async def _run_bot(
             await _drain(client, 0)
             cpu_after = bot.cpu(), sandbox.cpu()
             await _match(client, full)
+            result["max_per_second"] = await _max_per_second(client, full.since_seq)
             bot.rss()
             result["cpu_ms"] = tuple(
                 (after - before) * 1000 / max(1, args.updates)
@@ -472,9 +538,12 @@ async def _run_bot(
                 f" CPU per update: {result['cpu_ms'][0]:.2f} ms in the bot, {result['cpu_ms'][1]:.2f} ms in the sandbox",
                 flush=True,
             )
-            result["out_of_order"] = await _order_check(client, kind, chats[:2000])
+            wrong, lost, doubled = await _order_check(client, kind, chats[:2000])
+            result["out_of_order"], result["lost"], result["doubled"] = wrong, lost, doubled
             print(
-                f"  {kind}: order check: {result['out_of_order']} of {len(chats[:2000]):,} chats answered out of order",
+                f"  {kind}: order check: {wrong} of {len(chats[:2000]):,} chats answered out of order,"
+                f" {lost} answers lost, {doubled} doubled; at full speed at most"
+                f" {result['max_per_second']} sends in a second of the sandbox's clock",
                 flush=True,
             )
             # Offered rates.
@@ -536,10 +605,25 @@ def _table(results: list[dict[str, Any]], store: str, args: argparse.Namespace) 
                 f"{r['kind']}: CPU per update at full speed: {r['cpu_ms'][0]:.2f} ms in the bot, {r['cpu_ms'][1]:.2f} ms in the sandbox"
             )
         if "out_of_order" in r:
-            lines.append(f"{r['kind']}: chats answered out of order: {r['out_of_order']}")
+            lines.append(
+                f"{r['kind']}: order check: {r['out_of_order']} chats answered out of order,"
+                f" {r['lost']} answers lost, {r['doubled']} doubled; at full speed at most"
+                f" {r['max_per_second']} sends in one second"
+            )
     by = {r["kind"]: r["phases"][0].rate for r in results if r["phases"]}
     if "bot" in by and by.get("echo"):
         lines.append(f"full bot / bare PTB echo (full speed): {by['bot'] / by['echo']:.2f}x")
+    # PostgreSQL against SQLite, one process: updates/s at full speed and p99 at each rate.
+    runs = {r["kind"]: r for r in results}
+    if "bot" in runs and "pg1" in runs:
+        sq, pg = runs["bot"]["phases"], runs["pg1"]["phases"]
+        ratio = pg[0].rate / sq[0].rate if sq[0].rate else float("nan")
+        lines.append(f"PostgreSQL / SQLite, one process, full speed updates/s: {ratio:.2f}x")
+        for a, b in zip(sq[1:], pg[1:], strict=False):
+            lines.append(
+                f"  p99 at {a.name}: PostgreSQL {_pct(b.latencies, 0.99):.1f} ms,"
+                f" SQLite {_pct(a.latencies, 0.99):.1f} ms"
+            )
     return "\n".join(lines)
 
 
@@ -574,6 +658,22 @@ def _plot(results: list[dict[str, Any]]) -> Path | None:
     return path
 
 
+async def _pg_copy(server: str, template: str, name: str) -> str:
+    """A fresh copy of ``template`` on the server; returns its URL."""
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy.engine import make_url
+
+    url = make_url(server)
+    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(plain)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    finally:
+        await conn.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -584,6 +684,17 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--backlog", type=int, default=0)
     parser.add_argument("--skip-echo", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true", help="no run on the SQLite store")
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL server (postgresql+asyncpg://.../postgres): the bot also runs on a"
+        " copy of --pg-template there, with each of --processes bot processes",
+    )
+    parser.add_argument(
+        "--pg-template", default="bench_medium", help="a filled demo database on that server"
+    )
+    parser.add_argument("--processes", default="1,2")
+    parser.add_argument("--replies-per-second", type=int, default=0)
     parser.add_argument(
         "--floor",
         action="store_true",
@@ -604,7 +715,12 @@ async def main() -> None:
         f"store: {store}; {len(numbers):,} linked chats, {args.chats - len(numbers):,} strangers",
         flush=True,
     )
-    results = [await _run_bot("bot", args, db, numbers, chats)]
+    results = [] if args.skip_sqlite else [await _run_bot("bot", args, db, numbers, chats)]
+    if args.database_url:
+        for n in [int(p) for p in args.processes.split(",") if p]:
+            url = await _pg_copy(args.database_url, args.pg_template, "bench_e2e_run")
+            await _link_chats(url, linked)
+            results.append(await _run_bot(f"pg{n}", args, url, numbers, chats, processes=n))
     if not args.skip_echo:
         results.append(await _run_bot("echo", args, db, numbers, chats))
     if args.floor:
@@ -616,7 +732,7 @@ async def main() -> None:
     print(
         f"\nwritten: {RESULTS / 'e2e.txt'}" + (f", {plot}" if plot else " (no matplotlib: no plot)")
     )
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".bot-lock"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 

@@ -7,10 +7,17 @@ import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from telegram import BotCommand, LinkPreviewOptions
 from telegram.constants import ParseMode
-from telegram.ext import AIORateLimiter, ApplicationBuilder, ContextTypes, Defaults
+from telegram.ext import (
+    AIORateLimiter,
+    ApplicationBuilder,
+    BaseRateLimiter,
+    ContextTypes,
+    Defaults,
+)
 
 from bot.context import BotApplication, BotContext, BotData
 from bot.handlers import register_all
@@ -21,6 +28,7 @@ from bot.ops import start as ops_start
 from bot.render import Renderer
 from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings
+from bot.shared import SharedInbox, SharedRateLimiter, is_shared, worker_name
 from bot.updates import ChatOrderedProcessor, UpdateIntake
 from store.db import Store, migrate
 
@@ -80,7 +88,31 @@ def build_application(
     counted(request, "reply")
     clock = now or (lambda: datetime.now(UTC))
     # Every fetched update is in the store before Telegram hears it arrived (bot/inbox.py).
-    inbox = Inbox(store, clock, webhook=settings.webhook_url is not None)
+    webhook = settings.webhook_url is not None
+    # On PostgreSQL several processes may share the bot (bot/shared.py): they claim the
+    # inbox's updates chat by chat and share the send pace.
+    shared = is_shared(store)
+    inbox = (
+        SharedInbox(
+            store,
+            clock,
+            worker=worker_name(settings.worker_name),
+            lease=settings.update_lease_seconds,
+            max_chats=settings.concurrent_updates,
+            webhook=webhook,
+        )
+        if shared
+        else Inbox(store, clock, webhook=webhook)
+    )
+    limiter: BaseRateLimiter[Any] = (
+        SharedRateLimiter(store, settings.replies_per_second, settings.max_retries)
+        if shared and settings.replies_per_second > 0
+        else AIORateLimiter(
+            max_retries=settings.max_retries,
+            overall_max_rate=settings.replies_per_second,
+            overall_time_period=1,
+        )
+    )
     # Long polling holds its connection for the poll's timeout (PTB adds it to read_timeout).
     updates_request = InboxRequest(
         request_for(settings, pool=1, read_timeout=settings.request_timeout + 30), inbox
@@ -103,13 +135,7 @@ def build_application(
                 link_preview_options=LinkPreviewOptions(is_disabled=True),
             )
         )
-        .rate_limiter(
-            AIORateLimiter(
-                max_retries=settings.max_retries,
-                overall_max_rate=settings.replies_per_second,
-                overall_time_period=1,
-            )
-        )
+        .rate_limiter(limiter)
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()

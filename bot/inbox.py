@@ -20,6 +20,9 @@ Webhook mode: Telegram sends an update again until it gets our 200, and PTB's we
 answers only after `UpdateIntake.put` returns, so `Inbox.admit` saves a webhook update there
 (one transaction per update; Telegram sends them one per request anyway).
 
+Several processes on PostgreSQL share the inbox instead (bot/shared.py, SharedInbox): a
+start replays nothing itself; the processes claim the unanswered updates chat by chat.
+
 Duplicates: after a kill, an update is answered again only if its answer went out but its
 answered mark was not committed yet: the updates in flight at the kill (handled at once, at
 most CONCURRENT_UPDATES) and those whose handling ended in the loop's last turn, which the
@@ -168,6 +171,15 @@ class Inbox:
         self._held.add(update_id)
         return True
 
+    async def may_answer(self, update_id: int) -> bool:
+        """Whether the update may be answered now: always, in one process."""
+        return True
+
+    async def may_poll(self, within: float) -> bool:
+        """Whether this process may send getUpdates, known within ``within`` seconds: one
+        process always may."""
+        return True
+
     async def replay(self, bot: Bot, queue: UpdateIntake) -> int:
         """Put every saved, unanswered update into ``queue``, in update_id order; call before
         polling starts. Returns how many."""
@@ -263,6 +275,10 @@ class Inbox:
                 await flusher
 
 
+# A getUpdates answer with no updates.
+_NOTHING = b'{"ok":true,"result":[]}'
+
+
 class InboxRequest(BaseRequest):
     """The getUpdates request layer: ``InboxRequest(inner, inbox)`` saves each batch ``inner``
     fetched in ``inbox`` before handing it on (see the module docstring)."""
@@ -299,6 +315,14 @@ class InboxRequest(BaseRequest):
         connect_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
         pool_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
     ) -> tuple[int, bytes]:
+        polling = url.endswith("/getUpdates")
+        if polling:
+            # Of several processes, only the poller's lease holder asks Telegram (bot/shared.py);
+            # the others' polls wait as long as a poll would and find nothing. So PTB's
+            # Updater runs as usual, and its last poll on stop (timeout 0) ends at once.
+            wait = request_data.parameters.get("timeout", 0) if request_data else 0
+            if not await self._inbox.may_poll(float(wait) if isinstance(wait, int | float) else 0):
+                return 200, _NOTHING
         code, payload = await self._inner.do_request(
             url,
             method,
@@ -308,7 +332,7 @@ class InboxRequest(BaseRequest):
             connect_timeout=connect_timeout,
             pool_timeout=pool_timeout,
         )
-        if code == 200 and url.endswith("/getUpdates"):
+        if code == 200 and polling:
             try:
                 body = json.loads(payload)
             except ValueError:

@@ -20,9 +20,7 @@ import importlib
 import json
 import logging
 import math
-import os
 import secrets
-import socket
 import time
 import weakref
 from collections import defaultdict
@@ -44,6 +42,7 @@ from bot.metrics import counted
 from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
+from bot.shared import ChatPace, SharedPace, is_shared, worker_name
 from store.catalog import names_of, pick_name
 from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
 from store.insights import line_range_days
@@ -176,11 +175,23 @@ class _Sender:
     in_flight: asyncio.Semaphore = field(init=False)
     worker: str = field(default_factory=lambda: _worker_name())
     rounds: int = 0
+    # Several processes (PostgreSQL, bot/shared.py): the token's pace and each chat's are
+    # the database's, whichever process sends.
+    shared: SharedPace | None = None
+    chat_pace: ChatPace | None = None
 
     def __post_init__(self) -> None:
         self.in_flight = asyncio.Semaphore(self.max_in_flight)
 
     async def slot(self) -> None:
+        if self.shared is not None:
+            while True:
+                pause = self.paused_until - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                await self.shared.slot()
+                if self.paused_until <= time.monotonic():
+                    return
         interval = 1 / self.rate
         # How far behind the schedule may be and still be caught up: whole slots, at least
         # one (at 25/s exactly one).
@@ -202,6 +213,9 @@ class _Sender:
             # A 429 arrived while this send waited: take a slot after the pause.
 
     async def chat_wait(self, chat_id: int) -> None:
+        if self.chat_pace is not None:
+            await self.chat_pace.slot(chat_id)
+            return
         last = self.last_to_chat.get(chat_id)
         if last is not None:
             wait = last + self.per_chat - time.monotonic()
@@ -215,10 +229,14 @@ class _Sender:
             self.last_to_chat = {c: t for c, t in self.last_to_chat.items() if t > horizon}
 
 
-def _worker_name() -> str:
-    """Unique among the bot's processes: a pid alone is not (every container's bot is pid 1),
-    and a claim token two processes shared would renew each other's leases."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+def _worker_name(explicit: str | None = None) -> str:
+    """Unique among the bot's processes, and among one name's runs: a pid alone is not (every
+    container's bot is pid 1), and a claim token two processes shared would renew each
+    other's leases (WORKER_NAME gets a random tail: a restart must not take its dead
+    run's claims for its own before their lease has run out)."""
+    if explicit:
+        return f"{explicit}:{secrets.token_hex(4)}"
+    return worker_name()
 
 
 _senders: weakref.WeakKeyDictionary[BotApplication, _Sender] = weakref.WeakKeyDictionary()
@@ -235,11 +253,16 @@ def _sender(app: BotApplication) -> _Sender:
             base_file_url=app.bot.base_file_url.removesuffix(app.bot.token),
             request=request,
         )
+        store = app.bot_data.store
+        shared = is_shared(store)
         sender = _Sender(
             bot,
             s.send_rate_per_second,
             s.per_chat_interval_seconds,
             max_in_flight=sends_in_flight(s),
+            worker=_worker_name(s.worker_name),
+            shared=SharedPace(store, "notices", s.send_rate_per_second) if shared else None,
+            chat_pace=ChatPace(store, s.per_chat_interval_seconds) if shared else None,
         )
         _senders[app] = sender
     return sender

@@ -121,6 +121,12 @@ class Settings(StoreSettings):
     digest_time: str = "08:30"
     reorder_point_default: int = Field(default=0, ge=0, le=1_000_000)
 
+    # Several bot processes sharing one bot on PostgreSQL (bot/shared.py): this process's name
+    # in claims and leases (default host:pid:random), and how long a dead process's chats and
+    # its poller's lease wait before another process takes them over.
+    worker_name: str | None = Field(default=None, min_length=1, max_length=60)
+    update_lease_seconds: float = Field(default=15.0, ge=1, le=600)
+
     @field_validator("digest_time")
     @classmethod
     def _known_digest_time(cls, value: str) -> str:

@@ -19,7 +19,9 @@ so polling stops asking Telegram for more and the backlog stays on Telegram's si
 
 With a `bot.inbox.Inbox`, the intake also drops updates Telegram delivered again (already in
 the inbox) and passes on which updates were handled, for the inbox to mark them answered; an
-update cancelled at shutdown is not handled and stays in the inbox for the next start.
+update cancelled at shutdown is not handled and stays in the inbox for the next start. With
+several processes (bot/shared.py) each update is checked in its chat's turn (`may_answer`):
+one whose chat this process no longer holds is dropped unhandled, for the chat's new holder.
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ class UpdateIntake(asyncio.Queue[object]):
             self.unanswered += 1
             self.peak = max(self.peak, self.unanswered)
 
+    async def may_answer(self, item: object) -> bool:
+        """Whether ``item`` may be answered now (several processes: its chat is still this
+        process's, bot/shared.py); one that may not is dropped unhandled, for its chat's
+        new holder."""
+        if self.inbox is None or not isinstance(item, Update):
+            return True
+        return await self.inbox.may_answer(item.update_id)
+
     def answered(self, item: object, handled: bool = True) -> None:
         """``item`` has left the bot: ``handled``, or dropped unhandled (cancelled)."""
         if isinstance(item, Update):
@@ -121,6 +131,8 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         key = chat_key(update)
         if key is None:
+            if not await self._may_answer(update, coroutine):
+                return
             handled = False
             try:
                 await timed(update, coroutine)
@@ -140,6 +152,15 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
         current: tuple[object, Awaitable[Any]] | None = (update, coroutine)
         try:
             while current is not None:
+                # Checked once the chat is this runner's (a later update of it waits behind),
+                # and kept in the queue while the check waits, for the shutdown's clean-up.
+                queue.appendleft(current)
+                allowed = await self._intake_allows(current[0])
+                queue.popleft()
+                if not allowed:
+                    self._drop(*current)
+                    current = queue.popleft() if queue else None
+                    continue
                 handled = False
                 try:
                     await timed(*current)
@@ -161,6 +182,23 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
                 close = getattr(pending, "close", None)
                 if close is not None:
                     close()
+
+    async def _may_answer(self, update: object, coroutine: Awaitable[Any]) -> bool:
+        if await self._intake_allows(update):
+            return True
+        self._drop(update, coroutine)
+        return False
+
+    async def _intake_allows(self, update: object) -> bool:
+        return self._intake is None or await self._intake.may_answer(update)
+
+    def _drop(self, update: object, coroutine: Awaitable[Any]) -> None:
+        # Not this process's to answer (its chat was taken over): left unanswered in the
+        # inbox for the chat's holder.
+        self._answered(update, handled=False)
+        close = getattr(coroutine, "close", None)
+        if close is not None:
+            close()
 
     def _answered(self, update: object, handled: bool = True) -> None:
         if self._intake is not None:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from store.catalog import ProductIndex
+from store.shared import version_of
 
 DEFAULT_URL = "sqlite+aiosqlite:///var/backorder.sqlite3"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -70,6 +71,7 @@ class Store:
         self._index: ProductIndex | None = None
         self._index_lock = asyncio.Lock()
         self._index_checked: tuple[int, float] = (-1, 0.0)  # (writes, monotonic time)
+        self._catalog_version = -1  # store_versions' 'catalog' when last checked (PostgreSQL)
         self.writes = 0
         # SQLite takes one writer at a time. Left to its busy handler, writers of this process
         # poll the lock with sleeps of up to 100 ms and wait in no order: under a burst of
@@ -176,8 +178,15 @@ class Store:
         at most every INDEX_CHECK_SECONDS (another process's import shows within that): the
         question scans the catalog's index, and every stock question would ask it."""
         index = self._index
+        version = self._catalog_version
+        if index is not None and self.engine.dialect.name == "postgresql":
+            # Several bot processes: another's write of the catalog shows at the next read
+            # (a trigger moves the version in the writer's transaction), one key look-up.
+            async with self.engine.connect() as conn:
+                version = await version_of(conn, "catalog")
         if (
             index is not None
+            and version == self._catalog_version
             and self._index_checked[0] == self.writes
             and time.monotonic() - self._index_checked[1] < INDEX_CHECK_SECONDS
         ):
@@ -185,10 +194,17 @@ class Store:
         async with self._index_lock:
             writes, at = self.writes, time.monotonic()
             async with self.engine.connect() as conn:
+                moved = False
+                if conn.dialect.name == "postgresql":
+                    latest = await version_of(conn, "catalog")
+                    # Rebuilt whatever the catalog's own version says (a writer that left
+                    # updated_at alone changed it all the same).
+                    moved = latest != self._catalog_version
+                    self._catalog_version = latest
                 if self._index is None:
                     self._index = await ProductIndex.load(conn)
                 else:
-                    await self._index.refresh(conn)
+                    await self._index.refresh(conn, force=moved)
             self._index_checked = (writes, at)
             return self._index
 

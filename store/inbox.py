@@ -8,11 +8,13 @@ updates), so answered rows are kept for a while, to recognise it, and then prune
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.schema import UTCDateTime, update_inbox
@@ -39,34 +41,61 @@ class InboxUpdate:
     payload: str  # the update's JSON
 
 
+def _insert(conn: AsyncConnection) -> Any:
+    # The dialect's INSERT, which knows ON CONFLICT DO NOTHING.
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(update_inbox)
+    return sqlite.insert(update_inbox)
+
+
 async def save_updates(
-    conn: AsyncConnection, updates: Sequence[tuple[int, str]], now: datetime
+    conn: AsyncConnection,
+    updates: Sequence[tuple[int, str]],
+    now: datetime,
+    chat_keys: Mapping[int, str] | None = None,
 ) -> Saved:
     """Save (update_id, JSON) pairs, skipping ids already saved; every id lands in one of
-    the three groups of the answer, each in the order given."""
+    the three groups of the answer, each in the order given. ``chat_keys``: what orders each
+    update (chat_claims), for processes that share the bot.
+
+    Race-free: two receivers saving the same update (a poller taken over, a webhook sent
+    again) insert it once, by ON CONFLICT DO NOTHING on the key; the one whose insert did
+    nothing finds it saved."""
     ids = [update_id for update_id, _ in updates]
-    present: dict[int, bool] = {}
-    for start in range(0, len(ids), _CHUNK):
-        rows = await conn.execute(
-            select(update_inbox.c.update_id, update_inbox.c.answered_at.is_not(None)).where(
-                update_inbox.c.update_id.in_(ids[start : start + _CHUNK])
-            )
-        )
-        present.update((int(update_id), bool(answered)) for update_id, answered in rows)
     fresh: dict[int, str] = {}
     for update_id, payload in updates:
-        if update_id not in present:
-            fresh.setdefault(update_id, payload)
-    if fresh:
-        await conn.execute(
-            insert(update_inbox),
-            [
-                {"update_id": update_id, "payload": payload, "received_at": now}
-                for update_id, payload in fresh.items()
-            ],
+        fresh.setdefault(update_id, payload)
+    inserted: set[int] = set()
+    keys = chat_keys or {}
+    rows = [
+        {
+            "update_id": update_id,
+            "payload": payload,
+            "received_at": now,
+            "chat_key": keys.get(update_id),
+        }
+        for update_id, payload in fresh.items()
+    ]
+    for start in range(0, len(rows), _CHUNK):
+        part = rows[start : start + _CHUNK]
+        statement = (
+            _insert(conn)
+            .values(part)
+            .on_conflict_do_nothing(index_elements=[update_inbox.c.update_id])
+            .returning(update_inbox.c.update_id)
         )
+        inserted.update(int(r[0]) for r in await conn.execute(statement))
+    present: dict[int, bool] = {}
+    older = [i for i in fresh if i not in inserted]
+    for start in range(0, len(older), _CHUNK):
+        found = await conn.execute(
+            select(update_inbox.c.update_id, update_inbox.c.answered_at.is_not(None)).where(
+                update_inbox.c.update_id.in_(older[start : start + _CHUNK])
+            )
+        )
+        present.update((int(update_id), bool(answered)) for update_id, answered in found)
     return Saved(
-        new=tuple(fresh),
+        new=tuple(i for i in fresh if i in inserted),
         unanswered=tuple(i for i in ids if i in present and not present[i]),
         answered=tuple(i for i in ids if present.get(i)),
     )

@@ -590,6 +590,9 @@ async def claim_due(
         )
         .order_by(o.not_before, o.outbox_id)
         .limit(limit)
+        # Several processes share the work: each takes due rows no other claim is taking
+        # (PostgreSQL; SQLite has one writer and no FOR UPDATE).
+        .with_for_update(skip_locked=True)
     )
     ids = [r.outbox_id for r in await conn.execute(due)]
     if not ids:

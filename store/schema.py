@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -524,6 +525,55 @@ update_inbox = Table(
     Column("payload", Text, nullable=False),  # the update's JSON as Telegram sent it
     Column("received_at", UTCDateTime, nullable=False),
     Column("answered_at", UTCDateTime),
+    # What orders it (bot.updates.chat_key as text): the chat, else the user, else the update
+    # alone. Processes sharing the bot claim the unanswered updates chat by chat (chat_claims).
+    Column("chat_key", String(40)),
+    Index(
+        "ix_update_inbox_unanswered",
+        "chat_key",
+        "update_id",
+        postgresql_where=text("answered_at IS NULL"),
+        sqlite_where=text("answered_at IS NULL"),
+    ),
+)
+
+# Several bot processes on one PostgreSQL (bot/shared.py). Times are the database's clock in
+# seconds since the epoch, so that the processes' own clocks (other machines) do not matter.
+# A chat whose unanswered updates one process answers, in update_id order, until `until`
+# (renewed while it holds them; a dead process's chats are taken over once it has passed).
+chat_claims = Table(
+    "chat_claims",
+    metadata,
+    Column("chat_key", String(40), primary_key=True),
+    Column("worker", String(120), nullable=False),
+    Column("until", Float(precision=53), nullable=False),
+)
+
+# Work only one process does at a time ('poller': the getUpdates long poll), the same way.
+worker_leases = Table(
+    "worker_leases",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("worker", String(120), nullable=False),
+    Column("until", Float(precision=53), nullable=False),
+)
+
+# The send pace shared by every process of the bot: the next free send slot of a pace
+# ('replies', 'notices', 'chat:<id>'), handed out by one UPDATE ... RETURNING each.
+send_pace = Table(
+    "send_pace",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("next_at", Float(precision=53), nullable=False),
+)
+
+# Counters other processes read to know that what they cached is old: 'catalog' is moved by
+# a trigger on products (PostgreSQL), so every writer moves it, whatever wrote.
+store_versions = Table(
+    "store_versions",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("version", BigInteger, nullable=False),
 )
 
 # Lines a change touched (a projected date moved, units allocated, shipped or cancelled, a new

@@ -253,12 +253,17 @@ async def test_a_backlog_is_held_to_the_intake_limit_and_answered_in_order(
 class _Inbox:
     """Records what the intake passes on (bot.inbox.Inbox's side of the contract)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refused: frozenset[int] = frozenset()) -> None:
         self.answered_ids: list[int] = []
         self.released_ids: list[int] = []
+        self.refused = refused
 
     async def admit(self, update: Update) -> bool:
         return True
+
+    async def may_answer(self, update_id: int) -> bool:
+        await asyncio.sleep(0)  # as a renewal of the chat's claim would
+        return update_id not in self.refused
 
     def answered(self, update_id: int) -> None:
         self.answered_ids.append(update_id)
@@ -295,4 +300,25 @@ async def test_the_inbox_hears_handled_and_failed_updates_as_answered_cancelled_
         await runner
     # A failed update would fail again if replayed; a cancelled or parked one never ran.
     assert (inbox.answered_ids, inbox.released_ids) == ([1, 2], [3, 4])
+    assert intake.unanswered == 0
+
+
+async def test_an_update_whose_chat_was_taken_over_is_dropped_and_the_chat_stays_in_order() -> None:
+    """Several processes (bot/shared.py): the inbox refuses an update whose chat's claim this
+    process lost; it is not handled, left for the chat's new holder (released), and the
+    chat's updates after it, checked in their turn, keep their order."""
+    inbox = _Inbox(refused=frozenset({2}))
+    intake = UpdateIntake(10, inbox)  # type: ignore[arg-type]
+    processor = ChatOrderedProcessor(4, intake)
+    ran: list[int] = []
+
+    async def handle(n: int) -> None:
+        await asyncio.sleep(0)
+        ran.append(n)
+
+    for n in (1, 2, 3):
+        await intake.put(_update(n, 9))
+    await asyncio.gather(*(processor.process_update(_update(n, 9), handle(n)) for n in (1, 2, 3)))
+    assert ran == [1, 3]
+    assert (inbox.answered_ids, inbox.released_ids) == ([1, 3], [2])
     assert intake.unanswered == 0

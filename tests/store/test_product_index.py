@@ -50,6 +50,10 @@ async def test_the_index_sees_its_own_writes_at_once_and_others_within_the_inter
         await _add(other, "MUG-0001", "Mug")
     finally:
         await other.close()
+    if store.engine.dialect.name == "postgresql":
+        # A trigger moves the catalog's version (several bot processes, #15): seen at once.
+        assert _skus(await store.product_index(), "mug") == ["MUG-0001"]
+        return
     assert _skus(await store.product_index(), "mug") == []  # not asked again yet
     await asyncio.sleep(1.05)
     assert _skus(await store.product_index(), "mug") == ["MUG-0001"]

@@ -1,0 +1,636 @@
+"""Several bot processes, one bot: how N copies of run_bot.py (one machine or several) share
+one bot token on one PostgreSQL database. SQLite stays one process (run_bot.py refuses a
+second one).
+
+Updates. Whoever receives them writes them to the durable inbox (store.inbox) and answers
+nothing itself: in polling mode the one process holding the 'poller' lease (`PollerLease`:
+only it sends getUpdates; another takes over once a dead holder's lease has run out), in
+webhook mode every process that Telegram (through the shop's load balancer) reaches. The
+processes' `SharedInbox` then claim the unanswered updates chat by chat (store.shared.
+claim_chats: a claim with a lease, taken over from a dead process once it has run out) and
+put a claimed chat's updates in their own update queue in update_id order, where
+bot.updates.ChatOrderedProcessor answers them one after another. An update's answered mark
+and the release of its chat, once the process holds nothing more of it, are one
+transaction, so the next process to claim the chat starts after the last answered update.
+A chat is answered by one process at a time, in order, and an update twice only when its
+process died between its answer and that transaction: the updates in flight at the kill,
+given the same answer again by the process that takes the chat over.
+
+Processes hear of new updates by LISTEN/NOTIFY (the save notifies 'backorder_inbox'), and
+look anyway every CLAIM_POLL_SECONDS (a dead process's chats, a lost notification).
+
+The send pace belongs to the bot token, so on PostgreSQL it is one row per pace in the
+database (store.shared.take_slots), whichever process sends: `SharedPace` hands out slots of
+'replies' (REPLIES_PER_SECOND, `SharedRateLimiter` under PTB) and of 'notices'
+(SEND_RATE_PER_SECOND, bot.notices) and one slot a PER_CHAT_INTERVAL_SECONDS per chat for
+notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+from telegram import Bot, Update
+from telegram.error import NetworkError, RetryAfter
+from telegram.ext import BaseRateLimiter
+
+from bot.inbox import Inbox
+from bot.updates import chat_key
+from store.db import Store
+from store.inbox import Saved, mark_answered, save_updates
+from store.shared import (
+    claim_chats,
+    drop_lease,
+    payloads,
+    pending_of,
+    prune_pace,
+    release_chats,
+    renew_chats,
+    set_chat_keys,
+    take_lease,
+    take_slots,
+    unkeyed_updates,
+)
+
+if TYPE_CHECKING:
+    from bot.updates import UpdateIntake
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PollerLease",
+    "SharedInbox",
+    "SharedPace",
+    "SharedRateLimiter",
+    "is_shared",
+    "key_of",
+    "raw_key_of",
+    "worker_name",
+]
+
+CHANNEL = "backorder_inbox"
+# How often a process looks for claimable chats without being told (a dead process's chats
+# once their lease has run out, a lost notification).
+CLAIM_POLL_SECONDS = 0.5
+# Claims and the poller's lease are renewed every this share of their length.
+RENEW_EVERY = 0.25
+# An update is answered only while at least this share of its chat's lease is left as last
+# written (else the claim is renewed first): its answer must be out before another process
+# could take the chat over.
+ANSWER_MARGIN = 0.5
+RETRY_AFTER = 0.2
+
+
+def is_shared(store: Store) -> bool:
+    """Whether the bot's processes share the database's inbox, claims and pace: PostgreSQL."""
+    return store.engine.dialect.name == "postgresql"
+
+
+def worker_name(explicit: str | None = None) -> str:
+    """WORKER_NAME, else unique among the bot's processes: a pid alone is not (every
+    container's bot is pid 1), and a claim two processes shared would be renewed by both."""
+    if explicit:
+        return explicit
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def key_of(update: Update) -> str:
+    """What orders ``update`` (bot.updates.chat_key), as the inbox's chat_key."""
+    key = chat_key(update)
+    if isinstance(key, int):
+        return str(key)
+    if isinstance(key, tuple):
+        return f"u{key[1]}"
+    return f"x{update.update_id}"
+
+
+def raw_key_of(update: Mapping[str, Any]) -> str:
+    """`key_of` from Telegram's JSON, without building PTB's objects: the chat of the update's
+    message (a callback query's: its message's), else its sender, else the update alone."""
+    for name, body in update.items():
+        if name == "update_id" or not isinstance(body, dict):
+            continue
+        chat = body.get("chat")
+        if not isinstance(chat, dict):
+            message = body.get("message")
+            chat = message.get("chat") if isinstance(message, dict) else None
+        if isinstance(chat, dict) and isinstance(chat.get("id"), int):
+            return str(chat["id"])
+        user = body.get("from") or body.get("user")
+        if isinstance(user, dict) and isinstance(user.get("id"), int):
+            return f"u{user['id']}"
+    return f"x{update.get('update_id')}"
+
+
+def _set(event: asyncio.Event, *_args: object) -> None:
+    event.set()
+
+
+class SharedInbox(Inbox):
+    """The inbox of one of several processes: saves what this process receives, and answers
+    the updates of the chats it claims (see the module docstring).
+
+    ``max_chats``: chats held at once (CONCURRENT_UPDATES: what this process works on at
+    once), so a burst is shared among the processes instead of taken whole by the first."""
+
+    def __init__(
+        self,
+        store: Store,
+        now: Callable[[], datetime],
+        *,
+        worker: str,
+        lease: float,
+        max_chats: int,
+        webhook: bool = False,
+        poll: float = CLAIM_POLL_SECONDS,
+    ) -> None:
+        super().__init__(store, now, webhook=webhook)
+        self.worker = worker
+        self.lease = lease
+        self.max_chats = max_chats
+        self.poll = poll
+        self._polled: set[int] = set()  # saved by `received`: `admit` drops them
+        self._chats: set[str] = set()  # claimed by this process
+        self._chat_of: dict[int, str] = {}  # update held or unflushed -> its chat
+        self._open: Counter[str] = Counter()  # chat -> its updates held or unflushed here
+        self._more = asyncio.Event()
+        # chat -> monotonic time until which its claim is this process's, as last written
+        # (from before the write): an update is answered only with ANSWER_MARGIN of it left.
+        self._until: dict[str, float] = {}
+        self._renewing: asyncio.Task[None] | None = None
+        self._bot: Bot | None = None
+        self._queue: UpdateIntake | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.poller = PollerLease(store, worker, lease)
+        self.rounds = 0
+        self.marked = 0  # updates this process answered and marked
+        self.claimed = 0  # chats it claimed (a chat claimed again counts again)
+        self.lost = 0  # chats this process held and another took over (its lease ran out)
+
+    # --- in ------------------------------------------------------------------------------
+
+    async def received(self, updates: list[dict[str, Any]]) -> None:
+        pairs = [
+            (int(u["update_id"]), json.dumps(u, ensure_ascii=False, separators=(",", ":")))
+            for u in updates
+        ]
+        keys = {int(u["update_id"]): raw_key_of(u) for u in updates}
+        try:
+            await self._save(pairs, keys)
+        except Exception as exc:
+            # As Inbox.received: PTB's polling retries, Telegram delivers the batch again.
+            raise NetworkError(f"the update inbox could not save a batch: {exc!r}") from exc
+        self._polled.update(keys)
+
+    async def _save(self, pairs: list[tuple[int, str]], keys: dict[int, str]) -> Saved:
+        async with self.store.begin(counted=False) as conn:
+            saved = await save_updates(conn, pairs, self.now(), keys)
+            if saved.new:
+                # Delivered at commit, to every process listening (this one too).
+                await conn.execute(text(f"NOTIFY {CHANNEL}"))
+        if saved.new:
+            self._more.set()
+        return saved
+
+    async def admit(self, update: Update) -> bool:
+        """False for every update received: it is in the inbox, for whichever process claims
+        its chat. True only for one the bot's own code put in the queue."""
+        update_id = update.update_id
+        if update_id in self._polled:
+            self._polled.discard(update_id)
+            return False
+        if not self.webhook:
+            return True
+        await self._save([(update_id, update.to_json())], {update_id: key_of(update)})
+        return False
+
+    async def replay(self, bot: Bot, queue: UpdateIntake) -> int:
+        """Start claiming (before polling starts): keys for updates saved before they had one,
+        then the claim rounds and the listener. Returns the unanswered updates found."""
+        self._bot, self._queue = bot, queue
+        while True:
+            async with self.store.begin(counted=False) as conn:
+                old = await unkeyed_updates(conn)
+                keys = {}
+                for update_id, payload in old:
+                    try:
+                        keys[update_id] = raw_key_of(json.loads(payload))
+                    except ValueError:
+                        keys[update_id] = f"x{update_id}"
+                await set_chat_keys(conn, keys)
+            if len(old) < 1000:
+                break
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._claim_forever()),
+            loop.create_task(self._renew_forever()),
+            loop.create_task(self._listen()),
+        ]
+        self._more.set()
+        return 0
+
+    async def _listen(self) -> None:
+        """LISTEN on a connection of its own; a failure leaves the claim rounds' own pace."""
+        while True:
+            try:
+                async with self.store.engine.connect() as conn:
+                    raw = await conn.get_raw_connection()
+                    driver: Any = raw.driver_connection
+                    closed = asyncio.Event()
+                    driver.add_termination_listener(partial(_set, closed))
+                    await driver.add_listener(CHANNEL, self._notified)
+                    try:
+                        await closed.wait()
+                    finally:
+                        # Not back to the pool with a listener on it.
+                        await conn.invalidate()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("listening for new updates failed; trying again", exc_info=True)
+            await asyncio.sleep(1.0)
+
+    async def may_poll(self, within: float) -> bool:
+        try:
+            async with asyncio.timeout(within):
+                await self.poller.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _notified(self, *_args: object) -> None:
+        self._more.set()
+
+    # --- claiming --------------------------------------------------------------------------
+
+    async def _claim_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._more.wait(), timeout=self.poll)
+            self._more.clear()
+            try:
+                await self.claim_round()
+            except Exception:
+                log.warning("claiming updates failed; trying again", exc_info=True)
+                await asyncio.sleep(RETRY_AFTER)
+
+    async def claim_round(self) -> int:
+        """Renew this process's claims when due, claim chats, and put every unanswered update
+        of its chats that it does not hold yet in the update queue, in update_id order.
+        Returns how many were put."""
+        queue, bot = self._queue, self._bot
+        assert queue is not None and bot is not None, "replay starts the claiming"
+        # One at a time with the marks' writes, which release chats: a chat is released only
+        # when this process holds none of its updates, judged with nothing fed meanwhile.
+        async with self._writing:
+            self.rounds += 1
+            room = queue.limit - queue.unanswered
+            started = time.monotonic()
+            async with self.store.begin(counted=False) as conn:
+                chats_room = min(self.max_chats - len(self._chats), room)
+                if chats_room > 0:
+                    claimed = await claim_chats(conn, self.worker, self.lease, chats_room)
+                    self.claimed += len(set(claimed) - self._chats)
+                    self._chats.update(claimed)
+                    for key in claimed:
+                        self._until[key] = started + self.lease
+                pending = await pending_of(conn, self.worker, room + len(self._chat_of))
+                new = [p for p in pending if p.update_id not in self._chat_of][: max(room, 0)]
+                bodies = await payloads(conn, [p.update_id for p in new])
+                # Claims with nothing left to answer here (answered meanwhile elsewhere):
+                # given back at once.
+                waiting = {p.chat_key for p in pending}
+                idle = {k for k in self._chats if not self._open[k] and k not in waiting}
+                if idle:
+                    await release_chats(conn, self.worker, idle)
+                    self._let_go(idle)
+        for p in new:
+            try:
+                update = Update.de_json(json.loads(bodies[p.update_id]), bot)
+            except Exception:
+                log.exception("update %s in the inbox cannot be read; dropped", p.update_id)
+                update = None
+            self._held.add(p.update_id)
+            self._chat_of[p.update_id] = p.chat_key
+            self._open[p.chat_key] += 1
+            if update is None:
+                self.answered(p.update_id)
+            else:
+                queue.put_nowait(update)
+        return len(new)
+
+    def _let_go(self, keys: set[str]) -> None:
+        self._chats -= keys
+        for key in keys:
+            self._until.pop(key, None)
+
+    # --- leases ----------------------------------------------------------------------------
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease * RENEW_EVERY)
+            try:
+                await self.renew()
+            except Exception:
+                # Updates wait for a renewal in may_answer: none is answered unconfirmed.
+                log.warning("could not renew the chats' claims; trying again", exc_info=True)
+
+    async def renew(self) -> None:
+        """Extend every claim this process holds; a chat missing from the renewed ones was
+        taken over (this process stalled past its lease): its updates not started yet are
+        dropped, for the new holder (`may_answer`)."""
+        task = self._renewing
+        if task is None:
+            task = self._renewing = asyncio.get_running_loop().create_task(self._renew())
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._renewing is task:
+                self._renewing = None
+
+    async def _renew(self) -> None:
+        async with self._writing:
+            started = time.monotonic()
+            async with self.store.begin(counted=False) as conn:
+                held = await renew_chats(conn, self.worker, self.lease)
+            gone = self._chats - held
+            if gone:
+                self.lost += len(gone)
+                log.warning("%d chats were taken over by another process", len(gone))
+                self._let_go(gone)
+            # Claimed under this name by a run before (a restart with the same WORKER_NAME).
+            self._chats |= held
+            for key in held:
+                self._until[key] = started + self.lease
+
+    async def may_answer(self, update_id: int) -> bool:
+        """Whether this process may answer the update now: its chat's claim is this
+        process's with at least ANSWER_MARGIN of the lease left (renewed first if not). So
+        a process that stalled past its lease answers nothing the new holder answers too,
+        but what it had started before."""
+        key = self._chat_of.get(update_id)
+        if key is None:
+            return True  # not from the inbox's claims
+        for attempt in range(2):
+            if key not in self._chats:
+                return False
+            if time.monotonic() < self._until.get(key, 0.0) - self.lease * ANSWER_MARGIN:
+                return True
+            if attempt == 0:
+                try:
+                    await self.renew()
+                except Exception:
+                    # Given up here (not in the database) so that the chat's later updates
+                    # are dropped too, not answered before this one: the next renewal that
+                    # works takes it back, and the claim rounds put them all in again.
+                    log.warning("could not renew the chats' claims", exc_info=True)
+                    self._let_go({key})
+                    return False
+        return False
+
+    # --- out -----------------------------------------------------------------------------
+
+    def released(self, update_id: int) -> None:
+        super().released(update_id)
+        self._forget(update_id)
+
+    def _forget(self, update_id: int) -> str | None:
+        key = self._chat_of.pop(update_id, None)
+        if key is not None:
+            self._open[key] -= 1
+            if self._open[key] <= 0:
+                del self._open[key]
+        return key
+
+    async def _write(self) -> bool:
+        async with self._writing:
+            batch = self._done[: self.flush_at]
+            del self._done[: len(batch)]
+            if not batch:
+                return True
+            chats = {self._chat_of[i] for i in batch if i in self._chat_of}
+            counts = Counter(self._chat_of[i] for i in batch if i in self._chat_of)
+            # Released with their marks: every update this process held of them is answered.
+            done = {k for k in chats if self._open[k] <= counts[k]}
+            try:
+                async with self.store.begin(counted=False) as conn:
+                    await mark_answered(conn, batch, self.now())
+                    if done:
+                        await release_chats(conn, self.worker, done)
+            except Exception:
+                log.exception("marking %d updates answered failed; retrying", len(batch))
+                self._done[:0] = batch
+                return False
+            self.marked += len(batch)
+            for update_id in batch:
+                self._forget(update_id)
+            self._let_go(done)
+            self._unflushed.difference_update(batch)
+        # Room in the queue, or a chat given back whose newer updates wait in the inbox.
+        self._more.set()
+        return True
+
+    async def close(self) -> None:
+        """Stop claiming, write the last marks and give back every chat still claimed (what
+        was not answered is taken at once by another process, not after the lease)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.poller.close()
+        await super().close()
+        log.info("%s answered %d updates of %d chats", self.worker, self.marked, self.claimed)
+        if self._chats:
+            try:
+                async with self.store.begin(counted=False) as conn:
+                    await release_chats(conn, self.worker, self._chats)
+            except Exception:
+                log.warning("could not give back %d chats on stop", len(self._chats))
+            self._let_go(set(self._chats))
+
+
+class PollerLease:
+    """The 'poller' lease: the one process that sends getUpdates (two would make Telegram
+    answer 409 Conflict to one of them). `wait` returns once this process holds it, with more
+    than half of it left as last written."""
+
+    NAME = "poller"
+
+    def __init__(self, store: Store, worker: str, lease: float) -> None:
+        self.store = store
+        self.worker = worker
+        self.lease = lease
+        self._held = asyncio.Event()
+        self._until = 0.0  # monotonic; the lease as last written, from before the write
+        self._task: asyncio.Task[None] | None = None
+        self.taken = 0  # times this process took it (not renewals)
+
+    async def wait(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        while not (self._held.is_set() and time.monotonic() < self._until - self.lease / 2):
+            self._held.clear()
+            await self._held.wait()
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                async with self.store.begin(counted=False) as conn:
+                    mine = await take_lease(conn, self.NAME, self.worker, self.lease)
+            except Exception:
+                log.warning("could not take or renew the poller's lease", exc_info=True)
+                mine = False
+            if mine:
+                if not self._held.is_set() and self._until < started:
+                    self.taken += 1
+                    log.info("this process polls for updates now (%s)", self.worker)
+                self._until = started + self.lease
+                self._held.set()
+            else:
+                self._held.clear()
+            await asyncio.sleep(self.lease * RENEW_EVERY)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # Another process takes over at once, not after the lease.
+        with contextlib.suppress(Exception):
+            async with self.store.begin(counted=False) as conn:
+                await drop_lease(conn, self.NAME, self.worker)
+
+
+# --- the shared send pace ------------------------------------------------------------------
+
+# Slots are reserved this long's worth at a time (at least one): one statement per slot at
+# 1,000/s would be 1,000 statements a second on one row.
+RESERVE_SECONDS = 0.05
+# A reserved slot passed by more than this is not used (the process stalled): sent now, it
+# would go out closer to the next slots than the pace allows.
+STALE_SECONDS = 0.05
+# Chat paces idle this long are deleted, at most every PRUNE_EVERY slots taken.
+PRUNE_AFTER = 60.0
+PRUNE_EVERY = 10_000
+
+
+class SharedPace:
+    """Send slots of the pace ``name`` at ``rate`` a second across every process of the bot
+    (store.shared.take_slots), a few reserved at a time; ``handed`` records each slot handed
+    out (database clock) when ``record`` is set, for the tests that count them."""
+
+    def __init__(self, store: Store, name: str, rate: float, *, record: bool = False) -> None:
+        self.store = store
+        self.name = name
+        self.interval = 1 / rate
+        self.batch = max(1, math.floor(rate * RESERVE_SECONDS))
+        self._reserved: list[tuple[float, float]] = []  # (database time, monotonic time)
+        self._lock = asyncio.Lock()
+        self.handed: list[float] | None = [] if record else None
+
+    async def slot(self) -> float:
+        """Wait for this process's next slot; returns it (database clock)."""
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._reserved and self._reserved[0][1] < now - STALE_SECONDS:
+                    self._reserved.pop(0)
+                if self._reserved:
+                    at, local = self._reserved.pop(0)
+                    break
+                async with self.store.begin(counted=False) as conn:
+                    slot = await take_slots(conn, self.name, self.interval, self.batch)
+                base = time.monotonic() + slot.wait
+                self._reserved = [
+                    (slot.at + i * self.interval, base + i * self.interval)
+                    for i in range(self.batch)
+                ]
+        if self.handed is not None:
+            self.handed.append(at)
+        wait = local - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return at
+
+
+class ChatPace:
+    """One send a ``interval`` seconds per chat, across every process (a pace per chat)."""
+
+    def __init__(self, store: Store, interval: float) -> None:
+        self.store = store
+        self.interval = interval
+        self._taken = 0
+
+    async def slot(self, chat_id: int) -> float:
+        if self.interval <= 0:
+            return 0.0
+        async with self.store.begin(counted=False) as conn:
+            slot = await take_slots(conn, f"chat:{chat_id}", self.interval)
+            self._taken += 1
+            if self._taken % PRUNE_EVERY == 0:
+                await prune_pace(conn, PRUNE_AFTER)
+        if slot.wait > 0:
+            await asyncio.sleep(slot.wait)
+        return slot.at
+
+
+# Methods that put a message in a chat: what Telegram's limits count.
+_PACED = ("send", "copy", "forward")
+
+
+class SharedRateLimiter(BaseRateLimiter[int]):
+    """PTB's rate limiter for the replies of several processes: each message a slot of the
+    shared 'replies' pace; a 429 waits what Telegram says and tries again, up to
+    ``max_retries`` times, as AIORateLimiter does."""
+
+    def __init__(self, store: Store, rate: float, max_retries: int) -> None:
+        self.pace = SharedPace(store, "replies", rate)
+        self.max_retries = max_retries
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[str, Any]]]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        paced = endpoint.startswith(_PACED)
+        for attempt in range(self.max_retries + 1):
+            if paced:
+                await self.pace.slot()
+            try:
+                return await callback(*args, **kwargs)
+            except RetryAfter as exc:
+                if attempt == self.max_retries:
+                    raise
+                wait = exc.retry_after
+                seconds = wait if isinstance(wait, (int, float)) else wait.total_seconds()
+                await asyncio.sleep(float(seconds) + 0.1)
+        raise AssertionError("unreachable: the last attempt returns or raises")

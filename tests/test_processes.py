@@ -1,0 +1,352 @@
+"""Issue #15: several bot processes share one bot on one PostgreSQL (bot/shared.py).
+
+Real processes, started the way a shop starts them (run_bot.py, settings from the
+environment, each with its WORKER_NAME), against the sandbox in this process. One of them
+holds the poller's lease and saves what it fetches in the inbox; both claim the inbox's
+updates chat by chat and answer them. What is checked is each chat's transcript, exactly:
+nothing lost, nothing twice, every chat in order, and after a kill -9 the other process
+answering everything the dead one held once its lease has run out, repeating at most the
+answers of the updates the dead one had in flight, with the same text.
+
+On SQLite a second process is refused with one line (run_bot.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from sandbox import Sandbox
+from sandbox.client import SandboxClient
+from store import Store
+from store.inbox import count_updates
+from store.schema import chat_claims, products, worker_leases
+from tests.chaos_helpers import (
+    ASK_ORDER,
+    ASK_PROOF,
+    GREETING,
+    HELP,
+    KETTLE,
+    Load,
+    all_bot_texts,
+    enqueue,
+    prepare,
+    wait_for,
+)
+from tests.conftest import LINK_SECRET
+from tests.pg import BACKENDS
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE = 60.0
+LEASE = 4.0  # UPDATE_LEASE_SECONDS: how long a dead process's chats wait
+# Chats each process answers at once: small, so that the chats are shared between the two
+# and a chat's updates go to one process, then the other.
+CONCURRENT = 4
+
+# Order-sensitive: the last two answers come out right only after the two before them.
+SCRIPT: tuple[tuple[str, str], ...] = (
+    ("/start", GREETING),
+    ("is KET-0001 in stock?", KETTLE),
+    ("where is my order?", ASK_ORDER),
+    ("100004", ASK_PROOF),
+    ("/help", HELP),
+)
+
+
+def build(chats: int, base: int) -> Load:
+    load = Load()
+    for i in range(1, chats + 1):
+        chat = base + i
+        load.users.append({"id": chat, "first_name": "Customer", "language_code": "en"})
+        load.scripts[chat] = list(SCRIPT)
+    return load
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b == "postgresql"] or [None])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param is None:
+        pytest.skip("several processes share a bot on PostgreSQL only (TEST_DATABASE_URL)")
+    return str(request.param)
+
+
+@pytest.fixture
+def environ(sandbox: Sandbox, db_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BOT_TOKEN": sandbox.token,
+        "BOT_API_BASE_URL": sandbox.api_base,
+        "BOT_API_FILE_URL": sandbox.file_base,
+        "DATABASE_URL": db_url,
+        "LINK_SECRET": LINK_SECRET,
+        "SHOP_NAME": "Demo Shop",
+        "NOTICE_JOB_INTERVAL_SECONDS": "0",
+        "REPLIES_PER_SECOND": "0",
+        "CONCURRENT_UPDATES": str(CONCURRENT),
+        "UPDATE_LEASE_SECONDS": str(LEASE),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+class Bots:
+    """run_bot.py processes started by a test; whatever still runs at the end is stopped."""
+
+    def __init__(self, environ: dict[str, str], logs: Path) -> None:
+        self.environ = environ
+        self.logs = logs
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("ab") as err:
+            process = subprocess.Popen(
+                [sys.executable, str(ROOT / "run_bot.py")],
+                env={**self.environ, "WORKER_NAME": name},
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        self.running[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
+
+    def alive(self) -> None:
+        for name, process in self.running.items():
+            assert process.poll() is None, f"{name} ended:\n{self.log(name)[-3000:]}"
+
+    def kill(self, name: str) -> None:
+        process = self.running.pop(name)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    async def stop_all(self) -> None:
+        """SIGTERM, waited for on this loop: the sandbox runs on it, and the poller's last
+        getUpdates on its way out needs an answer."""
+        for process in self.running.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.running.values():
+            for _ in range(300):
+                if process.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                # run_bot.py writes its threads' stacks to its log: what held it.
+                process.send_signal(signal.SIGUSR1)
+                await asyncio.sleep(0.5)
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+async def bots(environ: dict[str, str], tmp_path: Path) -> AsyncIterator[Bots]:
+    started = Bots(environ, tmp_path)
+    try:
+        yield started
+    finally:
+        await started.stop_all()
+
+
+async def answered(tg: SandboxClient, store: Store, load: Load, bots: Bots) -> None:
+    async def done() -> bool:
+        bots.alive()
+        if (await tg.stats())["pending_updates"]:
+            return False
+        async with store.connect() as conn:
+            if (await count_updates(conn))[0]:
+                return False
+        texts = await all_bot_texts(tg, load.chats)
+        return all(len(texts[c]) >= len(load.expected(c)) for c in load.chats)
+
+    await wait_for(done, DEADLINE, "every message to be answered", every=0.1)
+
+
+def answers_per_worker(log: str) -> int:
+    found = re.findall(r"answered (\d+) updates of (\d+) chats", log)
+    assert found, log[-2000:]
+    return int(found[-1][0])
+
+
+async def test_two_processes_answer_every_chat_once_and_in_order(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    load = build(chats=40, base=850_000)
+    await prepare(tg, store, load)
+    bots.start("one")
+    bots.start("two")
+    # In rounds: a chat's first messages go to whichever process claims it, its later ones
+    # (once it was given back) maybe to the other.
+    for i in range(len(SCRIPT)):
+        await enqueue(tg, load, range(i, i + 1))
+        await asyncio.sleep(0.3)
+    await answered(tg, store, load, bots)
+
+    texts = await all_bot_texts(tg, load.chats)
+    wrong = {c: t for c, t in texts.items() if t != load.expected(c)}
+    assert not wrong, f"{len(wrong)} chats lost, doubled or reordered answers: {wrong}"
+    # One poller: Telegram (the sandbox) never had to end a poll for another's.
+    polls = await tg.calls("getUpdates")
+    assert [c for c in polls if c["status"] == 409] == []
+    async with store.connect() as conn:
+        assert (await conn.execute(select(chat_claims))).all() == []  # every chat given back
+
+    # A process sees the others' writes: both have the product index cached (they answered
+    # stock questions); another process (this test's) renames the kettle; asked by its new
+    # name, which the index built before the change does not know, the bots find it.
+    async with store.begin() as conn:
+        await conn.execute(
+            update(products).where(products.c.sku == "KET-0001").values(name_en="Samovar Deluxe")
+        )
+    asked = load.chats[:4]
+    await enqueue(tg, Load(scripts={c: [("is the samovar deluxe in stock?", "")] for c in asked}))
+
+    async def renamed() -> bool:
+        bots.alive()
+        texts = await all_bot_texts(tg, asked)
+        return all(len(t) == len(SCRIPT) + 1 for t in texts.values())
+
+    await wait_for(renamed, DEADLINE, "the answers after the rename")
+    texts = await all_bot_texts(tg, asked)
+    samovar = KETTLE.replace("Steel Kettle 1.7 l", "Samovar Deluxe")
+    assert [t[-1] for t in texts.values()] == [samovar] * 4
+    await bots.stop_all()
+    # Both processes answered: the chats were shared, not taken whole by the first.
+    one, two = answers_per_worker(bots.log("one")), answers_per_worker(bots.log("two"))
+    assert one > 0 and two > 0 and one + two == load.updates + len(asked), (one, two)
+
+
+async def test_a_killed_process_s_chats_are_answered_by_the_other_after_its_lease(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    load = build(chats=40, base=860_000)
+    await prepare(tg, store, load)
+    bots.start("one")
+    bots.start("two")
+
+    async def poller() -> str | None:
+        async with store.connect() as conn:
+            return await conn.scalar(
+                select(worker_leases.c.worker).where(worker_leases.c.name == "poller")
+            )
+
+    async def has_poller() -> bool:
+        bots.alive()
+        return await poller() is not None
+
+    await wait_for(has_poller, DEADLINE, "a process to take the poller's lease")
+    victim = await poller()
+    assert victim in ("one", "two")
+    survivor = "two" if victim == "one" else "one"
+    await enqueue(tg, load, range(0, 3))
+
+    async def victim_busy() -> bool:
+        bots.alive()
+        async with store.connect() as conn:
+            held = await conn.scalar(
+                select(chat_claims.c.chat_key).where(chat_claims.c.worker == victim).limit(1)
+            )
+        sends = [c for c in await tg.calls("sendMessage") if c["status"] == 200]
+        return held is not None and len(sends) >= 20
+
+    await wait_for(victim_busy, DEADLINE, "the poller to hold chats mid-load", every=0.01)
+    bots.kill(victim)  # the poller, with chats in flight
+    await asyncio.sleep(0.2)  # the sandbox (this loop) takes what was sent before the kill
+    async with store.connect() as conn:
+        held = {
+            int(k)
+            for k in (
+                await conn.scalars(
+                    select(chat_claims.c.chat_key).where(chat_claims.c.worker == victim)
+                )
+            )
+        }
+    at_kill = await all_bot_texts(tg, load.chats)
+    assert held, "the killed process held no chat"
+    # The rest of the load after the kill: the survivor must take the poller's lease over.
+    await enqueue(tg, load, range(3, len(SCRIPT)))
+    await answered(tg, store, load, bots)
+
+    texts = await all_bot_texts(tg, load.chats)
+    doubled: dict[int, int] = {}
+    for chat in load.chats:
+        got = texts[chat]
+        # A repeat is the same text as the answer before it: the answer of an update the
+        # killed process had sent and not yet marked, given again by the survivor.
+        once = [t for i, t in enumerate(got) if i == 0 or t != got[i - 1]]
+        assert once == load.expected(chat), f"chat {chat}: {got}"
+        if len(got) > len(once):
+            doubled[chat] = len(got) - len(once)
+    assert set(doubled) <= held, (doubled, held)
+    # At most two per chat: the update in flight, and one that ended in the loop's last turn
+    # (bot/inbox.py); CONCURRENT at once.
+    assert all(n <= 2 for n in doubled.values()), doubled
+    assert sum(doubled.values()) <= 2 * CONCURRENT, doubled
+    lost = sum(len(load.expected(c)) - len(set(texts[c])) for c in load.chats)
+    assert lost == 0
+    assert sum(map(len, at_kill.values())) < load.updates  # killed in the middle
+    async with store.connect() as conn:
+        assert await poller() == survivor
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+
+
+async def test_a_second_process_on_sqlite_is_refused_with_one_line(
+    sandbox: Sandbox, sqlite_url: str, tmp_path: Path
+) -> None:
+    environ = {
+        **os.environ,
+        "BOT_TOKEN": sandbox.token,
+        "BOT_API_BASE_URL": sandbox.api_base,
+        "BOT_API_FILE_URL": sandbox.file_base,
+        "DATABASE_URL": sqlite_url,
+        "LINK_SECRET": LINK_SECRET,
+        "NOTICE_JOB_INTERVAL_SECONDS": "0",
+    }
+    bots = Bots(environ, tmp_path)
+    try:
+        bots.start("first")
+        lock = tmp_path / "bot.sqlite3.bot-lock"
+
+        async def locked() -> bool:
+            # The first process holds the lock beside the file (as run_bot.py takes it).
+            bots.alive()
+            if not lock.exists():
+                return False
+            with lock.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return True
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                return False
+
+        await wait_for(locked, DEADLINE, "the first process to hold the SQLite lock")
+        second = bots.start("second")
+
+        async def refused() -> bool:
+            return second.poll() is not None
+
+        await wait_for(refused, DEADLINE, "the second process to end")
+        assert second.returncode == 1
+        assert bots.log("second").splitlines() == [
+            f"backorder-bot: another bot process runs on {sqlite_url.split(':///')[1]}; SQLite"
+            " serves one bot process (several share a bot on PostgreSQL:"
+            " DATABASE_URL=postgresql+asyncpg://...)"
+        ]
+        del bots.running["second"]
+        bots.alive()  # the first goes on
+    finally:
+        await bots.stop_all()
