@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014_shared_processes"
-down_revision: str | Sequence[str] | None = "0013_insights"
+down_revision: str | Sequence[str] | None = "0012_counters"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
