@@ -55,9 +55,9 @@ from store.outbox import (
     claim_due,
     finish,
     mark_unreachable,
-    queue_notices,
     renew_claims,
     retry_later,
+    run_notices,
 )
 from store.schema import handoffs as handoffs_table
 from store.schema import products
@@ -295,8 +295,9 @@ def in_quiet_hours(app: BotApplication, now: datetime | None = None) -> bool:
 
 
 async def run_policy(app: BotApplication) -> None:
-    """Apply the delay policy from the changes' marks, in short batches of their own
-    (store.delays.run_delay_policy), then queue what changed in a transaction of its own."""
+    """Apply the delay policy from the changes' marks, then queue the notices from theirs,
+    each in short batches of their own (store.delays.run_delay_policy,
+    store.outbox.run_notices)."""
     now = app.bot_data.now()
     store = app.bot_data.store
     # At most 40 batches (10,000 lines) a tick, so that delivery is not held back behind a
@@ -304,10 +305,13 @@ async def run_policy(app: BotApplication) -> None:
     await run_delay_policy(
         store, today=shop_today(app), now=now, policy=delay_policy(app), max_batches=40
     )
-    async with store.begin() as conn:
-        await queue_notices(
-            conn, threshold_days=app.bot_data.settings.notice_threshold_days, now=now
-        )
+    # The notices of what the policy is done with, in batches of their own as well.
+    await run_notices(
+        store,
+        threshold_days=app.bot_data.settings.notice_threshold_days,
+        now=now,
+        max_batches=40,
+    )
 
 
 async def tick(context: BotContext) -> None:

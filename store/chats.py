@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import NotFound
+from store.marks import mark_customer
 from store.schema import (
     UTCDateTime,
     back_in_stock_subscriptions,
@@ -191,6 +192,7 @@ async def link_chat(conn: AsyncConnection, chat_id: int, customer_id: int) -> Ch
         .where(chats.c.customer_id == customer_id, chats.c.chat_id != chat_id)
         .values(customer_id=None, updated_at=utcnow())
     )
+    await mark_customer(conn, customer_id)
     return await _update_chat(conn, chat_id, customer_id=customer_id)
 
 

@@ -67,8 +67,8 @@ from store.imports import (
 from store.insights import alerts as list_alerts
 from store.insights import cause_report, compute_records, refresh_causes, set_reorder_point
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
-from store.marks import pending, rescan
-from store.outbox import QueueReport, queue_notices
+from store.marks import NOTICE, pending, rescan
+from store.outbox import NOTICE_BATCH, NoticeRun, queue_notices, run_notices
 from store.schema import (
     customers,
     delay_offers,
@@ -329,6 +329,7 @@ async def _run(args: argparse.Namespace) -> int:
             if args.rescan:
                 async with store.begin() as conn:
                     await rescan(conn)
+                    await rescan(conn, NOTICE)
         elif args.command == "status":
             async with store.connect() as conn:
                 await _status(conn)
@@ -465,10 +466,10 @@ async def follow_on(
     batch_size: int = BATCH,
     now: datetime | None = None,
     show: bool | None = None,
-) -> tuple[DelayRun, QueueReport]:
+) -> tuple[DelayRun, NoticeRun]:
     """What the changes so far owe, each batch its own short transaction: the delay policy
-    from the marks (and the first pass, if it is not done), then the notices. A progress bar
-    on a terminal (``show`` None), nothing otherwise."""
+    from the marks (and the first pass, if it is not done), then the notices from theirs. A
+    progress bar on a terminal (``show`` None), nothing otherwise."""
     now = now or datetime.now(UTC)
     async with store.connect() as conn:
         left = await pending(conn)
@@ -482,8 +483,15 @@ async def follow_on(
             batch_size=batch_size,
             on_batch=lambda r: bar.update(r.lines),
         )
-    async with store.begin() as conn:
-        queued = await queue_notices(conn, threshold_days=settings.threshold_days, now=now)
+    async with store.connect() as conn:
+        todo = (await pending(conn, NOTICE)).marked
+    with progress_bar(todo if todo >= NOTICE_BATCH else 0, "notices", " lines", show) as bar:
+        queued = await run_notices(
+            store,
+            threshold_days=settings.threshold_days,
+            now=now,
+            on_batch=lambda r: bar.update(r.lines),
+        )
     return run, queued
 
 
@@ -514,10 +522,15 @@ async def _status(conn: AsyncConnection) -> None:
     )
     scanned = left.lines - left.scan_left
     share = f"{100 * scanned / left.lines:.1f}%" if left.lines else "100%"
+    told = await pending(conn, NOTICE)
     print(f"lines marked, not passed yet: {left.marked}")
     print(f"first pass: {scanned} of {left.lines} lines looked at ({share}), {left.scan_left} left")
     print(f"delay offers past their answer-by day: {deadlines}")
     print(f"notices due now: {due}; outbox backlog (pending): {backlog}")
+    print(
+        f"notice queueing: {told.marked} lines marked, {told.scan_left} lines not looked at"
+        " yet (each after the delay policy)"
+    )
     if left.updated_at is not None:
         print(f"last batch of the policy: {left.updated_at:%Y-%m-%d %H:%M:%S} UTC")
 

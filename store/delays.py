@@ -17,9 +17,7 @@ one transaction: what the batches must end with (tests/store/test_policy_machine
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -32,7 +30,14 @@ from store.backorders import cancel_line, cancel_order
 from store.counters import next_value
 from store.db import Store
 from store.errors import NotFound
-from store.marks import advance, insert_ignoring, lines_from, take_marks, take_turn
+from store.marks import (
+    advance,
+    insert_ignoring,
+    lines_from,
+    run_batches,
+    take_marks,
+    take_turn,
+)
 from store.outbox import DELAY_CANCELLED, DELAY_OFFER, IN_CHUNK, insert_notices
 from store.schema import chats, delay_offers, order_lines, orders, utcnow
 
@@ -41,10 +46,6 @@ OPEN = ("open", "consented")
 # 100,000-order demo store's first pass (138,426 offers) 250 lines a batch took 20 ms (p99
 # 56 ms) and 17.2 s in all; 1,000 took 85 ms (p99 279 ms) and 18.6 s.
 BATCH = 250
-# Seconds of batches in a row, then seconds with SQLite's write lock left free (see
-# run_delay_policy): another process's writer waits at most about their sum.
-WORK_SPAN = 0.2
-LOCK_FREE = 0.12
 
 
 @dataclass(frozen=True)
@@ -153,29 +154,15 @@ async def run_delay_policy(
     """The policy in batches, each in its own short transaction, until nothing is pending
     (or ``max_batches``). A crash between two batches loses nothing: what is left is still
     marked, or beyond the cursor, or still due."""
-    total = DelayRun(0, 0, 0, 0)
-    # SQLite hands its write lock to no one in particular: a writer of another process that
-    # waits polls it with sleeps of up to 100 ms, and batches run back to back took it first
-    # every time (waits of 2 s behind batches of 20 ms). Every WORK_SPAN of batches, the lock
-    # is left free for longer than one such sleep. PostgreSQL queues lock waiters itself.
-    paced = store.engine.dialect.name == "sqlite"
-    worked = 0.0
-    while max_batches is None or total.batches < max_batches:
-        began = time.monotonic()
-        async with store.begin() as conn:
-            run = await delay_policy_batch(
-                conn, today=today, now=now, policy=policy, limit=batch_size
-            )
-        total += run
-        if on_batch is not None:
-            on_batch(run)
-        if not run.more:
-            break
-        worked += time.monotonic() - began
-        if paced and worked >= WORK_SPAN:
-            await asyncio.sleep(LOCK_FREE)
-            worked = 0.0
-    return total
+    return await run_batches(
+        store,
+        lambda conn: delay_policy_batch(
+            conn, today=today, now=now, policy=policy, limit=batch_size
+        ),
+        DelayRun(0, 0, 0, 0),
+        max_batches=max_batches,
+        on_batch=on_batch,
+    )
 
 
 async def delay_policy_batch(

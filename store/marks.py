@@ -1,28 +1,86 @@
-"""Marks of the lines a change touched, and the cursor of the first pass: the follow-on work
-(the delay policy) costs what the change changed, not a scan of every waiting line.
+"""Marks of the lines a change touched, and the cursors of the first pass: the follow-on work
+(the delay policy, then the notice queueing) costs what the change changed, not a scan of every
+waiting line.
 
-A change calls ``mark_lines`` in its own transaction; the policy's batches take marks with
-``take_marks`` (deleted in the batch's transaction, so a batch that dies leaves them for the
-next one) and scan what no mark covers (``next_line_id`` of the cursor row) in line_id ranges.
+A change calls ``mark_lines`` in its own transaction: one mark per stage (``STAGES``). Each
+stage's batches take their own marks with ``take_marks`` (deleted in the batch's transaction,
+so a batch that dies leaves them for the next one) and scan what no mark covers (``next_line_id``
+of the stage's cursor row) in line_id ranges.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import String, Table, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.schema import follow_on_cursors, follow_on_marks, order_lines, utcnow
+from store.db import Store
+from store.schema import follow_on_cursors, follow_on_marks, order_lines, orders, utcnow
 
 DELAY = "delay"
+NOTICE = "notice"
+# Every stage a change owes a look, in the order they run: the notices come after the policy,
+# whose offers tell a line's new date themselves.
+STAGES = (DELAY, NOTICE)
 # Ids bound per statement: SQLite's default limit of host parameters is 32,766 and
 # PostgreSQL's 65,535; far below both.
 CHUNK = 5000
+# Seconds of batches in a row, then seconds with SQLite's write lock left free (see
+# run_batches): another process's writer waits at most about their sum.
+WORK_SPAN = 0.2
+LOCK_FREE = 0.12
+
+
+class Batch(Protocol):
+    @property
+    def batches(self) -> int: ...
+
+    @property
+    def more(self) -> bool: ...  # the batch used its whole budget: there may be work left
+
+    def __add__(self, other: Self) -> Self: ...
+
+
+R = TypeVar("R", bound=Batch)
+
+
+async def run_batches(
+    store: Store,
+    batch: Callable[[AsyncConnection], Awaitable[R]],
+    total: R,
+    *,
+    max_batches: int | None = None,
+    on_batch: Callable[[R], None] | None = None,
+) -> R:
+    """``batch`` again and again, each in its own short transaction, until one says there is
+    nothing more (or ``max_batches``); the sum of what they did, from ``total``."""
+    # SQLite hands its write lock to no one in particular: a writer of another process that
+    # waits polls it with sleeps of up to 100 ms, and batches run back to back took it first
+    # every time (waits of 2 s behind batches of 20 ms). Every WORK_SPAN of batches, the lock
+    # is left free for longer than one such sleep. PostgreSQL queues lock waiters itself.
+    paced = store.engine.dialect.name == "sqlite"
+    worked = 0.0
+    while max_batches is None or total.batches < max_batches:
+        began = time.monotonic()
+        async with store.begin() as conn:
+            run = await batch(conn)
+        total += run
+        if on_batch is not None:
+            on_batch(run)
+        if not run.more:
+            break
+        worked += time.monotonic() - began
+        if paced and worked >= WORK_SPAN:
+            await asyncio.sleep(LOCK_FREE)
+            worked = 0.0
+    return total
 
 
 def insert_ignoring(conn: AsyncConnection, table: Table) -> Any:
@@ -36,23 +94,51 @@ def insert_ignoring(conn: AsyncConnection, table: Table) -> Any:
     raise NotImplementedError(f"ON CONFLICT DO NOTHING on {dialect}")
 
 
-async def mark_lines(conn: AsyncConnection, line_ids: Iterable[int]) -> None:
-    """Mark lines for the follow-on work; a line already marked stays one mark."""
+async def mark_lines(
+    conn: AsyncConnection, line_ids: Iterable[int], stages: Sequence[str] = STAGES
+) -> None:
+    """Mark lines for the follow-on work (every stage, or ``stages``); a line already marked
+    stays one mark per stage."""
     ids = sorted(set(line_ids))
     stmt = insert_ignoring(conn, follow_on_marks)
-    for start in range(0, len(ids), CHUNK):
-        await conn.execute(stmt, [{"line_id": i} for i in ids[start : start + CHUNK]])
+    rows = [{"stage": stage, "line_id": i} for i in ids for stage in stages]
+    for start in range(0, len(rows), CHUNK):
+        await conn.execute(stmt, rows[start : start + CHUNK])
 
 
-async def take_marks(conn: AsyncConnection, limit: int) -> list[int]:
-    """Up to ``limit`` marked lines, lowest first, deleted in the caller's transaction: its
-    commit is the work done, its rollback leaves them marked."""
+async def mark_customer(conn: AsyncConnection, customer_id: int) -> None:
+    """Mark every line of the customer's orders for the notices: a chat linked to them now
+    hears what they were not told while they had none (store.outbox leaves it untold)."""
+    ol = order_lines.c
+    await conn.execute(
+        insert_ignoring(conn, follow_on_marks).from_select(
+            ["stage", "line_id"],
+            select(literal(NOTICE, String(16)), ol.line_id).where(
+                ol.order_id.in_(
+                    select(orders.c.order_id).where(orders.c.customer_id == customer_id)
+                )
+            ),
+        )
+    )
+
+
+async def take_marks(conn: AsyncConnection, limit: int, stage: str = DELAY) -> list[int]:
+    """Up to ``limit`` lines marked for ``stage``, lowest first, their marks deleted in the
+    caller's transaction: its commit is the work done, its rollback leaves them marked."""
     m = follow_on_marks.c
-    first = select(m.line_id).order_by(m.line_id).limit(limit).scalar_subquery()
+    first = (
+        select(m.line_id).where(m.stage == stage).order_by(m.line_id).limit(limit)
+    ).scalar_subquery()
     taken = await conn.execute(
-        delete(follow_on_marks).where(m.line_id.in_(first)).returning(m.line_id)
+        delete(follow_on_marks).where(m.stage == stage, m.line_id.in_(first)).returning(m.line_id)
     )
     return sorted(int(i) for i in taken.scalars())
+
+
+async def cursor_of(conn: AsyncConnection, name: str) -> int:
+    """Where the stage's first pass stands (its next_line_id), without taking a turn."""
+    c = follow_on_cursors.c
+    return int(await conn.scalar(select(c.next_line_id).where(c.name == name)) or 0)
 
 
 async def take_turn(conn: AsyncConnection, name: str = DELAY) -> int:
@@ -96,18 +182,22 @@ async def rescan(conn: AsyncConnection, name: str = DELAY) -> None:
     await conn.execute(update(follow_on_cursors).where(c.name == name).values(next_line_id=0))
 
 
-async def lines_from(conn: AsyncConnection, start: int, limit: int) -> list[int]:
-    """The ids of up to ``limit`` lines from ``start`` on, in order (the primary key's range)."""
+async def lines_from(
+    conn: AsyncConnection, start: int, limit: int, below: int | None = None
+) -> list[int]:
+    """The ids of up to ``limit`` lines from ``start`` on (and below ``below``), in order (the
+    primary key's range)."""
     ol = order_lines.c
-    rows = await conn.execute(
-        select(ol.line_id).where(ol.line_id >= start).order_by(ol.line_id).limit(limit)
-    )
+    q = select(ol.line_id).where(ol.line_id >= start)
+    if below is not None:
+        q = q.where(ol.line_id < below)
+    rows = await conn.execute(q.order_by(ol.line_id).limit(limit))
     return [int(i) for i in rows.scalars()]
 
 
 @dataclass(frozen=True)
 class Pending:
-    marked: int  # lines marked and not passed yet
+    marked: int  # lines marked for the stage and not passed by it yet
     scan_next: int  # the first pass has looked at every line below this id
     scan_left: int  # lines at or above it
     lines: int  # lines in the store
@@ -119,7 +209,8 @@ async def pending(conn: AsyncConnection, name: str = DELAY) -> Pending:
     c = follow_on_cursors.c
     cur = (await conn.execute(select(c.next_line_id, c.updated_at).where(c.name == name))).first()
     start = int(cur.next_line_id) if cur is not None else 0
-    marked = await conn.scalar(select(func.count()).select_from(follow_on_marks))
+    m = follow_on_marks.c
+    marked = await conn.scalar(select(func.count()).where(m.stage == name))
     left = await conn.scalar(select(func.count()).where(ol.line_id >= start))
     total = await conn.scalar(select(func.count()).select_from(order_lines))
     return Pending(

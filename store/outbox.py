@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     DateTime,
     Integer,
     MetaData,
@@ -40,11 +41,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from store.db import Store
+from store.marks import (
+    DELAY,
+    NOTICE,
+    advance,
+    cursor_of,
+    lines_from,
+    run_batches,
+    take_turn,
+)
 from store.schema import (
     UTCDateTime,
     back_in_stock_subscriptions,
     chats,
     customers,
+    follow_on_marks,
     order_lines,
     orders,
     outbox,
@@ -58,6 +70,8 @@ from store.schema import (
 CHUNK = 5000
 # SQLite allows 32766 bound parameters; PostgreSQL 65535. IN lists stay well below.
 IN_CHUNK = 900
+# Lines looked at per batch of the notice queueing (notice_batch), each batch one transaction.
+NOTICE_BATCH = 500
 # outbox.dedupe_key's length.
 KEY_MAX = 200
 
@@ -239,13 +253,31 @@ async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
 
 
 async def queue_notices(
-    conn: AsyncConnection, *, threshold_days: int = 1, now: datetime | None = None
+    conn: AsyncConnection,
+    *,
+    threshold_days: int = 1,
+    now: datetime | None = None,
+    orders_where: ColumnElement[bool] | None = None,
+    back_in_stock: bool = True,
 ) -> QueueReport:
     """Queue one notice per customer and order for everything that changed since the
     customer was last told, and one per "notify me" subscription whose product is back.
-    Call it inside the transaction of the change."""
+
+    Without ``orders_where``, from scratch: every line of the store is looked at, in the
+    caller's one transaction (a small store, a test, the reference the batches must equal).
+    With it, only the orders it selects (a condition on order_lines.order_id), all lines of
+    each: what ``notice_batch`` does for the orders its marks name. ``back_in_stock`` False
+    leaves the subscriptions to another call."""
     now = now or utcnow()
     ol = order_lines.c
+    changed = or_(
+        (ol.qty_waiting > 0) & ol.projected_date.is_distinct_from(ol.last_told_date),
+        (ol.qty_allocated > 0) & (ol.qty_allocated + ol.qty_shipped > ol.told_ready_qty),
+        ol.qty_shipped > ol.told_shipped_qty,
+        ol.qty_cancelled > ol.told_cancelled_qty,
+    )
+    if orders_where is not None:
+        changed = orders_where & changed
     candidates = (
         await conn.execute(
             select(
@@ -274,15 +306,7 @@ async def queue_notices(
                     chats, chats.c.customer_id == orders.c.customer_id
                 )
             )
-            .where(
-                or_(
-                    (ol.qty_waiting > 0) & ol.projected_date.is_distinct_from(ol.last_told_date),
-                    (ol.qty_allocated > 0)
-                    & (ol.qty_allocated + ol.qty_shipped > ol.told_ready_qty),
-                    ol.qty_shipped > ol.told_shipped_qty,
-                    ol.qty_cancelled > ol.told_cancelled_qty,
-                )
-            )
+            .where(changed)
             .order_by(ol.order_id, ol.line_no)
         )
     ).all()
@@ -382,8 +406,162 @@ async def queue_notices(
     if told:
         await _mark_told(conn, told, now)
 
-    written += await _queue_back_in_stock(conn, now)
+    if back_in_stock:
+        written += await _queue_back_in_stock(conn, now)
     return QueueReport(written, sum(len(v) for v in by_order.values()), no_chat, superseded)
+
+
+@dataclass(frozen=True)
+class NoticeRun:
+    notices: int  # outbox rows written
+    lines: int  # lines looked at (marked or scanned)
+    batches: int = 0
+    more: bool = False  # the last batch used its whole budget: there may be work left
+    no_chat: int = 0
+    superseded: int = 0
+
+    def __add__(self, other: NoticeRun) -> NoticeRun:
+        return NoticeRun(
+            self.notices + other.notices,
+            self.lines + other.lines,
+            self.batches + other.batches,
+            other.more,
+            self.no_chat + other.no_chat,
+            self.superseded + other.superseded,
+        )
+
+
+async def run_notices(
+    store: Store,
+    *,
+    threshold_days: int = 1,
+    now: datetime | None = None,
+    batch_size: int = NOTICE_BATCH,
+    max_batches: int | None = None,
+    on_batch: Callable[[NoticeRun], None] | None = None,
+) -> NoticeRun:
+    """The notice queueing in batches, each its own short transaction (``notice_batch``),
+    until nothing is pending that the delay policy is done with (or ``max_batches``), then
+    the "notify me" subscriptions. A crash between two batches loses nothing: what is left
+    is still marked, or beyond the cursor."""
+    now = now or utcnow()
+    total = await run_batches(
+        store,
+        lambda conn: notice_batch(conn, threshold_days=threshold_days, now=now, limit=batch_size),
+        NoticeRun(0, 0),
+        max_batches=max_batches,
+        on_batch=on_batch,
+    )
+    async with store.begin() as conn:
+        more = await _queue_back_in_stock(conn, now)
+    return total + NoticeRun(more, 0, 0, total.more)
+
+
+async def notice_batch(
+    conn: AsyncConnection, *, threshold_days: int = 1, now: datetime | None = None, limit: int
+) -> NoticeRun:
+    """One bounded step of the notice queueing, in the caller's transaction: the orders of up
+    to ``limit`` lines marked for it, then of the lines its first pass has not looked at yet
+    (line_id ranges from its cursor), each order whole, as ``queue_notices`` from scratch
+    would queue them.
+
+    Only lines the delay policy is done with: an order with a line the policy still owes a
+    look (marked for it, or beyond its cursor) waits, since the policy's offer may tell the
+    new date instead of a plain notice. The batches until ``more`` is False, after the
+    policy's, end where queue_notices from scratch after the policy from scratch ends.
+
+    Safe with any number of processes at once: the batch's first statement writes the
+    stage's cursor row (store.marks.take_turn), which puts the batches of every process one
+    after another (SQLite's write lock, PostgreSQL's row lock); the marks it takes are
+    deleted in its transaction; the outbox's dedupe key skips a notice queued twice."""
+    now = now or utcnow()
+    start = await take_turn(conn, NOTICE)
+    policy_below = await cursor_of(conn, DELAY)
+    ol = order_lines.c
+    m = follow_on_marks.c
+    mine = order_lines.alias("mine")
+    owed = follow_on_marks.alias("owed")
+    # An order the policy still owes a look: a line of it marked for the policy or at or
+    # beyond the policy's cursor.
+    policy_owes = (
+        select(mine.c.line_id)
+        .where(
+            mine.c.order_id == ol.order_id,
+            or_(
+                mine.c.line_id >= policy_below,
+                select(owed.c.line_id)
+                .where(owed.c.stage == DELAY, owed.c.line_id == mine.c.line_id)
+                .exists(),
+            ),
+        )
+        .exists()
+    )
+    marked = (
+        await conn.execute(
+            select(m.line_id, ol.order_id)
+            .select_from(follow_on_marks.join(order_lines, ol.line_id == m.line_id))
+            .where(m.stage == NOTICE, m.line_id < policy_below, ~policy_owes)
+            .order_by(m.line_id)
+            .limit(limit)
+        )
+    ).all()
+    budget = limit - len(marked)
+    lines = len(marked)
+    report = QueueReport(0, 0, 0, 0)
+    if marked:
+        order_ids = sorted({int(r.order_id) for r in marked})
+        # Every mark of these orders goes: their lines are all looked at below.
+        for part in _chunks(order_ids, IN_CHUNK):
+            await conn.execute(
+                delete(follow_on_marks).where(
+                    m.stage == NOTICE,
+                    m.line_id.in_(select(ol.line_id).where(ol.order_id.in_(part))),
+                )
+            )
+        for part in _chunks(order_ids, IN_CHUNK):
+            report = _sum(
+                report,
+                await queue_notices(
+                    conn,
+                    threshold_days=threshold_days,
+                    now=now,
+                    orders_where=ol.order_id.in_(part),
+                    back_in_stock=False,
+                ),
+            )
+    if budget > 0:
+        ids = await lines_from(conn, start, budget, below=policy_below)
+        if ids:
+            budget -= len(ids)
+            lines += len(ids)
+            first, last = (
+                await conn.execute(
+                    select(func.min(ol.order_id), func.max(ol.order_id)).where(
+                        ol.line_id.between(ids[0], ids[-1])
+                    )
+                )
+            ).one()
+            # The orders of the range, whole (lines of an order outside the range are looked
+            # at again when their turn comes: what was told is not told twice). An order the
+            # policy still owes a look is left to the marks its change left.
+            report = _sum(
+                report,
+                await queue_notices(
+                    conn,
+                    threshold_days=threshold_days,
+                    now=now,
+                    orders_where=ol.order_id.between(first, last) & ~policy_owes,
+                    back_in_stock=False,
+                ),
+            )
+            await advance(conn, ids[-1] + 1, NOTICE)
+    return NoticeRun(report.notices, lines, 1, budget <= 0, report.no_chat, report.superseded)
+
+
+def _sum(a: QueueReport, b: QueueReport) -> QueueReport:
+    return QueueReport(
+        a.notices + b.notices, a.lines + b.lines, a.no_chat + b.no_chat, a.superseded + b.superseded
+    )
 
 
 async def _mark_told(

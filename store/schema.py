@@ -577,21 +577,24 @@ store_versions = Table(
 )
 
 # Lines a change touched (a projected date moved, units allocated, shipped or cancelled, a new
-# line) whose follow-on work (the delay policy) has not run yet: written in the change's own
-# transaction, taken and deleted in the batch that does the work, so a crash between the two
-# loses nothing and a batch never does a line twice. A line marked twice is one row.
+# line, a chat linked to the customer) whose follow-on work has not run yet, once per stage
+# that still owes them a look: 'delay' (the delay policy, store.delays) and 'notice' (the
+# notice queueing, store.outbox). Written in the change's own transaction, taken and deleted
+# in the batch that does the stage's work, so a crash between the two loses nothing and a
+# batch never does a line twice. A line marked twice is one row per stage.
 follow_on_marks = Table(
     "follow_on_marks",
     metadata,
+    Column("stage", String(16), primary_key=True),
     Column("line_id", Integer, ForeignKey("order_lines.line_id"), primary_key=True),
 )
 
-# Durable cursors of the follow-on work. 'delay': the delay policy has looked at every line
+# Durable cursors of the follow-on work, one row per stage. The stage has looked at every line
 # below next_line_id at least once; lines at or above it (a store upgraded to the marks, or
 # lines written without a mark, such as the demo's bulk load) are scanned in line_id ranges.
-# Every batch of the policy begins by writing its row: on SQLite that first write takes the
-# write lock before anything is read, on PostgreSQL the row lock puts the policy's batches of
-# all processes one after another.
+# Every batch of a stage begins by writing its row: on SQLite that first write takes the write
+# lock before anything is read, on PostgreSQL the row lock puts the stage's batches of all
+# processes one after another (the claim: no two processes take the same marks or range).
 follow_on_cursors = Table(
     "follow_on_cursors",
     metadata,

@@ -1,11 +1,15 @@
-"""A process that runs the delay policy on a store file, for the tests with real processes.
+"""A process that runs the delay policy and then the notice queueing on a store, for the tests
+with real processes. DB is a SQLite file's path or a database URL (PostgreSQL).
 
-    python -m tests.store.policy_proc DB_PATH --wait --batch N [--no-turn]
-        prints {"ready": true}, waits for a line on stdin, then runs the batched policy to
-        the end.
-    python -m tests.store.policy_proc DB_PATH --batch N --die-in-batch K
-        commits K-1 batches, then is killed (SIGKILL, by itself) inside batch K after the
-        batch's work and before its commit.
+    python -m tests.store.policy_proc DB --wait --batch N [--no-turn]
+        prints {"ready": true}, waits for a line on stdin, then runs the batched policy and
+        the batched notices to the end.
+    python -m tests.store.policy_proc DB --batch N --die-in-batch K
+        commits K-1 batches of the policy, then is killed (SIGKILL, by itself) inside batch K
+        after the batch's work and before its commit.
+    python -m tests.store.policy_proc DB --batch N --die-in-notice-batch K
+        runs the policy to the end, commits K-1 batches of the notices, then is killed inside
+        notice batch K.
 
 ``--no-turn``: the batch's first writes (store.marks.take_turn, and take_marks when there is
 no mark) left out, so that processes read the same lines at once and meet at the insert: the
@@ -29,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 import store.delays
 from store import open_store
 from store.delays import delay_policy_batch, run_delay_policy
+from store.outbox import notice_batch, run_notices
 from store.schema import follow_on_cursors, follow_on_marks
 from tests.store.policy_helpers import D0, POLICY, T0
 
@@ -53,7 +58,8 @@ async def main(args: argparse.Namespace) -> dict[str, int]:
     if args.no_turn:
         store.delays.take_turn = _no_turn
         store.delays.take_marks = _no_empty_take
-    s = await open_store(f"sqlite+aiosqlite:///{args.db}", migrate_schema=False)
+    url = args.db if "://" in args.db else f"sqlite+aiosqlite:///{args.db}"
+    s = await open_store(url, migrate_schema=False)
     try:
         if args.die_in_batch:
             for _ in range(args.die_in_batch - 1):
@@ -67,11 +73,26 @@ async def main(args: argparse.Namespace) -> dict[str, int]:
                 )
                 print(json.dumps({"dying": args.die_in_batch}), flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
+        if args.die_in_notice_batch:
+            await run_delay_policy(s, today=TODAY, now=NOW, policy=POLICY, batch_size=args.batch)
+            for _ in range(args.die_in_notice_batch - 1):
+                async with s.begin() as conn:
+                    await notice_batch(conn, now=NOW, limit=args.batch)
+            async with s.begin() as conn:
+                await notice_batch(conn, now=NOW, limit=args.batch)
+                print(json.dumps({"dying": args.die_in_notice_batch}), flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
         if args.wait:
             print(json.dumps({"ready": True}), flush=True)
             await asyncio.to_thread(sys.stdin.readline)
         run = await run_delay_policy(s, today=TODAY, now=NOW, policy=POLICY, batch_size=args.batch)
-        return {"offered": run.offered, "batches": run.batches, "lines": run.lines}
+        told = await run_notices(s, now=NOW, batch_size=args.batch)
+        return {
+            "offered": run.offered,
+            "batches": run.batches,
+            "lines": run.lines,
+            "notices": told.notices,
+        }
     finally:
         await s.close()
 
@@ -83,6 +104,7 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--no-turn", action="store_true")
     p.add_argument("--die-in-batch", type=int, default=0)
+    p.add_argument("--die-in-notice-batch", type=int, default=0)
     result = asyncio.run(main(p.parse_args()))
     print(json.dumps(result), flush=True)
     sys.exit(0)

@@ -51,11 +51,12 @@ def test_a_change_commits_before_its_follow_on_and_catch_up_finishes_it(
     load_all(db_url, tmp_path)
     capsys.readouterr()
     assert run(db_url, "status") == 0
-    assert capsys.readouterr().out.splitlines()[:4] == [
+    assert capsys.readouterr().out.splitlines()[:5] == [
         "lines marked, not passed yet: 0",
         "first pass: 3 of 3 lines looked at (100.0%), 0 left",
         "delay offers past their answer-by day: 0",
         "notices due now: 0; outbox backlog (pending): 0",
+        "notice queueing: 0 lines marked, 0 lines not looked at yet (each after the delay policy)",
     ]
 
     real = store.cli.run_delay_policy
@@ -80,7 +81,10 @@ def test_a_change_commits_before_its_follow_on_and_catch_up_finishes_it(
 
     assert str(asyncio.run(expected_date())) == "2026-06-01"
     assert run(db_url, "status") == 0
-    assert capsys.readouterr().out.splitlines()[0] == "lines marked, not passed yet: 1"
+    status = capsys.readouterr().out.splitlines()
+    assert status[0] == "lines marked, not passed yet: 1"
+    # Both lines wait for their notices: one for the policy, the other for nothing.
+    assert status[4].startswith("notice queueing: 2 lines marked, 0 lines not looked at")
 
     scratch = tmp_path / "scratch.sqlite3"
     shutil.copy(tmp_path / "store.sqlite3", scratch)

@@ -16,16 +16,25 @@ from store.backorders import (
     receive_restock,
     ship,
 )
-from store.delays import delay_policy_batch
-from store.marks import mark_lines, pending, take_marks
-from store.schema import follow_on_marks
+from store.chats import link_chat
+from store.delays import delay_policy_batch, run_delay_policy
+from store.marks import DELAY, NOTICE, mark_lines, pending, take_marks
+from store.outbox import notice_batch
+from store.schema import follow_on_marks, order_lines, outbox
 from tests.store.helpers import D1, restock, seed_catalog
 from tests.store.policy_helpers import POLICY, T0
 
 
 async def _marked(s: Store) -> list[int]:
+    """The lines marked, the same for every stage."""
+    m = follow_on_marks.c
     async with s.connect() as conn:
-        return list(await conn.scalars(select(follow_on_marks.c.line_id).order_by("line_id")))
+        by_stage = [
+            list(await conn.scalars(select(m.line_id).where(m.stage == stage).order_by("line_id")))
+            for stage in (DELAY, NOTICE)
+        ]
+    assert by_stage[0] == by_stage[1]
+    return by_stage[0]
 
 
 async def _clear(s: Store) -> None:
@@ -89,3 +98,60 @@ async def test_a_mark_twice_is_one_mark_and_a_batch_takes_them(store: Store) -> 
         run = await delay_policy_batch(conn, today=D1, policy=POLICY, limit=1)
         left = await pending(conn)
     assert (run.lines, run.more, left.marked) == (1, True, 1)
+
+
+async def test_the_notices_take_their_own_marks_whole_orders_after_the_policy(
+    store: Store,
+) -> None:
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        await restock(conn, "R-1", 9, D1)
+        await link_chat(conn, 1001, 1)
+        # Lines 1-2: customer 1's order of two lines; line 3: customer 2's (no chat).
+        two = [NewLine("KET-0001", 1), NewLine("KET-0001", 2)]
+        await place_order(conn, "100001", 1, two, placed_at=T0)
+        await place_order(conn, "100002", 2, [NewLine("KET-0001", 1)], placed_at=T0)
+    await run_delay_policy(store, today=D1, now=T0, policy=POLICY)
+    async with store.begin() as conn:
+        await notice_batch(conn, now=T0, limit=10)  # placed and told: nothing to tell
+    assert await _marked(store) == []
+    async with store.begin() as conn:
+        await change_restock_date(conn, "R-1", D1 + timedelta(days=3), "slip")
+    assert await _marked(store) == [1, 2, 3]
+    async with store.begin() as conn:
+        # The policy has not looked at the lines yet: the notices wait for it.
+        run = await notice_batch(conn, now=T0, limit=1)
+        assert (run.lines, run.notices, run.more) == (0, 0, False)
+        await take_marks(conn, 10)  # the policy's batch (nothing is late: no offer)
+    async with store.begin() as conn:
+        # One mark taken, its order whole: lines 1 and 2 in one notice.
+        run = await notice_batch(conn, now=T0, limit=1)
+        left = await pending(conn, NOTICE)
+    assert (run.lines, run.notices, run.more, left.marked) == (1, 1, True, 1)
+    async with store.begin() as conn:
+        run = await notice_batch(conn, now=T0, limit=1)
+    assert (run.lines, run.notices, run.more) == (1, 1, True)  # customer 2's, without a chat
+    async with store.connect() as conn:
+        told = (
+            await conn.execute(
+                select(order_lines.c.line_id, order_lines.c.last_told_date).order_by("line_id")
+            )
+        ).all()
+        keys = list(await conn.scalars(select(outbox.c.status).order_by(outbox.c.outbox_id)))
+    assert [tuple(r) for r in told] == [
+        (1, D1 + timedelta(days=3)),
+        (2, D1 + timedelta(days=3)),
+        (3, D1),  # untold while there is no chat to tell it to
+    ]
+    assert keys == ["pending", "no_chat"]
+
+    # Customer 2 links a chat: their lines are marked for the notices (not for the policy).
+    async with store.begin() as conn:
+        await link_chat(conn, 1002, 2)
+    m = follow_on_marks.c
+    async with store.connect() as conn:
+        marks = (await conn.execute(select(m.stage, m.line_id))).all()
+    assert [tuple(r) for r in marks] == [(NOTICE, 3)]
+    async with store.begin() as conn:
+        run = await notice_batch(conn, now=T0, limit=5)
+    assert (run.lines, run.notices, run.more) == (1, 1, False)

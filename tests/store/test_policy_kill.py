@@ -1,7 +1,8 @@
 """Issue #14: a process killed (SIGKILL) in the middle of a batched first pass over a store of
-5,000 late lines: the batches it committed stay done, the one it was in leaves nothing behind,
-and a restart finishes the pass with nothing lost or made twice (the same offers and notices as
-the policy from scratch on a copy taken before the kill)."""
+5,000 late lines, once inside a batch of the delay policy and once inside a batch of the notice
+queueing: the batches it committed stay done, the one it was in leaves nothing behind, and a
+restart finishes the pass with nothing lost or made twice (the same offers and notices as the
+policy and the notices from scratch on a copy taken before the kills)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from sqlalchemy import func, insert, select
 
 from store import open_store
 from store.delays import apply_delay_policy
-from store.marks import mark_lines
+from store.marks import DELAY, NOTICE, mark_lines
+from store.outbox import ORDER_UPDATE, queue_notices
 from store.schema import (
     delay_offers,
     follow_on_cursors,
@@ -35,6 +37,10 @@ LINES = 5000
 BATCH = 100
 MARKED = range(1, LINES + 1, 10)  # 500 lines a change marked; the rest only the scan finds
 DIE_IN = 8  # batches 1-5 take the marks, 6-7 scan lines 1-200, the kill comes inside 8
+
+
+def _dated(line_id: int) -> bool:
+    return (line_id - 1) % 3 != 0
 
 
 async def _proc(path: Path, *flags: str) -> tuple[int, str]:
@@ -86,8 +92,10 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: P
                     "unit_price_minor": 2999,
                     "queued_at": T0,
                     "promised_date": D0 + timedelta(days=10),
-                    # Every 3rd line undated; the rest 5 to 50 days late.
-                    "projected_date": None if i % 3 == 0 else D0 + timedelta(days=15 + i % 46),
+                    # Every 3rd line undated (_dated); the rest 5 to 50 days late.
+                    "projected_date": None
+                    if not _dated(i + 1)
+                    else D0 + timedelta(days=15 + i % 46),
                 }
                 for i in range(LINES)
             ],
@@ -101,21 +109,44 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: P
     assert code == -signal.SIGKILL, out
     assert json.loads(out.splitlines()[-1]) == {"dying": DIE_IN}
 
+    m = follow_on_marks.c
+    c = follow_on_cursors.c
     s = await open_store(f"sqlite+aiosqlite:///{path}", migrate_schema=False)
     async with s.connect() as conn:
         offers = await conn.scalar(select(func.count()).select_from(delay_offers))
         notices = await conn.scalar(select(func.count()).select_from(outbox))
-        marks = await conn.scalar(select(func.count()).select_from(follow_on_marks))
-        cursor = await conn.scalar(select(follow_on_cursors.c.next_line_id))
+        marks = await conn.scalar(select(func.count()).where(m.stage == DELAY))
+        cursor = await conn.scalar(select(c.next_line_id).where(c.name == DELAY))
     await s.close()
     # Seven batches committed, the eighth's work gone with it: the 500 marked lines, then
     # lines 1-200 of the scan, 20 of which were marked lines offered already.
     assert (marks, cursor) == (0, 2 * BATCH + 1)
     assert offers == notices == len(MARKED) + 2 * BATCH - 20
 
+    # Again, the policy to its end and then two batches of the notices; killed in the third.
+    code, out = await _proc(path, "--die-in-notice-batch", "3")
+    assert code == -signal.SIGKILL, out
+    s = await open_store(f"sqlite+aiosqlite:///{path}", migrate_schema=False)
+    async with s.connect() as conn:
+        offers = await conn.scalar(select(func.count()).select_from(delay_offers))
+        updates = await conn.scalar(select(func.count()).where(outbox.c.kind == ORDER_UPDATE))
+        marks = await conn.scalar(select(func.count()).where(m.stage == NOTICE))
+        cursor = await conn.scalar(select(c.next_line_id).where(c.name == NOTICE))
+    await s.close()
+    # Nobody has a chat: every dated line's date is still untold, one notice per order. The
+    # two batches told the orders of 200 marked lines; the third's went with it.
+    assert offers == LINES
+    told = sum(1 for line_id in MARKED[: 2 * BATCH] if _dated(line_id))
+    assert (updates, marks, cursor) == (told, len(MARKED) - 2 * BATCH, 0)
+
     code, out = await _proc(path)
     assert code == 0, out
-    assert json.loads(out.splitlines()[-1])["offered"] == LINES - offers
+    assert json.loads(out.splitlines()[-1]) == {
+        "offered": 0,
+        "batches": 1,
+        "lines": 0,
+        "notices": sum(1 for line_id in range(1, LINES + 1) if _dated(line_id)) - told,
+    }
 
     scratch = tmp_path / "scratch.sqlite3"
     shutil.copy(tmp_path / "before.sqlite3", scratch)
@@ -125,8 +156,10 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: P
         if p == scratch:
             async with s.begin() as conn:
                 await apply_delay_policy(conn, today=TODAY, now=NOW, policy=POLICY)
+                await queue_notices(conn, now=NOW)
         async with s.connect() as conn:
             states.append(await policy_state(conn))
         await s.close()
     assert len(states[0]["offers"]) == LINES
+    assert len(states[0]["notices"]) == LINES + told + json.loads(out.splitlines()[-1])["notices"]
     assert states[0] == states[1]

@@ -1,13 +1,14 @@
-"""Issue #14: the delay policy from the marks equals the policy from scratch, whatever happens
-between a change and its passes.
+"""Issue #14: the delay policy and the notice queueing from the marks equal both from scratch,
+whatever happens between a change and its passes.
 
 A hypothesis state machine over a small store: imports of orders, restock date changes,
 receipts, new restocks, cancellations, shipments, days passing, customers seeing and answering
-offers, and passes of the policy run only partly (1-3 batches of 1-2 lines) or not at all (the
-process "killed" after the change committed). After every step, a copy of the store that
-finishes the pending work in small batches (from the marks, the cursor and the due offers)
-ends exactly where a copy that runs the policy from scratch over every line ends: the same
-offers, notices, dates and told marks.
+offers, customers linking a chat, and passes of the policy and of the notices run only partly
+(1-3 batches of 1-2 lines) or not at all (the process "killed" after the change committed).
+After every step, a copy of the store that finishes the pending work in small batches (from
+the marks, the cursors and the due offers) ends exactly where a copy that runs the policy and
+the notice queueing from scratch over every line ends: the same offers, notices, dates and
+told marks.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from store.delays import (
 )
 from store.errors import StoreError
 from store.master import add_restock
-from store.outbox import queue_notices
+from store.outbox import notice_batch, queue_notices, run_notices
 from store.schema import delay_offers, order_lines, orders, restocks
 from tests.store.helpers import seed_catalog
 from tests.store.policy_helpers import D0, POLICY, policy_state
@@ -250,12 +251,25 @@ class PolicyMachine(RuleBasedStateMachine):
 
         self.run(go())
 
+    @rule(batches=st.integers(1, 3), size=st.integers(1, 2))
+    def partial_notices(self, batches: int, size: int) -> None:
+        async def go() -> None:
+            for _ in range(batches):
+                async with self.s.begin() as conn:
+                    await notice_batch(conn, now=self.now, limit=size)
+
+        self.run(go())
+
+    @rule(customer=st.sampled_from([3, 4]))
+    def link(self, customer: int) -> None:
+        """A customer who had no chat links one: what they were not told is now news."""
+        self.run(self._change(lambda conn: link_chat(conn, 1000 + customer, customer)))
+
     @rule()
     def whole_pass(self) -> None:
         async def go() -> None:
             await run_delay_policy(self.s, today=self.day, now=self.now, policy=POLICY)
-            async with self.s.begin() as conn:
-                await queue_notices(conn, now=self.now)
+            await run_notices(self.s, now=self.now)
 
         self.run(go())
 
@@ -279,12 +293,13 @@ class PolicyMachine(RuleBasedStateMachine):
                 await run_delay_policy(
                     marked, today=self.day, now=self.now, policy=POLICY, batch_size=2
                 )
+                await run_notices(marked, now=self.now, batch_size=2)
                 async with scratch.begin() as conn:
                     await apply_delay_policy(conn, today=self.day, now=self.now, policy=POLICY)
+                    await queue_notices(conn, now=self.now)
                 states = []
                 for s in (marked, scratch):
-                    async with s.begin() as conn:
-                        await queue_notices(conn, now=self.now)
+                    async with s.connect() as conn:
                         states.append(await policy_state(conn))
                 return states[0], states[1]
             finally:
