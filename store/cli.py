@@ -41,7 +41,6 @@ from store.delays import (
     BATCH,
     DelayPolicy,
     DelayRun,
-    apply_delay_policy,
     consent_report,
     delay_lines,
     run_delay_policy,
@@ -68,7 +67,7 @@ from store.insights import alerts as list_alerts
 from store.insights import cause_report, compute_records, refresh_causes, set_reorder_point
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
 from store.marks import NOTICE, pending, rescan
-from store.outbox import NOTICE_BATCH, NoticeRun, queue_notices, run_notices
+from store.outbox import NOTICE_BATCH, NoticeRun, run_notices
 from store.schema import (
     customers,
     delay_offers,
@@ -447,16 +446,6 @@ def follow_on_settings() -> FollowOnSettings:
     """The delay policy and notice settings, as the bot reads them."""
     s = _settings()
     return FollowOnSettings(s.delay_policy, s.zone, s.notice_threshold_days)
-
-
-async def queue_after_change(conn: AsyncConnection) -> None:
-    """The policy from scratch and the notices, in the caller's transaction (a small store's
-    change that must carry its consequences, as the tests' imports do). The commands commit
-    the change first and run ``follow_on`` after it instead."""
-    s = follow_on_settings()
-    now = datetime.now(UTC)
-    await apply_delay_policy(conn, today=now.astimezone(s.zone).date(), now=now, policy=s.policy)
-    await queue_notices(conn, threshold_days=s.threshold_days, now=now)
 
 
 async def follow_on(

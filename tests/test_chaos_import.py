@@ -1,9 +1,10 @@
 """Issue #7, an admin import while the bot is busy: the bot answers 816 updates from 204 chats
 while the shop's operations import order files into the same SQLite database, the way
-`backorder-admin import orders FILE` does (store/cli.py: every row checked, then the file
-applied and the notices it owes queued in one transaction), from a second engine, as the admin
-process has. No customer may get the apology, no "database is locked" may reach the bot's log,
-every chat reads exactly its answers, and every imported file lands whole.
+`backorder-admin import orders FILE` does (store/cli.py: every row checked, the file applied
+in one transaction that commits, then what it owes - the delay policy, the notices - in short
+batches of their own from its marks), from a second engine, as the admin process has. No
+customer may get the apology, no "database is locked" may reach the bot's log, every chat reads
+exactly its answers, and every imported file lands whole.
 
 The imports go on, one file after another, until the bot has handled the whole load, so they
 overlap the bot's work by construction; the test checks that at least two of them committed
@@ -22,8 +23,9 @@ from sqlalchemy import func, select
 from bot.context import BotApplication
 from sandbox.client import SandboxClient
 from store import Store, open_store
-from store.cli import queue_after_change
+from store.cli import follow_on, follow_on_settings
 from store.imports import apply_file, parse_file
+from store.marks import DELAY, NOTICE, pending
 from store.schema import order_lines, orders, products
 from tests.chaos_helpers import (
     APOLOGY,
@@ -116,7 +118,7 @@ async def test_an_import_while_the_bot_is_busy_reaches_no_customer_and_lands_who
             parse_file("orders", path)  # the CLI checks the whole file first
             async with admin.begin() as conn:
                 result = await apply_file(conn, "orders", path)
-                await queue_after_change(conn)
+            await follow_on(admin, follow_on_settings(), show=False)
             assert (result.rows, result.changed) == (2 * ORDERS_PER_FILE, ORDERS_PER_FILE)
             imported |= numbers
             during.append(sum(handled.seen.values()))
@@ -146,3 +148,7 @@ async def test_an_import_while_the_bot_is_busy_reaches_no_customer_and_lands_who
             .where(orders.c.order_number.in_(imported))
         )
     assert (landed, lines) == (len(imported), 2 * len(imported))
+    # And what the imports owed ran to its end, after their commits: nothing is left marked.
+    async with store.connect() as conn:
+        left = [(await pending(conn, stage)).marked for stage in (DELAY, NOTICE)]
+    assert left == [0, 0]
