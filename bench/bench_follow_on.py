@@ -164,6 +164,13 @@ def main() -> None:
                 "    print(f'{r.offered} offered, {r.lines} lines in {r.batches} batches')\n",
             ),
             (
+                "then the notices' batches",
+                "    from store.outbox import run_notices\n"
+                "    r = await run_notices(s)\n"
+                "    print(f'{r.notices} notices, {r.lines} lines in {r.batches} batches')\n",
+            )
+            if (args.code / "store" / "marks.py").read_text().count("NOTICE")
+            else (
                 "then queue_notices",
                 "    from store.outbox import queue_notices\n"
                 "    async with s.begin() as conn:\n"
@@ -211,6 +218,22 @@ def main() -> None:
     )
     if batched:
         run_step("status", db, cli(db, "status"), args.code, args.timeout)
+    # The open restock with the most waiting lines behind it slips by 20 days.
+    src = sqlite3.connect(db)
+    rid, waiting, when = src.execute(
+        "SELECT r.restock_id, count(*), r.expected_date FROM restocks r JOIN order_lines l"
+        " ON l.waits_for_restock_id = r.restock_id AND l.qty_waiting > 0"
+        " WHERE r.status = 'open' GROUP BY r.restock_id ORDER BY count(*) DESC LIMIT 1"
+    ).fetchone()
+    src.close()
+    later = (datetime.fromisoformat(when) + timedelta(days=20)).date().isoformat()
+    run_step(
+        f"restock-date ({waiting} lines) + follow-on",
+        db,
+        cli(db, "restock-date", rid, later, "--reason", "bench"),
+        args.code,
+        args.timeout,
+    )
 
 
 if __name__ == "__main__":

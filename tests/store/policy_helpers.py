@@ -3,11 +3,16 @@ batches (test_policy_batches.py, test_policy_concurrent.py, test_policy_machine.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import NewLine, change_restock_date, place_order
@@ -15,12 +20,28 @@ from store.chats import link_chat
 from store.delays import DelayPolicy
 from store.master import CustomerIn, upsert_customer
 from store.schema import delay_offers, order_lines, outbox
+from tests.pg import Databases, sqlite_url
 from tests.store.helpers import restock, seed_catalog
 
 T0 = datetime(2026, 1, 1, 9, tzinfo=UTC)
 D0 = date(2026, 1, 1)
 POLICY = DelayPolicy()
 SKUS = ("KET-0001", "KET-0002")
+
+
+async def clone(url: str, request: pytest.FixtureRequest, name: str) -> str:
+    """The URL of a copy of the (closed) store at ``url``, dropped after the test: a copy of
+    the file on SQLite, on PostgreSQL a database made with the store's as its template."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database is not None
+        path = Path(parsed.database).with_name(f"{name}.sqlite3")
+        shutil.copy(parsed.database, path)
+        return sqlite_url(path)
+    databases: Databases = request.getfixturevalue("pg_databases")
+    copy, copy_url = await asyncio.to_thread(databases.fresh, parsed.database)
+    request.addfinalizer(lambda: databases.drop(copy))
+    return copy_url
 
 
 async def late_store(conn: AsyncConnection, orders: int, customers: int = 20) -> None:

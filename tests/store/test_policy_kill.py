@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, insert, select
 
 from store import open_store
@@ -29,7 +29,7 @@ from store.schema import (
     outbox,
 )
 from tests.store.helpers import seed_catalog
-from tests.store.policy_helpers import D0, POLICY, T0, policy_state
+from tests.store.policy_helpers import D0, POLICY, T0, clone, policy_state
 from tests.store.policy_proc import NOW, TODAY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,12 +43,12 @@ def _dated(line_id: int) -> bool:
     return (line_id - 1) % 3 != 0
 
 
-async def _proc(path: Path, *flags: str) -> tuple[int, str]:
+async def _proc(url: str, *flags: str) -> tuple[int, str]:
     p = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tests.store.policy_proc",
-        str(path),
+        url,
         "--batch",
         str(BATCH),
         *flags,
@@ -61,9 +61,10 @@ async def _proc(path: Path, *flags: str) -> tuple[int, str]:
     return int(p.returncode or 0), out.decode()
 
 
-async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "store.sqlite3"
-    s = await open_store(f"sqlite+aiosqlite:///{path}")
+async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
+    db_url: str, request: pytest.FixtureRequest
+) -> None:
+    s = await open_store(db_url)
     async with s.begin() as conn:
         await seed_catalog(conn, customers=5)
         # Written the way a bulk load writes (store.demo): no marks; the first pass scans.
@@ -101,17 +102,16 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: P
             ],
         )
         await mark_lines(conn, MARKED)
-    async with s.engine.connect() as conn:
-        await conn.exec_driver_sql(f"VACUUM INTO '{tmp_path / 'before.sqlite3'}'")
     await s.close()
+    before = await clone(db_url, request, "before")
 
-    code, out = await _proc(path, "--die-in-batch", str(DIE_IN))
+    code, out = await _proc(db_url, "--die-in-batch", str(DIE_IN))
     assert code == -signal.SIGKILL, out
     assert json.loads(out.splitlines()[-1]) == {"dying": DIE_IN}
 
     m = follow_on_marks.c
     c = follow_on_cursors.c
-    s = await open_store(f"sqlite+aiosqlite:///{path}", migrate_schema=False)
+    s = await open_store(db_url, migrate_schema=False)
     async with s.connect() as conn:
         offers = await conn.scalar(select(func.count()).select_from(delay_offers))
         notices = await conn.scalar(select(func.count()).select_from(outbox))
@@ -124,9 +124,9 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: P
     assert offers == notices == len(MARKED) + 2 * BATCH - 20
 
     # Again, the policy to its end and then two batches of the notices; killed in the third.
-    code, out = await _proc(path, "--die-in-notice-batch", "3")
+    code, out = await _proc(db_url, "--die-in-notice-batch", "3")
     assert code == -signal.SIGKILL, out
-    s = await open_store(f"sqlite+aiosqlite:///{path}", migrate_schema=False)
+    s = await open_store(db_url, migrate_schema=False)
     async with s.connect() as conn:
         offers = await conn.scalar(select(func.count()).select_from(delay_offers))
         updates = await conn.scalar(select(func.count()).where(outbox.c.kind == ORDER_UPDATE))
@@ -139,7 +139,7 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: P
     told = sum(1 for line_id in MARKED[: 2 * BATCH] if _dated(line_id))
     assert (updates, marks, cursor) == (told, len(MARKED) - 2 * BATCH, 0)
 
-    code, out = await _proc(path)
+    code, out = await _proc(db_url)
     assert code == 0, out
     assert json.loads(out.splitlines()[-1]) == {
         "offered": 0,
@@ -148,12 +148,10 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(tmp_path: P
         "notices": sum(1 for line_id in range(1, LINES + 1) if _dated(line_id)) - told,
     }
 
-    scratch = tmp_path / "scratch.sqlite3"
-    shutil.copy(tmp_path / "before.sqlite3", scratch)
     states = []
-    for p in (path, scratch):
-        s = await open_store(f"sqlite+aiosqlite:///{p}", migrate_schema=False)
-        if p == scratch:
+    for url in (db_url, before):
+        s = await open_store(url, migrate_schema=False)
+        if url == before:
             async with s.begin() as conn:
                 await apply_delay_policy(conn, today=TODAY, now=NOW, policy=POLICY)
                 await queue_notices(conn, now=NOW)
