@@ -14,16 +14,19 @@ told marks.
 from __future__ import annotations
 
 import asyncio
+import atexit
 from collections.abc import Coroutine
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from store import Store, open_store
 from store.backorders import (
@@ -47,6 +50,7 @@ from store.errors import StoreError
 from store.master import add_restock
 from store.outbox import notice_batch, queue_notices, run_notices
 from store.schema import delay_offers, order_lines, orders, restocks
+from tests.pg import SERVER_URL, Databases
 from tests.store.helpers import seed_catalog
 from tests.store.policy_helpers import D0, POLICY, policy_state
 
@@ -84,10 +88,19 @@ class PolicyMachine(RuleBasedStateMachine):
         self.loop.close()
         self.tmp.cleanup()
 
+    # The invariant is checked after every CHECK_EVERY-th step (and the first).
+    CHECK_EVERY = 1
+
+    def new_url(self) -> str:
+        return f"sqlite+aiosqlite:///{self.dir / 'store.sqlite3'}"
+
     @initialize()
     def open(self) -> None:
+        self.url = self.new_url()
+        self.checks = 0
+
         async def go() -> Store:
-            s = await open_store(f"sqlite+aiosqlite:///{self.dir / 'store.sqlite3'}")
+            s = await open_store(self.url)
             async with s.begin() as conn:
                 await seed_catalog(conn, customers=4)
                 await link_chat(conn, 1001, 1)
@@ -275,20 +288,26 @@ class PolicyMachine(RuleBasedStateMachine):
 
     # --- the invariant ---------------------------------------------------------------------
 
-    async def _copy(self) -> Store:
-        self.copies += 1
-        path = self.dir / f"copy-{self.copies}.sqlite3"
-        async with self.s.engine.connect() as conn:
-            await conn.exec_driver_sql(f"VACUUM INTO '{path}'")
-        return await open_store(f"sqlite+aiosqlite:///{path}", migrate_schema=False)
+    async def _copies(self) -> tuple[Store, Store]:
+        made = []
+        for _ in range(2):
+            self.copies += 1
+            path = self.dir / f"copy-{self.copies}.sqlite3"
+            async with self.s.engine.connect() as conn:
+                await conn.exec_driver_sql(f"VACUUM INTO '{path}'")
+            made.append(await open_store(f"sqlite+aiosqlite:///{path}", migrate_schema=False))
+        return made[0], made[1]
 
     @invariant()
     def marks_finish_what_scratch_does(self) -> None:
         if self.store is None:
             return
+        self.checks += 1
+        if (self.checks - 1) % self.CHECK_EVERY:
+            return
 
         async def go() -> tuple[dict[str, Any], dict[str, Any]]:
-            marked, scratch = await self._copy(), await self._copy()
+            marked, scratch = await self._copies()
             try:
                 await run_delay_policy(
                     marked, today=self.day, now=self.now, policy=POLICY, batch_size=2
@@ -312,3 +331,51 @@ class PolicyMachine(RuleBasedStateMachine):
 
 PolicyMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=15, deadline=None)
 TestPolicyMachine = PolicyMachine.TestCase
+
+_databases: Databases | None = None
+
+
+def _pg() -> Databases:
+    global _databases
+    if _databases is None:
+        _databases = Databases()
+        atexit.register(_databases.drop_templates)
+    return _databases
+
+
+class PGPolicyMachine(PolicyMachine):
+    """The same on PostgreSQL: a database per example, copied (CREATE DATABASE ... TEMPLATE,
+    the store closed meanwhile) for the invariant every few steps."""
+
+    CHECK_EVERY = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def new_url(self) -> str:
+        name, url = _pg().fresh(_pg().template("store"))
+        self.names.append(name)
+        return url
+
+    async def _copies(self) -> tuple[Store, Store]:
+        await self.s.close()  # a template has no other connection
+        source = make_url(self.url).database
+        made = []
+        for _ in range(2):
+            name, url = await asyncio.to_thread(_pg().fresh, source)
+            self.names.append(name)
+            made.append(await open_store(url, migrate_schema=False))
+        self.store = await open_store(self.url, migrate_schema=False)
+        return made[0], made[1]
+
+    def teardown(self) -> None:
+        super().teardown()
+        for name in self.names:
+            _pg().drop(name)
+
+
+PGPolicyMachine.TestCase.settings = settings(max_examples=4, stateful_step_count=12, deadline=None)
+TestPGPolicyMachine = pytest.mark.skipif(SERVER_URL is None, reason="no PostgreSQL server")(
+    PGPolicyMachine.TestCase
+)
