@@ -1,6 +1,6 @@
 """Issue #14: any number of processes may run the delay policy and the notice queueing at the
 same moment on one store, SQLite or PostgreSQL: no error, no offer made twice, no notice queued
-twice. Each store is a copy of one with 300 late lines; one process's run is the reference."""
+twice. Each store is a copy of one with 120 late lines; one process's run is the reference."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.pg import Databases, sqlite_url
 from tests.store.policy_helpers import clone, late_store, policy_state
 
 ROOT = Path(__file__).resolve().parents[2]
+ORDERS = 100  # one or two lines each: 120 late lines
 
 
 async def _state(url: str) -> dict[str, object]:
@@ -66,7 +67,7 @@ async def _run(urls: list[str], *flags: str) -> list[dict[str, int]]:
 
 async def _fill_late(s: Store) -> None:
     async with s.begin() as conn:
-        await late_store(conn, orders=250)
+        await late_store(conn, orders=ORDERS)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +110,12 @@ async def _unmark(url: str) -> None:
 @pytest.mark.parametrize(
     ("processes", "flags"),
     [
-        pytest.param(2, ("--batch", "40"), id="2"),
+        pytest.param(2, ("--batch", "16"), id="2"),
         # Two processes show it on PostgreSQL; four cost the suite 25 s more there.
-        pytest.param(4, ("--batch", "40"), id="4", marks=pytest.mark.sqlite_only("time")),
+        pytest.param(4, ("--batch", "16"), id="4", marks=pytest.mark.sqlite_only("time")),
         pytest.param(
             4,
-            ("--batch", "40", "--no-turn"),
+            ("--batch", "16", "--no-turn"),
             id="4-meeting-at-the-insert",
             marks=pytest.mark.sqlite_only("time"),
         ),
@@ -134,15 +135,15 @@ async def test_concurrent_passes_make_each_offer_and_notice_once(
             # no write before the batch's reads (pysqlite begins at the first write), the
             # processes read the same lines and meet at the offers' insert.
             await _unmark(url)
-    (reference,) = await _run([alone], "--batch", "40")
+    (reference,) = await _run([alone], "--batch", "16")
     results = await _run([shared] * processes, *flags)
 
     expected = await _state(alone)
-    assert reference["offered"] == len(expected["offers"]) == 300  # type: ignore[arg-type]
+    assert reference["offered"] == len(expected["offers"]) == 120  # type: ignore[arg-type]
     # Half the customers have a chat: their lines are told with the offer; the others' orders
     # wait untold, one notice each, besides their offers' notices.
     assert reference["notices"] > 0
-    assert len(expected["notices"]) == 300 + reference["notices"]  # type: ignore[arg-type]
+    assert len(expected["notices"]) == 120 + reference["notices"]  # type: ignore[arg-type]
     # The offers and notices were shared out between the processes, none made twice.
     assert sum(r["offered"] for r in results) == reference["offered"]
     assert sum(r["notices"] for r in results) == reference["notices"]

@@ -1,5 +1,5 @@
 """Issue #14: a process killed (SIGKILL) in the middle of a batched first pass over a store of
-5,000 late lines, once inside a batch of the delay policy and once inside a batch of the notice
+2,000 late lines, once inside a batch of the delay policy and once inside a batch of the notice
 queueing: the batches it committed stay done, the one it was in leaves nothing behind, and a
 restart finishes the pass with nothing lost or made twice (the same offers and notices as the
 policy and the notices from scratch on a copy taken before the kills)."""
@@ -33,10 +33,11 @@ from tests.store.policy_helpers import D0, POLICY, T0, clone, policy_state
 from tests.store.policy_proc import NOW, TODAY
 
 ROOT = Path(__file__).resolve().parents[2]
-LINES = 5000
+LINES = 2000
 BATCH = 100
-MARKED = range(1, LINES + 1, 10)  # 500 lines a change marked; the rest only the scan finds
-DIE_IN = 8  # batches 1-5 take the marks, 6-7 scan lines 1-200, the kill comes inside 8
+MARKED = range(1, LINES + 1, 10)  # 200 lines a change marked; the rest only the scan finds
+DIE_IN = 5  # batches 1-2 take the marks, 3-4 scan lines 1-200, the kill comes inside 5
+NOTICE_DIE_IN = 2  # the notices' batch 1 takes 100 marks, the kill comes inside 2
 
 
 def _dated(line_id: int) -> bool:
@@ -118,13 +119,13 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         marks = await conn.scalar(select(func.count()).where(m.stage == DELAY))
         cursor = await conn.scalar(select(c.next_line_id).where(c.name == DELAY))
     await s.close()
-    # Seven batches committed, the eighth's work gone with it: the 500 marked lines, then
+    # Four batches committed, the fifth's work gone with it: the 200 marked lines, then
     # lines 1-200 of the scan, 20 of which were marked lines offered already.
     assert (marks, cursor) == (0, 2 * BATCH + 1)
     assert offers == notices == len(MARKED) + 2 * BATCH - 20
 
-    # Again, the policy to its end and then two batches of the notices; killed in the third.
-    code, out = await _proc(db_url, "--die-in-notice-batch", "3")
+    # Again, the policy to its end and then a batch of the notices; killed in the second.
+    code, out = await _proc(db_url, "--die-in-notice-batch", str(NOTICE_DIE_IN))
     assert code == -signal.SIGKILL, out
     s = await open_store(db_url, migrate_schema=False)
     async with s.connect() as conn:
@@ -134,10 +135,11 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         cursor = await conn.scalar(select(c.next_line_id).where(c.name == NOTICE))
     await s.close()
     # Nobody has a chat: every dated line's date is still untold, one notice per order. The
-    # two batches told the orders of 200 marked lines; the third's went with it.
+    # first batch told the orders of 100 marked lines; the second's went with it.
     assert offers == LINES
-    told = sum(1 for line_id in MARKED[: 2 * BATCH] if _dated(line_id))
-    assert (updates, marks, cursor) == (told, len(MARKED) - 2 * BATCH, 0)
+    done = (NOTICE_DIE_IN - 1) * BATCH
+    told = sum(1 for line_id in MARKED[:done] if _dated(line_id))
+    assert (updates, marks, cursor) == (told, len(MARKED) - done, 0)
 
     code, out = await _proc(db_url)
     assert code == 0, out

@@ -329,7 +329,7 @@ class PolicyMachine(RuleBasedStateMachine):
         assert from_marks == from_scratch
 
 
-PolicyMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=15, deadline=None)
+PolicyMachine.TestCase.settings = settings(max_examples=10, stateful_step_count=15, deadline=None)
 TestPolicyMachine = PolicyMachine.TestCase
 
 _databases: Databases | None = None
