@@ -3,7 +3,7 @@ delay policy does from its ('delay'), each stage taking and deleting only its ow
 cursor makes its first pass over an existing store a scan in line_id ranges
 
 Revision ID: 0011_notice_marks
-Revises: 0013_insights
+Revises: 0014_shared_processes
 Create Date: 2026-12-02 02:40:00
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011_notice_marks"
-down_revision: str | Sequence[str] | None = "0013_insights"
+down_revision: str | Sequence[str] | None = "0014_shared_processes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
