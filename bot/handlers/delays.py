@@ -30,7 +30,6 @@ from store.delays import (
     offer_for,
     still_current,
 )
-from store.outbox import queue_notices
 from store.schema import order_lines
 
 CHANNEL = "telegram"
@@ -140,8 +139,9 @@ async def delay_button(update: Update, context: BotContext) -> None:
                     {"offer": offer, "name": name, "alt": alt, "qty": qty, "number": number},
                     ((("order", f"o:{number}", {"number": number}),),),
                 )
-        # A cancellation here frees stock for others: their notices go in the same transaction.
-        await queue_notices(conn, threshold_days=context.settings.notice_threshold_days, now=now)
+        # A cancellation here frees stock for others: the lines it touched are marked, and the
+        # scheduler's next tick queues their notices from the marks (a scan of every untold
+        # line here would stop a big store's writers for seconds on every press).
     await acknowledge(update)
     if action in ("keep", "cancel", "order", "swap") and query.message is not None:
         # The choice is made: the old buttons must not be pressed again by mistake.

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bot.context import BotApplication
 from bot.notices import deliver_due, run_policy
@@ -17,7 +17,7 @@ from sandbox.client import SandboxClient
 from store import Store
 from store.backorders import cancel_restock, change_restock_date, set_stock
 from store.delays import DelayPolicy, apply_delay_policy, consent_report
-from store.schema import delay_offers, order_lines, orders, outbox
+from store.schema import delay_offers, order_lines, orders, outbox, restocks
 from tests.bot.notice_helpers import ALT, CUSTOMER_BASE, RESTOCK, day, quiet_demo, seed
 from tests.conftest import Clock, buttons
 
@@ -383,3 +383,34 @@ async def test_alternatives_swap_only_after_confirmation(
             await conn.scalar(select(outbox.c.outbox_id).where(outbox.c.status == "pending"))
             is None
         )
+
+
+async def test_a_cancel_press_that_frees_a_restocks_unit_tells_the_next_in_line(
+    bot: BotApplication, tg: SandboxClient, store: Store
+) -> None:
+    # The press queues nothing itself (a scan of every untold line would hold a big store's
+    # writers): it marks what it touched, and the scheduler's tick tells the next in line.
+    (_, first, first_number), (_, second, second_number) = await seed(
+        store, tg, 2, promised_in_days=None
+    )
+    async with store.begin() as conn:
+        await conn.execute(restocks.update().where(restocks.c.restock_id == RESTOCK).values(qty=1))
+    await slip(bot, store, 60)  # one unit on 25 January for the first; no date for the second
+    [offer_first, _] = await offers(store)
+    [message] = await tg.transcript(first)
+    [before] = await tg.transcript(second)
+    assert "\nWe don't know the new date yet" in before["text"]
+    count = select(func.count()).select_from(outbox).where(outbox.c.chat_id == second)
+    async with store.connect() as conn:
+        told_before = await conn.scalar(count)
+    _, [reply] = await tg.press(first, message["message_id"], f"dly:cancel:{offer_first.offer_id}")
+    assert reply["text"].startswith(f"Done: Desk Lamp in order {first_number} is cancelled.")
+    async with store.connect() as conn:
+        assert await conn.scalar(count) == told_before  # not in the press's own transaction
+    await run_policy(bot)
+    await deliver_due(bot)
+    [_, news] = await tg.transcript(second)
+    assert news["text"] == (
+        f"📦 Order {second_number}\n\nDesk Lamp\n"
+        "📅 Now has a date: ships around January 25 (in 2 months)."
+    )
