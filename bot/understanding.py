@@ -190,7 +190,7 @@ _DIGIT_RUN_RE = re.compile(r"(?<![0-9])[0-9]+(?:[ .,/:-][0-9]+)*")
 _GROUPED_RE = re.compile(r"[0-9]{1,3}(?:( |\.|,)[0-9]{3})(?:\1[0-9]{3})*")
 _MARKER_END_RE = re.compile(
     r"(?:#|n°|(?<![^\W\d_])(?:n\.?o|nr|nro|n|num|numero|number|nummer|номер|id|ref"
-    r"|orders?|ordernumber|orden|bestell(?:ung|nummer|nr|no)?|auftrag(?:s?nummer|snr|nr)?"
+    r"|orders?|ord|ordernumber|orden|bestell(?:ung|nummer|nr|no)?|auftrag(?:s?nummer|snr|nr)?"
     r"|pedidos?|compra|заказ(?:а|е|у|ом|ы)?))[\s:.#°-]*$"
 )
 _NOT_ORDER_BEFORE_RE = re.compile(
@@ -390,6 +390,7 @@ def _score(tokens: list[_Token]) -> _Scores:
 _PART_RE = re.compile(r"[^\W_]+")
 _MIN_NAME_WORD = 3  # "xl", "m", "go": a word this short is a product only next to another
 _MIN_NEAR = 5  # shorter words are compared as written ("idea" is not "ideal")
+_MAX_PIECE = 3  # "wh", "s", "xm5": a part this short may be a piece of a model number
 _NEAR_SCORE = 80  # rapidfuzz ratio: "jakcet" for "jacket" (83), "kofemolka" for "kofemolki"
 
 
@@ -442,19 +443,47 @@ class ProductWords:
                 parts.extend(found)
             words.update(parts)
             pairs.update(itertools.pairwise(parts))
+            # a model number asked in other pieces: "wh-1000xm5" as "wh1000xm5", "flip 6" as
+            # "flip6" (and, by _product_tokens, "wh 1000 xm5")
+            words.update(a + b for a, b in itertools.pairwise(parts) if _piece(a) or _piece(b))
         long_words = tuple(sorted(w for w in words if len(w) >= _MIN_NEAR))
         return cls(frozenset(words), frozenset(pairs), long_words)
+
+
+def _piece(part: str) -> bool:
+    """A piece of a model number: short, or a number ("wh", "s24", "1000")."""
+    return len(part) <= _MAX_PIECE or part.isdigit()
 
 
 def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
     """Positions of the tokens the catalog says are (part of) a product name."""
     parts = [_name_parts(t.text) for t in tokens]
     known = [bool(p) and all(x in products.words for x in p) for p in parts]
+    # pieces that together make a word of a name ("wh 1000 xm5", "galaxy s 24") are the
+    # product, short or a number as each may be; their outer parts join the name's pairs
+    pieces: set[int] = set()
+    for i in range(len(tokens)):
+        for n in (3, 2):
+            run = range(i, min(i + n, len(tokens)))
+            if (
+                len(run) < n
+                or all(known[j] for j in run)
+                or not any(_piece(x) for j in run for x in parts[j])
+            ):
+                continue
+            whole = "".join(x for j in run for x in parts[j])
+            if whole in products.words:
+                first, last = parts[run[0]][0], parts[run[-1]][-1]
+                for j in run:
+                    known[j] = True
+                    parts[j] = (first, last)
+                    pieces.add(j)
+                break
 
     def joined(i: int, j: int) -> bool:  # token i then token j, as in a name
         return known[i] and known[j] and (parts[i][-1], parts[j][0]) in products.pairs
 
-    found: set[int] = set()
+    found = set(pieces)
     for i, token in enumerate(tokens):
         if (
             known[i]
@@ -557,9 +586,9 @@ def _order_number(folded_text: str) -> tuple[str | None, bool]:
         start, end = match.span()
         run = match.group()
         before = folded_text[max(0, start - 32) : start]
-        if before.endswith("+") or re.search(r"[^\W\d_]-$", before):
-            continue  # phone number or the digits of a SKU
         marked = _MARKER_END_RE.search(before) is not None
+        if before.endswith("+") or (not marked and re.search(r"[^\W\d_]-$", before)):
+            continue  # phone number or the digits of a SKU ("ORD-734412" is an order's)
         if _NOT_ORDER_AFTER_RE.match(folded_text, end):
             continue
         if marked:
@@ -672,7 +701,9 @@ def _content(
     return keep
 
 
-def _looks_like_product(tokens: list[_Token], content: list[int], scores: _Scores) -> bool:
+def _looks_like_product(
+    tokens: list[_Token], content: list[int], scores: _Scores, named: set[int]
+) -> bool:
     if not 1 <= len(content) <= _MAX_PRODUCT_TOKENS:
         return False
     kept = set(content)
@@ -681,8 +712,8 @@ def _looks_like_product(tokens: list[_Token], content: list[int], scores: _Score
             continue
         if not token.folded.isdigit():
             return False
-    words = [tokens[i].text for i in content if not tokens[i].folded.isdigit()]
-    return bool(words) and not any(_is_gibberish(w) for w in words)
+    words = [i for i in content if not tokens[i].folded.isdigit()]
+    return bool(words) and not any(i not in named and _is_gibberish(tokens[i].text) for i in words)
 
 
 # "Panzerglas für iPhone 15": the store's search reads the words after one of these as what the
@@ -798,14 +829,16 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
         scores.by_intent[Intent.ORDER_STATUS] += _ORDER_NUMBER_BOOST
 
     words = [t for t in tokens if not t.folded.isdigit()]
-    gibberish = bool(words) and all(_is_gibberish(t.folded) for t in words)
+    # a word of the catalog is no keyboard mash, vowels or not ("wh1000xm5", "hw q600c")
+    mash = [t for i, t in enumerate(tokens) if not t.folded.isdigit() and i not in named]
+    gibberish = bool(mash) and all(_is_gibberish(t.folded) for t in mash)
     language = _language(folded_text, tokens, scores, gibberish)
     content = _content(tokens, scores, order_number, named=named)
 
     if (
         not scores.by_intent
         and order_number is None
-        and 2 * sum(_is_gibberish(t.folded) for t in words) >= len(words)
+        and 2 * sum(_is_gibberish(t.folded) for t in mash) >= len(words)
     ):
         # no word at all (" 1", "🤔"), or keyboard mash ("zxcv bnm"): whatever the model
         # made of it would be a guess about noise
@@ -819,11 +852,11 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
 
     def a_name() -> bool:
         # a short message of words no rule knows, which the catalog (when given) knows
-        return _looks_like_product(tokens, content, scores) and (
+        return _looks_like_product(tokens, content, scores, named) and (
             products is None or _catalog_knows(tokens, content, named, products)
         )
 
-    if decided[0] is Intent.STOCK and _looks_like_product(tokens, content, scores):
+    if decided[0] is Intent.STOCK and _looks_like_product(tokens, content, scores, named):
         if Intent.STOCK not in scores.by_intent:
             # only a name, no stock question around it: the catalog has to agree
             decided = (Intent.STOCK, GUESS_CONFIDENCE) if a_name() else (Intent.UNKNOWN, 0.0)
@@ -831,7 +864,7 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
         not scores.by_intent
         and decided[0] not in _SOCIAL
         and probabilities[decided[0].value] < _NAME_OVERRIDE
-        and _looks_like_product(tokens, content, scores)
+        and _looks_like_product(tokens, content, scores, named)
     ):
         # words no rule knows and a model not sure what they ask: a product name is likeliest
         # ("enchufe inteligente" was an agent request), and the catalog decides; a short
@@ -856,6 +889,17 @@ def understand(text: str, products: ProductWords | None = None) -> Understanding
     product = None
     if intent in (Intent.STOCK, Intent.ALTERNATIVES):
         content = _content(tokens, scores, order_number, _IN_NAMES - {intent}, named)
+        if products is not None and len(content) > _MAX_PRODUCT_TOKENS and named & set(content):
+            # a long story around a name the catalog knows ("... die thermoflasche bei euch
+            # gekauft und wollte ..."): its other words would drown the name in the search;
+            # a word one typo from a name's stays
+            content = [
+                i
+                for i in content
+                if i in named
+                or (tokens[i].folded.isdigit() and i - 1 in named)
+                or (len(tokens[i].folded) >= _MIN_NEAR and products.near(tokens[i].text))
+            ]
         product = _product_words(tokens, content)
     return Understanding(intent, order_number, product, language, confidence)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -237,6 +238,24 @@ _LATIN = str.maketrans(
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=65536)
+def _stem(word: str) -> str:
+    """``word`` without its inflection ending and with German umlauts written out read as
+    plain vowels ("kopfhoerer", "kopfhörer" -> "kopfhor"); the word itself when too short,
+    or a number, or a model name with digits."""
+    if len(word) <= _MIN_STEM or any(ch.isdigit() for ch in word):
+        return word
+    for ending in _ENDINGS:
+        if word.endswith(ending) and len(word) - len(ending) >= _MIN_STEM:
+            word = word[: -len(ending)]
+            break
+    return word.replace("ae", "a").replace("oe", "o").replace("ue", "u")
+
+
+def _is_piece(word: str) -> bool:
+    return len(word) <= _PIECE_LEN or word.isdigit()
+
+
 def _words(text: str) -> list[str]:
     out, cur = [], []
     for ch in _fold(text):
@@ -260,6 +279,31 @@ UNKNOWN_WORD_WEIGHT = 0.25
 # these say what the product fits, the ones before what it is. They count this much.
 FITS_WEIGHT = 0.5
 _FOR_WORDS = frozenset({"for", "fur", "fuer", "para", "dlya"})
+# What a word matched by its stem counts for ("Regenjacken" for "Regenjacke", "naushnikov" for
+# "naushniki"): between a word's beginning (90) and the word as written (100).
+STEM_SCORE = 92.0
+
+# Endings of plural and case forms, on the folded Latin spelling the index keeps: Russian (in
+# Latin letters, as both the index and the question are read), German, Spanish, English. One
+# list for all four: a question's language is not known here, and stripping one more ending
+# than a language has only merges forms of the same word, or words the fuzzy match would
+# take for one another anyway. Longest first.
+_ENDINGS = tuple(
+    sorted(
+        [
+            "iyami", "yami", "ami", "ogo", "ego", "omu", "emu", "ymi", "imi", "yaya", "aya",
+            "iyah", "yah", "ah", "ern", "en", "er", "es", "oe", "ee", "ye", "ie", "iy", "yy",
+            "oy", "ey", "ov", "ev", "om", "em", "yu", "ya", "a", "e", "i", "y", "u", "o", "n",
+            "s",
+        ],
+        key=len,
+        reverse=True,
+    )
+)  # fmt: skip
+_MIN_STEM = 3
+# A model number in pieces ("wh 1000 xm5", "galaxy s 24", "hw q600c"): pieces this short, or
+# numbers, are read joined when the joined form is a word of a name.
+_PIECE_LEN = 3
 
 
 @dataclass(frozen=True)
@@ -336,6 +380,7 @@ class ProductIndex:
         self._postings: dict[str, dict[str, str]] = {}  # word -> sku -> language
         self._vocab: list[str] = []
         self._by_prefix: dict[str, list[str]] = {}
+        self._by_stem: dict[str, list[str]] = {}
         self._answers = functools.lru_cache(maxsize=SEARCH_CACHE_SIZE)(self._search)
         self.examples = ShopExamples()
         self.generation = 0  # counts builds: what is derived from the names follows it
@@ -378,11 +423,20 @@ class ProductIndex:
             for w in _words(sku):
                 postings[w].setdefault(sku, "en")
             for lang, name in by_lang.items():
-                for w in _words(name):
+                name_words = _words(name)
+                for w in name_words:
                     postings[w].setdefault(sku, lang)
+                # "wh-1000xm5" asked as "wh1000xm5", "flip 6" as "flip6"
+                for a, b in itertools.pairwise(name_words):
+                    if _is_piece(a) or _is_piece(b):
+                        postings[a + b].setdefault(sku, lang)
         self._names = names
         self._postings = dict(postings)
         self._vocab = list(self._postings)
+        by_stem: dict[str, list[str]] = defaultdict(list)
+        for w in self._vocab:
+            by_stem[_stem(w)].append(w)
+        self._by_stem = dict(by_stem)
         by_prefix: dict[str, list[str]] = defaultdict(list)
         for w in self._vocab:
             for n in range(1, min(len(w), 4) + 1):
@@ -403,6 +457,10 @@ class ProductIndex:
         found: dict[str, float] = {}
         if token in self._postings:
             found[token] = 100.0
+        if len(token) > _MIN_STEM:
+            for w in self._by_stem.get(_stem(token), ()):
+                if w != token:
+                    found[w] = max(found.get(w, 0.0), STEM_SCORE)
         if len(token) >= 2:
             for w in self._by_prefix.get(token[:4], ()):
                 if w != token and w.startswith(token):
@@ -422,11 +480,29 @@ class ProductIndex:
                         found[w] = max(found.get(w, 0.0), float(score) * 0.8)
         return found
 
+    def _joined(self, tokens: list[str]) -> list[str]:
+        """Pieces of a model number read as the one word of a name they make together."""
+        out: list[str] = []
+        i = 0
+        while i < len(tokens):
+            for n in (3, 2):
+                run = tokens[i : i + n]
+                if len(run) == n and any(_is_piece(t) for t in run):
+                    joined = "".join(run)
+                    if joined in self._postings and not all(t in self._postings for t in run):
+                        out.append(joined)
+                        i += n
+                        break
+            else:
+                out.append(tokens[i])
+                i += 1
+        return out
+
     def search(self, text: str, limit: int = 5, language: str | None = None) -> list[ProductMatch]:
         return list(self._answers(text, limit, language))
 
     def _search(self, text: str, limit: int, language: str | None) -> tuple[ProductMatch, ...]:
-        tokens = _words(text)[:8]
+        tokens = self._joined(_words(text))[:8]
         if not tokens or limit <= 0:
             return ()
         sku = normalize_sku(text)

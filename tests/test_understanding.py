@@ -763,6 +763,39 @@ def test_without_the_catalog_a_model_number_reads_as_an_order_number() -> None:
     assert understand("playmobil 71193", SHOP_WORDS).order_number is None
 
 
+MODEL_WORDS = ProductWords.of_names(
+    ["HPH-0001", "Sony WH-1000XM5 Kopfhörer", "Наушники Sony WH-1000XM5", "Galaxy S24 Smartphone"]
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "intent", "words"),
+    [
+        # a model number in other pieces than the catalog's is the product, no order number,
+        # and no keyboard mash for want of vowels
+        ("wh1000xm5", Intent.STOCK, "wh1000xm5"),
+        ("wh 1000 xm5 lieferbar?", Intent.STOCK, "wh 1000 xm5"),
+        ("ist der sony wh 1000 xm5 wieder da", Intent.STOCK, "sony wh 1000 xm5"),
+        ("galaxy s 24 da?", Intent.STOCK, "galaxy s 24"),
+        # a long story around a name: the name is what the search gets
+        (
+            "hab letztes jahr den sony kopfhörer bei euch gekauft und wollte jetzt noch einen für"
+            " meine frau aber auf der seite steht ausverkauft wisst ihr wann der wieder kommt",
+            Intent.STOCK,
+            "sony kopfhörer",
+        ),
+    ],
+)
+def test_a_name_in_other_pieces_or_inside_a_story(text: str, intent: Intent, words: str) -> None:
+    u = understand(text, MODEL_WORDS)
+    assert (u.intent, u.order_number, u.product_words) == (intent, None, words)
+
+
+def test_a_letter_prefix_before_a_marked_number_is_part_of_the_order_number() -> None:
+    assert understand("can i get tracking for order ORD-734412").order_number == "734412"
+    assert understand("is KAF-2031 in stock").order_number is None
+
+
 def test_catalog_words_fold_case_accents_and_script() -> None:
     words = ProductWords.of_names(["Kaffeemühle", "Кофемолка Comandante"])
     assert {"kaffeemuhle", "kofemolka", "comandante"} <= words.words

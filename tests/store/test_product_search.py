@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from store.catalog import ProductIndex, ShopExamples, order_number_example
+from store import Store
+from store.catalog import ProductIndex, ShopExamples, find_products, order_number_example
+from store.master import ProductIn, upsert_product
 
 CATALOG = {
     "HOD-0001": {"en": "Black Hoodie", "de": "Schwarzer Kapuzenpullover", "ru": "Чёрное худи"},
@@ -166,3 +168,81 @@ def test_words_after_for_say_what_the_product_fits(words: str, first: str, among
     index.build(FITS)
     found = _skus(index, words)
     assert found[0] == first and among <= set(found)
+
+
+SHOP = {
+    "HPH-0001": {
+        "en": "Sony WH-1000XM5 Noise Cancelling Headphones",
+        "de": "Sony WH-1000XM5 Kopfhörer mit Geräuschunterdrückung",
+        "ru": "Наушники Sony WH-1000XM5 с шумоподавлением",
+    },
+    "HPH-0002": {"en": "Bose QuietComfort Earbuds", "de": "Bose QuietComfort Ohrhörer"},
+    "PHN-0001": {"en": "Galaxy S24 Smartphone", "ru": "Смартфон Galaxy S24"},
+    "PHN-0002": {"en": "Galaxy A15 Smartphone", "ru": "Смартфон Galaxy A15"},
+    "JKT-0001": {
+        "en": "Rain Shield rain jacket",
+        "de": "Regenjacke Rain Shield",
+        "ru": "Детская парка Rain Shield",
+    },
+    "JKT-0002": {"en": "Alpenglow down jacket", "de": "Daunenjacke Alpenglow"},
+}
+
+# Each kind of name that customers type other than the catalog writes it.
+ASKED_OTHERWISE = [
+    # a model number in other pieces
+    ("wh 1000 xm5", "HPH-0001"),
+    ("wh1000xm5", "HPH-0001"),
+    ("galaxy s 24", "PHN-0001"),
+    # plural and case forms: German, Russian in either script, Spanish-style plural
+    ("regenjacken", "JKT-0001"),
+    ("daunenjacken alpenglow", "JKT-0002"),
+    ("наушников sony", "HPH-0001"),
+    ("naushnikov sony", "HPH-0001"),
+    ("детские парки", "JKT-0001"),
+    # umlauts written out or left bare
+    ("kopfhoerer sony", "HPH-0001"),
+    ("kopfhorer sony", "HPH-0001"),
+    # a brand in Cyrillic letters, ending as Russian spells it
+    ("наушники сони", "HPH-0001"),
+    # the brand alone
+    ("bose", "HPH-0002"),
+]
+
+
+@pytest.mark.parametrize(("words", "sku"), ASKED_OTHERWISE)
+def test_a_name_asked_otherwise_is_in_the_first_three(words: str, sku: str) -> None:
+    index = ProductIndex()
+    index.build(SHOP)
+    assert sku in _skus(index, words)
+
+
+def test_pieces_join_only_into_a_word_of_a_name() -> None:
+    index = ProductIndex()
+    index.build(SHOP)
+    # "s 24" is the S24; "a 15" the A15: each piece alone would find both phones
+    assert _skus(index, "galaxy s 24")[0] == "PHN-0001"
+    assert _skus(index, "galaxy a 15")[0] == "PHN-0002"
+    # words of one name stay words: "rain shield" is not read as "rainshield"
+    assert _skus(index, "rain shield")[0] == "JKT-0001"
+
+
+async def test_the_stores_search_finds_names_asked_otherwise(store: Store) -> None:
+    async with store.begin() as conn:
+        for sku, names in SHOP.items():
+            await upsert_product(
+                conn,
+                ProductIn(
+                    sku=sku,
+                    name_en=names["en"],
+                    category="x",
+                    price_minor=100,
+                    currency="EUR",
+                    name_de=names.get("de"),
+                    name_ru=names.get("ru"),
+                ),
+            )
+    index = await store.product_index()
+    async with store.connect() as conn:
+        for words, sku in ASKED_OTHERWISE:
+            assert sku in [m.sku for m in index.search(words, limit=3)], words
+            assert sku in [m.sku for m in await find_products(conn, words, 3)], words
