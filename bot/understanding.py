@@ -462,15 +462,19 @@ def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
     # pieces that together make a word of a name ("wh 1000 xm5", "galaxy s 24") are the
     # product, short or a number as each may be; their outer parts join the name's pairs
     pieces: set[int] = set()
-    for i in range(len(tokens)):
+    digits = [any(ch.isdigit() for ch in t.folded) for t in tokens]
+    piece = [d or len(t.folded) <= _MAX_PIECE for d, t in zip(digits, tokens, strict=True)]
+    for i in range(len(tokens) - 1):
+        if not (piece[i] and piece[i + 1]):
+            continue
         for n in (3, 2):
             run = range(i, min(i + n, len(tokens)))
-            if (
-                len(run) < n
-                or all(known[j] for j in run)
-                or not any(_piece(x) for j in run for x in parts[j])
-            ):
+            if len(run) < n or not all(piece[j] for j in run) or all(known[j] for j in run):
                 continue
+            if not any(digits[j] for j in run) and any(
+                tokens[j].folded in _C.all_stopwords for j in run
+            ):
+                continue  # "is my", "da es": words of the language, not of a model number
             whole = "".join(x for j in run for x in parts[j])
             if whole in products.words:
                 first, last = parts[run[0]][0], parts[run[-1]][-1]
