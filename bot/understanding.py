@@ -443,21 +443,27 @@ class ProductWords:
                 parts.extend(found)
             words.update(parts)
             pairs.update(itertools.pairwise(parts))
-            # a model number asked in other pieces: "wh-1000xm5" as "wh1000xm5", "flip 6" as
-            # "flip6" (and, by _product_tokens, "wh 1000 xm5")
-            words.update(a + b for a, b in itertools.pairwise(parts) if _piece(a) or _piece(b))
         long_words = tuple(sorted(w for w in words if len(w) >= _MIN_NEAR))
         return cls(frozenset(words), frozenset(pairs), long_words)
 
 
-def _piece(part: str) -> bool:
-    """A piece of a model number: short, or a number ("wh", "s24", "1000")."""
-    return len(part) <= _MAX_PIECE or part.isdigit()
+def _split_in_two(part: str, words: frozenset[str]) -> tuple[str, str] | None:
+    """A model number written as one word that is two words of a name ("wh1000xm5" for
+    "WH-1000XM5", "flip6" for "Flip 6")."""
+    if part in words or not any(ch.isdigit() for ch in part):
+        return None
+    for k in range(1, len(part)):
+        if part[:k] in words and part[k:] in words:
+            return part[:k], part[k:]
+    return None
 
 
 def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
     """Positions of the tokens the catalog says are (part of) a product name."""
-    parts = [_name_parts(t.text) for t in tokens]
+    parts = [
+        tuple(y for x in _name_parts(t.text) for y in (_split_in_two(x, products.words) or (x,)))
+        for t in tokens
+    ]
     known = [bool(p) and all(x in products.words for x in p) for p in parts]
     # pieces that together make a word of a name ("wh 1000 xm5", "galaxy s 24") are the
     # product, short or a number as each may be; their outer parts join the name's pairs
@@ -469,18 +475,18 @@ def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
             continue
         for n in (3, 2):
             run = range(i, min(i + n, len(tokens)))
-            if len(run) < n or not all(piece[j] for j in run) or all(known[j] for j in run):
+            if len(run) < n or not all(piece[j] for j in run):
                 continue
             if not any(digits[j] for j in run) and any(
                 tokens[j].folded in _C.all_stopwords for j in run
             ):
                 continue  # "is my", "da es": words of the language, not of a model number
             whole = "".join(x for j in run for x in parts[j])
-            if whole in products.words:
-                first, last = parts[run[0]][0], parts[run[-1]][-1]
+            as_name = (whole,) if whole in products.words else _split_in_two(whole, products.words)
+            if as_name is not None:
                 for j in run:
                     known[j] = True
-                    parts[j] = (first, last)
+                    parts[j] = as_name
                     pieces.add(j)
                 break
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -423,13 +422,8 @@ class ProductIndex:
             for w in _words(sku):
                 postings[w].setdefault(sku, "en")
             for lang, name in by_lang.items():
-                name_words = _words(name)
-                for w in name_words:
+                for w in _words(name):
                     postings[w].setdefault(sku, lang)
-                # "wh-1000xm5" asked as "wh1000xm5", "flip 6" as "flip6"
-                for a, b in itertools.pairwise(name_words):
-                    if _is_piece(a) or _is_piece(b):
-                        postings[a + b].setdefault(sku, lang)
         self._names = names
         self._postings = dict(postings)
         self._vocab = list(self._postings)
@@ -481,10 +475,26 @@ class ProductIndex:
         return found
 
     def _joined(self, tokens: list[str]) -> list[str]:
-        """Pieces of a model number read as the one word of a name they make together."""
+        """Pieces of a model number read as the one word of a name they make together ("wh
+        1000 xm5" for "WH-1000XM5"), and a model number written as one word read as the
+        two words of a name ("wh1000xm5", "flip6", "galaxys24")."""
         out: list[str] = []
         i = 0
         while i < len(tokens):
+            token = tokens[i]
+            if token not in self._postings and any(ch.isdigit() for ch in token):
+                split = next(
+                    (
+                        (token[:k], token[k:])
+                        for k in range(1, len(token))
+                        if token[:k] in self._postings and token[k:] in self._postings
+                    ),
+                    None,
+                )
+                if split is not None:
+                    out.extend(split)
+                    i += 1
+                    continue
             for n in (3, 2):
                 run = tokens[i : i + n]
                 if len(run) == n and any(_is_piece(t) for t in run):
