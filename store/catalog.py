@@ -475,9 +475,10 @@ class ProductIndex:
         return found
 
     def _joined(self, tokens: list[str]) -> list[str]:
-        """Pieces of a model number read as the one word of a name they make together ("wh
-        1000 xm5" for "WH-1000XM5"), and a model number written as one word read as the
-        two words of a name ("wh1000xm5", "flip6", "galaxys24")."""
+        """Pieces of a model number, or two halves of a compound, read as the one word of a
+        name they make together ("wh 1000 xm5" for "WH-1000XM5", "regen jacke" for
+        "Regenjacke"), and a model number written as one word read as the two words of a
+        name ("wh1000xm5", "flip6", "galaxys24")."""
         out: list[str] = []
         i = 0
         while i < len(tokens):
@@ -497,7 +498,8 @@ class ProductIndex:
                     continue
             for n in (3, 2):
                 run = tokens[i : i + n]
-                if len(run) == n and any(_is_piece(t) for t in run):
+                # and a German compound written apart ("regen jacke", "fleece weste")
+                if len(run) == n and (n == 2 or any(_is_piece(t) for t in run)):
                     joined = "".join(run)
                     if joined in self._postings and not all(t in self._postings for t in run):
                         out.append(joined)

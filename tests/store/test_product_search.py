@@ -222,6 +222,9 @@ def test_pieces_join_only_into_a_word_of_a_name() -> None:
     # "s 24" is the S24; "a 15" the A15: each piece alone would find both phones
     assert _skus(index, "galaxy s 24")[0] == "PHN-0001"
     assert _skus(index, "galaxy a 15")[0] == "PHN-0002"
+    # a compound written apart is the compound, not a word like any other's
+    [apart] = index.search("regen jacke", limit=3)
+    assert (apart.sku, apart.score) == ("JKT-0001", index.search("regenjacke")[0].score)
     # words of one name stay words: "rain shield" is not read as "rainshield"
     assert _skus(index, "rain shield")[0] == "JKT-0001"
 
