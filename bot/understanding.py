@@ -460,15 +460,18 @@ def _split_in_two(part: str, words: frozenset[str]) -> tuple[str, str] | None:
 
 def _product_tokens(tokens: list[_Token], products: ProductWords) -> set[int]:
     """Positions of the tokens the catalog says are (part of) a product name."""
-    parts = [
-        tuple(y for x in _name_parts(t.text) for y in (_split_in_two(x, products.words) or (x,)))
-        for t in tokens
-    ]
+    parts = [_name_parts(t.text) for t in tokens]
     known = [bool(p) and all(x in products.words for x in p) for p in parts]
+    digits = [any(ch.isdigit() for ch in t.folded) for t in tokens]
+    for i, has_digit in enumerate(digits):
+        if has_digit and not known[i]:
+            parts[i] = tuple(
+                y for x in parts[i] for y in (_split_in_two(x, products.words) or (x,))
+            )
+            known[i] = bool(parts[i]) and all(x in products.words for x in parts[i])
     # pieces that together make a word of a name ("wh 1000 xm5", "galaxy s 24") are the
     # product, short or a number as each may be; their outer parts join the name's pairs
     pieces: set[int] = set()
-    digits = [any(ch.isdigit() for ch in t.folded) for t in tokens]
     piece = [d or len(t.folded) <= _MAX_PIECE for d, t in zip(digits, tokens, strict=True)]
     for i in range(len(tokens) - 1):
         if not (piece[i] and piece[i + 1]):
