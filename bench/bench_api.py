@@ -1,19 +1,31 @@
-# ruff: noqa: ASYNC220, ASYNC240  (a hand-run script: a server process, blocking file setup)
-"""The shop API under load: create 10,000 orders through ``POST /api/orders`` in batches of
-100 against a copy of the 1M-order store, with the API in its own process (``python -m
-shopapi``), as a shop system would. Reports orders/s and the latency per request (p50, p99,
-max). Run by hand; prints figures, asserts nothing.
+# ruff: noqa: ASYNC220, ASYNC240  (a hand-run script: server processes, blocking file setup)
+"""The shop API under load, with the bot serving its customers meanwhile: create 10,000 orders
+through ``POST /api/orders`` in batches of 100 against a copy of the 1M-order store, with the
+API in its own process (``python -m shopapi``), as a shop system would; at the same time the
+real bot (``run_bot.py``, its notice job on: bench_admin_stream's) serves --rate updates/s of
+bench_e2e.py's realistic mix through the sandbox (``python -m sandbox --no-limits``) on the
+same copy, with bench_e2e's driver. Run by hand; prints figures, asserts nothing.
 
     .venv/bin/python bench/bench_api.py [--store /tmp/bench-large.sqlite3] [--orders 10000]
-                                        [--batch 100] [--concurrency 1] [--first-pass skip|run]
+                                        [--batch 100] [--rate 100] [--seconds 20]
+
+Reports the API's orders/s and latency per request (p50, p99, max; the follow-on work's share
+from Server-Timing), and the bot's reply latency while the import runs (p50/p95/p99 from an
+update's availability to the bot's first reply call for its chat, as bench_e2e measures it),
+its unanswered updates and its apologies (error.j2 in any language) and the failures in its
+log; first, for comparison, the bot alone at --rate for --seconds (0: skip). The machine's load
+average before and after.
 
 The store is COPIED to a scratch file first (the original is never opened for writing).
 Opening the copy migrates it; a store from before migration 0010 then owes the delay policy's
 first pass over every line (minutes on 1M orders, paid once by whichever command or request
 comes first: bench/bench_follow_on.py measures it). ``--first-pass skip`` (the default) takes
-it as done on the copy (the cursor past the last line); the notices the copy owes (a store no
-bot has run on) are queued before the clock starts, and that time is printed apart. The figures
-are then the API's own path: validation, the transaction, and the follow-on work after it.
+it as done on the copy (the delay policy's and the notices' cursors past the last line). Then
+1,000 chats are linked to customers and 1,000 are strangers (bench_e2e's split); the notices
+that owes (linking marks a customer's lines) are queued before the clock starts, that time
+printed apart, and the bot delivers them during its warm-up (quiet hours off). The API's orders
+go to customers no bench chat is linked to, so no notice of theirs can pass for a reply; the
+notices the bot did send into the bench's chats during the import are counted and printed.
 """
 
 from __future__ import annotations
@@ -23,13 +35,14 @@ import asyncio
 import os
 import random
 import shutil
-import socket
-import statistics
+import sqlite3
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,23 +50,44 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from sqlalchemy import func, select, update  # noqa: E402
 
-from bot.settings import load_settings  # noqa: E402
+from bench.bench_admin_stream import start_bot  # noqa: E402
+from bench.bench_e2e import (  # noqa: E402
+    LANGS,
+    LINKED_BASE,
+    RESULTS,
+    STRANGER_BASE,
+    TEXTS,
+    Phase,
+    Proc,
+    _drain,
+    _enqueue,
+    _free_port,
+    _item,
+    _link_chats,
+    _match,
+    _pct,
+    _start_sandbox,
+    _wait_ready,
+)
+from bot.render import Renderer  # noqa: E402
+from bot.settings import SUPPORTED_LANGUAGES, load_settings  # noqa: E402
+from sandbox.client import SandboxClient  # noqa: E402
 from shopapi.server import follow_on_settings  # noqa: E402
 from store import open_store  # noqa: E402
 from store.cli import follow_on  # noqa: E402
 from store.schema import customers, follow_on_cursors, order_lines, products  # noqa: E402
 
 TOKEN = "bench-api-token-0123456789abcdefghijklmnop"
+CHATS = 2_000  # half linked to customers, half strangers (bench_e2e's split)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-async def _prepare(url: str, first_pass: str) -> tuple[list[int], list[str]]:
-    store = await open_store(url)  # migrates the copy
+async def _prepare(url: str, first_pass: str, linked: int) -> tuple[list[int], list[str]]:
+    store = await open_store(url)
     try:
         async with store.begin() as conn:
             if first_pass == "skip":
@@ -61,7 +95,14 @@ async def _prepare(url: str, first_pass: str) -> tuple[list[int], list[str]]:
                 await conn.execute(
                     update(follow_on_cursors).values(next_line_id=int(last or 0) + 1)
                 )
-            cids = list(await conn.scalars(select(customers.c.customer_id).limit(50_000)))
+            # Customers no bench chat is linked to (those are among the first `linked`).
+            cids = list(
+                await conn.scalars(
+                    select(customers.c.customer_id)
+                    .where(customers.c.customer_id > linked)
+                    .limit(50_000)
+                )
+            )
             skus = list(
                 await conn.scalars(
                     select(products.c.sku).where(products.c.active, products.c.backorderable)
@@ -106,7 +147,148 @@ def _batches(n: int, size: int, cids: list[int], skus: list[str]) -> list[dict]:
     return out
 
 
+def _apology_openings() -> list[str]:
+    renderer = Renderer(ZoneInfo("UTC"))
+    return [renderer.text("error.j2", lang).splitlines()[0] for lang in SUPPORTED_LANGUAGES]
+
+
+class Driver:
+    """bench_e2e's realistic mix at a steady rate, one phase at a time."""
+
+    def __init__(self, client: SandboxClient, chats: list[int], numbers: dict[int, list[str]]):
+        self.client, self.chats, self.numbers = client, chats, numbers
+        self.rng = random.Random(7)
+        self.cursor = 0
+
+    async def offer(self, phase: Phase, rate: float, until: asyncio.Event | float) -> None:
+        """Offer `rate` updates/s until the event is set or for that many seconds."""
+        started = time.monotonic()
+        done = 0
+        while True:
+            if isinstance(until, asyncio.Event):
+                if until.is_set():
+                    break
+            elif time.monotonic() - started >= until:
+                break
+            due = int((time.monotonic() - started) * rate) + 1
+            if due > done:
+                batch = []
+                for _ in range(due - done):
+                    chat = self.chats[self.cursor % len(self.chats)]
+                    batch.append(_item(self.rng, chat, self.numbers, True))
+                    self.cursor += 1
+                await _enqueue(self.client, batch, phase)
+                done = due
+            await asyncio.sleep(0.005)
+
+    async def finish(self, phase: Phase, apologies: list[str]) -> int:
+        """Wait for the replies and match them; returns the apologies among them."""
+        await _drain(self.client, 0)
+        await _match(self.client, phase)
+        sorry = 0
+        for c in await self.client.calls(since=phase.since_seq):
+            text = str(c["params"].get("text", ""))
+            if c["method"] in ("sendMessage", "editMessageText") and any(
+                text.startswith(a) for a in apologies
+            ):
+                sorry += 1
+        return sorry
+
+
+def _bot_line(phase: Phase, sorry: int) -> str:
+    return (
+        f"{len(phase.sent):,} updates: p50 {_pct(phase.latencies, 0.5):.0f} ms,"
+        f" p95 {_pct(phase.latencies, 0.95):.0f} ms, p99 {_pct(phase.latencies, 0.99):.0f} ms,"
+        f" {phase.missing} unanswered, {sorry} apologies"
+    )
+
+
+async def _owed_told(db: Path, within: float = 300) -> int:
+    """Until the notices due to the bench's chats are out (the bot's notice job sends them);
+    returns those still pending at the end."""
+    deadline = time.monotonic() + within
+    while True:
+        conn = sqlite3.connect(db)
+        try:
+            (left,) = conn.execute(
+                "SELECT count(*) FROM outbox WHERE status = 'pending' AND chat_id >= ?",
+                (LINKED_BASE,),
+            ).fetchone()
+        finally:
+            conn.close()
+        if not left or time.monotonic() > deadline:
+            return int(left)
+        await asyncio.sleep(1)
+
+
+def _told_meanwhile(db: Path, since: datetime, until: datetime) -> int:
+    """Notices the bot sent into the bench's chats in a window: each would pass for a reply."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT sent_at FROM outbox WHERE status = 'sent' AND chat_id >= ?", (LINKED_BASE,)
+        ).fetchall()
+    finally:
+        conn.close()
+    told = 0
+    for (sent_at,) in rows:
+        at = datetime.fromisoformat(str(sent_at))
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        told += since <= at <= until
+    return told
+
+
+async def _import(
+    base: str, batches: list[dict[str, Any]], done: asyncio.Event
+) -> tuple[int, float, list[float], list[float]]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    latencies: list[float] = []
+    follow_ons: list[float] = []
+    created = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            began = time.perf_counter()
+            for body in batches:
+                sent = time.perf_counter()
+                async with session.post(base + "/api/orders", json=body, headers=headers) as r:
+                    answer = await r.json()
+                latencies.append(time.perf_counter() - sent)
+                timing = dict(
+                    part.strip().split(";dur=")
+                    for part in r.headers.get("Server-Timing", "").split(",")
+                    if ";dur=" in part
+                )
+                follow_ons.append(float(timing.get("follow-on", "nan")) / 1000)
+                if r.status != 200:
+                    raise SystemExit(f"HTTP {r.status}: {answer}")
+                created += answer["changed"]
+            took = time.perf_counter() - began
+    finally:
+        done.set()
+    return created, took, latencies, follow_ons
+
+
+async def _api_ready(base: str, server: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3000):
+            if server.poll() is not None:
+                raise SystemExit("the API ended early")
+            try:
+                async with session.get(base + "/api/openapi.json") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise SystemExit("the API did not start in time")
+
+
 async def _run(args: argparse.Namespace) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    # The bot as in the shop's day (its start passes our environment on): its
+    # notice job delivers now, whatever the hour the bench runs at.
+    os.environ["QUIET_HOURS"] = "off"
+    print(f"load average before: {_load()}", flush=True)
     scratch = Path(args.scratch)
     print(f"copying {args.store} to {scratch} ...", flush=True)
     shutil.copyfile(args.store, scratch)
@@ -115,76 +297,118 @@ async def _run(args: argparse.Namespace) -> None:
             shutil.copyfile(args.store + suffix, str(scratch) + suffix)
     url = f"sqlite+aiosqlite:///{scratch}"
     t = time.perf_counter()
-    cids, skus = await _prepare(url, args.first_pass)
-    print(f"migrated and prepared in {time.perf_counter() - t:.1f} s ({len(skus)} SKUs)")
-    port = _free_port()
+    numbers = await _link_chats(scratch, CHATS // 2)  # opening the copy migrates it
+    chats = [LINKED_BASE + i for i in range(len(numbers))] + [
+        STRANGER_BASE + i for i in range(CHATS - len(numbers))
+    ]
+    random.Random(3).shuffle(chats)
+    cids, skus = await _prepare(url, args.first_pass, CHATS // 2)
+    print(
+        f"migrated and prepared in {time.perf_counter() - t:.1f} s ({len(skus)} SKUs,"
+        f" {len(numbers):,} linked chats, {CHATS - len(numbers):,} strangers)",
+        flush=True,
+    )
+    batches = _batches(args.orders, args.batch, cids, skus)
+    apologies = _apology_openings()
+    sandbox_port, api_port = _free_port(), _free_port()
+    sandbox = _start_sandbox(sandbox_port, RESULTS / "api-sandbox.log")
+    bot_log = RESULTS / "api-bot.log"
+    bot: Proc | None = None
     env = {
         **os.environ,
         "DATABASE_URL": url,
-        "API_PORT": str(port),
+        "API_PORT": str(api_port),
         "API_TOKENS": f"bench:{TOKEN}",
         "API_RATE_PER_SECOND": "100000",
         "LOG_LEVEL": "WARNING",
     }
     server = subprocess.Popen([sys.executable, "-m", "shopapi"], cwd=ROOT, env=env)
     try:
-        base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):
+        base = f"http://127.0.0.1:{api_port}"
+        async with SandboxClient(f"http://127.0.0.1:{sandbox_port}", timeout=120) as client:
+            for _ in range(100):
                 try:
-                    async with session.get(base + "/api/openapi.json") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            batches = _batches(args.orders, args.batch, cids, skus)
-            latencies: list[float] = []
-            follow_ons: list[float] = []
-            created = 0
-            queue = list(batches)
-
-            async def worker() -> None:
-                nonlocal created
-                while queue:
-                    body = queue.pop(0)
-                    began = time.perf_counter()
-                    async with session.post(base + "/api/orders", json=body, headers=headers) as r:
-                        answer = await r.json()
-                    latencies.append(time.perf_counter() - began)
-                    timing = dict(
-                        part.strip().split(";dur=")
-                        for part in r.headers.get("Server-Timing", "").split(",")
-                        if ";dur=" in part
-                    )
-                    follow_ons.append(float(timing.get("follow-on", "nan")) / 1000)
-                    if r.status != 200:
-                        raise SystemExit(f"HTTP {r.status}: {answer}")
-                    created += answer["changed"]
-
-            began = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-            took = time.perf_counter() - began
-        q = statistics.quantiles(latencies, n=100)
-        print(
-            f"{created:,} orders created in {len(latencies)} requests of {args.batch}"
-            f" (concurrency {args.concurrency}): {took:.1f} s, {created / took:,.0f} orders/s;"
-            f" per request p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms,"
-            f" max {max(latencies) * 1000:.0f} ms"
-        )
-        f = statistics.quantiles(follow_ons, n=100)
-        print(
-            f"of which the follow-on work (delay policy, notices): p50 {f[49] * 1000:.0f} ms,"
-            f" p99 {f[98] * 1000:.0f} ms, {sum(follow_ons) / sum(latencies):.0%} of the time"
-        )
-        print(f"load average: {os.getloadavg()}")
+                    await client.stats()
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            await client.bulk(
+                users=[
+                    {"id": c, "first_name": f"C{c}", "language_code": LANGS[c % 4]} for c in chats
+                ]
+            )
+            bot = start_bot(sandbox_port, scratch, bot_log)
+            await _wait_ready(client, bot, within=600)
+            await _api_ready(base, server)
+            # Warm-up: every chat says hello once (a bot message to press on); the notices
+            # the copy owed to the linked chats go out meanwhile.
+            t = time.perf_counter()
+            await _enqueue(
+                client,
+                [{"user_id": c, "text": TEXTS[LANGS[c % 4]][4]} for c in chats],
+                Phase("warm-up", None),
+            )
+            await _drain(client, 0)
+            left = await _owed_told(scratch)
+            await _drain(client, 0)
+            print(
+                f"bot warmed up in {time.perf_counter() - t:.1f} s"
+                f" ({left} notices to the bench's chats still pending)",
+                flush=True,
+            )
+            driver = Driver(client, chats, numbers)
+            if args.seconds > 0:
+                alone = Phase("alone", args.rate, since_seq=(await client.stats())["calls"])
+                await driver.offer(alone, args.rate, args.seconds)
+                sorry = await driver.finish(alone, apologies)
+                said = _bot_line(alone, sorry)
+                print(
+                    f"bot alone at {args.rate:g}/s for {args.seconds:g} s: {said} (load {_load()})",
+                    flush=True,
+                )
+            print(f"load average as the import starts: {_load()}", flush=True)
+            meanwhile = Phase("import", args.rate, since_seq=(await client.stats())["calls"])
+            window_start = datetime.now(UTC)
+            done = asyncio.Event()
+            imported, _ = await asyncio.gather(
+                _import(base, batches, done), driver.offer(meanwhile, args.rate, done)
+            )
+            load_after = _load()
+            sorry = await driver.finish(meanwhile, apologies)
+            window_end = datetime.now(UTC)
     finally:
         server.terminate()
         server.wait(timeout=30)
-        if not args.keep:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(scratch) + suffix).unlink(missing_ok=True)
+        if bot is not None:
+            bot.stop()
+        sandbox.stop()
+    created, took, latencies, follow_ons = imported
+    print(
+        f"API: {created:,} orders created in {len(latencies)} requests of {args.batch}:"
+        f" {took:.1f} s, {created / took:,.1f} orders/s; per request p50 {_pct(latencies, 0.5):.0f}"
+        f" ms, p99 {_pct(latencies, 0.99):.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
+    print(
+        f"  of which the follow-on work (delay policy, notices): p50 {_pct(follow_ons, 0.5):.0f}"
+        f" ms, p99 {_pct(follow_ons, 0.99):.0f} ms, {sum(follow_ons) / sum(latencies):.0%} of"
+        " the time"
+    )
+    failures = [
+        line
+        for line in bot_log.read_text(errors="replace").splitlines()
+        if " failed" in line or "database is locked" in line
+    ]
+    print(f"bot meanwhile at {args.rate:g}/s: {_bot_line(meanwhile, sorry)}")
+    print(
+        f"  {_told_meanwhile(scratch, window_start, window_end)} notices sent into the bench's"
+        f" chats meanwhile; {len(failures)} lines of its log say 'failed' or 'database is locked'"
+    )
+    for line in failures[:5]:
+        print(f"  log: {line[:200]}")
+    print(f"load average after the import: {load_after}; now: {_load()}")
+    if not args.keep:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(scratch) + suffix).unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -193,7 +417,10 @@ def main() -> None:
     p.add_argument("--scratch", default="/tmp/bench-api-scratch.sqlite3")
     p.add_argument("--orders", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--rate", type=float, default=100, help="the bot's updates/s")
+    p.add_argument(
+        "--seconds", type=float, default=20, help="the bot alone first, for comparison (0: skip)"
+    )
     p.add_argument("--first-pass", choices=["skip", "run"], default="skip")
     p.add_argument("--keep", action="store_true", help="keep the scratch copy")
     args = p.parse_args()
