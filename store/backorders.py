@@ -772,9 +772,9 @@ async def cancel_line(
     o = await _order_row(conn, order_number, customer_id)
     rows = (
         await conn.execute(
-            select(*_LINE_COLS).where(
-                order_lines.c.order_id == o.order_id, order_lines.c.line_no == line_no
-            )
+            select(*_LINE_COLS)
+            .where(order_lines.c.order_id == o.order_id, order_lines.c.line_no == line_no)
+            .with_for_update()  # what is left to cancel, read under the line's lock
         )
     ).all()
     if not rows:
@@ -791,6 +791,7 @@ async def cancel_order(
             select(*_LINE_COLS)
             .where(order_lines.c.order_id == o.order_id)
             .order_by(order_lines.c.line_no)
+            .with_for_update()  # lines locked in line order: two cancels take turns
         )
     ).all()
     result = await _cancel_lines(conn, rows, reason)
@@ -838,6 +839,7 @@ async def ship(
             select(c.line_id, c.line_no, c.sku, c.qty_allocated)
             .where(c.order_id == o.order_id)
             .order_by(c.line_no)
+            .with_for_update()  # two shipments of the same units take turns
         )
     ).all()
     by_no = {int(r.line_no): r for r in rows}

@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store
-from store.backorders import NewLine, place_order
+from store.backorders import NewLine, cancel_line, cancel_order, place_order, ship
 from store.delays import next_order_number
+from store.errors import Conflict
+from store.schema import order_lines, stock
 from tests.store.conftest import filled_db_url
 from tests.store.races import (
     ALLOWANCE,
@@ -113,3 +117,65 @@ async def test_escalations_at_once_keep_one_topic_per_customer(
     # no longer theirs, has a topic of its own.
     assert found.topics == [(LINKED_CHAT, 1, "waiting", 2), (OLD_CHAT, None, "waiting", 1)]
     assert found.escalation_rows == 3
+
+
+async def test_cancels_of_one_line_at_once_cancel_it_once(stores: list[Store]) -> None:
+    # Each cancel reads what is left to cancel and then subtracts it: read at once, two would
+    # both subtract (qty_balance refuses the second on PostgreSQL, or it is counted twice).
+    async with stores[0].begin() as conn:
+        await place_order(conn, "400001", 2, [NewLine(LAST_UNIT[0], 3)])
+
+    async def cancel(conn: AsyncConnection, i: int) -> int:
+        if i % 2:
+            return (await cancel_order(conn, "400001", customer_id=2)).cancelled_qty
+        return (await cancel_line(conn, "400001", 1, customer_id=2)).cancelled_qty
+
+    results = await at_once(stores, 8, cancel)
+    assert failures(results) == []
+    assert sorted(results) == [0] * 7 + [3]  # type: ignore[type-var]
+    async with stores[0].connect() as conn:
+        line = (
+            await conn.execute(
+                select(
+                    order_lines.c.qty_cancelled,
+                    order_lines.c.qty_waiting,
+                    order_lines.c.qty_allocated,
+                ).where(order_lines.c.sku == LAST_UNIT[0])
+            )
+        ).one()
+        allocated = await conn.scalar(select(stock.c.allocated).where(stock.c.sku == LAST_UNIT[0]))
+    assert tuple(line) == (3, 0, 0)
+    assert allocated == 0
+
+
+async def test_shipments_of_the_same_units_at_once_ship_them_once(stores: list[Store]) -> None:
+    async with stores[0].begin() as conn:
+        await place_order(conn, "400002", 3, [NewLine(LAST_UNIT[1], 1)])
+
+    async def ship_it(conn: AsyncConnection, i: int) -> bool:
+        try:
+            await ship(
+                conn,
+                f"SH-{i}",
+                "400002",
+                carrier="DHL",
+                tracking_number=None,
+                shipped_on=NOW.date(),
+            )
+        except Conflict:
+            return False
+        return True
+
+    results = await at_once(stores, 8, ship_it)
+    assert failures(results) == []
+    assert results.count(True) == 1
+    async with stores[0].connect() as conn:
+        on_hand, allocated = (
+            await conn.execute(
+                select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == LAST_UNIT[1])
+            )
+        ).one()
+        shipped = await conn.scalar(
+            select(order_lines.c.qty_shipped).where(order_lines.c.sku == LAST_UNIT[1])
+        )
+    assert (on_hand, allocated, shipped) == (0, 0, 1)
