@@ -8,11 +8,13 @@ commands on one restock, order or shipment are idempotent as the admin commands 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopapi import models as m
 from shopapi.openapi import Endpoint
@@ -42,6 +44,8 @@ from store.master import (
     upsert_supplier,
 )
 from store.schema import customers, orders, stock
+
+T = TypeVar("T")
 
 
 async def _products(ctx: ApiContext, _: Any, body: m.ProductsIn) -> m.Applied:
@@ -78,45 +82,28 @@ async def _products(ctx: ApiContext, _: Any, body: m.ProductsIn) -> m.Applied:
 
 
 async def _suppliers(ctx: ApiContext, _: Any, body: m.SuppliersIn) -> m.Applied:
-    changed = 0
-    where = "suppliers"
-    try:
-        async with ctx.store.begin() as conn:
-            for i, s in enumerate(body.suppliers):
-                where = f"suppliers[{i}]"
-                changed += await upsert_supplier(conn, s.supplier_id, s.name, s.email, s.lead_days)
-    except StoreError as e:
-        raise refused(e, where) from None
+    async def one(conn: AsyncConnection, s: m.Supplier) -> int:
+        return await upsert_supplier(conn, s.supplier_id, s.name, s.email, s.lead_days)
+
+    changed = await _each(ctx, "suppliers", body.suppliers, one)
     return m.Applied(received=len(body.suppliers), changed=changed)
 
 
 async def _stock(ctx: ApiContext, _: Any, body: m.StockIn) -> m.Applied:
-    changed = 0
-    where = "counts"
-    try:
-        async with ctx.store.begin() as conn:
-            for i, count in enumerate(body.counts):
-                where = f"counts[{i}]"
-                before = await conn.scalar(select(stock.c.on_hand).where(stock.c.sku == count.sku))
-                await set_stock(conn, count.sku, count.on_hand)
-                changed += before != count.on_hand
-    except StoreError as e:
-        raise refused(e, where) from None
+    async def one(conn: AsyncConnection, count: m.StockCount) -> int:
+        before = await conn.scalar(select(stock.c.on_hand).where(stock.c.sku == count.sku))
+        await set_stock(conn, count.sku, count.on_hand)
+        return int(before != count.on_hand)
+
+    changed = await _each(ctx, "counts", body.counts, one)
     return await _done(ctx, m.Applied(received=len(body.counts), changed=changed), changed)
 
 
 async def _restocks(ctx: ApiContext, _: Any, body: m.RestocksIn) -> m.Applied:
-    changed = 0
-    where = "restocks"
-    try:
-        async with ctx.store.begin() as conn:
-            for i, r in enumerate(body.restocks):
-                where = f"restocks[{i}]"
-                changed += await add_restock(
-                    conn, r.restock_id, r.supplier_id, r.sku, r.qty, r.expected_date
-                )
-    except StoreError as e:
-        raise refused(e, where) from None
+    async def one(conn: AsyncConnection, r: m.Restock) -> int:
+        return await add_restock(conn, r.restock_id, r.supplier_id, r.sku, r.qty, r.expected_date)
+
+    changed = await _each(ctx, "restocks", body.restocks, one)
     return await _done(ctx, m.Applied(received=len(body.restocks), changed=changed), changed)
 
 
@@ -161,18 +148,12 @@ async def _cancel_restock(ctx: ApiContext, path: m.RestockPath, body: m.CancelIn
 
 
 async def _customers(ctx: ApiContext, _: Any, body: m.CustomersIn) -> m.Applied:
-    changed = 0
-    where = "customers"
-    try:
-        async with ctx.store.begin() as conn:
-            for i, c in enumerate(body.customers):
-                where = f"customers[{i}]"
-                changed += await upsert_customer(
-                    conn,
-                    CustomerIn(c.customer_id, c.name, c.email, c.phone, c.postcode, c.language),
-                )
-    except StoreError as e:
-        raise refused(e, where) from None
+    async def one(conn: AsyncConnection, c: m.Customer) -> int:
+        return await upsert_customer(
+            conn, CustomerIn(c.customer_id, c.name, c.email, c.phone, c.postcode, c.language)
+        )
+
+    changed = await _each(ctx, "customers", body.customers, one)
     return m.Applied(received=len(body.customers), changed=changed)
 
 
@@ -288,6 +269,26 @@ async def _link(ctx: ApiContext, _: Any, body: m.LinkIn) -> m.LinkOut:
     )
     username = ctx.bot_username().lstrip("@")
     return m.LinkOut(url=f"https://t.me/{username}?start={code}", code=code, expires_at=expires_at)
+
+
+async def _each(
+    ctx: ApiContext,
+    name: str,
+    items: Sequence[T],
+    apply: Callable[[AsyncConnection, T], Awaitable[int | bool]],
+) -> int:
+    """A batch: ``apply`` to every item in one transaction, the number it changed; a refused
+    item is answered at its place (``name[i]``) and nothing of the batch is written."""
+    changed = 0
+    where = name
+    try:
+        async with ctx.store.begin() as conn:
+            for i, item in enumerate(items):
+                where = f"{name}[{i}]"
+                changed += await apply(conn, item)
+    except StoreError as e:
+        raise refused(e, where) from None
+    return changed
 
 
 async def _done(ctx: ApiContext, answer: Any, changed: bool | int) -> Any:
