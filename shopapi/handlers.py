@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shopapi import models as m
+from shopapi.endpoints import ApiContext, Refused, add_endpoint, refused
 from shopapi.openapi import Endpoint
-from shopapi.server import ApiContext, Refused, add_endpoint, refused
 from store.backorders import (
     NewLine,
     OrderIn,

@@ -25,6 +25,7 @@ from telegram.ext import (
 )
 
 from bot.context import BotApplication, BotContext
+from bot.handlers import order_view
 from bot.handlers.fallback import stale_button
 from bot.render import ButtonSpec, shop_examples
 from bot.reply import MAIN_MENU, acknowledge, chat_id_of, send
@@ -123,18 +124,14 @@ async def start_with_code(update: Update, context: BotContext) -> None:
         await send(update, context, template, rows=LINK_MENU, proof=proof)
         return
     assert customer is not None
-    from bot.handlers import orders as order_replies  # at call time: orders imports us
-
     # One message: "linked" on top of the orders it opens to.
-    linked = (
-        order_replies.Linked(customer.name, switched) if template == "account_linked.j2" else None
-    )
+    linked = order_view.Linked(customer.name, switched) if template == "account_linked.j2" else None
     if order_number is not None:
-        await order_replies.show_order(
+        await order_view.show_order(
             update, context, customer.customer_id, order_number, linked=linked
         )
     else:
-        await order_replies.show_open_orders(update, context, customer.customer_id, linked=linked)
+        await order_view.show_open_orders(update, context, customer.customer_id, linked=linked)
     if linked is not None:
         await _tell_previous_chat(context, moved_from)
 
@@ -331,10 +328,8 @@ async def _answer_proof(update: Update, context: BotContext, order_number: str, 
         await send(update, context, "account_no_match.j2", rows=CANCEL_ROW, proof=proof)
     else:
         assert customer is not None and customer_id is not None
-        from bot.handlers import orders as order_replies  # at call time: orders imports us
-
-        linked = order_replies.Linked(customer.name, switched=False)
-        await order_replies.show_order(update, context, customer_id, order_number, linked=linked)
+        linked = order_view.Linked(customer.name, switched=False)
+        await order_view.show_order(update, context, customer_id, order_number, linked=linked)
         await _tell_previous_chat(context, moved_from)
     return True
 

@@ -12,7 +12,8 @@ from telegram import Update
 from telegram.ext import CallbackQueryHandler
 
 from bot.context import BotApplication, BotContext
-from bot.handlers.orders import ORDERS_SHOWN, linked_customer
+from bot.handlers.account import begin_verification
+from bot.handlers.order_view import ORDERS_SHOWN, linked_customer, show_order
 from bot.render import ButtonSpec
 from bot.reply import MAIN_MENU, acknowledge, send, stale_press
 from store.backorders import cancel_line, cancel_order
@@ -32,8 +33,6 @@ async def begin_cancel(update: Update, context: BotContext, number: str | None) 
     """Free text "cancel …": straight to the order's lines, or first the choice of order."""
     customer_id = await linked_customer(update, context)
     if customer_id is None:
-        from bot.handlers.account import begin_verification
-
         await begin_verification(update, context, number)
         return
     if number:
@@ -60,8 +59,6 @@ async def _pick_line(update: Update, context: BotContext, customer_id: int, numb
     language = await context.language_for(update)
     order = await _order(context, customer_id, number, language)
     if order is None:
-        from bot.handlers.orders import show_order
-
         await show_order(update, context, customer_id, number)  # says "not found" the usual way
         return
     lines = [line for line in order.lines if _cancellable(line)]

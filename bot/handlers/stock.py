@@ -9,7 +9,7 @@ from telegram import Update
 from telegram.ext import CallbackQueryHandler, CommandHandler, filters
 
 from bot.context import BotApplication, BotContext
-from bot.handlers.orders import linked_customer
+from bot.handlers.order_view import linked_customer
 from bot.render import ButtonSpec, shop_examples
 from bot.reply import MAIN_MENU, acknowledge, send, stale_press
 from store.catalog import (
