@@ -7,7 +7,8 @@ id (order number, restock id, shipment id) leaves the store as it was.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -25,9 +26,11 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    tuple_,
     type_coerce,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
@@ -44,6 +47,7 @@ from store.schema import (
     restocks,
     shipment_lines,
     shipments,
+    sku_projections,
     stock,
     utcnow,
 )
@@ -75,6 +79,9 @@ class Projection:
     waiting_lines: int
     undated_lines: int
     moved: tuple[MovedLine, ...]
+    # The queue's rest (past the lines walked in the change's transaction, counted in
+    # waiting_lines) is left to the projection's batches (run_projection).
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,12 +173,13 @@ async def set_stock(conn: AsyncConnection, sku: str, on_hand: int) -> tuple[Allo
     current = await conn.scalar(select(stock.c.on_hand).where(stock.c.sku == sku))
     if current == on_hand:
         return ()
+    await request_projection(conn, [sku])
     await conn.execute(
         update(stock).where(stock.c.sku == sku).values(on_hand=on_hand, updated_at=utcnow())
     )
     await log_event(conn, "stock_set", sku=sku, on_hand=on_hand, was=current)
     result = await allocate_waiting(conn, sku)
-    await project_dates(conn, sku)
+    await _project_now(conn, sku)
     return result
 
 
@@ -437,6 +445,431 @@ def _projection(sku: str, free: int) -> CTE:
     )
 
 
+# --- the projection in batches ------------------------------------------------------------
+#
+# A change to a SKU's restocks, free stock or queue (a date change, a receipt, a cancelled
+# restock or line, an allocation, a line joining ahead of others) does not project the SKU's
+# whole queue in its own transaction: it records that the queue owes a projection
+# (``request_projection``: the SKU's row of sku_projections, its generation bumped and its
+# cursor back at the head of the queue), projects the head of the queue itself (at most
+# INLINE_LINES lines, so a short queue, the common case, is done when the change commits) and
+# leaves the rest to ``projection_batch``: bounded steps, each its own transaction, walking
+# the queue in order from the durable cursor (the queue key of the last line reached, with
+# the waiting units and lines up to it). A line's date depends only on the waiting units
+# ahead of it and the open restocks, so a walk from the head after the last change ends with
+# exactly what ``project_dates`` from scratch writes; a change arriving mid-walk puts the
+# cursor back at the head (the lines walked may be wrong now), and the walk starts again.
+# New lines joining the back of a queue change nobody's date: theirs is found when they are
+# written (from the units ahead of them), and a walk under way reaches them and finds them
+# right. Readers between batches see each line's last projected date: the new one once the
+# walk has reached it, the one before until then; never one no projection decided.
+
+# Lines of the queue a change projects in its own transaction; beyond them the batches go on.
+INLINE_LINES = 1000
+# Lines of one queue walked per batch of ``run_projection`` (each batch one transaction).
+PROJECTION_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class ProjectionRun:
+    lines: int  # waiting lines walked
+    moved: int  # of them, lines whose date moved
+    batches: int = 0
+    more: bool = False  # a batch claimed a SKU: there may be work left
+    finished: int = 0  # SKUs whose walk ended
+    seconds: float = 0.0  # the longest batch (its statements, not its commit)
+
+    def __add__(self, other: ProjectionRun) -> ProjectionRun:
+        return ProjectionRun(
+            self.lines + other.lines,
+            self.moved + other.moved,
+            self.batches + other.batches,
+            other.more,
+            self.finished + other.finished,
+            max(self.seconds, other.seconds),
+        )
+
+
+@dataclass(frozen=True)
+class _Walk:
+    sku: str
+    lines: int
+    undated: int
+    moved: list[tuple[int, date | None, date | None, tuple[int, datetime, int]]]
+    done: bool
+    seconds: float
+    stalled: bool = False  # the first line to write was locked by another transaction
+
+
+def _upsert(conn: AsyncConnection) -> Any:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(sku_projections)
+    if dialect == "sqlite":
+        return sqlite.insert(sku_projections)
+    raise NotImplementedError(f"ON CONFLICT DO UPDATE on {dialect}")
+
+
+def _fresh(sku: str, now: datetime, pending: bool) -> dict[str, Any]:
+    return {
+        "sku": sku,
+        "generation": 1 if pending else 0,
+        "pending": pending,
+        "after_rank": None,
+        "after_at": None,
+        "after_line": None,
+        "need_before": 0,
+        "lines_before": 0,
+        "moved": 0,
+        "batches": 0,
+        "requested_at": now,
+        "updated_at": now,
+    }
+
+
+async def request_projection(conn: AsyncConnection, skus: Iterable[str]) -> None:
+    """Record in the caller's transaction that the queues of ``skus`` owe a projection from
+    their head: the generation bumped, the cursor reset. Rows in SKU order, the first thing a
+    change writes for them (see hold_projection)."""
+    now = utcnow()
+    rows = [_fresh(s, now, True) for s in sorted(set(skus))]
+    if not rows:
+        return
+    p = sku_projections.c
+    ins = _upsert(conn)
+    stmt = ins.on_conflict_do_update(
+        index_elements=[p.sku],
+        set_={
+            "generation": p.generation + 1,
+            "pending": True,
+            "after_rank": None,
+            "after_at": None,
+            "after_line": None,
+            "need_before": 0,
+            "lines_before": 0,
+            "moved": 0,
+            "requested_at": ins.excluded.requested_at,
+            "updated_at": ins.excluded.updated_at,
+        },
+    )
+    await conn.execute(stmt, rows)
+
+
+async def restart_walks(conn: AsyncConnection, skus: Sequence[str]) -> None:
+    """Put the cursor of the walks under way of ``skus`` back at the head of their queues
+    (the caller changed the queue: the units ahead of the cursor are not what it counted),
+    asking nothing of the SKUs with no walk under way."""
+    p = sku_projections.c
+    for part in _chunks(sorted(set(skus))):
+        await conn.execute(
+            update(sku_projections)
+            .where(p.sku.in_(part), p.pending.is_(True))
+            .values(
+                generation=p.generation + 1,
+                after_rank=None,
+                after_at=None,
+                after_line=None,
+                need_before=0,
+                lines_before=0,
+                updated_at=utcnow(),
+            )
+        )
+
+
+async def hold_projection(conn: AsyncConnection, skus: Iterable[str]) -> None:
+    """Hold the projection rows of ``skus`` (made if missing) until the caller's transaction
+    ends, without asking for a walk: a change that may only append to a queue takes them
+    first, so that on PostgreSQL a batch walking the SKU and a change to it take turns (the
+    change waits for the batch in flight, a batch skips the SKU while the change holds it) and
+    every change takes them before any stock row or line. Nothing to wait for on SQLite,
+    whose write transactions run one at a time; the same statement serves both."""
+    now = utcnow()
+    rows = [_fresh(s, now, False) for s in sorted(set(skus))]
+    if not rows:
+        return
+    p = sku_projections.c
+    ins = _upsert(conn)
+    await conn.execute(
+        ins.on_conflict_do_update(index_elements=[p.sku], set_={"sku": ins.excluded.sku}), rows
+    )
+
+
+def _queue_key() -> Any:
+    c = order_lines.c
+    return tuple_(c.queue_rank, c.queued_at, c.line_id)
+
+
+def _key_value(key: tuple[int, datetime, int]) -> Any:
+    c = order_lines.c
+    return tuple_(
+        literal(key[0], c.queue_rank.type),
+        literal(key[1], c.queued_at.type),
+        literal(key[2], c.line_id.type),
+    )
+
+
+async def _claim(conn: AsyncConnection, sku: str | None) -> Any:
+    """The first statement of a batch: a write (SQLite's write lock taken before anything is
+    read), the pending row of ``sku`` or the one asked for longest ago. On PostgreSQL rows
+    held by another batch or a change in flight are skipped: two processes walk two SKUs."""
+    p = sku_projections.c
+    pick = select(p.sku).where(p.pending.is_(True))
+    if sku is not None:
+        pick = pick.where(p.sku == sku)
+    pick = pick.order_by(p.requested_at, p.sku).limit(1)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    return (
+        await conn.execute(
+            update(sku_projections)
+            .where(p.sku == pick.scalar_subquery(), p.pending.is_(True))
+            .values(batches=p.batches + 1, updated_at=utcnow())
+            .returning(
+                p.sku,
+                p.generation,
+                p.after_rank,
+                p.after_at,
+                p.after_line,
+                p.need_before,
+                p.lines_before,
+                p.moved,
+            )
+        )
+    ).first()
+
+
+async def _walk(conn: AsyncConnection, row: Any, limit: int) -> _Walk:
+    """One step of a claimed walk: up to ``limit`` waiting lines from the cursor, each given
+    the open restock that covers its last unit (project_dates's rule), the lines whose date or
+    restock changed written and marked, the queue marks of the stretch rewritten, the cursor
+    moved on (or the walk ended at the back of the queue)."""
+    began = time.monotonic()
+    sku = row.sku
+    c = order_lines.c
+    r = restocks.c
+    free = await free_stock(conn, sku)
+    bounds: list[tuple[int, str, date]] = []
+    cover = free
+    for rr in await conn.execute(
+        select(r.restock_id, r.expected_date, r.qty - r.qty_received)
+        .where(r.sku == sku, r.status == "open")
+        .order_by(r.expected_date, r.restock_id)
+    ):
+        cover += int(rr[2])
+        bounds.append((cover, rr[0], rr[1]))
+    q = (
+        select(
+            c.line_id,
+            c.qty_waiting,
+            c.projected_date,
+            c.waits_for_restock_id,
+            c.queue_rank,
+            c.queued_at,
+        )
+        .where(c.sku == sku, c.qty_waiting > literal_column("0"))
+        .order_by(c.queue_rank, c.queued_at, c.line_id)
+        .limit(limit)
+    )
+    after = None
+    if row.after_line is not None:
+        after = (int(row.after_rank), row.after_at, int(row.after_line))
+        q = q.where(_queue_key() > _key_value(after))
+    lines = (await conn.execute(q)).all()
+    need = int(row.need_before)
+    ahead = int(row.lines_before)
+    at = 0  # bounds[at] is the first restock whose range may still cover the running need
+    moved: list[dict[str, Any]] = []
+    moved_info: list[tuple[int, date | None, date | None, tuple[int, datetime, int]]] = []
+    rehomed: list[dict[str, Any]] = []
+    qmarks: list[dict[str, Any]] = []
+    undated = 0
+    for ln in lines:
+        need += int(ln.qty_waiting)
+        while at < len(bounds) and bounds[at][0] < need:
+            at += 1
+        rid, when = (bounds[at][1], bounds[at][2]) if at < len(bounds) else (None, None)
+        key = (int(ln.queue_rank), ln.queued_at, int(ln.line_id))
+        if ahead % MARK_EVERY == 0:
+            qmarks.append(
+                {
+                    "sku": sku,
+                    "queue_rank": key[0],
+                    "queued_at": key[1],
+                    "line_id": key[2],
+                    "lines_before": ahead,
+                }
+            )
+        ahead += 1
+        undated += when is None
+        if when != ln.projected_date:
+            moved.append({"b_line": key[2], "b_date": when, "b_restock": rid})
+            moved_info.append((key[2], ln.projected_date, when, key))
+        elif rid != ln.waits_for_restock_id:
+            rehomed.append({"b_line": key[2], "b_restock": rid})
+    done = len(lines) < limit
+    last = (
+        (int(lines[-1].queue_rank), lines[-1].queued_at, int(lines[-1].line_id)) if lines else None
+    )
+    if conn.dialect.name == "postgresql" and (moved or rehomed):
+        # Never wait for a line's lock while holding the SKU's row (a change holding the line
+        # may be waiting for the row): the walk stops before the first line it cannot lock,
+        # and a later batch goes on from there.
+        want = sorted(d["b_line"] for d in (*moved, *rehomed))
+        got = set(
+            (
+                await conn.execute(
+                    select(c.line_id)
+                    .where(c.line_id.in_(want))
+                    .order_by(c.line_id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalars()
+        )
+        if len(got) < len(want):
+            locked = set(want) - got
+            stop = next(i for i, ln in enumerate(lines) if int(ln.line_id) in locked)
+            kept = {int(ln.line_id) for ln in lines[:stop]}
+            moved = [d for d in moved if d["b_line"] in kept]
+            moved_info = [m for m in moved_info if m[0] in kept]
+            rehomed = [d for d in rehomed if d["b_line"] in kept]
+            qmarks = [m for m in qmarks if m["line_id"] in kept]
+            need = int(row.need_before) + sum(int(ln.qty_waiting) for ln in lines[:stop])
+            ahead = int(row.lines_before) + stop
+            lines = lines[:stop]
+            done = False
+            last = (
+                (int(lines[-1].queue_rank), lines[-1].queued_at, int(lines[-1].line_id))
+                if lines
+                else after
+            )
+    now = utcnow()
+    if moved:
+        await conn.execute(
+            update(order_lines)
+            .where(c.line_id == bindparam("b_line"))
+            .values(
+                # The right-hand side sees the row as it was: the old date becomes the previous.
+                previous_projected_date=c.projected_date,
+                projected_date=bindparam("b_date"),
+                projected_changed_at=now,
+                waits_for_restock_id=bindparam("b_restock"),
+            ),
+            moved,
+        )
+    if rehomed:
+        await conn.execute(
+            update(order_lines)
+            .where(c.line_id == bindparam("b_line"))
+            .values(waits_for_restock_id=bindparam("b_restock")),
+            rehomed,
+        )
+    # Every line written: a moved date or a new awaited restock is what the follow-on work
+    # looks at again (store.marks).
+    await mark_lines(conn, [d["b_line"] for d in (*moved, *rehomed)])
+    # The queue marks of the stretch walked, counted on from the cursor; at the back of the
+    # queue, every mark beyond it goes too.
+    m = queue_marks.c
+    mark_key = tuple_(m.queue_rank, m.queued_at, m.line_id)
+    wipe = delete(queue_marks).where(m.sku == sku)
+    if after is not None:
+        wipe = wipe.where(mark_key > _key_value(after))
+    if not done and last is not None:
+        wipe = wipe.where(mark_key <= _key_value(last))
+    if done or last != after:
+        await conn.execute(wipe)
+    if qmarks:
+        await conn.execute(insert(queue_marks), qmarks)
+    p = sku_projections.c
+    if done:
+        cursor: dict[str, Any] = {
+            "pending": False,
+            "after_rank": None,
+            "after_at": None,
+            "after_line": None,
+            "need_before": 0,
+            "lines_before": 0,
+        }
+    else:
+        cursor = {
+            "after_rank": None if last is None else last[0],
+            "after_at": None if last is None else last[1],
+            "after_line": None if last is None else last[2],
+            "need_before": need,
+            "lines_before": ahead,
+        }
+    await conn.execute(
+        update(sku_projections).where(p.sku == sku).values(moved=p.moved + len(moved), **cursor)
+    )
+    if moved_info:
+        await log_event(
+            conn,
+            "dates_projected",
+            sku=sku,
+            moved=len(moved_info),
+            sample=[[i, old, new] for i, old, new, _ in moved_info[:50]],
+        )
+    stalled = not done and not lines
+    return _Walk(sku, len(lines), undated, moved_info, done, time.monotonic() - began, stalled)
+
+
+async def projection_batch(
+    conn: AsyncConnection, *, limit: int = PROJECTION_BATCH, sku: str | None = None
+) -> ProjectionRun:
+    """One bounded step of the projection, in the caller's transaction: the SKU waiting
+    longest for its projection (or ``sku``) claimed, up to ``limit`` of its waiting lines
+    walked from its cursor. ``more`` is False when no SKU was pending (or free to claim)."""
+    row = await _claim(conn, sku)
+    if row is None:
+        return ProjectionRun(0, 0, 0, False)
+    w = await _walk(conn, row, limit)
+    # A stalled walk ends the run: the next run (the next tick, the next command) goes on.
+    return ProjectionRun(w.lines, len(w.moved), 1, not w.stalled, int(w.done), w.seconds)
+
+
+async def run_projection(
+    store: Any,
+    *,
+    batch_size: int = PROJECTION_BATCH,
+    max_batches: int | None = None,
+    on_batch: Callable[[ProjectionRun], None] | None = None,
+) -> ProjectionRun:
+    """The projections the changes so far owe, in batches each in its own short transaction,
+    until none is pending (or ``max_batches``). Any number of processes may run it at once;
+    a crash between two batches leaves the cursor where the last commit put it."""
+    from store.marks import run_batches
+
+    return await run_batches(
+        store,
+        lambda conn: projection_batch(conn, limit=batch_size),
+        ProjectionRun(0, 0),
+        max_batches=max_batches,
+        on_batch=on_batch,
+    )
+
+
+async def _project_now(conn: AsyncConnection, sku: str) -> Projection:
+    """A change's projection of ``sku``, asked for already (request_projection, the change's
+    first write): the head of its queue (INLINE_LINES lines) walked in the caller's
+    transaction; a longer queue's rest is left to the batches. The moved lines and counts
+    are those of the lines walked here."""
+    row = await _claim(conn, sku)
+    if row is None:  # asked for by the caller, so only a caller that did not ask
+        await request_projection(conn, [sku])
+        row = await _claim(conn, sku)
+    w = await _walk(conn, row, INLINE_LINES)
+    order_of: dict[int, int] = {}
+    ids = [m[0] for m in w.moved]
+    for part in _chunks(ids):
+        for lr in await conn.execute(
+            select(order_lines.c.line_id, order_lines.c.order_id).where(
+                order_lines.c.line_id.in_(part)
+            )
+        ):
+            order_of[int(lr[0])] = int(lr[1])
+    moved = tuple(MovedLine(i, order_of[i], old, new) for i, old, new, _ in w.moved)
+    return Projection(sku, w.lines, w.undated, moved, pending=not w.done)
+
+
 # --- orders ------------------------------------------------------------------------------
 
 
@@ -512,9 +945,24 @@ async def place_order(
     currencies = {p.currency for p in prods.values()}
     if len(currencies) != 1:
         raise StoreError("all lines of an order must be in one currency")
-    # Held from here to the commit: the free units checked below and allocated at the end
-    # are not given to another order in between.
+    # The projection rows first, every change's first lock (see hold_projection); then the
+    # stock rows, held from here to the commit: the free units checked below and allocated at
+    # the end are not given to another order in between.
+    await hold_projection(conn, list(prods))
     await _lock_stock(conn, list(prods))
+    c = order_lines.c
+    tails: dict[str, tuple[int, datetime]] = {}
+    for sku in prods:
+        tail = (
+            await conn.execute(
+                select(c.queue_rank, c.queued_at)
+                .where(c.sku == sku, c.qty_waiting > literal_column("0"))
+                .order_by(c.queue_rank.desc(), c.queued_at.desc(), c.line_id.desc())
+                .limit(1)
+            )
+        ).first()
+        if tail is not None:
+            tails[sku] = (int(tail.queue_rank), tail.queued_at)
     for sku in prods:
         if not prods[sku].backorderable:
             want = sum(ln.qty for ln in lines if ln.sku == sku)
@@ -564,9 +1012,20 @@ async def place_order(
     )
 
     allocated: list[Allocation] = []
+    key = (-priority, placed_at if placed_at.tzinfo else placed_at.replace(tzinfo=UTC))
     for sku in dict.fromkeys(ln.sku for ln in lines):
-        allocated.extend(await allocate_waiting(conn, sku))
-        await project_dates(conn, sku)
+        allocs = await allocate_waiting(conn, sku)
+        allocated.extend(allocs)
+        # A line joining the back of the queue moves nobody's date: its own is found from the
+        # units ahead of it. One that took free units or jumped the queue (a priority order)
+        # changed the places behind it: the queue owes a projection.
+        behind = allocs or (sku in tails and key < tails[sku])
+        if behind:
+            await request_projection(conn, [sku])
+        mine = [i for i, ln in zip(line_ids, lines, strict=True) if ln.sku == sku]
+        await _date_new_lines(conn, sku, mine, queue_mark=not behind)
+        if behind:
+            await _project_now(conn, sku)
     # What the customer is told at order time is the promise; later moves compare with it.
     await conn.execute(
         update(order_lines)
@@ -580,6 +1039,83 @@ async def place_order(
         )
     )
     return PlacedOrder(int(order_id), order_number, True, tuple(allocated))
+
+
+async def _bounds(conn: AsyncConnection, sku: str) -> list[tuple[int, str, date]]:
+    """The open restocks of ``sku`` in date order, each with the queue's units it covers up
+    to (free stock first, then each restock's open quantity: project_dates's rule)."""
+    r = restocks.c
+    cover = await free_stock(conn, sku)
+    bounds: list[tuple[int, str, date]] = []
+    for rr in await conn.execute(
+        select(r.restock_id, r.expected_date, r.qty - r.qty_received)
+        .where(r.sku == sku, r.status == "open")
+        .order_by(r.expected_date, r.restock_id)
+    ):
+        cover += int(rr[2])
+        bounds.append((cover, rr[0], rr[1]))
+    return bounds
+
+
+async def _date_new_lines(
+    conn: AsyncConnection, sku: str, line_ids: Sequence[int], *, queue_mark: bool
+) -> None:
+    """The projected dates of new lines of ``sku`` still waiting, each from the waiting units
+    ahead of it in the queue and the open restocks (project_dates's rule and writes: the
+    covering restock's date, stamped as a change from none), whatever a walk of the queue has
+    reached: the date the walk would give. ``queue_mark``: the lines joined the back of the
+    queue, and one of them that falls on a MARK_EVERY-th place gets its queue mark."""
+    c = order_lines.c
+    bounds = await _bounds(conn, sku)
+    now = utcnow()
+    moved: list[list[Any]] = []
+    for line_id in line_ids:
+        ln = (
+            await conn.execute(
+                select(c.qty_waiting, c.queue_rank, c.queued_at, c.projected_date).where(
+                    c.line_id == line_id
+                )
+            )
+        ).one()
+        if ln.qty_waiting <= 0:
+            continue
+        key = (int(ln.queue_rank), ln.queued_at, line_id)
+        ahead_lines, ahead_units = (
+            await conn.execute(
+                select(func.count(), func.coalesce(func.sum(c.qty_waiting), 0)).where(
+                    c.sku == sku,
+                    c.qty_waiting > literal_column("0"),
+                    _queue_key() < _key_value(key),
+                )
+            )
+        ).one()
+        need = int(ahead_units) + int(ln.qty_waiting)
+        found = next(((rid, when) for hi, rid, when in bounds if hi >= need), None)
+        if queue_mark and int(ahead_lines) % MARK_EVERY == 0:
+            await conn.execute(
+                insert(queue_marks).values(
+                    sku=sku,
+                    queue_rank=key[0],
+                    queued_at=key[1],
+                    line_id=line_id,
+                    lines_before=int(ahead_lines),
+                )
+            )
+        if found is None or found[1] == ln.projected_date:
+            continue
+        await conn.execute(
+            update(order_lines)
+            .where(c.line_id == line_id)
+            .values(
+                previous_projected_date=c.projected_date,
+                projected_date=found[1],
+                projected_changed_at=now,
+                waits_for_restock_id=found[0],
+            )
+        )
+        moved.append([line_id, ln.projected_date, found[1]])
+    if moved:
+        await log_event(conn, "dates_projected", sku=sku, moved=len(moved), sample=moved[:50])
 
 
 # --- restocks ----------------------------------------------------------------------------
@@ -616,6 +1152,10 @@ async def receive_restock(
     got = int(r.qty if qty is None else qty)
     if got < 0:
         raise StoreError("received quantity cannot be negative")
+    # The change's first write (store.backorders, the projection in batches): the allocation
+    # below is bounded by the units received; the projection of the queue behind them goes on
+    # in the batches when it is longer than INLINE_LINES.
+    await request_projection(conn, [r.sku])
     now = utcnow()
     await conn.execute(
         update(restocks)
@@ -630,7 +1170,7 @@ async def receive_restock(
     )
     await log_event(conn, "restock_received", sku=r.sku, restock_id=restock_id, qty=got)
     allocs = await allocate_waiting(conn, r.sku)
-    proj = await project_dates(conn, r.sku)
+    proj = await _project_now(conn, r.sku)
     return Receipt(restock_id, r.sku, True, got, allocs, got - sum(a.qty for a in allocs), proj)
 
 
@@ -646,6 +1186,7 @@ async def change_restock_date(
         raise Conflict(f"restock {restock_id} is {r.status}")
     if r.expected_date == new_date:
         return None
+    await request_projection(conn, [r.sku])
     now = utcnow()
     await conn.execute(
         update(restocks)
@@ -670,7 +1211,7 @@ async def change_restock_date(
         new=new_date,
         reason=reason,
     )
-    return await project_dates(conn, r.sku, requeue=False)
+    return await _project_now(conn, r.sku)
 
 
 async def cancel_restock(
@@ -681,13 +1222,14 @@ async def cancel_restock(
         return None
     if r.status != "open":
         raise Conflict(f"restock {restock_id} is {r.status}")
+    await request_projection(conn, [r.sku])
     await conn.execute(
         update(restocks)
         .where(restocks.c.restock_id == restock_id)
         .values(status="cancelled", updated_at=utcnow())
     )
     await log_event(conn, "restock_cancelled", sku=r.sku, restock_id=restock_id, reason=reason)
-    return await project_dates(conn, r.sku, requeue=False)
+    return await _project_now(conn, r.sku)
 
 
 # --- cancelling and shipping -------------------------------------------------------------
@@ -744,10 +1286,21 @@ async def _cancel_lines(conn: AsyncConnection, rows: Sequence[Any], reason: str)
                 .values(allocated=stock.c.allocated - released, updated_at=utcnow())
             )
             realloc.extend(await allocate_waiting(conn, sku))
-        projs.append(await project_dates(conn, sku))
+        projs.append(await _project_now(conn, sku))
     return Cancellation(
         total > 0, total, sum(released_by_sku.values()), tuple(realloc), tuple(projs)
     )
+
+
+async def _ask_before_cancel(conn: AsyncConnection, which: ColumnElement[bool]) -> None:
+    """The projection of the SKUs of the lines about to be cancelled, asked for before the
+    lines are locked: the projection row is every change's first lock (see hold_projection).
+    Only lines with something left to cancel: a repeated cancel changes nothing."""
+    c = order_lines.c
+    skus = await conn.scalars(
+        select(c.sku).where(which, (c.qty_waiting > 0) | (c.qty_allocated > 0)).distinct()
+    )
+    await request_projection(conn, list(skus))
 
 
 _LINE_COLS = (
@@ -770,6 +1323,9 @@ async def cancel_line(
     """Cancel what is not shipped of one line; its allocation passes to the next waiting
     line. ``customer_id`` scopes the change to that customer's order (None: an operator)."""
     o = await _order_row(conn, order_number, customer_id)
+    await _ask_before_cancel(
+        conn, (order_lines.c.order_id == o.order_id) & (order_lines.c.line_no == line_no)
+    )
     rows = (
         await conn.execute(
             select(*_LINE_COLS)
@@ -786,6 +1342,7 @@ async def cancel_order(
     conn: AsyncConnection, order_number: str, *, customer_id: int | None = None, reason: str = ""
 ) -> Cancellation:
     o = await _order_row(conn, order_number, customer_id)
+    await _ask_before_cancel(conn, order_lines.c.order_id == o.order_id)
     rows = (
         await conn.execute(
             select(*_LINE_COLS)
@@ -1013,6 +1570,7 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     # ahead of them and the open restocks (project_dates's rule), and written with the lines.
     # A SKU with free stock is allocated and projected after the insert, as before.
     now = utcnow()
+    await hold_projection(conn, skus)
     direct = [s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1]]
     bounds: dict[str, list[tuple[int, str, date]]] = {s: [] for s in direct}
     rs = restocks.c
@@ -1117,6 +1675,9 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     for sku in skus:
         if stocked.get(sku, (0, 0))[0] > stocked.get(sku, (0, 0))[1]:
             await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
+    # Projected from scratch below; a walk under way of one of them counted the units ahead
+    # of its cursor before these were allocated: it starts again from the head.
+    await restart_walks(conn, [s for s in skus if s not in bounds])
     for part in _chunks([s for s in skus if s not in bounds], 500):
         await _project_many(conn, list(part))
     for part in _chunks(order_ids):

@@ -29,11 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from store.backorders import (
+    PROJECTION_BATCH,
     cancel_line,
     cancel_order,
     cancel_restock,
     change_restock_date,
     receive_restock,
+    run_projection,
     ship,
 )
 from store.db import Store, open_store
@@ -66,7 +68,7 @@ from store.imports import (
 from store.insights import alerts as list_alerts
 from store.insights import cause_report, compute_records, refresh_causes, set_reorder_point
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
-from store.marks import NOTICE, pending, rescan
+from store.marks import NOTICE, pending, pending_projections, rescan
 from store.outbox import NOTICE_BATCH, NoticeRun, run_notices
 from store.schema import (
     customers,
@@ -456,10 +458,17 @@ async def follow_on(
     now: datetime | None = None,
     show: bool | None = None,
 ) -> tuple[DelayRun, NoticeRun]:
-    """What the changes so far owe, each batch its own short transaction: the delay policy
-    from the marks (and the first pass, if it is not done), then the notices from theirs. A
-    progress bar on a terminal (``show`` None), nothing otherwise."""
+    """What the changes so far owe, each batch its own short transaction: the projection of
+    the queues the changes asked for (store.backorders.run_projection, which marks the lines
+    it moves), the delay policy from the marks (and the first pass, if it is not done), then
+    the notices from theirs. A progress bar on a terminal (``show`` None), nothing
+    otherwise."""
     now = now or datetime.now(UTC)
+    async with store.connect() as conn:
+        walks = await pending_projections(conn)
+    todo = walks.lines_left
+    with progress_bar(todo if todo >= PROJECTION_BATCH else 0, "projection", " lines", show) as bar:
+        await run_projection(store, on_batch=lambda r: bar.update(r.lines))
     async with store.connect() as conn:
         left = await pending(conn)
     todo = left.marked + left.scan_left
@@ -519,6 +528,11 @@ async def _status(conn: AsyncConnection) -> None:
     print(
         f"notice queueing: {told.marked} lines marked, {told.scan_left} lines not looked at"
         " yet (each after the delay policy)"
+    )
+    walks = await pending_projections(conn)
+    print(
+        f"projection: {walks.skus} SKUs owe one, {walks.lines_left} waiting lines not walked"
+        " yet (before the delay policy)"
     )
     if left.updated_at is not None:
         print(f"last batch of the policy: {left.updated_at:%Y-%m-%d %H:%M:%S} UTC")

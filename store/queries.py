@@ -327,8 +327,12 @@ async def _lines_by_order(
                 previous_projected_date=r.previous_projected_date,
                 last_told_date=r.last_told_date,
                 queue_position=r.queue_position if waiting else None,
+                # The date the projection gave the line (its restock's, as the projection
+                # saw it): a date change is shown once its projection reached the line.
                 waits_for=(
-                    RestockRef(r.restock_id, int(r.restock_qty), r.expected_date)
+                    RestockRef(
+                        r.restock_id, int(r.restock_qty), r.projected_date or r.expected_date
+                    )
                     if waiting and r.restock_id is not None
                     else None
                 ),

@@ -604,6 +604,31 @@ follow_on_cursors = Table(
     Column("updated_at", UTCDateTime),
 )
 
+# A SKU whose queue owes a projection (store.backorders): a change to its restocks, stock or
+# queue bumps ``generation`` and puts the cursor back at the head of the queue in its own
+# transaction; the projection's batches then walk the queue from the cursor (the queue key of
+# the last line reached, the waiting units and lines up to it), each batch its own short
+# transaction, until ``pending`` is false. Every batch begins by writing the row: the claim
+# (SQLite's write lock; on PostgreSQL the row lock, taken with SKIP LOCKED), so no two batches
+# walk one SKU at once, and a change waits for the batch in flight instead of racing it.
+sku_projections = Table(
+    "sku_projections",
+    metadata,
+    Column("sku", SKU, primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("pending", Boolean, nullable=False),
+    Column("after_rank", Integer),
+    Column("after_at", UTCDateTime),
+    Column("after_line", Integer),
+    Column("need_before", BigInteger, nullable=False),
+    Column("lines_before", Integer, nullable=False),
+    Column("moved", Integer, nullable=False),
+    Column("batches", Integer, nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "pending", "requested_at"),
+)
+
 # The Shopify adapter (shopapi/shopify.py). Each webhook delivery's X-Shopify-Webhook-Id, kept
 # in the transaction that applied it: a replayed delivery inserts nothing and changes nothing.
 shopify_webhooks = Table(

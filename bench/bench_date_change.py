@@ -1,0 +1,188 @@
+# ruff: noqa: E501  (a hand-run script: long report lines, blocking file setup)
+"""Issue #14, the change path: a restock date change that moves ~100,000 waiting lines on the
+1M-order store, and what follows it (the projection, the delay policy, the notices), each
+measured on its own; meanwhile a probe process asks for the write lock (BEGIN IMMEDIATE, then
+ROLLBACK) every 20 ms: its longest wait is the longest write transaction another writer met.
+Run by hand; prints figures, asserts nothing.
+
+    .venv/bin/python bench/bench_date_change.py [STORE] [--code ROOT] [--work /tmp/changes]
+        [--import-orders 2000]
+
+STORE (default /work/stores/large-passed.sqlite3) is copied to WORK. The setup, not measured:
+the hot SKU KET-0002's restock PO-029680 is made to cover its whole queue (qty 200,000, so
+~94,000 waiting lines wait for it), the SKU projected from scratch, and the marks this setup
+left deleted (a store where that was the state all along, passed by the policy). Measured:
+`PO-029680` slips by 20 days (store.backorders.change_restock_date in its own transaction),
+then the follow-on: the projection's batches (when the code has them: store.backorders.
+run_projection), the delay policy's, the notices'. --code is the checkout to measure (an
+older one gives the "before" figures: `git archive main store | tar -x -C /tmp/before`).
+--import-orders N: then an import of N new orders (bench_follow_on's file) with its follow-on,
+measured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SKU = "KET-0002"
+RESTOCK = "PO-029680"
+
+SETUP = """
+import asyncio, sys
+from store import open_store
+from store.backorders import project_dates
+from sqlalchemy import text
+async def go():
+    s = await open_store(sys.argv[1])
+    async with s.begin() as conn:
+        await conn.execute(text("UPDATE restocks SET qty = 200000 WHERE restock_id = :r"), {"r": sys.argv[2]})
+        p = await project_dates(conn, sys.argv[3])
+        await conn.execute(text("DELETE FROM follow_on_marks"))
+    print(f"setup: {p.waiting_lines} waiting, {p.undated_lines} undated, {len(p.moved)} moved by the setup")
+    await s.close()
+asyncio.run(go())
+"""
+
+WORK = """
+import asyncio, sys, time
+from datetime import UTC, datetime, timedelta
+from store import open_store
+import store.backorders as b
+from store.cli import follow_on_settings
+from store.delays import run_delay_policy
+from store.outbox import run_notices
+async def go():
+    s = await open_store(sys.argv[1])
+    f = follow_on_settings(); now = datetime.now(UTC); today = now.astimezone(f.zone).date()
+    mode = sys.argv[2]
+    cpu = time.process_time()
+    t = time.perf_counter()
+    async with s.begin() as conn:
+        if mode == "date":
+            r = await b._restock(conn, sys.argv[3])
+            proj = await b.change_restock_date(conn, sys.argv[3], r.expected_date + timedelta(days=20), "bench")
+            said = f"{len(proj.moved)} moved in the change" if proj is not None else "unchanged"
+        else:
+            from pathlib import Path
+            from store.imports import apply_file
+            res = await apply_file(conn, "orders", Path(sys.argv[3]))
+            said = f"{res.changed} orders"
+    print(f"change txn: {(time.perf_counter() - t) * 1000:.0f} ms ({said})", flush=True)
+    longest = 0.0
+    moved = 0
+    def seen(run):
+        nonlocal longest
+        longest = max(longest, getattr(run, "seconds", 0.0))
+    if hasattr(b, "run_projection"):
+        t = time.perf_counter()
+        p = await b.run_projection(s, on_batch=seen)
+        moved = p.moved
+        print(f"projection: {time.perf_counter() - t:.2f} s, {p.batches} batches, {p.lines} lines walked, {p.moved} moved, longest batch {longest * 1000:.0f} ms", flush=True)
+    t = time.perf_counter()
+    d = await run_delay_policy(s, today=today, now=now, policy=f.policy)
+    print(f"policy: {time.perf_counter() - t:.2f} s, {d.lines} lines in {d.batches} batches, {d.offered} offered", flush=True)
+    t = time.perf_counter()
+    n = await run_notices(s, threshold_days=f.threshold_days, now=now)
+    print(f"notices: {time.perf_counter() - t:.2f} s, {n.notices} queued, {n.lines} lines in {n.batches} batches", flush=True)
+    print(f"cpu: {time.process_time() - cpu:.1f} s in the worker", flush=True)
+    await s.close()
+asyncio.run(go())
+"""
+
+
+def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    conn = sqlite3.connect(path, timeout=3600, isolation_level=None)
+    waits: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    while not stop.is_set():
+        t = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        waits.append((t - start, time.perf_counter() - t))
+        conn.execute("ROLLBACK")
+        time.sleep(0.02)
+    conn.close()
+    out.put(waits)
+
+
+def run(code: Path, argv: list[str], db: Path | None, timeout: float = 1800) -> None:
+    stop = mp.Event()
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    prober = mp.Process(target=probe, args=(str(db), stop, q)) if db else None
+    if prober:
+        prober.start()
+    t = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=code,
+        env={**os.environ, "PYTHONPATH": str(code)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    took = time.perf_counter() - t
+    for line in (done.stdout + done.stderr).strip().splitlines()[-12:]:
+        print(f"  | {line[:200]}")
+    print(f"  wall {took:.1f} s, exit {done.returncode}")
+    if prober:
+        stop.set()
+        asked = q.get()
+        prober.join()
+        waits = sorted(w for _, w in asked)
+        p99 = waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] if waits else 0.0
+        top = ", ".join(
+            f"{w * 1000:.0f} ms at {at:.1f} s" for at, w in sorted(asked, key=lambda a: -a[1])[:3]
+        )
+        print(
+            f"  probe: longest BEGIN IMMEDIATE wait {waits[-1] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, {len(waits)} waits; longest: {top}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "store", type=Path, nargs="?", default=Path("/work/stores/large-passed.sqlite3")
+    )
+    ap.add_argument("--code", type=Path, default=ROOT)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/changes"))
+    ap.add_argument("--import-orders", type=int, default=0)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    db = args.work / "date-change.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    t = time.perf_counter()
+    shutil.copy(args.store, db)
+    os.chmod(db, 0o644)
+    url = f"sqlite+aiosqlite:///{db}"
+    print(
+        f"store {args.store} copied in {time.perf_counter() - t:.0f} s; code {args.code}; load {os.getloadavg()}"
+    )
+    (args.work / "setup.py").write_text(SETUP)
+    (args.work / "work.py").write_text(WORK)
+    print("setup (migrations, the queue made, not measured)")
+    run(args.code, [str(args.work / "setup.py"), url, RESTOCK, SKU], None)
+    print(f"restock-date {RESTOCK} +20 days, then the follow-on")
+    run(args.code, [str(args.work / "work.py"), url, "date", RESTOCK], db)
+    if args.import_orders:
+        sys.path.insert(0, str(ROOT))
+        from bench.bench_follow_on import orders_file
+
+        csv_path = args.work / f"orders-{args.import_orders}.csv"
+        orders_file(db, csv_path, args.import_orders)
+        print(f"import {args.import_orders} orders, then the follow-on")
+        run(args.code, [str(args.work / "work.py"), url, "import", str(csv_path)], db)
+    print(f"load {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
