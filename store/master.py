@@ -13,7 +13,7 @@ from datetime import date
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.backorders import _ensure_stock_row, project_dates
+from store.backorders import _ensure_stock_row, _project_now, request_projection
 from store.errors import Conflict, NotFound, StoreError
 from store.events import log_event
 from store.schema import (
@@ -191,6 +191,8 @@ async def add_restock(
         raise NotFound(f"unknown supplier {supplier_id}")
     if await conn.scalar(select(products.c.sku).where(products.c.sku == sku)) is None:
         raise NotFound(f"unknown SKU {sku}")
+    # The projection row is every change's first lock (store.backorders.hold_projection).
+    await request_projection(conn, [sku])
     now = utcnow()
     await conn.execute(
         insert(restocks).values(
@@ -208,5 +210,5 @@ async def add_restock(
     await log_event(
         conn, "restock_added", sku=sku, restock_id=restock_id, qty=qty, expected=expected_date
     )
-    await project_dates(conn, sku)
+    await _project_now(conn, sku)
     return True
