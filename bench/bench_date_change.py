@@ -23,6 +23,7 @@ measured the same way.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import shutil
@@ -66,6 +67,7 @@ async def go():
     f = follow_on_settings(); now = datetime.now(UTC); today = now.astimezone(f.zone).date()
     mode = sys.argv[2]
     cpu = time.process_time()
+    print(f"@phase change {time.time()}", flush=True)
     t = time.perf_counter()
     async with s.begin() as conn:
         if mode == "date":
@@ -84,16 +86,20 @@ async def go():
         nonlocal longest
         longest = max(longest, getattr(run, "seconds", 0.0))
     if hasattr(b, "run_projection"):
+        print(f"@phase projection {time.time()}", flush=True)
         t = time.perf_counter()
         p = await b.run_projection(s, on_batch=seen)
         moved = p.moved
         print(f"projection: {time.perf_counter() - t:.2f} s, {p.batches} batches, {p.lines} lines walked, {p.moved} moved, longest batch {longest * 1000:.0f} ms", flush=True)
+    print(f"@phase policy {time.time()}", flush=True)
     t = time.perf_counter()
     d = await run_delay_policy(s, today=today, now=now, policy=f.policy)
     print(f"policy: {time.perf_counter() - t:.2f} s, {d.lines} lines in {d.batches} batches, {d.offered} offered", flush=True)
+    print(f"@phase notices {time.time()}", flush=True)
     t = time.perf_counter()
     n = await run_notices(s, threshold_days=f.threshold_days, now=now)
     print(f"notices: {time.perf_counter() - t:.2f} s, {n.notices} queued, {n.lines} lines in {n.batches} batches", flush=True)
+    print(f"@phase end {time.time()}", flush=True)
     print(f"cpu: {time.process_time() - cpu:.1f} s in the worker", flush=True)
     await s.close()
 asyncio.run(go())
@@ -102,12 +108,12 @@ asyncio.run(go())
 
 def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
     conn = sqlite3.connect(path, timeout=3600, isolation_level=None)
-    waits: list[tuple[float, float]] = []
-    start = time.perf_counter()
+    waits: list[tuple[float, float]] = []  # (when it asked, wall clock; how long it waited)
     while not stop.is_set():
         t = time.perf_counter()
+        asked = time.time()
         conn.execute("BEGIN IMMEDIATE")
-        waits.append((t - start, time.perf_counter() - t))
+        waits.append((asked, time.perf_counter() - t))
         conn.execute("ROLLBACK")
         time.sleep(0.02)
     conn.close()
@@ -130,7 +136,12 @@ def run(code: Path, argv: list[str], db: Path | None, timeout: float = 1800) -> 
         timeout=timeout,
     )
     took = time.perf_counter() - t
-    for line in (done.stdout + done.stderr).strip().splitlines()[-12:]:
+    phases: list[tuple[str, float]] = []
+    for line in (done.stdout + done.stderr).strip().splitlines()[-20:]:
+        if line.startswith("@phase "):
+            _, name, at = line.split()
+            phases.append((name, float(at)))
+            continue
         print(f"  | {line[:200]}")
     print(f"  wall {took:.1f} s, exit {done.returncode}")
     if prober:
@@ -139,12 +150,15 @@ def run(code: Path, argv: list[str], db: Path | None, timeout: float = 1800) -> 
         prober.join()
         waits = sorted(w for _, w in asked)
         p99 = waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] if waits else 0.0
-        top = ", ".join(
-            f"{w * 1000:.0f} ms at {at:.1f} s" for at, w in sorted(asked, key=lambda a: -a[1])[:3]
-        )
         print(
-            f"  probe: longest BEGIN IMMEDIATE wait {waits[-1] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, {len(waits)} waits; longest: {top}"
+            f"  probe: longest BEGIN IMMEDIATE wait {waits[-1] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, {len(waits)} waits"
         )
+        for (name, start), (_, end) in itertools.pairwise(phases):
+            during = sorted(w for at, w in asked if start <= at < end)
+            if during:
+                print(
+                    f"    during {name:<10}: longest wait {during[-1] * 1000:.0f} ms, {sum(w > 0.25 for w in during)} of {len(during)} over 250 ms"
+                )
 
 
 def main() -> None:

@@ -467,7 +467,7 @@ def _projection(sku: str, free: int) -> CTE:
 # Lines of the queue a change projects in its own transaction; beyond them the batches go on.
 INLINE_LINES = 1000
 # Lines of one queue walked per batch of ``run_projection`` (each batch one transaction).
-PROJECTION_BATCH = 2000
+PROJECTION_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -1568,14 +1568,24 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     # A SKU with no free stock allocates nothing: its new lines only join the back of its
     # queue, so nobody else's date changes and theirs are found here, from the units waiting
     # ahead of them and the open restocks (project_dates's rule), and written with the lines.
-    # A SKU with free stock is allocated and projected after the insert, as before.
+    # A SKU with free stock and no line waiting ("simple") gives its free units to its new
+    # lines in file order (the queue's order: each joins the back), here too, as
+    # allocate_waiting would; the rest of them wait, dated from the restocks alone (no free
+    # unit is left once a line waits). A SKU with free stock and waiting lines (free units
+    # the store has not given out) is allocated and projected after the insert, as before.
     now = utcnow()
-    await hold_projection(conn, skus)
+    if conn.dialect.name != "sqlite":
+        await hold_projection(conn, skus)  # SQLite's writers take turns anyway
     direct = [s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1]]
-    bounds: dict[str, list[tuple[int, str, date]]] = {s: [] for s in direct}
+    simple = [s for s in skus if s not in direct and s in stocked and s not in queued]
+    left = {s: stocked[s][0] - stocked[s][1] for s in simple}
+    bounds: dict[str, list[tuple[int, str, date]]] = {s: [] for s in (*direct, *simple)}
     rs = restocks.c
-    for part in _chunks(direct):
-        cover = {s: stocked.get(s, (0, 0))[0] - stocked.get(s, (0, 0))[1] for s in part}
+    for part in _chunks([*direct, *simple]):
+        cover = {
+            s: 0 if s in left else stocked.get(s, (0, 0))[0] - stocked.get(s, (0, 0))[1]
+            for s in part
+        }
         for rr in await conn.execute(
             select(rs.sku, rs.restock_id, rs.expected_date, rs.qty - rs.qty_received)
             .where(rs.sku.in_(part), rs.status == "open")
@@ -1583,14 +1593,22 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
         ):
             cover[rr[0]] += int(rr[3])
             bounds[rr[0]].append((cover[rr[0]], rr[1], rr[2]))
-    need = {s: queued.get(s, (0, 0))[1] for s in direct}
-    ahead = {s: queued.get(s, (0, 0))[0] for s in direct}
+    need = {s: queued.get(s, (0, 0))[1] for s in (*direct, *simple)}
+    ahead = {s: queued.get(s, (0, 0))[0] for s in (*direct, *simple)}
     dated: dict[tuple[int, int], tuple[str, date] | None] = {}  # (order index, line no)
+    given: dict[tuple[int, int], int] = {}
     for i, o in enumerate(new):
         for no, ln in enumerate(o.lines, start=1):
             if ln.sku not in need:
                 continue
-            need[ln.sku] += ln.qty
+            wait = ln.qty
+            if ln.sku in left:
+                given[(i, no)] = give = min(left[ln.sku], ln.qty)
+                left[ln.sku] -= give
+                wait -= give
+                if wait == 0:
+                    continue
+            need[ln.sku] += wait
             # The first restock whose cumulative units cover the line's last unit.
             dated[(i, no)] = next(
                 ((rid, when) for hi, rid, when in bounds[ln.sku] if hi >= need[ln.sku]), None
@@ -1626,7 +1644,8 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             "line_no": no,
             "sku": ln.sku,
             "qty_ordered": ln.qty,
-            "qty_waiting": ln.qty,
+            "qty_allocated": given.get((i, no), 0),
+            "qty_waiting": ln.qty - given.get((i, no), 0),
             "unit_price_minor": (
                 ln.unit_price_minor
                 if ln.unit_price_minor is not None
@@ -1649,7 +1668,34 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             line_of[(int(lr[0]), int(lr[1]))] = int(lr[2])
     line_ids = [line_of[(row["order_id"], row["line_no"])] for row in rows]
     await mark_lines(conn, line_ids)
-    await _join_queues(conn, rows, line_ids, direct, ahead, now)
+    await _join_queues(conn, rows, line_ids, [*direct, *simple], ahead, now)
+    gave: dict[str, list[int]] = {}
+    for row in rows:
+        if row["qty_allocated"]:
+            gave.setdefault(row["sku"], []).append(row["qty_allocated"])
+    if gave:
+        await conn.execute(
+            update(stock)
+            .where(stock.c.sku == bindparam("b_sku"))
+            .values(allocated=stock.c.allocated + bindparam("b_qty"), updated_at=now),
+            [{"b_sku": sku, "b_qty": sum(q)} for sku, q in gave.items()],
+        )
+        await conn.execute(
+            insert(events),
+            [
+                {
+                    "at": now,
+                    "kind": "allocated",
+                    "sku": sku,
+                    "order_id": None,
+                    "line_id": None,
+                    "restock_id": None,
+                    "customer_id": None,
+                    "data": json.dumps({"lines": len(q), "qty": sum(q)}, sort_keys=True),
+                }
+                for sku, q in gave.items()
+            ],
+        )
     await conn.execute(
         insert(events),
         [
@@ -1673,7 +1719,7 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             [{"sku": s, "on_hand": 0, "allocated": 0, "updated_at": now} for s in missing],
         )
     for sku in skus:
-        if stocked.get(sku, (0, 0))[0] > stocked.get(sku, (0, 0))[1]:
+        if sku not in bounds and stocked.get(sku, (0, 0))[0] > stocked.get(sku, (0, 0))[1]:
             await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
     # Projected from scratch below; a walk under way of one of them counted the units ahead
     # of its cursor before these were allocated: it starts again from the head.
@@ -1725,7 +1771,7 @@ async def _join_queues(
     moved: dict[str, list[list[Any]]] = {}
     for row, line_id in zip(rows, line_ids, strict=True):
         sku = row["sku"]
-        if sku not in ahead:
+        if sku not in ahead or row["qty_waiting"] == 0:
             continue
         if ahead[sku] % MARK_EVERY == 0:
             marks.append(

@@ -122,7 +122,7 @@ def _same(d: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
     out["allocated"] = allocated
     # The projection's bookkeeping (generations, batches, time stamps) counts the requests
     # each way made; what must agree is that no queue owes a projection after either.
-    out["sku_projections"] = sorted((row[0], row[2]) for row in d.get("sku_projections", []))
+    out["sku_projections"] = sorted(row[0] for row in d.get("sku_projections", []) if row[2])
     return out
 
 
