@@ -277,7 +277,16 @@ async def _run(args: argparse.Namespace) -> int:
                 proj = await change_restock_date(conn, args.restock_id, args.date, args.reason)
             print(
                 f"{args.restock_id}: "
-                + ("date unchanged" if proj is None else f"{len(proj.moved)} lines moved")
+                + (
+                    "date unchanged"
+                    if proj is None
+                    else f"{len(proj.moved)} lines moved"
+                    + (
+                        " in the change; the rest of the queue is projected in batches"
+                        if proj.pending
+                        else ""
+                    )
+                )
             )
         elif args.command == "receive":
             async with store.begin() as conn:

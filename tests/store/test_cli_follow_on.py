@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+import store.backorders
 import store.cli
 from store import open_store
 from store.cli import follow_on_settings, main
@@ -137,4 +138,60 @@ def test_catch_up_rescan_looks_at_every_line_again(
     assert capsys.readouterr().out.startswith(
         "delay policy: 2 offered, 0 cancelled, 0 to agents, 0 closed;"
         " 3 lines looked at in 1 batches;"
+    )
+
+
+def test_a_projection_left_half_done_is_shown_and_finished_by_catch_up(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A date change walks no line itself here (INLINE_LINES 0, as a queue longer than it):
+    its projection is the follow-on's first stage. A command killed after one batch of it
+    leaves the rest pending, `status` says how much, and `catch-up` ends where the projection
+    from scratch ends."""
+    load_all(db_url, tmp_path)
+    monkeypatch.setattr(store.backorders, "INLINE_LINES", 0)
+    real = store.cli.run_projection
+
+    async def dies_after_one_batch(*args: Any, **kwargs: Any) -> Any:
+        await real(*args, **{**kwargs, "batch_size": 1, "max_batches": 1})
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(store.cli, "run_projection", dies_after_one_batch)
+    capsys.readouterr()
+    with pytest.raises(RuntimeError, match="killed"):
+        run(db_url, "restock-date", "PO-1", "2026-06-01", "--reason", "supplier")
+    assert capsys.readouterr().out == (
+        "PO-1: 0 lines moved in the change; the rest of the queue is projected in batches\n"
+    )
+    monkeypatch.setattr(store.cli, "run_projection", real)
+    assert run(db_url, "status") == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[5] == (
+        "projection: 1 SKUs owe one, 1 waiting lines not walked yet (before the delay policy)"
+    )
+
+    async def dates() -> list[Any]:
+        s = await open_store(db_url, migrate_schema=False)
+        async with s.connect() as conn:
+            c = order_lines.c
+            rows = await conn.execute(
+                select(c.line_id, c.projected_date, c.previous_projected_date)
+                .where(c.qty_waiting > 0)
+                .order_by(c.line_id)
+            )
+            found = [tuple(r) for r in rows]
+        await s.close()
+        return found
+
+    # The first line walked has its new date; the second still its old one.
+    assert [d[1:] for d in asyncio.run(dates())] == [
+        (date(2026, 6, 1), date(2026, 2, 1)),
+        (date(2026, 2, 1), None),
+    ]
+    assert run(db_url, "catch-up") == 0
+    assert [d[1:] for d in asyncio.run(dates())] == [(date(2026, 6, 1), date(2026, 2, 1))] * 2
+    capsys.readouterr()
+    assert run(db_url, "status") == 0
+    assert capsys.readouterr().out.splitlines()[5] == (
+        "projection: 0 SKUs owe one, 0 waiting lines not walked yet (before the delay policy)"
     )
