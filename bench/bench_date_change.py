@@ -66,6 +66,10 @@ async def go():
     s = await open_store(sys.argv[1])
     f = follow_on_settings(); now = datetime.now(UTC); today = now.astimezone(f.zone).date()
     mode = sys.argv[2]
+    if mode != "date":
+        from pathlib import Path
+        from store.imports import apply_file, parse_file
+        parsed = parse_file("orders", Path(sys.argv[3]))  # before the transaction, as the CLI
     cpu = time.process_time()
     print(f"@phase change {time.time()}", flush=True)
     t = time.perf_counter()
@@ -75,9 +79,10 @@ async def go():
             proj = await b.change_restock_date(conn, sys.argv[3], r.expected_date + timedelta(days=20), "bench")
             said = f"{len(proj.moved)} moved in the change" if proj is not None else "unchanged"
         else:
-            from pathlib import Path
-            from store.imports import apply_file
-            res = await apply_file(conn, "orders", Path(sys.argv[3]))
+            try:
+                res = await apply_file(conn, "orders", Path(sys.argv[3]), parsed=parsed)
+            except TypeError:  # a checkout before apply_file took the parsed file
+                res = await apply_file(conn, "orders", Path(sys.argv[3]))
             said = f"{res.changed} orders"
     print(f"change txn: {(time.perf_counter() - t) * 1000:.0f} ms ({said})", flush=True)
     longest = 0.0

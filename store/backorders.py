@@ -465,9 +465,9 @@ def _projection(sku: str, free: int) -> CTE:
 # walk has reached it, the one before until then; never one no projection decided.
 
 # Lines of the queue a change projects in its own transaction; beyond them the batches go on.
-INLINE_LINES = 1000
+INLINE_LINES = 500
 # Lines of one queue walked per batch of ``run_projection`` (each batch one transaction).
-PROJECTION_BATCH = 1000
+PROJECTION_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -1577,7 +1577,8 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     if conn.dialect.name != "sqlite":
         await hold_projection(conn, skus)  # SQLite's writers take turns anyway
     direct = [s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1]]
-    simple = [s for s in skus if s not in direct and s in stocked and s not in queued]
+    no_free = set(direct)
+    simple = [s for s in skus if s not in no_free and s in stocked and s not in queued]
     left = {s: stocked[s][0] - stocked[s][1] for s in simple}
     bounds: dict[str, list[tuple[int, str, date]]] = {s: [] for s in (*direct, *simple)}
     rs = restocks.c

@@ -253,7 +253,8 @@ async def _run(args: argparse.Namespace) -> int:
     settings = follow_on_settings() if changes else None
     if args.command == "import":
         # Check the whole file before touching the database.
-        rows = len(parse_file(args.kind, args.file))
+        parsed = parse_file(args.kind, args.file)
+        rows = len(parsed)
         if args.check:
             print(f"{args.file.name}: ok")
             return 0
@@ -270,7 +271,9 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "import":
             with progress_bar(rows if rows >= 500 else 0, "import", " rows") as bar:
                 async with store.begin() as conn:
-                    r = await apply_file(conn, args.kind, args.file, progress=bar.update)
+                    r = await apply_file(
+                        conn, args.kind, args.file, progress=bar.update, parsed=parsed
+                    )
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
             async with store.begin() as conn:
