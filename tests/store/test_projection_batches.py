@@ -102,9 +102,7 @@ async def _check(s: Store, *, done: bool) -> None:
         assert marks_now == marks_expected
 
 
-async def _setup(
-    s: Store, orders_per_sku: int, rng: random.Random, qty: int | None = None
-) -> None:
+async def _setup(s: Store, orders_per_sku: int, rng: random.Random, qty: int | None = None) -> None:
     async with s.begin() as conn:
         await seed_catalog(conn, customers=5)
         for i, sku in enumerate(SKUS):
