@@ -9,8 +9,8 @@ prints figures, asserts nothing.
     .venv/bin/python bench/bench_e2e.py [--chats 10000] [--updates 20000] [--rates 50,100,200,400]
                                         [--seconds 8] [--backlog 0] [--skip-echo] [--floor]
 
-The store: bench/results/demo-large.sqlite3 (1,000,000 orders) copied to a scratch file if it
-exists, else a ``medium`` demo store generated into bench/results/demo-medium.sqlite3 once.
+The store: a copy of ``--sqlite-store FILE``, else bench/results/demo-large.sqlite3 (1,000,000
+orders) copied to a scratch file if it exists, else a ``medium`` demo store generated into bench/results/demo-medium.sqlite3 once.
 Half the chats are linked to demo customers (languages mixed), half are strangers.
 
 The driver enqueues updates through the sandbox's bulk control call, which answers with the
@@ -71,9 +71,11 @@ def _free_port() -> int:
 # --- the store ---------------------------------------------------------------------------
 
 
-def _store_file(scratch: Path) -> tuple[Path, str]:
+def _store_file(scratch: Path, given: str | None = None) -> tuple[Path, str]:
     large = RESULTS / "demo-large.sqlite3"
-    if large.exists():
+    if given:
+        source, size = Path(given), f"{Path(given).name} (copied)"
+    elif large.exists():
         source, size = large, "large (1,000,000 orders)"
     else:
         source, size = RESULTS / "demo-medium.sqlite3", "medium (100,000 orders)"
@@ -686,6 +688,11 @@ async def main() -> None:
     parser.add_argument("--skip-echo", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true", help="no run on the SQLite store")
     parser.add_argument(
+        "--sqlite-store",
+        metavar="FILE",
+        help="the SQLite store to copy for the run (e.g. /work/stores/large-passed.sqlite3)",
+    )
+    parser.add_argument(
         "--database-url",
         help="a PostgreSQL server (postgresql+asyncpg://.../postgres): the bot also runs on a"
         " copy of --pg-template there, with each of --processes bot processes",
@@ -704,7 +711,7 @@ async def main() -> None:
     args.rates = [float(r) for r in args.rates.split(",") if r]
     RESULTS.mkdir(parents=True, exist_ok=True)
     scratch = Path(os.environ.get("TMPDIR", "/tmp"))
-    db, store = _store_file(scratch)
+    db, store = _store_file(scratch, args.sqlite_store)
     linked = args.chats // 2
     numbers = await _link_chats(db, linked)
     chats = [LINKED_BASE + i for i in range(len(numbers))] + [

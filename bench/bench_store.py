@@ -4,17 +4,22 @@ asserts nothing.
 
     .venv/bin/python bench/bench_store.py [--size large] [--n 2000]
     .venv/bin/python bench/bench_store.py --postgresql postgresql+asyncpg://USER@HOST/postgres
+    .venv/bin/python bench/bench_store.py --sqlite /tmp/large-passed.sqlite3  # a copy of it
 
 The generated database is cached (SQLite: under bench/results/, gitignored; PostgreSQL: the
 database bench_demo_SIZE on that server, built once by the demo builder); each run works on a
 copy (a file copy, or CREATE DATABASE ... TEMPLATE) so receipts and re-projections start from
-the same state. ``--explain``: EXPLAIN ANALYZE of the order view's queue-place count too.
+the same state. ``--sqlite FILE``: work on a copy of that SQLite store instead (e.g. a copy of
+/work/stores/large-passed.sqlite3). ``--rounds N``: the reads N times, each round's p50 shown.
+Besides wall time, the CPU time of this process per call (the client's share; PostgreSQL's own
+CPU is in its server processes) and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import resource
 import shutil
@@ -45,8 +50,11 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))] * 1000
 
 
-def show(name: str, xs: list[float]) -> None:
-    print(f"{name:<28} p50 {pct(xs, 50):7.2f} ms   p99 {pct(xs, 99):7.2f} ms   (n={len(xs)})")
+def show(name: str, xs: list[float], cpu: list[float] | None = None) -> None:
+    mean_cpu = f"   CPU here {sum(cpu) / len(cpu) * 1000:5.2f} ms/call" if cpu else ""
+    print(
+        f"{name:<28} p50 {pct(xs, 50):7.2f} ms   p99 {pct(xs, 99):7.2f} ms{mean_cpu}   (n={len(xs)})"
+    )
 
 
 async def main() -> None:
@@ -60,9 +68,13 @@ async def main() -> None:
         help="PostgreSQL: VACUUM (ANALYZE) the copy first, as autovacuum does after a while",
     )
     ap.add_argument("--reads-only", action="store_true", help="skip the slip and the receipt")
+    ap.add_argument("--sqlite", metavar="FILE", help="copy this SQLite store instead of the demo")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the reads")
     args = ap.parse_args()
     if args.postgresql:
         url = await _postgresql_copy(args.postgresql, args.size, vacuum=args.vacuum)
+    elif args.sqlite:
+        url = _sqlite_file_copy(Path(args.sqlite))
     else:
         url = await _sqlite_copy(args.size)
     await run(url, args)
@@ -131,6 +143,16 @@ async def _sqlite_copy(size: str) -> str:
     return f"sqlite+aiosqlite:///{work}"
 
 
+def _sqlite_file_copy(source: Path) -> str:
+    work = source.with_name(f"{source.stem}-bench-work.sqlite3")
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(work) + suffix).unlink(missing_ok=True)
+    t = time.perf_counter()
+    shutil.copyfile(source, work)
+    print(f"copied {source} in {time.perf_counter() - t:.1f} s")
+    return f"sqlite+aiosqlite:///{work}"
+
+
 async def run(url: str, args: argparse.Namespace) -> None:
     store = await open_store(url)
     print(f"on {store.engine.dialect.name}")
@@ -142,12 +164,14 @@ async def run(url: str, args: argparse.Namespace) -> None:
             f"orders {n_orders}, lines {await conn.scalar(select(func.count()).select_from(order_lines))}"
         )
 
-        t_cust, t_one, t_search = [], [], []
+        t_cust, t_one, t_search, c_cust, c_one = [], [], [], [], []
+        print(f"round 1, load {os.getloadavg()[0]:.1f}:")
         for _ in range(args.n):
             cid = rng.randint(5, n_cust)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             await orders_of(conn, cid, limit=10)
             t_cust.append(time.perf_counter() - t)
+            c_cust.append(time.process_time() - c)
         numbers = []
         for _ in range(args.n):
             o = rng.randint(1, n_orders)
@@ -163,9 +187,10 @@ async def run(url: str, args: argparse.Namespace) -> None:
                 )
             )
         for number, cid in numbers:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             await order_of(conn, cid, number)
             t_one.append(time.perf_counter() - t)
+            c_one.append(time.process_time() - c)
         t = time.perf_counter()
         index = await store.product_index()
         build = time.perf_counter() - t
@@ -175,11 +200,30 @@ async def run(url: str, args: argparse.Namespace) -> None:
             t = time.perf_counter()
             await find_products(index, words[i % len(words)], 5)
             t_search.append(time.perf_counter() - t)
-    show("orders_of (customer)", t_cust)
-    show("order_of (by number)", t_one)
+    show("orders_of (customer)", t_cust, c_cust)
+    show("order_of (by number)", t_one, c_one)
     show("find_products (fuzzy)", t_search)
     print(f"{'product index build':<28} {build * 1000:7.1f} ms ({len(index)} products)")
     await _hot_line(store, args.n)
+    for r in range(2, args.rounds + 1):
+        rng = random.Random(r)
+        t_cust, c_cust, t_one, c_one = [], [], [], []
+        async with store.connect() as conn:
+            for _ in range(args.n):
+                cid = rng.randint(5, n_cust)
+                t, c = time.perf_counter(), time.process_time()
+                await orders_of(conn, cid, limit=10)
+                t_cust.append(time.perf_counter() - t)
+                c_cust.append(time.process_time() - c)
+            for number, cid in numbers:
+                t, c = time.perf_counter(), time.process_time()
+                await order_of(conn, cid, number)
+                t_one.append(time.perf_counter() - t)
+                c_one.append(time.process_time() - c)
+        print(f"round {r}, load {os.getloadavg()[0]:.1f}:")
+        show("orders_of (customer)", t_cust, c_cust)
+        show("order_of (by number)", t_one, c_one)
+        await _hot_line(store, args.n)
     if args.reads_only:
         await store.close()
         return
@@ -233,14 +277,15 @@ async def _hot_line(store: Store, n: int) -> None:
         ).first()
         if row is None:
             return
-        times = []
+        times, cpu = [], []
         for _ in range(n):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             order = await order_of(conn, row.customer_id, row.order_number)
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     assert order is not None
     places = [line.queue_position for line in order.lines if line.queue_position]
-    show(f"order_of (hot, place {max(places)})", times)
+    show(f"order_of (hot, place {max(places)})", times, cpu)
 
 
 if __name__ == "__main__":
