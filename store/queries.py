@@ -213,19 +213,41 @@ def _queue_position() -> ColumnElement[int | None]:
     for every line behind each one that leaves the queue): from the nearest queue mark at
     or before the line (its ``lines_before``) plus the waiting lines between the mark and
     the line, a range of at most MARK_EVERY entries of the queue index. Without a mark
-    (none written yet) the count starts at the head of the queue."""
+    (none written yet) the count starts at the head of the queue.
+
+    The range is counted per queue_rank, each part with queue_rank equal to one value or
+    strictly between two: PostgreSQL (15) ends an index scan at a row comparison's bound
+    only when its first column decides it, so ``(queue_rank, queued_at, line_id) < line``
+    read every entry of the SKU after the line (same rank, later queued_at), up to the end
+    of its queue: 1,390 pages for a line 1,300 places into the 100,000-line hot queue of
+    the 1M store, against 8 with the rank fixed by equality (then the row comparison
+    starts at queued_at, which decides it)."""
     ol = order_lines.c
     m = queue_marks.c
     ahead = order_lines.alias("ahead")
     a = ahead.c
     line_key = tuple_(ol.queue_rank, ol.queued_at, ol.line_id)
-    ahead_key = tuple_(a.queue_rank, a.queued_at, a.line_id)
     mark_key = tuple_(m.queue_rank, m.queued_at, m.line_id)
+    after_mark = tuple_(a.queued_at, a.line_id) >= tuple_(m.queued_at, m.line_id)
+    before_line = tuple_(a.queued_at, a.line_id) < tuple_(ol.queued_at, ol.line_id)
+
+    def count(sku: ColumnElement[str], *where: ColumnElement[bool]) -> ColumnElement[int]:
+        return (
+            select(func.count())
+            .where(a.sku == sku, a.qty_waiting > _ZERO, *where)
+            .correlate_except(ahead)
+            .scalar_subquery()
+        )
+
+    same_rank = m.queue_rank == ol.queue_rank
+    mark_first = m.queue_rank < ol.queue_rank  # a line of a lower priority than the mark
     between = (
-        select(func.count())
-        .where(a.sku == m.sku, a.qty_waiting > _ZERO, ahead_key >= mark_key, ahead_key < line_key)
-        .correlate_except(ahead)
-        .scalar_subquery()
+        # The mark and the line in one rank (orders of one priority: the common case).
+        count(m.sku, same_rank, a.queue_rank == m.queue_rank, after_mark, before_line)
+        # Else the rest of the mark's rank, the ranks between, the head of the line's rank.
+        + count(m.sku, mark_first, a.queue_rank == m.queue_rank, after_mark)
+        + count(m.sku, mark_first, a.queue_rank > m.queue_rank, a.queue_rank < ol.queue_rank)
+        + count(m.sku, mark_first, a.queue_rank == ol.queue_rank, before_line)
     )
     from_mark = (
         select(m.lines_before + between)
@@ -234,10 +256,8 @@ def _queue_position() -> ColumnElement[int | None]:
         .limit(1)
         .scalar_subquery()
     )
-    from_head = (
-        select(func.count())
-        .where(a.sku == ol.sku, a.qty_waiting > _ZERO, ahead_key < line_key)
-        .scalar_subquery()
+    from_head = count(ol.sku, a.queue_rank < ol.queue_rank) + count(
+        ol.sku, a.queue_rank == ol.queue_rank, before_line
     )
     return case((ol.qty_waiting > 0, func.coalesce(from_mark, from_head) + 1), else_=None)
 
