@@ -390,10 +390,13 @@ def _compare(ref: Run, got: Run) -> Tally:
                     else:
                         tally.doubled += 1
                 note = "lost" if lost else "again"
-            if note != "again" and len(tally.examples) < 6:
+                if extra and all(k not in want[max(0, i1 - 2) : i1] for k in extra):
+                    note = "doubled"
+            if note != "again" and len(tally.examples) < 8:
                 held = "held by the victim" if chat in got.held else "not the victim's"
                 tally.examples.append(
                     f"chat {chat} ({held}), {note} at answer {i1 + 1}: want {[_short(k) for k in lost]} got {[_short(k) for k in extra]}"
+                    f" after {[_short(k) for k in want[max(0, i1 - 2) : i1]]}"
                 )
     return tally
 
@@ -498,6 +501,19 @@ async def main() -> None:
     text = "\n".join(lines)
     print("\n" + text)
     (RESULTS / "kill.txt").write_text(text + "\n")
+    (RESULTS / "kill-transcripts.json").write_text(
+        json.dumps(
+            {
+                str(chat): {
+                    "reference": [k for _, k in ref.transcripts[chat]],
+                    "kill": [k for _, k in got.transcripts.get(chat, [])],
+                    "held": chat in got.held,
+                }
+                for chat in ref.transcripts
+            },
+            ensure_ascii=False,
+        )
+    )
     await _drop(args.database_url, "kill")
 
 
