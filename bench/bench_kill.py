@@ -381,16 +381,19 @@ def _compare(ref: Run, got: Run) -> Tally:
                 note = "answered otherwise"
             else:
                 tally.lost += len(lost)
+                # The same answer as one beside it (difflib may put a repeat before its
+                # original as well as after it).
+                beside = want[max(0, i1 - 2) : i1 + 2]
                 for k in extra:
-                    if chat in got.held and k in want[max(0, i1 - 2) : i1]:
+                    if chat in got.held and k in beside:
                         tally.replays += 1
-                    elif k in want[max(0, i1 - 2) : i1]:
+                    elif k in beside:
                         tally.replays += 1
                         tally.replays_outside_held += 1
                     else:
                         tally.doubled += 1
                 note = "lost" if lost else "again"
-                if extra and all(k not in want[max(0, i1 - 2) : i1] for k in extra):
+                if extra and all(k not in beside for k in extra):
                     note = "doubled"
             if note != "again" and len(tally.examples) < 8:
                 held = "held by the victim" if chat in got.held else "not the victim's"
