@@ -117,7 +117,7 @@ def pg_databases() -> Iterator[Databases]:
         databases.drop_templates()
 
 
-async def _fill_small_demo(store: Store) -> None:
+async def fill_small_demo(store: Store) -> None:
     await fill_demo(store, "small", today=TODAY)
 
 
@@ -132,7 +132,7 @@ def demo_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     async def build() -> None:
         store = await open_store(sqlite_url(path))
         try:
-            await _fill_small_demo(store)
+            await fill_small_demo(store)
         finally:
             await store.close()
 
@@ -149,7 +149,7 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         yield sqlite_url(path)
         return
     databases: Databases = request.getfixturevalue("pg_databases")
-    name, url = databases.fresh(databases.template("demo", _fill_small_demo))
+    name, url = databases.fresh(databases.template("demo", fill_small_demo))
     try:
         yield url
     finally:
