@@ -22,6 +22,7 @@ from sandbox.client import SandboxClient
 from store import Store, open_store
 from store.demo import fill_demo
 from tests.pg import BACKENDS, Databases, sqlite_only_deselect, sqlite_url
+from tests.watchdog import pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401 (hooks)
 
 # Demo data is generated relative to this day, and the bot's clock starts on it.
 TODAY = date(2026, 11, 26)
