@@ -93,6 +93,16 @@ if not os.environ.get("TEST_POSTGRESQL_ALL"):
     SQLITE_ONLY |= SQLITE_ONLY_FOR_TIME
 
 
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin's configure
+def pytest_configure(config: pytest.Config) -> None:
+    # Hypothesis keeps its caches and example database in ./.hypothesis by default: in the
+    # repository, where a test must not write. The run's temporary directory instead.
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    set_hypothesis_home_dir(base / "hypothesis")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         test = item.nodeid.split("[")[0]
