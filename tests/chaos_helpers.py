@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from telegram import Update
 from telegram.ext import TypeHandler
 
@@ -118,6 +118,10 @@ LINKED: dict[int, tuple[str, str, str]] = {
 }
 
 
+# How long a chaos test waits for a condition before it fails: only a ceiling, every wait ends
+# as soon as its condition holds. 20-30 s ran out at loads of 13-20 on two cores.
+CEILING = 180.0
+
 # A group after all of the bot's: its handler sees an update once the bot is done with it.
 OBSERVER_GROUP = 1_000_000
 
@@ -134,7 +138,7 @@ class Handled:
         if message is not None:
             self.seen[(message.chat_id, message.message_id)] += 1
 
-    async def all_of(self, sent: list[tuple[int, int]], within: float = 20.0) -> None:
+    async def all_of(self, sent: list[tuple[int, int]], within: float = CEILING) -> None:
         async def done() -> bool:
             return all(key in self.seen for key in sent)
 
@@ -263,3 +267,58 @@ async def successful_sends(tg: SandboxClient) -> int:
     calls = await tg.calls("sendMessage")
     assert stats["calls"] <= 5_000, "the call log is capped at 5,000: this count would be short"
     return sum(1 for c in calls if c["status"] == 200)
+
+
+async def call_seq(tg: SandboxClient) -> int:
+    """The sandbox's call log position: the number of Bot API calls it has logged."""
+    return int((await tg.stats())["calls"])
+
+
+async def sends_of_the_killed(tg: SandboxClient, killed_at: int, within: float) -> list[int]:
+    """The chats of the successful sendMessage calls a bot killed (SIGKILL, reaped) when the
+    call log stood at ``killed_at`` made, counted once the bot started after it has made its
+    first call (PTB's getMe): call with the new bot started.
+
+    The sandbox runs on the test's event loop, so a request the killed bot had sent is logged
+    only when the loop gets to it. A fixed pause after the kill guessed how long that takes; the
+    new process's first call is a condition: the killed bot's requests were on their sockets
+    before the new process was started and had to import the bot, so every one is logged ahead
+    of it (and a killed bot, long initialized, never calls getMe again)."""
+
+    async def restarted() -> bool:
+        return bool(await tg.calls("getMe", since=killed_at))
+
+    await wait_for(restarted, within, "the restarted bot's first call (getMe)")
+    first = min(c["seq"] for c in await tg.calls("getMe", since=killed_at))
+    stats = await tg.stats()
+    assert stats["calls"] <= 5_000, "the call log is capped at 5,000: this count would be short"
+    return [
+        int(c["params"]["chat_id"])
+        for c in await tg.calls("sendMessage")
+        if c["status"] == 200 and c["seq"] < first
+    ]
+
+
+async def settled_after_kill(store: Store, within: float) -> None:
+    """Wait until the database has finished with what a killed bot process left in it.
+
+    SQLite: nothing to wait for (the dead process's transaction is rolled back or was
+    committed). PostgreSQL: a server process serves the dead bot until it reads the closed
+    socket, and a COMMIT the bot had sent is carried out first; so the marks are counted once
+    no session but this one is in a transaction or running a statement (this test's own pooled
+    connections are idle)."""
+    if store.engine.dialect.name != "postgresql":
+        return
+
+    async def settled() -> bool:
+        async with store.connect() as conn:
+            busy = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                    " AND state IS DISTINCT FROM 'idle'"
+                )
+            )
+        return busy == 0
+
+    await wait_for(settled, within, "the killed bot's database sessions to end")

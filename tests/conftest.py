@@ -22,6 +22,7 @@ from sandbox.client import SandboxClient
 from store import Store, open_store
 from store.demo import fill_demo
 from tests.pg import BACKENDS, Databases, sqlite_only_deselect, sqlite_url
+from tests.watchdog import pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401 (hooks)
 
 # Demo data is generated relative to this day, and the bot's clock starts on it.
 TODAY = date(2026, 11, 26)
@@ -92,6 +93,16 @@ if not os.environ.get("TEST_POSTGRESQL_ALL"):
     SQLITE_ONLY |= SQLITE_ONLY_FOR_TIME
 
 
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin's configure
+def pytest_configure(config: pytest.Config) -> None:
+    # Hypothesis keeps its caches and example database in ./.hypothesis by default: in the
+    # repository, where a test must not write. The run's temporary directory instead.
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    set_hypothesis_home_dir(base / "hypothesis")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         test = item.nodeid.split("[")[0]
@@ -117,7 +128,7 @@ def pg_databases() -> Iterator[Databases]:
         databases.drop_templates()
 
 
-async def _fill_small_demo(store: Store) -> None:
+async def fill_small_demo(store: Store) -> None:
     await fill_demo(store, "small", today=TODAY)
 
 
@@ -132,7 +143,7 @@ def demo_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     async def build() -> None:
         store = await open_store(sqlite_url(path))
         try:
-            await _fill_small_demo(store)
+            await fill_small_demo(store)
         finally:
             await store.close()
 
@@ -149,7 +160,7 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         yield sqlite_url(path)
         return
     databases: Databases = request.getfixturevalue("pg_databases")
-    name, url = databases.fresh(databases.template("demo", _fill_small_demo))
+    name, url = databases.fresh(databases.template("demo", fill_small_demo))
     try:
         yield url
     finally:

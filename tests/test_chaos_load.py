@@ -33,6 +33,7 @@ from store import Store
 from tests.chaos_helpers import (
     APOLOGY,
     ASK_ORDER,
+    CEILING,
     GREETING,
     Handled,
     Load,
@@ -44,7 +45,7 @@ from tests.chaos_helpers import (
 )
 
 # Every wait below is a condition with this bound; the faults themselves last seconds.
-DEADLINE = 20.0
+DEADLINE = CEILING
 
 
 @pytest.fixture

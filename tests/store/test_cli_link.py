@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,9 +13,10 @@ from sqlalchemy import select
 
 from store import open_store
 from store.cli import DEMO_LINK_SECRET, main
-from store.demo import fill_demo
 from store.links import read_link_code
 from store.schema import orders
+from tests.conftest import fill_small_demo
+from tests.pg import Databases, backend_param, sqlite_url
 
 URL = re.compile(r"https://t\.me/(\w+)\?start=([A-Za-z0-9_-]{1,64})")
 # Strong enough for store.links.secret_problem (32 characters or more).
@@ -21,19 +24,29 @@ SECRET = "s3cret-0123456789abcdefghijklmnop"
 ENV_SECRET = "from-env-0123456789abcdefghijklmn"
 
 
+@pytest.fixture(scope="module", params=backend_param())
+def backend(request: pytest.FixtureRequest) -> str:
+    """As tests/conftest.py's, for the whole module: the links only read the demo shop, so its
+    tests share one copy of it per backend."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def demo_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('link') / 'demo.sqlite3'}"
-
-    async def build() -> None:
-        store = await open_store(url)
-        try:
-            await fill_demo(store, "small")
-        finally:
-            await store.close()
-
-    asyncio.run(build())
-    return url
+def demo_url(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A copy of the small demo shop the bot's tests use (tests/conftest.py's template)."""
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("link") / "demo.sqlite3"
+        shutil.copyfile(request.getfixturevalue("demo_db_template"), path)
+        yield sqlite_url(path)
+        return
+    databases: Databases = request.getfixturevalue("pg_databases")
+    name, url = databases.fresh(databases.template("demo", fill_small_demo))
+    try:
+        yield url
+    finally:
+        databases.drop(name)
 
 
 @pytest.fixture(autouse=True)

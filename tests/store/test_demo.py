@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
-from store import Store
+from store import Store, open_store
 from store.catalog import StockState, alternatives_in_stock, availability, find_products
 from store.demo import fill_demo, is_empty
 from store.queries import (
@@ -16,6 +18,7 @@ from store.queries import (
     orders_of,
 )
 from store.schema import order_lines, restock_date_changes, stock
+from tests.store.conftest import copied_db
 
 TODAY = date(2026, 3, 2)
 
@@ -97,24 +100,33 @@ async def test_small_demo_showcase(store: Store) -> None:
         assert hits[0].sku == "PRM-0001"
 
 
-async def test_demo_is_deterministic(tmp_path) -> None:
-    from store import open_store
+@pytest.fixture
+def second_db_url(backend: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Another empty store of this test's own, next to ``db_url``'s, on the same backend."""
+    with copied_db(request, backend, "store") as url:
+        yield url
 
-    dumps = []
-    for name in ("a", "b"):
-        s = await open_store(f"sqlite+aiosqlite:///{tmp_path / name}.sqlite3")
-        await fill_demo(s, "small", seed=3, today=TODAY)
-        async with s.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        order_lines.c.sku, order_lines.c.qty_ordered, order_lines.c.projected_date
-                    ).order_by(order_lines.c.line_id)
-                )
-            ).all()
-        dumps.append(rows)
-        await s.close()
-    assert dumps[0] == dumps[1]
+
+async def test_demo_is_deterministic(store: Store, second_db_url: str) -> None:
+    other = await open_store(second_db_url)
+    try:
+        dumps = []
+        for s in (store, other):
+            await fill_demo(s, "small", seed=3, today=TODAY)
+            async with s.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(
+                            order_lines.c.sku,
+                            order_lines.c.qty_ordered,
+                            order_lines.c.projected_date,
+                        ).order_by(order_lines.c.line_id)
+                    )
+                ).all()
+            dumps.append(rows)
+    finally:
+        await other.close()
+    assert dumps[0] and dumps[0] == dumps[1]
 
 
 async def test_after_the_demo_a_new_order_takes_the_next_ids(store: Store) -> None:
