@@ -13,24 +13,28 @@ On SQLite a second process is refused with one line (run_bot.py).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import fcntl
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, insert, select, update
 
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 from store import Store
 from store.inbox import count_updates
-from store.schema import chat_claims, products, worker_leases
+from store.schema import chat_claims, outbox, products, worker_leases
+from store.shared import database_time
 from tests.chaos_helpers import (
     ASK_ORDER,
     ASK_PROOF,
@@ -363,3 +367,152 @@ async def test_a_second_process_on_sqlite_is_refused_with_one_line(
         bots.alive()  # the first goes on
     finally:
         await bots.stop_all()
+
+
+# --- the chats' pace, the scheduler's jobs --------------------------------------------------
+
+NOTICES_PER_CHAT = 2
+
+
+async def queue_back_in_stock(store: Store, chats: list[int], per_chat: int) -> None:
+    """Notices due now for ``chats`` (a subscription's, sent to the chat that asked)."""
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    async with store.begin() as conn:
+        await conn.execute(
+            insert(outbox),
+            [
+                {
+                    "dedupe_key": f"pace:{chat}:{n}",
+                    "chat_id": chat,
+                    "kind": "back_in_stock",
+                    "payload": json.dumps({"sku": "KET-0001"}),
+                    "not_before": now,
+                    "created_at": now,
+                }
+                for chat in chats
+                for n in range(per_chat)
+            ],
+        )
+
+
+async def test_replies_and_notices_of_two_processes_keep_each_chat_s_pace(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    """Both processes answer and both deliver notices, into the same chats at once. The
+    sandbox holds each private chat to Telegram's bucket (1 a second, bursts of 3) and
+    answers 429 beyond it; the bots pace each chat at one a 1.5 s, whichever process sends
+    (before: the replies had no pace of the chat's, and went out beside the notices: 429s)."""
+    await tg.set_limits(
+        enabled=True,
+        private_per_sec=1.0,
+        private_burst=3,
+        global_per_sec=10_000,
+        global_burst=10_000,
+    )
+    load = build(chats=6, base=870_000)
+    for chat in load.chats:
+        load.scripts[chat] = load.scripts[chat][:4]
+    await prepare(tg, store, load)
+    await queue_back_in_stock(store, load.chats, NOTICES_PER_CHAT)
+    bots.environ.update(
+        PER_CHAT_INTERVAL_SECONDS="1.5", NOTICE_JOB_INTERVAL_SECONDS="0.2", QUIET_HOURS="off"
+    )
+    bots.start("one")
+    bots.start("two")
+    await enqueue(tg, load)
+
+    async def delivered() -> bool:
+        bots.alive()
+        async with store.connect() as conn:
+            pending = await conn.scalar(
+                select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+            )
+        texts = await all_bot_texts(tg, load.chats)
+        wanted = len(SCRIPT[:4]) + NOTICES_PER_CHAT
+        return not pending and all(len(texts[c]) >= wanted for c in load.chats)
+
+    await wait_for(delivered, DEADLINE, "every reply and notice", every=0.1)
+    assert await tg.count_429() == 0
+    texts = await all_bot_texts(tg, load.chats)
+    for chat in load.chats:
+        replies = [t for t in texts[chat] if "back in stock" not in t.lower()]
+        assert replies == load.expected(chat), texts[chat]
+        assert len(texts[chat]) == len(replies) + NOTICES_PER_CHAT, texts[chat]
+    # Both sent to the chats: the notices went out of both processes' rounds.
+    await bots.stop_all()
+    assert answers_per_worker(bots.log("one")) + answers_per_worker(bots.log("two")) == (
+        load.updates
+    )
+
+
+async def lease_of(store: Store, name: str) -> tuple[str, float] | None:
+    async with store.connect() as conn:
+        row = (
+            await conn.execute(
+                select(worker_leases.c.worker, worker_leases.c.until).where(
+                    worker_leases.c.name == name
+                )
+            )
+        ).first()
+    return (str(row.worker), float(row.until)) if row is not None else None
+
+
+def job_rounds(log: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(rounds run, rounds left to another process) by job, from a process's last line."""
+    found = re.findall(r"ran job rounds (\{.*?\}), left to another process (\{.*?\})", log)
+    assert found, log[-2000:]
+    ran, left = found[-1]
+    return ast.literal_eval(ran), ast.literal_eval(left)
+
+
+async def test_each_scheduler_job_runs_in_one_process_until_its_lease_runs_out(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    """The notices' policy round every 0.2 s in both processes' schedulers: one process holds
+    the job's lease and runs every round, the other leaves every round to it; killed, the
+    holder's job passes to the other once the lease has run out (database clock)."""
+    bots.environ.update(NOTICE_JOB_INTERVAL_SECONDS="0.2", QUIET_HOURS="off")
+    bots.start("one")
+    bots.start("two")
+
+    async def held() -> bool:
+        bots.alive()
+        return await lease_of(store, "job:notices") is not None
+
+    await wait_for(held, DEADLINE, "a process to take the notices job's lease")
+    first = await lease_of(store, "job:notices")
+    assert first is not None
+    holder = first[0]
+    survivor = "two" if holder == "one" else "one"
+
+    async def renewed() -> bool:
+        # A few rounds of both schedulers (the holder's renewals move its lease on).
+        now = await lease_of(store, "job:notices")
+        return now is not None and now[1] >= first[1] + 1.0
+
+    await wait_for(renewed, DEADLINE, "the holder to renew its lease for a second")
+    bots.freeze(holder)
+    at_kill = await lease_of(store, "job:notices")
+    bots.kill(holder)
+    assert at_kill is not None and at_kill[0] == holder
+
+    async def taken_over() -> bool:
+        bots.alive()
+        now = await lease_of(store, "job:notices")
+        return now is not None and now[0] == survivor
+
+    await wait_for(taken_over, DEADLINE, "the survivor to take the job over")
+    async with store.connect() as conn:
+        now = await database_time(conn)
+    assert now >= at_kill[1]  # not before the dead holder's lease ran out
+
+    async def ran_some() -> bool:
+        again = await lease_of(store, "job:notices")
+        return again is not None and again[0] == survivor and again[1] >= now + LEASE + 0.5
+
+    await wait_for(ran_some, DEADLINE, "the survivor's rounds")
+    await bots.stop_all()
+    ran, left = job_rounds(bots.log(survivor))
+    # Every round while the holder lived was left to it; every one after, run here.
+    assert left.get("notices", 0) > 0 and ran.get("notices", 0) > 0, (ran, left)
+    assert bots.log(survivor).count("this process runs the job notices now") == 1
