@@ -750,16 +750,16 @@ class ChatPace:
         self.store = store
         self.interval = interval
         self.tolerance = (burst - 1) * interval
-        self._taken = 0
-        self.waited = 0  # slots that had to wait: what the tests count
+        self.taken = 0  # slots taken: what the tests count
+        self.waited = 0  # of them, those that had to wait
 
     async def slot(self, chat_id: int) -> float:
         if self.interval <= 0:
             return 0.0
         async with self.store.begin(counted=False) as conn:
             slot = await take_slots(conn, f"chat:{chat_id}", self.interval)
-            self._taken += 1
-            if self._taken % PRUNE_EVERY == 0:
+            self.taken += 1
+            if self.taken % PRUNE_EVERY == 0:
                 await prune_pace(conn, PRUNE_AFTER)
         wait = slot.wait - self.tolerance
         if wait > 0:
@@ -805,7 +805,12 @@ class SharedRateLimiter(BaseRateLimiter[int]):
         pass
 
     async def shutdown(self) -> None:
-        pass
+        if self.chats is not None:
+            log.info(
+                "replies took %d slots of their chats' pace, %d of them waited",
+                self.chats.taken,
+                self.chats.waited,
+            )
 
     async def _slot(self, data: dict[str, Any]) -> None:
         chat = data.get("chat_id")

@@ -26,6 +26,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -35,8 +36,9 @@ from sqlalchemy import func, insert, select, update
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 from store import Store
+from store.chats import link_chat, set_chat_language
 from store.inbox import count_updates
-from store.schema import chat_claims, outbox, products, worker_leases
+from store.schema import chat_claims, orders, outbox, products, worker_leases
 from store.shared import database_time
 from tests.chaos_helpers import (
     ASK_ORDER,
@@ -441,11 +443,19 @@ async def test_replies_and_notices_of_two_processes_keep_each_chat_s_pace(
         replies = [t for t in texts[chat] if "back in stock" not in t.lower()]
         assert replies == load.expected(chat), texts[chat]
         assert len(texts[chat]) == len(replies) + NOTICES_PER_CHAT, texts[chat]
-    # Both sent to the chats: the notices went out of both processes' rounds.
     await bots.stop_all()
     assert answers_per_worker(bots.log("one")) + answers_per_worker(bots.log("two")) == (
         load.updates
     )
+    # Every reply took its chat's slot (before: none did; whether a 429 followed depended on
+    # how fast the replies came).
+    assert reply_slots(bots.log("one")) + reply_slots(bots.log("two")) == load.updates
+
+
+def reply_slots(log: str) -> int:
+    found = re.findall(r"replies took (\d+) slots of their chats' pace", log)
+    assert found, log[-2000:]
+    return int(found[-1])
 
 
 async def lease_of(store: Store, name: str) -> tuple[str, float] | None:
@@ -612,3 +622,49 @@ async def test_two_webhook_receivers_saving_one_chat_s_updates_at_once_answer_ea
     await bots.stop_all()
     one, two = answers_per_worker(bots.log("one")), answers_per_worker(bots.log("two"))
     assert one + two == load.updates + 1, (one, two)  # and the empty update, once
+
+
+# --- chat state written by another process -------------------------------------------------
+
+
+async def test_a_chat_s_language_and_link_written_by_another_process_show_at_the_next_answer(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    """Process A answers a chat; another process (here the test's, as the admin tool or a
+    second bot would) sets the chat's language and links it to a customer; A's next answers
+    follow both. A bot process keeps a chat's state for one update only (bot.context): the
+    next update reads it again, whoever wrote it."""
+    chat, german = 890_001, 890_002
+    load = Load(scripts={chat: [("/help", HELP)], german: [("/help", "")]})
+    load.users = [
+        {"id": c, "first_name": "Customer", "language_code": "en"} for c in (chat, german)
+    ]
+    await prepare(tg, store, load)
+    async with store.begin() as conn:
+        await set_chat_language(conn, german, "de")
+        customer = await conn.scalar(
+            select(orders.c.customer_id).where(orders.c.order_number == "100004")
+        )
+    bots.start("one")
+    await enqueue(tg, load)
+
+    async def said(n: int) -> bool:
+        bots.alive()
+        texts = await all_bot_texts(tg, [chat, german])
+        return len(texts[chat]) >= n and len(texts[german]) >= 1
+
+    await wait_for(partial(said, 1), DEADLINE, "the first answers")
+    texts = await all_bot_texts(tg, [chat, german])
+    assert texts[chat] == [HELP] and texts[german][0] != HELP
+    async with store.begin() as conn:
+        await set_chat_language(conn, chat, "de")
+    await enqueue(tg, Load(scripts={chat: [("/help", "")]}))
+    await wait_for(partial(said, 2), DEADLINE, "the answer after the language changed")
+    assert (await all_bot_texts(tg, [chat]))[chat][1] == texts[german][0]
+    async with store.begin() as conn:
+        await set_chat_language(conn, chat, "en")
+        await link_chat(conn, chat, int(customer))
+    await enqueue(tg, Load(scripts={chat: [("where is my order?", "")]}))
+    await wait_for(partial(said, 3), DEADLINE, "the answer after the link")
+    last = (await all_bot_texts(tg, [chat]))[chat][2]
+    assert last != ASK_ORDER and "100004" in last, last
