@@ -10,13 +10,14 @@ import contextlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event, insert, select, update
 
-from bot.shared import SharedInbox
+from bot.shared import JobLeases, SharedInbox
 from store import Store
 from store.db import open_store
 from store.inbox import mark_answered, save_updates
@@ -27,6 +28,7 @@ from store.shared import (
     pending_of,
     release_chats,
     renew_chats,
+    renew_leases,
     take_lease,
     take_slots,
 )
@@ -268,3 +270,47 @@ async def test_the_product_index_reads_the_catalog_s_version_only_after_a_notifi
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
+
+
+async def test_a_scheduler_job_runs_in_one_process_a_round_and_passes_on_after_its_lease(
+    store: Store, other: Store
+) -> None:
+    """bot.shared.JobLeases of three processes (two engines) run 'handoff-check' rounds at
+    once: each round, exactly one runs it, always the same while its lease lasts; its lease
+    run out (renewed to the past, as a dead holder's), the next round is another's. On
+    SQLite the one process runs every round."""
+    pg = store.engine.dialect.name == "postgresql"
+    leases = [JobLeases(s, f"p{n}", 60.0) for n, s in enumerate((store, other, other))]
+    ran: list[str] = []
+
+    def job(worker: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def round_() -> None:
+            ran.append(worker)
+
+        return round_
+
+    try:
+        for _ in range(5):
+            await asyncio.gather(
+                *(lease.run("handoff-check", job(lease.worker)) for lease in leases)
+            )
+        if not pg:
+            assert len(ran) == 15
+            return
+        assert len(ran) == 5 and len(set(ran)) == 1
+        holder = ran[0]
+        assert sum(lease.skipped["handoff-check"] for lease in leases) == 10
+        async with store.begin() as conn:
+            assert await renew_leases(conn, holder, {"job:handoff-check"}, -1.0) == {
+                "job:handoff-check"
+            }
+        ran.clear()
+        others = [lease for lease in leases if lease.worker != holder]
+        for _ in range(3):
+            await asyncio.gather(
+                *(lease.run("handoff-check", job(lease.worker)) for lease in others)
+            )
+        assert len(ran) == 3 and len(set(ran)) == 1 and ran[0] != holder
+    finally:
+        for lease in leases:
+            await lease.close()
