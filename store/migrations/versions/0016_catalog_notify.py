@@ -2,7 +2,7 @@
 drops its product index at once instead of reading the version row at every product question
 
 Revision ID: 0016_catalog_notify
-Revises: 0011_notice_marks
+Revises: 0018_sku_projections
 Create Date: 2026-12-02 00:00:00
 
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0016_catalog_notify"
-down_revision: str | Sequence[str] | None = "0011_notice_marks"
+down_revision: str | Sequence[str] | None = "0018_sku_projections"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
