@@ -28,7 +28,13 @@ from bot.ops import start as ops_start
 from bot.render import Renderer
 from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings
-from bot.shared import SharedInbox, SharedRateLimiter, is_shared, worker_name
+from bot.shared import (
+    SharedInbox,
+    SharedRateLimiter,
+    close_job_leases,
+    is_shared,
+    worker_name,
+)
 from bot.updates import ChatOrderedProcessor, UpdateIntake
 from store.db import Store, migrate
 
@@ -104,9 +110,16 @@ def build_application(
         if shared
         else Inbox(store, clock, webhook=webhook)
     )
+    # Several processes: the token's pace and each chat's are the database's (a chat's
+    # pace is shared with the notices and with every other process's sends to it).
     limiter: BaseRateLimiter[Any] = (
-        SharedRateLimiter(store, settings.replies_per_second, settings.max_retries)
-        if shared and settings.replies_per_second > 0
+        SharedRateLimiter(
+            store,
+            settings.replies_per_second,
+            settings.max_retries,
+            per_chat=settings.per_chat_interval_seconds,
+        )
+        if shared and (settings.replies_per_second > 0 or settings.per_chat_interval_seconds > 0)
         else AIORateLimiter(
             max_retries=settings.max_retries,
             overall_max_rate=settings.replies_per_second,
@@ -181,6 +194,7 @@ async def _post_shutdown(app: BotApplication) -> None:
     from bot.notices import close
 
     inbox = _intake(app).inbox
+    await close_job_leases(app)
     if inbox is not None:
         await inbox.close()
     await close(app)

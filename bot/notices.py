@@ -42,7 +42,7 @@ from bot.metrics import counted
 from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
-from bot.shared import ChatPace, SharedPace, is_shared, worker_name
+from bot.shared import ChatPace, SharedPace, is_shared, job_leases, worker_name
 from store.backorders import run_projection
 from store.catalog import names_of, pick_name
 from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
@@ -333,12 +333,29 @@ async def tick(context: BotContext) -> None:
         log.exception("notice round failed")
 
 
+async def _leased_tick(context: BotContext) -> None:
+    """The tick in the process holding the 'notices' job's lease (bot.shared.JobLeases): the
+    policy's round is one process's work. Every other process still delivers: claim_due
+    shares out the due notices (SKIP LOCKED), under the token's shared pace."""
+    app: BotApplication = context.application  # type: ignore[assignment]
+    if await job_leases(app).run("notices", partial(tick, context)):
+        return
+    try:
+        await deliver_due(app)
+    except Exception:
+        log.exception("notice round failed")
+
+
 def schedule(app: BotApplication) -> None:
     interval = app.bot_data.settings.notice_job_interval_seconds
     if interval <= 0 or app.job_queue is None:
         return
     app.job_queue.run_repeating(
-        tick, interval=interval, first=interval, name="notices", job_kwargs={"max_instances": 1}
+        _leased_tick,
+        interval=interval,
+        first=interval,
+        name="notices",
+        job_kwargs={"max_instances": 1},
     )
 
 

@@ -22,8 +22,14 @@ look anyway every CLAIM_POLL_SECONDS (a dead process's chats, a lost notificatio
 The send pace belongs to the bot token, so on PostgreSQL it is one row per pace in the
 database (store.shared.take_slots), whichever process sends: `SharedPace` hands out slots of
 'replies' (REPLIES_PER_SECOND, `SharedRateLimiter` under PTB) and of 'notices'
-(SEND_RATE_PER_SECOND, bot.notices) and one slot a PER_CHAT_INTERVAL_SECONDS per chat for
-notices.
+(SEND_RATE_PER_SECOND, bot.notices), and one slot a PER_CHAT_INTERVAL_SECONDS per chat
+(`ChatPace`) to every message any process sends to the chat: notices, replies, agents'
+messages relayed.
+
+Scheduler jobs (the handoff check, the notices' policy round, the ops check) run in the one
+process holding each job's lease (`JobLeases`). The catalog's trigger notifies
+'backorder_catalog': the store's product index is checked again only then (`Store.
+product_index`), not at every product question.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import secrets
 import socket
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
@@ -60,6 +67,7 @@ from store.shared import (
     prune_pace,
     release_chats,
     renew_chats,
+    renew_leases,
     set_chat_keys,
     take_lease,
     take_slots,
@@ -67,22 +75,29 @@ from store.shared import (
 )
 
 if TYPE_CHECKING:
+    from bot.context import BotApplication, BotContext
     from bot.updates import UpdateIntake
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "JobLeases",
     "PollerLease",
     "SharedInbox",
     "SharedPace",
     "SharedRateLimiter",
+    "close_job_leases",
     "is_shared",
+    "job_leases",
     "key_of",
+    "leased",
     "raw_key_of",
     "worker_name",
 ]
 
 CHANNEL = "backorder_inbox"
+# Notified by the products' trigger (migration 0016) at the commit of every catalog write.
+CATALOG_CHANNEL = "backorder_catalog"
 # How often a process looks for claimable chats without being told (a dead process's chats
 # once their lease has run out, a lost notification).
 CLAIM_POLL_SECONDS = 0.5
@@ -244,18 +259,26 @@ class SharedInbox(Inbox):
         return 0
 
     async def _listen(self) -> None:
-        """LISTEN on a connection of its own; a failure leaves the claim rounds' own pace."""
+        """LISTEN on a connection of its own, for new updates and for writes of the catalog
+        (the store's product index); a failure leaves the claim rounds' own pace, and the
+        product index read the catalog's version at every use until it listens again."""
+        store = self.store
         while True:
             try:
-                async with self.store.engine.connect() as conn:
+                async with store.engine.connect() as conn:
                     raw = await conn.get_raw_connection()
                     driver: Any = raw.driver_connection
                     closed = asyncio.Event()
                     driver.add_termination_listener(partial(_set, closed))
                     await driver.add_listener(CHANNEL, self._notified)
+                    await driver.add_listener(CATALOG_CHANNEL, self._catalog_notified)
+                    # What was written while nobody listened: read the version once.
+                    store.catalog_changed()
+                    store.catalog_listening = True
                     try:
                         await closed.wait()
                     finally:
+                        store.catalog_listening = False
                         # Not back to the pool with a listener on it.
                         await conn.invalidate()
             except asyncio.CancelledError:
@@ -274,6 +297,9 @@ class SharedInbox(Inbox):
 
     def _notified(self, *_args: object) -> None:
         self._more.set()
+
+    def _catalog_notified(self, *_args: object) -> None:
+        self.store.catalog_changed()
 
     # --- claiming --------------------------------------------------------------------------
 
@@ -520,6 +546,145 @@ class PollerLease:
                 await drop_lease(conn, self.NAME, self.worker)
 
 
+# --- scheduler jobs -----------------------------------------------------------------------
+
+
+class JobLeases:
+    """Which process runs each scheduler job (the handoff check, the delay policy's round,
+    the ops check): the one holding the job's lease, a row of worker_leases named
+    'job:<name>', taken by the same atomic upsert as the poller's (store.shared.take_lease).
+    Every process's scheduler still ticks; a round of a job whose lease another process
+    holds is skipped. The holder renews its leases every RENEW_EVERY of the lease between
+    rounds too, so it keeps them while it lives (another process's rounds always find them
+    taken, whatever the phase of its scheduler), and another process takes a job over at its
+    first round after a dead holder's lease has run out (UPDATE_LEASE_SECONDS).
+
+    A row rather than PostgreSQL's advisory locks: a session lock lives as long as one
+    connection, which would have to be kept out of the pool for the process's life and is
+    lost, silently, with that connection; a transaction lock does not outlast the round's
+    first transaction. The row is read by the database's clock, seen in the table (who holds
+    what), and the same on SQLite, where the one process always holds every lease."""
+
+    PREFIX = "job:"
+
+    def __init__(self, store: Store, worker: str, lease: float) -> None:
+        self.store = store
+        self.worker = worker
+        self.lease = lease
+        self.shared = is_shared(store)
+        self._held: set[str] = set()
+        self._renewing: asyncio.Task[None] | None = None
+        self.runs: Counter[str] = Counter()  # rounds run here, by job
+        self.skipped: Counter[str] = Counter()  # rounds left to the holder elsewhere
+
+    async def take(self, job: str) -> bool:
+        """Whether this process runs this round of ``job``: it holds the job's lease, taken
+        or renewed now. False when the database cannot say (the next round asks again)."""
+        if not self.shared:
+            return True
+        name = self.PREFIX + job
+        try:
+            async with self.store.begin(counted=False) as conn:
+                mine = await take_lease(conn, name, self.worker, self.lease)
+        except Exception:
+            log.warning("could not take the lease of the job %s", job, exc_info=True)
+            mine = False
+        if mine and name not in self._held:
+            log.info("this process runs the job %s now (%s)", job, self.worker)
+        if mine:
+            self._held.add(name)
+            if self._renewing is None:
+                self._renewing = asyncio.get_running_loop().create_task(self._renew_forever())
+        else:
+            self._held.discard(name)
+        return mine
+
+    async def run(self, job: str, round_: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+        """Run ``round_`` if this process holds ``job``'s lease; whether it ran."""
+        if not await self.take(job):
+            self.skipped[job] += 1
+            return False
+        self.runs[job] += 1
+        await round_()
+        return True
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease * RENEW_EVERY)
+            if not self._held:
+                continue
+            try:
+                async with self.store.begin(counted=False) as conn:
+                    kept = await renew_leases(conn, self.worker, self._held, self.lease)
+            except Exception:
+                log.warning("could not renew the jobs' leases; trying again", exc_info=True)
+                continue
+            lost = self._held - kept
+            if lost:
+                # Stalled past the lease: another process runs them now.
+                log.warning("jobs taken over by another process: %s", sorted(lost))
+            self._held = kept
+
+    async def close(self) -> None:
+        """Stop renewing and give the leases back: another process takes the jobs over at
+        its next round, not after the lease."""
+        task, self._renewing = self._renewing, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.runs or self.skipped:
+            log.info(
+                "%s ran job rounds %s, left to another process %s",
+                self.worker,
+                dict(sorted(self.runs.items())),
+                dict(sorted(self.skipped.items())),
+            )
+        held, self._held = self._held, set()
+        for name in sorted(held):
+            with contextlib.suppress(Exception):
+                async with self.store.begin(counted=False) as conn:
+                    await drop_lease(conn, name, self.worker)
+
+
+_job_leases: weakref.WeakKeyDictionary[Any, JobLeases] = weakref.WeakKeyDictionary()
+
+
+def job_leases(app: BotApplication) -> JobLeases:
+    """The application's job leases, under its inbox's worker name (one name per process)."""
+    leases = _job_leases.get(app)
+    if leases is None:
+        settings = app.bot_data.settings
+        inbox = getattr(app.update_queue, "inbox", None)
+        worker = inbox.worker if isinstance(inbox, SharedInbox) else None
+        leases = JobLeases(
+            app.bot_data.store,
+            worker or worker_name(settings.worker_name),
+            settings.update_lease_seconds,
+        )
+        _job_leases[app] = leases
+    return leases
+
+
+def leased(
+    job: str, callback: Callable[[BotContext], Coroutine[Any, Any, None]]
+) -> Callable[[BotContext], Coroutine[Any, Any, None]]:
+    """``callback`` as a job of the scheduler that one process at a time runs (`JobLeases`)."""
+
+    async def run(context: BotContext) -> None:
+        app: BotApplication = context.application  # type: ignore[assignment]
+        await job_leases(app).run(job, partial(callback, context))
+
+    run.__name__ = run.__qualname__ = f"leased_{job.replace('-', '_')}"
+    return run
+
+
+async def close_job_leases(app: BotApplication) -> None:
+    leases = _job_leases.pop(app, None)
+    if leases is not None:
+        await leases.close()
+
+
 # --- the shared send pace ------------------------------------------------------------------
 
 # Slots are reserved this long's worth at a time (at least one): one statement per slot at
@@ -573,44 +738,87 @@ class SharedPace:
 
 
 class ChatPace:
-    """One send a ``interval`` seconds per chat, across every process (a pace per chat)."""
+    """One send a ``interval`` seconds per chat, across every process (a pace per chat).
 
-    def __init__(self, store: Store, interval: float) -> None:
+    ``burst``: sends that may go out at once before the pace applies, as Telegram tolerates
+    short bursts in a chat (a token bucket of that size, the sandbox's model of it): the
+    chat's row is the pace's theoretical next slot, and a sender waits only for what of it
+    lies beyond (burst - 1) intervals from now (the generic cell rate algorithm). Senders of
+    different bursts may share a chat's row: each keeps to the largest bucket."""
+
+    def __init__(self, store: Store, interval: float, burst: int = 1) -> None:
         self.store = store
         self.interval = interval
-        self._taken = 0
+        self.tolerance = (burst - 1) * interval
+        self.taken = 0  # slots taken: what the tests count
+        self.waited = 0  # of them, those that had to wait
 
     async def slot(self, chat_id: int) -> float:
         if self.interval <= 0:
             return 0.0
         async with self.store.begin(counted=False) as conn:
             slot = await take_slots(conn, f"chat:{chat_id}", self.interval)
-            self._taken += 1
-            if self._taken % PRUNE_EVERY == 0:
+            self.taken += 1
+            if self.taken % PRUNE_EVERY == 0:
                 await prune_pace(conn, PRUNE_AFTER)
-        if slot.wait > 0:
-            await asyncio.sleep(slot.wait)
+        wait = slot.wait - self.tolerance
+        if wait > 0:
+            self.waited += 1
+            await asyncio.sleep(wait)
         return slot.at
 
+
+# Replies to a chat that may go out at once before its pace applies (`ChatPace`): Telegram
+# allows short bursts over one message a second in a chat (about three), and an update's
+# answer of two messages, or a customer's quick second question, is answered at once.
+# Notices keep a burst of one (bot.notices): nobody waits for them. Two, not three: a notice
+# may go out later than its chat's slot (behind the token's pace and its lease check), and
+# lands beside the replies that the pace let go meanwhile: one late message and two replies
+# at once stay within the three (a burst of three let a fourth through: a 429 in the test).
+REPLY_BURST = 2
 
 # Methods that put a message in a chat: what Telegram's limits count.
 _PACED = ("send", "copy", "forward")
 
 
 class SharedRateLimiter(BaseRateLimiter[int]):
-    """PTB's rate limiter for the replies of several processes: each message a slot of the
-    shared 'replies' pace; a 429 waits what Telegram says and tries again, up to
-    ``max_retries`` times, as AIORateLimiter does."""
+    """PTB's rate limiter for the replies of several processes: each message a slot of its
+    chat's pace (one a PER_CHAT_INTERVAL_SECONDS, shared with the notices and whatever any
+    process sends to the chat) and then of the shared 'replies' pace (REPLIES_PER_SECOND;
+    none when 0); a 429 waits what Telegram says and tries again, up to ``max_retries``
+    times, as AIORateLimiter does.
 
-    def __init__(self, store: Store, rate: float, max_retries: int) -> None:
-        self.pace = SharedPace(store, "replies", rate)
+    Why every reply takes its chat's slot in the database, although a chat's replies come
+    from the one process holding its claim: its own pace in memory would see its own sends
+    only. A notice, an agent's message relayed or a handoff's notice goes to the chat from
+    whichever process runs that work, and that process would see nothing of the replies. So
+    each send, whoever makes it, moves the chat's row (one single-row upsert, store.shared.
+    take_slots), and a reply waits only when the chat's bucket (REPLY_BURST) is empty: no
+    wait at all when nothing went to the chat within the last interval or two."""
+
+    def __init__(self, store: Store, rate: float, max_retries: int, per_chat: float = 0.0) -> None:
+        self.pace = SharedPace(store, "replies", rate) if rate > 0 else None
+        self.chats = ChatPace(store, per_chat, REPLY_BURST) if per_chat > 0 else None
         self.max_retries = max_retries
 
     async def initialize(self) -> None:
         pass
 
     async def shutdown(self) -> None:
-        pass
+        if self.chats is not None:
+            log.info(
+                "replies took %d slots of their chats' pace, %d of them waited",
+                self.chats.taken,
+                self.chats.waited,
+            )
+
+    async def _slot(self, data: dict[str, Any]) -> None:
+        chat = data.get("chat_id")
+        if self.chats is not None and isinstance(chat, int):
+            # The chat's slot first: a slot of the token's pace is not spent on waiting.
+            await self.chats.slot(chat)
+        if self.pace is not None:
+            await self.pace.slot()
 
     async def process_request(
         self,
@@ -624,7 +832,7 @@ class SharedRateLimiter(BaseRateLimiter[int]):
         paced = endpoint.startswith(_PACED)
         for attempt in range(self.max_retries + 1):
             if paced:
-                await self.pace.slot()
+                await self._slot(data)
             try:
                 return await callback(*args, **kwargs)
             except RetryAfter as exc:

@@ -76,6 +76,11 @@ class Store:
         self._index_lock = asyncio.Lock()
         self._index_checked: tuple[int, float] = (-1, 0.0)  # (writes, monotonic time)
         self._catalog_version = -1  # store_versions' 'catalog' when last checked (PostgreSQL)
+        # PostgreSQL: while a listener hears the catalog trigger's notifications (bot.shared
+        # counts them here), the version row is read only after one came.
+        self.catalog_listening = False
+        self.catalog_heard = 0
+        self._catalog_seen = -1  # catalog_heard when the version was last read
         self.writes = 0
         # SQLite takes one writer at a time. Left to its busy handler, writers of this process
         # poll the lock with sleeps of up to 100 ms and wait in no order: under a burst of
@@ -183,11 +188,20 @@ class Store:
         question scans the catalog's index, and every stock question would ask it."""
         index = self._index
         version = self._catalog_version
-        if index is not None and self.engine.dialect.name == "postgresql":
+        heard = self.catalog_heard
+        if (
+            index is not None
+            and self.engine.dialect.name == "postgresql"
+            and not (self.catalog_listening and heard == self._catalog_seen)
+        ):
             # Several bot processes: another's write of the catalog shows at the next read
-            # (a trigger moves the version in the writer's transaction), one key look-up.
+            # (a trigger moves the version in the writer's transaction), one key look-up;
+            # none while the trigger's notifications are heard and none came (a missed one
+            # shows within INDEX_CHECK_SECONDS all the same, below).
             async with self.engine.connect() as conn:
                 version = await version_of(conn, "catalog")
+            if version == self._catalog_version:
+                self._catalog_seen = heard
         if (
             index is not None
             and version == self._catalog_version
@@ -196,7 +210,7 @@ class Store:
         ):
             return index
         async with self._index_lock:
-            writes, at = self.writes, time.monotonic()
+            writes, at, heard = self.writes, time.monotonic(), self.catalog_heard
             async with self.engine.connect() as conn:
                 moved = False
                 if conn.dialect.name == "postgresql":
@@ -205,12 +219,17 @@ class Store:
                     # updated_at alone changed it all the same).
                     moved = latest != self._catalog_version
                     self._catalog_version = latest
+                    self._catalog_seen = heard
                 if self._index is None:
                     self._index = await ProductIndex.load(conn)
                 else:
                     await self._index.refresh(conn, force=moved)
             self._index_checked = (writes, at)
             return self._index
+
+    def catalog_changed(self) -> None:
+        """Another transaction wrote the catalog (or may have, unheard): read its version."""
+        self.catalog_heard += 1
 
     async def close(self) -> None:
         for inline in (self._inline, self._inline_writer):

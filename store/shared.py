@@ -205,6 +205,23 @@ async def take_lease(conn: AsyncConnection, name: str, worker: str, lease: float
     return bool(await _take(conn, worker_leases, w.name, [name], worker, lease))
 
 
+async def renew_leases(
+    conn: AsyncConnection, worker: str, names: Collection[str], lease: float
+) -> set[str]:
+    """Extend ``worker``'s leases among ``names`` to ``lease`` seconds from now; returns those
+    it still held (a name missing was taken over: its lease had run out)."""
+    if not names:
+        return set()
+    w = worker_leases.c
+    rows = await conn.execute(
+        update(worker_leases)
+        .where(w.worker == worker, w.name.in_(sorted(names)))
+        .values(until=db_clock(conn) + lease)
+        .returning(w.name)
+    )
+    return {str(r[0]) for r in rows}
+
+
 async def drop_lease(conn: AsyncConnection, name: str, worker: str) -> None:
     await conn.execute(
         delete(worker_leases).where(worker_leases.c.name == name, worker_leases.c.worker == worker)

@@ -13,24 +13,33 @@ On SQLite a second process is refused with one line (run_bot.py).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import fcntl
+import itertools
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
+import aiohttp
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, insert, select, update
 
 from sandbox import Sandbox
 from sandbox.client import SandboxClient
 from store import Store
+from store.chats import link_chat, set_chat_language
 from store.inbox import count_updates
-from store.schema import chat_claims, products, worker_leases
+from store.schema import chat_claims, orders, outbox, products, worker_leases
+from store.shared import database_time
 from tests.chaos_helpers import (
     ASK_ORDER,
     ASK_PROOF,
@@ -363,3 +372,299 @@ async def test_a_second_process_on_sqlite_is_refused_with_one_line(
         bots.alive()  # the first goes on
     finally:
         await bots.stop_all()
+
+
+# --- the chats' pace, the scheduler's jobs --------------------------------------------------
+
+NOTICES_PER_CHAT = 2
+
+
+async def queue_back_in_stock(store: Store, chats: list[int], per_chat: int) -> None:
+    """Notices due now for ``chats`` (a subscription's, sent to the chat that asked)."""
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    async with store.begin() as conn:
+        await conn.execute(
+            insert(outbox),
+            [
+                {
+                    "dedupe_key": f"pace:{chat}:{n}",
+                    "chat_id": chat,
+                    "kind": "back_in_stock",
+                    "payload": json.dumps({"sku": "KET-0001"}),
+                    "not_before": now,
+                    "created_at": now,
+                }
+                for chat in chats
+                for n in range(per_chat)
+            ],
+        )
+
+
+async def test_replies_and_notices_of_two_processes_keep_each_chat_s_pace(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    """Both processes answer and both deliver notices, into the same chats at once. The
+    sandbox holds each private chat to a bucket like Telegram's (here 2 a second, bursts of
+    3) and answers 429 beyond it; the bots pace each chat at one a second, whichever process
+    sends (the margin: the sandbox sees the sends after the network's jitter).
+    Seven messages a chat: five replies (bursts of three) and two notices. Before, the
+    replies had no pace of the chat's, and went out beside the notices: 429s."""
+    await tg.set_limits(
+        enabled=True,
+        private_per_sec=2.0,
+        private_burst=3,
+        global_per_sec=10_000,
+        global_burst=10_000,
+    )
+    load = build(chats=6, base=870_000)
+    await prepare(tg, store, load)
+    await queue_back_in_stock(store, load.chats, NOTICES_PER_CHAT)
+    bots.environ.update(
+        PER_CHAT_INTERVAL_SECONDS="1.0", NOTICE_JOB_INTERVAL_SECONDS="0.2", QUIET_HOURS="off"
+    )
+    bots.start("one")
+    bots.start("two")
+    await enqueue(tg, load)
+
+    async def delivered() -> bool:
+        bots.alive()
+        async with store.connect() as conn:
+            pending = await conn.scalar(
+                select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+            )
+        texts = await all_bot_texts(tg, load.chats)
+        wanted = len(SCRIPT) + NOTICES_PER_CHAT
+        return not pending and all(len(texts[c]) >= wanted for c in load.chats)
+
+    await wait_for(delivered, DEADLINE, "every reply and notice", every=0.1)
+    assert await tg.count_429() == 0
+    texts = await all_bot_texts(tg, load.chats)
+    for chat in load.chats:
+        replies = [t for t in texts[chat] if "back in stock" not in t.lower()]
+        assert replies == load.expected(chat), texts[chat]
+        assert len(texts[chat]) == len(replies) + NOTICES_PER_CHAT, texts[chat]
+    await bots.stop_all()
+    assert answers_per_worker(bots.log("one")) + answers_per_worker(bots.log("two")) == (
+        load.updates
+    )
+    # Every reply took its chat's slot (before: none did; whether a 429 followed depended on
+    # how fast the replies came).
+    assert reply_slots(bots.log("one")) + reply_slots(bots.log("two")) == load.updates
+
+
+def reply_slots(log: str) -> int:
+    found = re.findall(r"replies took (\d+) slots of their chats' pace", log)
+    assert found, log[-2000:]
+    return int(found[-1])
+
+
+async def lease_of(store: Store, name: str) -> tuple[str, float] | None:
+    async with store.connect() as conn:
+        row = (
+            await conn.execute(
+                select(worker_leases.c.worker, worker_leases.c.until).where(
+                    worker_leases.c.name == name
+                )
+            )
+        ).first()
+    return (str(row.worker), float(row.until)) if row is not None else None
+
+
+def job_rounds(log: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(rounds run, rounds left to another process) by job, from a process's last line."""
+    found = re.findall(r"ran job rounds (\{.*?\}), left to another process (\{.*?\})", log)
+    assert found, log[-2000:]
+    ran, left = found[-1]
+    return ast.literal_eval(ran), ast.literal_eval(left)
+
+
+async def test_each_scheduler_job_runs_in_one_process_until_its_lease_runs_out(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    """The notices' policy round every 0.2 s in both processes' schedulers: one process holds
+    the job's lease and runs every round, the other leaves every round to it; killed, the
+    holder's job passes to the other once the lease has run out (database clock)."""
+    bots.environ.update(NOTICE_JOB_INTERVAL_SECONDS="0.2", QUIET_HOURS="off")
+    bots.start("one")
+    bots.start("two")
+
+    async def held() -> bool:
+        bots.alive()
+        return await lease_of(store, "job:notices") is not None
+
+    await wait_for(held, DEADLINE, "a process to take the notices job's lease")
+    first = await lease_of(store, "job:notices")
+    assert first is not None
+    holder = first[0]
+    survivor = "two" if holder == "one" else "one"
+
+    async def renewed() -> bool:
+        # A few rounds of both schedulers (the holder's renewals move its lease on).
+        now = await lease_of(store, "job:notices")
+        return now is not None and now[1] >= first[1] + 1.0
+
+    await wait_for(renewed, DEADLINE, "the holder to renew its lease for a second")
+    bots.freeze(holder)
+    at_kill = await lease_of(store, "job:notices")
+    bots.kill(holder)
+    assert at_kill is not None and at_kill[0] == holder
+
+    async def taken_over() -> bool:
+        bots.alive()
+        now = await lease_of(store, "job:notices")
+        return now is not None and now[0] == survivor
+
+    await wait_for(taken_over, DEADLINE, "the survivor to take the job over")
+    async with store.connect() as conn:
+        now = await database_time(conn)
+    assert now >= at_kill[1]  # not before the dead holder's lease ran out
+
+    async def ran_some() -> bool:
+        again = await lease_of(store, "job:notices")
+        return again is not None and again[0] == survivor and again[1] >= now + LEASE + 0.5
+
+    await wait_for(ran_some, DEADLINE, "the survivor's rounds")
+    await bots.stop_all()
+    ran, left = job_rounds(bots.log(survivor))
+    # Every round while the holder lived was left to it; every one after, run here.
+    assert left.get("notices", 0) > 0 and ran.get("notices", 0) > 0, (ran, left)
+    assert bots.log(survivor).count("this process runs the job notices now") == 1
+
+
+# --- webhook receivers ---------------------------------------------------------------------
+
+HOOK_SECRET = "procs-webhook-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def update_of(update_id: int, chat: int, text: str) -> dict[str, object]:
+    """A private message as Telegram posts it to a webhook."""
+    entities = [{"type": "bot_command", "offset": 0, "length": len(text)}] if text[0] == "/" else []
+    return {
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "date": int(datetime.now(UTC).timestamp()),
+            "chat": {"id": chat, "type": "private", "first_name": "Customer"},
+            "from": {"id": chat, "is_bot": False, "first_name": "Customer", "language_code": "en"},
+            "text": text,
+            "entities": entities,
+        },
+    }
+
+
+async def test_two_webhook_receivers_saving_one_chat_s_updates_at_once_answer_each_once_in_order(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    """Two processes in webhook mode behind one address (a load balancer): each update is
+    posted to both at once (Telegram delivers again what it did not see answered, and the
+    balancer may send the two deliveries to different processes), every chat's updates one
+    after another as Telegram's delivery does, the chats all at once; then every update once
+    more after it was answered. Every chat reads its answers once each, in update_id order."""
+    load = build(chats=8, base=880_000)
+    await prepare(tg, store, load)
+    bots.environ["PER_CHAT_INTERVAL_SECONDS"] = "0"  # the chats' pace is a test of its own
+    ports = {"one": free_port(), "two": free_port()}
+    for name, port in ports.items():
+        bots.environ = {
+            **bots.environ,
+            "WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
+            "WEBHOOK_PORT": str(port),
+            "WEBHOOK_SECRET": HOOK_SECRET,
+        }
+        bots.start(name)
+    headers = {"X-Telegram-Bot-Api-Secret-Token": HOOK_SECRET}
+    ids = itertools.count(5_000_000)
+    updates = {
+        chat: [update_of(next(ids), chat, text) for text, _ in script]
+        for chat, script in load.scripts.items()
+    }
+    async with aiohttp.ClientSession() as http:
+
+        async def post(port: int, update: dict[str, object]) -> int:
+            async with http.post(
+                f"http://127.0.0.1:{port}/hook", json=update, headers=headers
+            ) as response:
+                return response.status
+
+        async def listening() -> bool:
+            bots.alive()
+            try:
+                for port in ports.values():
+                    await post(port, {"update_id": 1})  # no message: nothing to answer
+            except aiohttp.ClientError:
+                return False
+            return True
+
+        await wait_for(listening, DEADLINE, "both webhook servers")
+
+        async def deliver(chat: int) -> None:
+            for update in updates[chat]:
+                statuses = await asyncio.gather(*(post(p, update) for p in ports.values()))
+                assert statuses == [200, 200], statuses
+
+        await asyncio.gather(*(deliver(chat) for chat in load.chats))
+        await answered(tg, store, load, bots)
+        # Telegram's late deliveries of what was answered already: dropped, by either.
+        await asyncio.gather(
+            *(post(p, u) for chat in load.chats for u in updates[chat] for p in ports.values())
+        )
+        async with store.connect() as conn:
+            assert (await count_updates(conn))[0] == 0
+    texts = await all_bot_texts(tg, load.chats)
+    wrong = {c: t for c, t in texts.items() if t != load.expected(c)}
+    assert not wrong, f"{len(wrong)} chats lost, doubled or reordered answers: {wrong}"
+    await bots.stop_all()
+    one, two = answers_per_worker(bots.log("one")), answers_per_worker(bots.log("two"))
+    assert one + two == load.updates + 1, (one, two)  # and the empty update, once
+
+
+# --- chat state written by another process -------------------------------------------------
+
+
+async def test_a_chat_s_language_and_link_written_by_another_process_show_at_the_next_answer(
+    bots: Bots, tg: SandboxClient, store: Store
+) -> None:
+    """Process A answers a chat; another process (here the test's, as the admin tool or a
+    second bot would) sets the chat's language and links it to a customer; A's next answers
+    follow both. A bot process keeps a chat's state for one update only (bot.context): the
+    next update reads it again, whoever wrote it."""
+    chat, german = 890_001, 890_002
+    load = Load(scripts={chat: [("/help", HELP)], german: [("/help", "")]})
+    load.users = [
+        {"id": c, "first_name": "Customer", "language_code": "en"} for c in (chat, german)
+    ]
+    await prepare(tg, store, load)
+    async with store.begin() as conn:
+        await set_chat_language(conn, german, "de")
+        customer = await conn.scalar(
+            select(orders.c.customer_id).where(orders.c.order_number == "100004")
+        )
+    bots.start("one")
+    await enqueue(tg, load)
+
+    async def said(n: int) -> bool:
+        bots.alive()
+        texts = await all_bot_texts(tg, [chat, german])
+        return len(texts[chat]) >= n and len(texts[german]) >= 1
+
+    await wait_for(partial(said, 1), DEADLINE, "the first answers")
+    texts = await all_bot_texts(tg, [chat, german])
+    assert texts[chat] == [HELP] and texts[german][0] != HELP
+    async with store.begin() as conn:
+        await set_chat_language(conn, chat, "de")
+    await enqueue(tg, Load(scripts={chat: [("/help", "")]}))
+    await wait_for(partial(said, 2), DEADLINE, "the answer after the language changed")
+    assert (await all_bot_texts(tg, [chat]))[chat][1] == texts[german][0]
+    async with store.begin() as conn:
+        await set_chat_language(conn, chat, "en")
+        await link_chat(conn, chat, int(customer))
+    await enqueue(tg, Load(scripts={chat: [("where is my order?", "")]}))
+    await wait_for(partial(said, 3), DEADLINE, "the answer after the link")
+    last = (await all_bot_texts(tg, [chat]))[chat][2]
+    assert last != ASK_ORDER and "100004" in last, last

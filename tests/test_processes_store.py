@@ -6,28 +6,33 @@ chats and leases handed out, the send slots given."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select, update
 
+from bot.shared import JobLeases, SharedInbox
 from store import Store
 from store.db import open_store
 from store.inbox import mark_answered, save_updates
 from store.outbox import claim_due
-from store.schema import chat_claims, outbox
+from store.schema import chat_claims, outbox, products
 from store.shared import (
     claim_chats,
     pending_of,
     release_chats,
     renew_chats,
+    renew_leases,
     take_lease,
     take_slots,
 )
+from tests.chaos_helpers import wait_for
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -209,3 +214,103 @@ async def test_two_processes_claiming_notices_at_once_share_them(
     assert set(taken.values()) == {1}  # none claimed twice
     assert len(taken) == 60  # and every claim got its share
     assert all(len(ids) == 10 for ids in claims)
+
+
+async def test_the_product_index_reads_the_catalog_s_version_only_after_a_notification(
+    store: Store, other: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a bot process listens to the catalog's trigger (migration 0016): its
+    product index reads the version row again only when a notification came, not at every
+    product question (before: one more query each); another process's rename still shows
+    at the next question after it."""
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("the catalog's notifications are PostgreSQL's (one process on SQLite)")
+    # The refresh's periodic check (a missed notification's fallback) stays out of the count.
+    monkeypatch.setattr("store.db.INDEX_CHECK_SECONDS", 3600.0)
+    reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if "store_versions" in statement:
+            reads.append(statement)
+
+    inbox = SharedInbox(store, lambda: T0, worker="w", lease=60.0, max_chats=1)
+    listener = asyncio.create_task(inbox._listen())
+    event.listen(store.engine.sync_engine, "before_cursor_execute", count)
+    try:
+
+        async def listening() -> bool:
+            return store.catalog_listening
+
+        await wait_for(listening, 10.0, "the listener")
+        await store.product_index()
+        reads.clear()
+        for _ in range(20):
+            index = await store.product_index()
+        assert reads == []
+        assert "Samovar Deluxe" not in index.names()
+
+        heard = store.catalog_heard
+        async with other.begin() as conn:
+            await conn.execute(
+                update(products)
+                .where(products.c.sku == "KET-0001")
+                .values(name_en="Samovar Deluxe")
+            )
+
+        async def notified() -> bool:
+            return store.catalog_heard > heard
+
+        await wait_for(notified, 10.0, "the catalog's notification")
+        for _ in range(20):
+            index = await store.product_index()
+        assert len(reads) == 2  # the version, once read ahead and once as it is rebuilt
+        assert "Samovar Deluxe" in index.names()
+    finally:
+        event.remove(store.engine.sync_engine, "before_cursor_execute", count)
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+async def test_a_scheduler_job_runs_in_one_process_a_round_and_passes_on_after_its_lease(
+    store: Store, other: Store
+) -> None:
+    """bot.shared.JobLeases of three processes (two engines) run 'handoff-check' rounds at
+    once: each round, exactly one runs it, always the same while its lease lasts; its lease
+    run out (renewed to the past, as a dead holder's), the next round is another's. On
+    SQLite the one process runs every round."""
+    pg = store.engine.dialect.name == "postgresql"
+    leases = [JobLeases(s, f"p{n}", 60.0) for n, s in enumerate((store, other, other))]
+    ran: list[str] = []
+
+    def job(worker: str) -> Callable[[], Coroutine[Any, Any, None]]:
+        async def round_() -> None:
+            ran.append(worker)
+
+        return round_
+
+    try:
+        for _ in range(5):
+            await asyncio.gather(
+                *(lease.run("handoff-check", job(lease.worker)) for lease in leases)
+            )
+        if not pg:
+            assert len(ran) == 15
+            return
+        assert len(ran) == 5 and len(set(ran)) == 1
+        holder = ran[0]
+        assert sum(lease.skipped["handoff-check"] for lease in leases) == 10
+        async with store.begin() as conn:
+            assert await renew_leases(conn, holder, {"job:handoff-check"}, -1.0) == {
+                "job:handoff-check"
+            }
+        ran.clear()
+        others = [lease for lease in leases if lease.worker != holder]
+        for _ in range(3):
+            await asyncio.gather(
+                *(lease.run("handoff-check", job(lease.worker)) for lease in others)
+            )
+        assert len(ran) == 3 and len(set(ran)) == 1 and ran[0] != holder
+    finally:
+        for lease in leases:
+            await lease.close()

@@ -31,6 +31,7 @@ from bot.handoff.customers import (
 )
 from bot.handoff.escalation import ask_for_agent
 from bot.handoff.timeouts import _sweep_job
+from bot.shared import leased
 
 
 async def check_support_group(app: BotApplication) -> list[str]:
@@ -101,8 +102,9 @@ def register(app: BotApplication) -> None:
     app.add_handler(CommandHandler("agent", ask_for_agent, filters=private))
     app.add_handler(CallbackQueryHandler(ask_for_agent, pattern=r"^m:agent\Z"))
     if app.job_queue is not None:
+        # One process a round (bot.shared.JobLeases); every step is safe twice all the same.
         app.job_queue.run_repeating(
-            _sweep_job,
+            leased("handoff-check", _sweep_job),
             interval=settings.handoff_check_seconds,
             first=settings.handoff_check_seconds,
             name="handoff-check",

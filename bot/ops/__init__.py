@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from telegram.error import TelegramError
 
 from bot.context import BotApplication, BotContext
+from bot.shared import leased
 from store.insights import (
     AlertRules,
     alert_conditions,
@@ -161,8 +162,9 @@ async def start(app: BotApplication) -> None:
         return
     if settings.ops_check_minutes > 0:
         every = timedelta(minutes=settings.ops_check_minutes)
+        # One process a round: the refresh reads every waiting line (bot.shared.JobLeases).
         app.job_queue.run_repeating(
-            _check_job, interval=every, first=every, name="ops-check",
+            leased("ops-check", _check_job), interval=every, first=every, name="ops-check",
             job_kwargs={"max_instances": 1},
         )  # fmt: skip
     if settings.digest_time != "off" and settings.ops_chat_id is not None:

@@ -75,6 +75,10 @@ def bot_environ(request: pytest.FixtureRequest, support: int) -> dict[str, str]:
         "NOTICE_JOB_INTERVAL_SECONDS": "0",
         # The group's topics here are the customers' alone (the ops topic: test_alerts).
         "OPS_TOPIC": "false",
+        # No pace per chat (on PostgreSQL, replies share it): a third message within a second
+        # would wait past the QUIET window the transcripts are collected with. The pace is
+        # test_processes's.
+        "PER_CHAT_INTERVAL_SECONDS": "0",
         **getattr(request, "param", {}),
     }
 
