@@ -11,6 +11,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
@@ -169,8 +170,17 @@ async def set_chat_language(conn: AsyncConnection, chat_id: int, language: str) 
     return await _update_chat(conn, chat_id, language=language)
 
 
-async def record_miss(conn: AsyncConnection, chat_id: int) -> Chat:
-    return await _update_chat(conn, chat_id, misses=chats.c.misses + 1)
+async def record_miss(conn: AsyncConnection, chat_id: int, update_id: int | None = None) -> Chat:
+    """One more message not understood; the same update again (a crash replay) counts once."""
+    if update_id is None:
+        return await _update_chat(conn, chat_id, misses=chats.c.misses + 1)
+    again = chats.c.last_miss_update.is_not(None) & (chats.c.last_miss_update == update_id)
+    return await _update_chat(
+        conn,
+        chat_id,
+        misses=case((again, chats.c.misses), else_=chats.c.misses + 1),
+        last_miss_update=update_id,
+    )
 
 
 async def reset_misses(conn: AsyncConnection, chat_id: int) -> Chat:

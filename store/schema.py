@@ -180,6 +180,9 @@ chats = Table(
     Column("language", String(8)),
     Column("customer_id", Integer, ForeignKey("customers.customer_id"), unique=True),
     Column("misses", Integer, nullable=False, server_default=text("0")),
+    # The update the last miss was counted for: a crash replay of that update (answered again
+    # after its process died) counts nothing more, so its reply is the same as the first one.
+    Column("last_miss_update", BigInteger),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     # The question the bot is waiting for an answer to (e.g. "order_number", "proof"), so any

@@ -17,7 +17,7 @@ OFFER_A_PERSON = ((("agent", "m:agent"),), MAIN_MENU[0], MAIN_MENU[2])
 
 async def not_understood(update: Update, context: BotContext) -> None:
     async with context.own_chat_write() as conn:
-        chat = await record_miss(conn, chat_id_of(update))
+        chat = await record_miss(conn, chat_id_of(update), update.update_id)
     context.remember(chat)
     if chat.misses >= MISSES_BEFORE_OFFERING_A_PERSON:
         await send(update, context, "fallback_offer_agent.j2", rows=OFFER_A_PERSON)

@@ -106,6 +106,21 @@ async def test_chat_lifecycle(store: Store) -> None:
         assert await chat_of(conn, 42) == Chat(42, "de", None, 0)
 
 
+async def test_a_miss_is_counted_once_per_update(store: Store) -> None:
+    """A process killed after counting a miss and before its reply went out: another process
+    answers the same update again (the crash replay) and must say the same, not "still not"."""
+    async with store.begin() as conn:
+        assert (await record_miss(conn, 42, 1001)).misses == 1
+        assert (await record_miss(conn, 42, 1001)).misses == 1
+        assert (await record_miss(conn, 42, 1002)).misses == 2
+        assert (await record_miss(conn, 42, 1002)).misses == 2
+        assert (await reset_misses(conn, 42)).misses == 0
+        assert (await record_miss(conn, 42, 1003)).misses == 1
+        # A chat's first miss, and update ids of another chat, count on their own.
+        assert (await record_miss(conn, 7, 1003)).misses == 1
+        assert (await record_miss(conn, 7, 1004)).misses == 2
+
+
 async def test_chat_state_reads_chat_reachability_and_handoff_at_once(store: Store) -> None:
     await _seed(store)
     async with store.begin() as conn:
