@@ -24,7 +24,7 @@ from bot.handlers import register_all
 from bot.handlers.handoff import check_support_group
 from bot.inbox import Inbox, InboxRequest
 from bot.metrics import counted
-from bot.ops import start as ops_start
+from bot.ops.alerts import start as ops_start
 from bot.render import Renderer
 from bot.request import request_for
 from bot.settings import SUPPORTED_LANGUAGES, Settings

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from bot.context import BotApplication
-from bot.ops import open_topic, ops_thread, refresh, run_check
+from bot.ops import open_topic, ops_thread, refresh
+from bot.ops.alerts import run_check
 from bot.settings import SettingsError, load_settings
 from sandbox.client import SandboxClient
 from store import Store
