@@ -47,7 +47,6 @@ from store.marks import (
     NOTICE,
     advance,
     cursor_of,
-    lines_from,
     run_batches,
     take_turn,
 )
@@ -197,9 +196,26 @@ def _order_key(order_id: int, no_chat: bool, entries: list[dict[str, Any]]) -> s
     return head + fingerprint
 
 
+async def line_span(
+    conn: AsyncConnection, start: int, limit: int, below: int | None = None
+) -> tuple[int, int]:
+    """How many lines from ``start`` on (and below ``below``), at most ``limit``, and the id
+    of the last of them: the next range of a first pass, read in the database (the ids
+    themselves, fetched one row each, cost more than the batch's work on them)."""
+    ol = order_lines.c
+    q = select(ol.line_id.label("line_id")).where(ol.line_id >= start)
+    if below is not None:
+        q = q.where(ol.line_id < below)
+    span = q.order_by(ol.line_id).limit(limit).subquery()
+    count, last = (await conn.execute(select(func.count(), func.max(span.c.line_id)))).one()
+    return int(count), int(last or 0)
+
+
 async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
     """Write outbox rows (dedupe_key, chat_id, customer_id, kind, payload dict, status,
     not_before); rows whose key exists are skipped. Returns how many were new."""
+    if not rows:
+        return 0
     now = utcnow()
     # What rows share (the creation time, usually the due time) is bound once per statement,
     # not once per row: binding a datetime costs more than writing the row.
@@ -436,7 +452,7 @@ async def run_notices(
     *,
     threshold_days: int = 1,
     now: datetime | None = None,
-    batch_size: int = NOTICE_BATCH,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     on_batch: Callable[[NoticeRun], None] | None = None,
 ) -> NoticeRun:
@@ -447,8 +463,9 @@ async def run_notices(
     now = now or utcnow()
     total = await run_batches(
         store,
-        lambda conn: notice_batch(conn, threshold_days=threshold_days, now=now, limit=batch_size),
+        lambda conn, limit: notice_batch(conn, threshold_days=threshold_days, now=now, limit=limit),
         NoticeRun(0, 0),
+        size=batch_size,
         max_batches=max_batches,
         on_batch=on_batch,
     )
@@ -530,14 +547,14 @@ async def notice_batch(
                 ),
             )
     if budget > 0:
-        ids = await lines_from(conn, start, budget, below=policy_below)
-        if ids:
-            budget -= len(ids)
-            lines += len(ids)
-            first, last = (
+        count, last = await line_span(conn, start, budget, below=policy_below)
+        if count:
+            budget -= count
+            lines += count
+            first, last_order = (
                 await conn.execute(
                     select(func.min(ol.order_id), func.max(ol.order_id)).where(
-                        ol.line_id.between(ids[0], ids[-1])
+                        ol.line_id.between(start, last)
                     )
                 )
             ).one()
@@ -550,11 +567,11 @@ async def notice_batch(
                     conn,
                     threshold_days=threshold_days,
                     now=now,
-                    orders_where=ol.order_id.between(first, last) & ~policy_owes,
+                    orders_where=ol.order_id.between(first, last_order) & ~policy_owes,
                     back_in_stock=False,
                 ),
             )
-            await advance(conn, ids[-1] + 1, NOTICE)
+            await advance(conn, last + 1, NOTICE)
     return NoticeRun(report.notices, lines, 1, budget <= 0, report.no_chat, report.superseded)
 
 
