@@ -371,16 +371,25 @@ async def _tell_offers(
     d = delay_offers.c
     ol = order_lines.c
     new = delay_offers.alias("new")
+    prev = delay_offers.alias("prev")
+    # Found through the new offers (primary key, then (line_id, seq)). A plain status =
+    # 'open' had SQLite scan every open offer of the store through the (status, answer_by)
+    # index, in every batch; wrapped (status is never NULL) the index is no candidate.
     await conn.execute(
         update(delay_offers)
         .where(
-            d.status == "open",
             d.offer_id.in_(
-                select(d.offer_id)
+                select(prev.c.offer_id)
                 .select_from(
-                    new.join(delay_offers, (d.line_id == new.c.line_id) & (d.seq == new.c.seq - 1))
+                    new.join(
+                        prev, (prev.c.line_id == new.c.line_id) & (prev.c.seq == new.c.seq - 1)
+                    )
                 )
-                .where(made(new.c.offer_id), new.c.seq > 1)
+                .where(
+                    made(new.c.offer_id),
+                    new.c.seq > 1,
+                    func.coalesce(prev.c.status, "") == "open",
+                )
             ),
         )
         .values(status="superseded")

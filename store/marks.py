@@ -42,8 +42,8 @@ CHUNK = 5000
 # Batches sized by time (run_batches with no fixed size): a batch of the follow-on work is one
 # write transaction, and another writer (the bot) waits for it. The first batch takes
 # FIRST_BATCH lines; each next one as many as the last one's pace fits in BATCH_SECONDS
-# (at most twice or half the last), between MIN_BATCH and MAX_BATCH.
-BATCH_SECONDS = 0.1
+# (at most 1.5 times or half the last), between MIN_BATCH and MAX_BATCH.
+BATCH_SECONDS = 0.05
 FIRST_BATCH = 250
 MIN_BATCH = 20
 MAX_BATCH = 20_000
@@ -103,7 +103,7 @@ async def run_batches(
             fits = round(limit * BATCH_SECONDS / max(took, 0.001))
             # A pace from one batch's clock; a slow batch (a loaded machine, a writer that
             # was first) makes the next smaller, never below MIN_BATCH.
-            fits = max(limit // 2, min(limit * 2, fits))
+            fits = max(limit // 2, min(limit * 3 // 2, fits))
             limit = max(MIN_BATCH, min(MAX_BATCH, fits))
         worked += took
         if paced and worked >= WORK_SPAN:
