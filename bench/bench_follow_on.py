@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import multiprocessing as mp
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -78,6 +80,7 @@ def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -
     prober = mp.Process(target=probe, args=(str(db), stop, q))
     prober.start()
     t = time.perf_counter()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(
             argv,
@@ -92,6 +95,9 @@ def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -
     except subprocess.TimeoutExpired:
         outcome, lines = f"killed after {timeout:.0f} s (not finished)", []
     took = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The step's process and its children (the prober is still running: not counted).
+    cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     stop.set()
     asked = q.get()
     prober.join()
@@ -100,7 +106,9 @@ def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -
     p99 = waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] if waits else 0.0
     over = sum(1 for w in waits if w > 1)
     top = ", ".join(f"{w:.2f} s at {at:.0f} s" for at, w in sorted(asked, key=lambda a: -a[1])[:3])
-    print(f"{name:<34} {took:8.1f} s  {outcome}")
+    print(
+        f"{name:<34} {took:8.1f} s  {outcome}; CPU {cpu_s:.1f} s; load average {os.getloadavg()[0]:.1f}"
+    )
     print(
         f"{'':<34} another writer's BEGIN IMMEDIATE: longest wait {longest:.2f} s, p99 {p99 * 1000:.0f} ms, {over} of {len(waits)} waits over 1 s; longest: {top}"
     )
@@ -127,9 +135,61 @@ def orders_file(db: Path, path: Path, n: int) -> None:
                 w.writerow([first + i, customer, placed, no, sku, rng.randint(1, 3)])
 
 
+async def pg_pass(server: str, size: str) -> None:
+    """The first pass on PostgreSQL: the demo store of ``size`` built once on ``server``
+    (bench_store.py's cache), a copy of it passed by the policy's batches, then the notices'.
+    PostgreSQL has no database-wide write lock to probe: the longest batch (one transaction)
+    stands for what another writer of the same rows could meet."""
+    sys.path.insert(0, str(ROOT))
+    from bench_store import _postgresql_copy  # type: ignore[import-not-found]
+
+    from store import open_store
+    from store.cli import follow_on_settings
+    from store.delays import run_delay_policy
+    from store.outbox import run_notices
+
+    url = await _postgresql_copy(server, size, vacuum=False)
+    s = await open_store(url)
+    f = follow_on_settings()
+    now = datetime.now(UTC)
+    marks: list[float] = []
+    for name in ("policy", "notices"):
+        marks[:] = [time.perf_counter()]
+        t, cpu = time.perf_counter(), time.process_time()
+        if name == "policy":
+            run = await run_delay_policy(
+                s,
+                today=now.astimezone(f.zone).date(),
+                now=now,
+                policy=f.policy,
+                on_batch=lambda _: marks.append(time.perf_counter()),
+            )
+            what = f"{run.offered:,} offered"
+        else:
+            told = await run_notices(
+                s, now=now, on_batch=lambda _: marks.append(time.perf_counter())
+            )
+            run, what = told, f"{told.notices:,} notices"  # type: ignore[assignment]
+        took = time.perf_counter() - t
+        longest = max(b - a for a, b in itertools.pairwise(marks))
+        print(
+            f"PostgreSQL {size}, {name}: {run.lines:,} lines in {run.batches} batches, {what}:"
+            f" {took:.1f} s, {run.lines / took:,.0f} lines/s; this process's CPU"
+            f" {time.process_time() - cpu:.1f} s; longest batch {longest * 1000:.0f} ms;"
+            f" load average {os.getloadavg()[0]:.1f}"
+        )
+    await s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("store", type=Path)
+    ap.add_argument("store", type=Path, nargs="?")
+    ap.add_argument(
+        "--postgresql",
+        metavar="SERVER_URL",
+        help="instead: the first pass on PostgreSQL, on the demo store of --size",
+    )
+    ap.add_argument("--size", default="medium")
     ap.add_argument("--code", type=Path, default=ROOT)
     ap.add_argument("--orders", type=int, default=2000)
     ap.add_argument("--timeout", type=float, default=900)
@@ -140,6 +200,13 @@ def main() -> None:
         help="STORE has had its first pass (a copy of an earlier run's): only the changes",
     )
     args = ap.parse_args()
+    if args.postgresql:
+        import asyncio
+
+        asyncio.run(pg_pass(args.postgresql, args.size))
+        return
+    if args.store is None:
+        ap.error("STORE is needed (or --postgresql)")
     args.work.mkdir(parents=True, exist_ok=True)
     db = args.work / "follow-on.sqlite3"
     for suffix in ("", "-wal", "-shm"):

@@ -40,12 +40,11 @@ STAGES = (DELAY, NOTICE)
 # PostgreSQL's 65,535; far below both.
 CHUNK = 5000
 # Batches sized by time (run_batches with no fixed size): a batch of the follow-on work is one
-# write transaction, and another writer (the bot) waits for it. The first batch takes
-# FIRST_BATCH lines; each next one as many as the last one's pace fits in BATCH_SECONDS
-# (at most 1.5 times or half the last), between MIN_BATCH and MAX_BATCH.
+# write transaction, and another writer (the bot) waits for it. The first batch takes the
+# stage's least size; each next one as many lines as the last one's pace fits in
+# BATCH_SECONDS (at most 1.5 times or half the last), never fewer than the least (what a
+# caller counting batches, such as the bot's tick, can rely on) nor more than MAX_BATCH.
 BATCH_SECONDS = 0.05
-FIRST_BATCH = 250
-MIN_BATCH = 20
 MAX_BATCH = 20_000
 # Seconds of batches in a row, then seconds with SQLite's write lock left free (see
 # run_batches). A writer of another process waiting on SQLite's busy handler looks again
@@ -74,20 +73,22 @@ async def run_batches(
     batch: Callable[[AsyncConnection, int], Awaitable[R]],
     total: R,
     *,
+    least: int,
     size: int | None = None,
     max_batches: int | None = None,
     on_batch: Callable[[R], None] | None = None,
 ) -> R:
     """``batch(conn, limit)`` again and again, each in its own short transaction, until one
     says there is nothing more (or ``max_batches``); the sum of what they did, from
-    ``total``. ``size``: every batch's limit; None: sized by time (BATCH_SECONDS)."""
+    ``total``. ``size``: every batch's limit; None: sized by time (BATCH_SECONDS), from
+    ``least`` up."""
     # SQLite hands its write lock to no one in particular: a writer of another process that
     # waits polls it with sleeps of up to 100 ms, and batches run back to back took it first
     # every time (waits of 2 s behind batches of 20 ms). Every WORK_SPAN of batches, the lock
     # is left free for longer than such a waiter's sleeps. PostgreSQL queues lock waiters
     # itself.
     paced = store.engine.dialect.name == "sqlite"
-    limit = size or FIRST_BATCH
+    limit = size or least
     worked = 0.0
     while max_batches is None or total.batches < max_batches:
         began = time.monotonic()
@@ -102,9 +103,9 @@ async def run_batches(
         if size is None:
             fits = round(limit * BATCH_SECONDS / max(took, 0.001))
             # A pace from one batch's clock; a slow batch (a loaded machine, a writer that
-            # was first) makes the next smaller, never below MIN_BATCH.
+            # was first) makes the next smaller, never below ``least``.
             fits = max(limit // 2, min(limit * 3 // 2, fits))
-            limit = max(MIN_BATCH, min(MAX_BATCH, fits))
+            limit = max(least, min(MAX_BATCH, fits))
         worked += took
         if paced and worked >= WORK_SPAN:
             await asyncio.sleep(LOCK_FREE)

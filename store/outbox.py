@@ -69,7 +69,8 @@ from store.schema import (
 CHUNK = 5000
 # SQLite allows 32766 bound parameters; PostgreSQL 65535. IN lists stay well below.
 IN_CHUNK = 900
-# Lines looked at per batch of the notice queueing (notice_batch), each batch one transaction.
+# Lines looked at per batch of the notice queueing (notice_batch), each batch one transaction:
+# the least of the batches sized by time (store.marks.run_batches).
 NOTICE_BATCH = 500
 # outbox.dedupe_key's length.
 KEY_MAX = 200
@@ -465,6 +466,7 @@ async def run_notices(
         store,
         lambda conn, limit: notice_batch(conn, threshold_days=threshold_days, now=now, limit=limit),
         NoticeRun(0, 0),
+        least=NOTICE_BATCH,
         size=batch_size,
         max_batches=max_batches,
         on_batch=on_batch,
@@ -498,26 +500,32 @@ async def notice_batch(
     m = follow_on_marks.c
     mine = order_lines.alias("mine")
     owed = follow_on_marks.alias("owed")
+
     # An order the policy still owes a look: a line of it marked for the policy or at or
     # beyond the policy's cursor.
-    policy_owes = (
-        select(mine.c.line_id)
-        .where(
-            mine.c.order_id == ol.order_id,
-            or_(
-                mine.c.line_id >= policy_below,
-                select(owed.c.line_id)
-                .where(owed.c.stage == DELAY, owed.c.line_id == mine.c.line_id)
-                .exists(),
-            ),
+    def policy_owes(*narrow: ColumnElement[bool]) -> ColumnElement[bool]:
+        # ``narrow``: what else is known of the order. PostgreSQL made the NOT EXISTS an anti
+        # join over a hash of every line of the store, built anew in every batch.
+        return (
+            select(mine.c.line_id)
+            .where(
+                mine.c.order_id == ol.order_id,
+                *narrow,
+                or_(
+                    mine.c.line_id >= policy_below,
+                    select(owed.c.line_id)
+                    .where(owed.c.stage == DELAY, owed.c.line_id == mine.c.line_id)
+                    .exists(),
+                ),
+            )
+            .exists()
         )
-        .exists()
-    )
+
     marked = (
         await conn.execute(
             select(m.line_id, ol.order_id)
             .select_from(follow_on_marks.join(order_lines, ol.line_id == m.line_id))
-            .where(m.stage == NOTICE, m.line_id < policy_below, ~policy_owes)
+            .where(m.stage == NOTICE, m.line_id < policy_below, ~policy_owes())
             .order_by(m.line_id)
             .limit(limit)
         )
@@ -551,9 +559,12 @@ async def notice_batch(
         if count:
             budget -= count
             lines += count
+            # order_id + 0: a plain min(order_id) had PostgreSQL walk the order_id index
+            # from its end, skipping every line outside the range, instead of reading the
+            # range by line_id.
             first, last_order = (
                 await conn.execute(
-                    select(func.min(ol.order_id), func.max(ol.order_id)).where(
+                    select(func.min(ol.order_id + 0), func.max(ol.order_id + 0)).where(
                         ol.line_id.between(start, last)
                     )
                 )
@@ -567,7 +578,11 @@ async def notice_batch(
                     conn,
                     threshold_days=threshold_days,
                     now=now,
-                    orders_where=ol.order_id.between(first, last_order) & ~policy_owes,
+                    # The range on every table that has it: PostgreSQL hashed all orders
+                    # of the store, and every line, for a batch's few.
+                    orders_where=ol.order_id.between(first, last_order)
+                    & orders.c.order_id.between(first, last_order)
+                    & ~policy_owes(mine.c.order_id.between(first, last_order)),
                     back_in_stock=False,
                 ),
             )
