@@ -30,6 +30,18 @@ today 2026-01-15, never passed by the policy):
 | medium: 192,947 lines, 138,426 late | first pass | 22.3 s, the lock held 17.3 s | 28.1 s in 772 batches; longest wait 0.26 s, p99 234 ms; then queue_notices 1.5 s |
 | medium | import 2,000 orders + follow-on | 41.0 s, the lock held 38.5 s | 36.4 s: the import's own transaction 32.9 s, the follow-on ~3 s |
 | medium | the same, the file placed whole (78a3ebe) | | 4.9 s: the import's own transaction 2.84 s, the follow-on ~2 s (first pass in 27.8 s: the same load as the row above) |
+
+The policy's offers made in SQL, batches sized by time (session 7, firstpass; "before" is
+d1836ab, its row by row offers in batches of 250; load average 8-25 on 2 cores, so CPU seconds
+are the steadier figure):
+
+| store | step | before (d1836ab) | after |
+|---|---|---|---|
+| medium | first pass: policy batches | 35.8 s (5,390 lines/s), load 7-9; longest wait 0.33 s, p99 238 ms; 72.8 s wall / 16.4 s CPU in a run of its own at load 9 | 13.7 s (14,080 lines/s) at load 18, 63 batches; 18.2 s wall / 4.2 s CPU at load 10 |
+| medium | then the notices' batches | 21.0 s, longest wait 0.46 s, p99 351 ms | 4.2 s (0.7-1.1 s CPU), 21 batches; longest wait 0.49 s, p99 243 ms |
+| large | first pass: policy batches | 703.5 s at load 8-15 (413 s lighter), longest wait 1.32 s | 167.6 s (11,630 lines/s) at load 10-12, 1,857 batches; longest wait 0.59 s, p99 180 ms (6.1 s once, at 1 s: the migration of the raw store) |
+| large | then the notices' batches | 231.8 s, longest wait 0.90 s | 23.1 s, 270 batches; longest wait 0.23 s, p99 144 ms |
+| PostgreSQL medium (--postgresql) | policy batches | | before the offers were joined within the batch's lines: 2,617 lines/s (a seq scan of delay_offers per batch); after: 12,000 lines/s at load 10 (16.1 s, 3.0 s CPU) |
 """
 
 from __future__ import annotations
