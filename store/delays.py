@@ -10,9 +10,10 @@ row of ``delay_offers``.
 
 The policy costs what changed (issue #14): a change marks the lines it touched
 (store.marks), and ``run_delay_policy`` works from the marks, the offers due and the first
-pass's cursor in batches of ``BATCH`` lines, each its own transaction, safe with any number of
-processes at once. ``apply_delay_policy`` is the same policy from scratch over every line in
-one transaction: what the batches must end with (tests/store/test_policy_machine.py).
+pass's cursor in batches sized by time (store.marks.run_batches), each its own transaction,
+safe with any number of processes at once. ``apply_delay_policy`` is the same policy from
+scratch over every line in one transaction: what the batches must end with
+(tests/store/test_policy_machine.py). Offers are made in SQL, a batch's lines at once.
 """
 
 from __future__ import annotations
