@@ -41,7 +41,9 @@ are the steadier figure):
 | medium | then the notices' batches | 21.0 s, longest wait 0.46 s, p99 351 ms | 4.2 s (0.7-1.1 s CPU), 21 batches; longest wait 0.49 s, p99 243 ms |
 | large | first pass: policy batches | 703.5 s at load 8-15 (413 s lighter), longest wait 1.32 s | 167.6 s (11,630 lines/s) at load 10-12, 1,857 batches; longest wait 0.59 s, p99 180 ms (6.1 s once, at 1 s: the migration of the raw store) |
 | large | then the notices' batches | 231.8 s, longest wait 0.90 s | 23.1 s, 270 batches; longest wait 0.23 s, p99 144 ms |
-| PostgreSQL medium (--postgresql) | policy batches | | before the offers were joined within the batch's lines: 2,617 lines/s (a seq scan of delay_offers per batch); after: 12,000 lines/s at load 10 (16.1 s, 3.0 s CPU) |
+| medium, final code (226d35f+) | policy / notices | | 9.6 s, CPU 3.4 s, 93 batches (longest wait 0.49 s at 3 s, p99 230 ms) / 2.6 s, CPU 1.2 s; load 7 |
+| large, final code | policy / notices | | 207.2 s (9,410 lines/s), CPU 56.0 s, 2,171 batches, longest wait 0.62 s after the migration's 5.4 s, p99 193 ms / 42.7 s, CPU 11.5 s, p99 195 ms, longest 0.85 s; load 15-16 |
+| PostgreSQL medium (--postgresql) | policy / notices | | 15.7 s, 12,267 lines/s (this process 3.0 s CPU), longest batch 239 ms / 4.7 s, 40,848 lines/s, longest batch 374 ms; load 10.8. Before the offers were joined within the batch's lines (a seq scan of delay_offers per batch): 2,617 lines/s |
 """
 
 from __future__ import annotations
