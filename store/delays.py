@@ -10,7 +10,7 @@ row of ``delay_offers``.
 
 The policy costs what changed (issue #14): a change marks the lines it touched
 (store.marks), and ``run_delay_policy`` works from the marks, the offers due and the first
-pass's cursor in batches sized by time (store.marks.run_batches), each its own transaction,
+pass's cursor in batches sized by time (store.marks.run_sized_batches), each its own transaction,
 safe with any number of processes at once. ``apply_delay_policy`` is the same policy from
 scratch over every line in one transaction: what the batches must end with
 (tests/store/test_policy_machine.py). Offers are made in SQL, a batch's lines at once.
@@ -48,7 +48,7 @@ from store.errors import NotFound
 from store.marks import (
     advance,
     insert_ignoring,
-    run_batches,
+    run_sized_batches,
     take_marks,
     take_turn,
 )
@@ -57,7 +57,7 @@ from store.schema import UTCDateTime, chats, delay_offers, order_lines, orders, 
 
 OPEN = ("open", "consented")
 # Lines per batch of the policy: the least of the batches sized by time (store.marks.
-# run_batches). Set-based, 250 lines of the 1M-order store's first pass cost ~5 ms of CPU.
+# run_sized_batches). Set-based, 250 lines of the 1M-order store's first pass cost ~5 ms of CPU.
 BATCH = 250
 # A due offer costs a batch about what this many lines cost: it is decided in Python, one
 # statement or more each (a cancellation passes its units on), where lines are offered in a
@@ -170,8 +170,8 @@ async def run_delay_policy(
     """The policy in batches, each in its own short transaction, until nothing is pending
     (or ``max_batches``). A crash between two batches loses nothing: what is left is still
     marked, or beyond the cursor, or still due. ``batch_size``: lines (or offers due) per
-    batch; None: sized by time (store.marks.run_batches)."""
-    return await run_batches(
+    batch; None: sized by time (store.marks.run_sized_batches)."""
+    return await run_sized_batches(
         store,
         lambda conn, limit: delay_policy_batch(
             conn, today=today, now=now, policy=policy, limit=limit

@@ -39,7 +39,7 @@ STAGES = (DELAY, NOTICE)
 # Ids bound per statement: SQLite's default limit of host parameters is 32,766 and
 # PostgreSQL's 65,535; far below both.
 CHUNK = 5000
-# Batches sized by time (run_batches with no fixed size): a batch of the follow-on work is one
+# Batches sized by time (run_sized_batches with no fixed size): a batch of the follow-on work is one
 # write transaction, and another writer (the bot) waits for it. The first batch takes the
 # stage's least size; each next one as many lines as the last one's pace fits in
 # BATCH_SECONDS (at most 1.5 times or half the last), never fewer than the least (what a
@@ -47,7 +47,7 @@ CHUNK = 5000
 BATCH_SECONDS = 0.05
 MAX_BATCH = 20_000
 # Seconds of batches in a row, then seconds with SQLite's write lock left free (see
-# run_batches). A writer of another process waiting on SQLite's busy handler looks again
+# run_sized_batches). A writer of another process waiting on SQLite's busy handler looks again
 # after sleeps of 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and then 100 ms: a pause longer
 # than 50 ms is one it cannot sleep through in its first 228 ms of waiting, so it waits at
 # most about WORK_SPAN plus one such sleep.
@@ -69,6 +69,27 @@ R = TypeVar("R", bound=Batch)
 
 
 async def run_batches(
+    store: Store,
+    batch: Callable[[AsyncConnection], Awaitable[R]],
+    total: R,
+    *,
+    max_batches: int | None = None,
+    on_batch: Callable[[R], None] | None = None,
+) -> R:
+    """``batch(conn)`` again and again, each in its own short transaction, paced as
+    ``run_sized_batches``, until one says there is nothing more (or ``max_batches``)."""
+    return await run_sized_batches(
+        store,
+        lambda conn, _: batch(conn),
+        total,
+        least=1,
+        size=1,
+        max_batches=max_batches,
+        on_batch=on_batch,
+    )
+
+
+async def run_sized_batches(
     store: Store,
     batch: Callable[[AsyncConnection, int], Awaitable[R]],
     total: R,

@@ -47,7 +47,7 @@ from store.marks import (
     NOTICE,
     advance,
     cursor_of,
-    run_batches,
+    run_sized_batches,
     take_turn,
 )
 from store.schema import (
@@ -70,7 +70,7 @@ CHUNK = 5000
 # SQLite allows 32766 bound parameters; PostgreSQL 65535. IN lists stay well below.
 IN_CHUNK = 900
 # Lines looked at per batch of the notice queueing (notice_batch), each batch one transaction:
-# the least of the batches sized by time (store.marks.run_batches).
+# the least of the batches sized by time (store.marks.run_sized_batches).
 NOTICE_BATCH = 500
 # outbox.dedupe_key's length.
 KEY_MAX = 200
@@ -462,7 +462,7 @@ async def run_notices(
     the "notify me" subscriptions. A crash between two batches loses nothing: what is left
     is still marked, or beyond the cursor."""
     now = now or utcnow()
-    total = await run_batches(
+    total = await run_sized_batches(
         store,
         lambda conn, limit: notice_batch(conn, threshold_days=threshold_days, now=now, limit=limit),
         NoticeRun(0, 0),
