@@ -30,15 +30,31 @@ today 2026-01-15, never passed by the policy):
 | medium: 192,947 lines, 138,426 late | first pass | 22.3 s, the lock held 17.3 s | 28.1 s in 772 batches; longest wait 0.26 s, p99 234 ms; then queue_notices 1.5 s |
 | medium | import 2,000 orders + follow-on | 41.0 s, the lock held 38.5 s | 36.4 s: the import's own transaction 32.9 s, the follow-on ~3 s |
 | medium | the same, the file placed whole (78a3ebe) | | 4.9 s: the import's own transaction 2.84 s, the follow-on ~2 s (first pass in 27.8 s: the same load as the row above) |
+
+The policy's offers made in SQL, batches sized by time (session 7, firstpass; "before" is
+d1836ab, its row by row offers in batches of 250; load average 8-25 on 2 cores, so CPU seconds
+are the steadier figure):
+
+| store | step | before (d1836ab) | after |
+|---|---|---|---|
+| medium | first pass: policy batches | 35.8 s (5,390 lines/s), load 7-9; longest wait 0.33 s, p99 238 ms; 72.8 s wall / 16.4 s CPU in a run of its own at load 9 | 13.7 s (14,080 lines/s) at load 18, 63 batches; 18.2 s wall / 4.2 s CPU at load 10 |
+| medium | then the notices' batches | 21.0 s, longest wait 0.46 s, p99 351 ms | 4.2 s (0.7-1.1 s CPU), 21 batches; longest wait 0.49 s, p99 243 ms |
+| large | first pass: policy batches | 703.5 s at load 8-15 (413 s lighter), longest wait 1.32 s | 167.6 s (11,630 lines/s) at load 10-12, 1,857 batches; longest wait 0.59 s, p99 180 ms (6.1 s once, at 1 s: the migration of the raw store) |
+| large | then the notices' batches | 231.8 s, longest wait 0.90 s | 23.1 s, 270 batches; longest wait 0.23 s, p99 144 ms |
+| medium, final code (226d35f+) | policy / notices | | 9.6 s, CPU 3.4 s, 93 batches (longest wait 0.49 s at 3 s, p99 230 ms) / 2.6 s, CPU 1.2 s; load 7 |
+| large, final code | policy / notices | | 207.2 s (9,410 lines/s), CPU 56.0 s, 2,171 batches, longest wait 0.62 s after the migration's 5.4 s, p99 193 ms / 42.7 s, CPU 11.5 s, p99 195 ms, longest 0.85 s; load 15-16 |
+| PostgreSQL medium (--postgresql) | policy / notices | | 15.7 s, 12,267 lines/s (this process 3.0 s CPU), longest batch 239 ms / 4.7 s, 40,848 lines/s, longest batch 374 ms; load 10.8. Before the offers were joined within the batch's lines (a seq scan of delay_offers per batch): 2,617 lines/s |
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import multiprocessing as mp
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -78,6 +94,7 @@ def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -
     prober = mp.Process(target=probe, args=(str(db), stop, q))
     prober.start()
     t = time.perf_counter()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(
             argv,
@@ -92,6 +109,9 @@ def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -
     except subprocess.TimeoutExpired:
         outcome, lines = f"killed after {timeout:.0f} s (not finished)", []
     took = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The step's process and its children (the prober is still running: not counted).
+    cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     stop.set()
     asked = q.get()
     prober.join()
@@ -100,7 +120,9 @@ def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -
     p99 = waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] if waits else 0.0
     over = sum(1 for w in waits if w > 1)
     top = ", ".join(f"{w:.2f} s at {at:.0f} s" for at, w in sorted(asked, key=lambda a: -a[1])[:3])
-    print(f"{name:<34} {took:8.1f} s  {outcome}")
+    print(
+        f"{name:<34} {took:8.1f} s  {outcome}; CPU {cpu_s:.1f} s; load average {os.getloadavg()[0]:.1f}"
+    )
     print(
         f"{'':<34} another writer's BEGIN IMMEDIATE: longest wait {longest:.2f} s, p99 {p99 * 1000:.0f} ms, {over} of {len(waits)} waits over 1 s; longest: {top}"
     )
@@ -127,9 +149,61 @@ def orders_file(db: Path, path: Path, n: int) -> None:
                 w.writerow([first + i, customer, placed, no, sku, rng.randint(1, 3)])
 
 
+async def pg_pass(server: str, size: str) -> None:
+    """The first pass on PostgreSQL: the demo store of ``size`` built once on ``server``
+    (bench_store.py's cache), a copy of it passed by the policy's batches, then the notices'.
+    PostgreSQL has no database-wide write lock to probe: the longest batch (one transaction)
+    stands for what another writer of the same rows could meet."""
+    sys.path.insert(0, str(ROOT))
+    from bench_store import _postgresql_copy  # type: ignore[import-not-found]
+
+    from store import open_store
+    from store.cli import follow_on_settings
+    from store.delays import run_delay_policy
+    from store.outbox import run_notices
+
+    url = await _postgresql_copy(server, size, vacuum=False)
+    s = await open_store(url)
+    f = follow_on_settings()
+    now = datetime.now(UTC)
+    marks: list[float] = []
+    for name in ("policy", "notices"):
+        marks[:] = [time.perf_counter()]
+        t, cpu = time.perf_counter(), time.process_time()
+        if name == "policy":
+            run = await run_delay_policy(
+                s,
+                today=now.astimezone(f.zone).date(),
+                now=now,
+                policy=f.policy,
+                on_batch=lambda _: marks.append(time.perf_counter()),
+            )
+            what = f"{run.offered:,} offered"
+        else:
+            told = await run_notices(
+                s, now=now, on_batch=lambda _: marks.append(time.perf_counter())
+            )
+            run, what = told, f"{told.notices:,} notices"  # type: ignore[assignment]
+        took = time.perf_counter() - t
+        longest = max(b - a for a, b in itertools.pairwise(marks))
+        print(
+            f"PostgreSQL {size}, {name}: {run.lines:,} lines in {run.batches} batches, {what}:"
+            f" {took:.1f} s, {run.lines / took:,.0f} lines/s; this process's CPU"
+            f" {time.process_time() - cpu:.1f} s; longest batch {longest * 1000:.0f} ms;"
+            f" load average {os.getloadavg()[0]:.1f}"
+        )
+    await s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("store", type=Path)
+    ap.add_argument("store", type=Path, nargs="?")
+    ap.add_argument(
+        "--postgresql",
+        metavar="SERVER_URL",
+        help="instead: the first pass on PostgreSQL, on the demo store of --size",
+    )
+    ap.add_argument("--size", default="medium")
     ap.add_argument("--code", type=Path, default=ROOT)
     ap.add_argument("--orders", type=int, default=2000)
     ap.add_argument("--timeout", type=float, default=900)
@@ -140,6 +214,13 @@ def main() -> None:
         help="STORE has had its first pass (a copy of an earlier run's): only the changes",
     )
     args = ap.parse_args()
+    if args.postgresql:
+        import asyncio
+
+        asyncio.run(pg_pass(args.postgresql, args.size))
+        return
+    if args.store is None:
+        ap.error("STORE is needed (or --postgresql)")
     args.work.mkdir(parents=True, exist_ok=True)
     db = args.work / "follow-on.sqlite3"
     for suffix in ("", "-wal", "-shm"):

@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the work changes left pending (delay policy, notices) in short batches",
     )
     cu.add_argument(
-        "--batch-size", type=_whole(1, 100_000), default=BATCH, help="lines per transaction"
+        "--batch-size",
+        type=_whole(1, 100_000),
+        help="lines per transaction (default: as many as take about 0.1 s)",
     )
     cu.add_argument(
         "--rescan",
@@ -375,7 +377,7 @@ async def _run(args: argparse.Namespace) -> int:
             print(summary)
         if settings is not None:
             run, queued = await follow_on(
-                store, settings, batch_size=getattr(args, "batch_size", BATCH)
+                store, settings, batch_size=getattr(args, "batch_size", None)
             )
             if args.command == "catch-up":
                 print(
@@ -466,7 +468,7 @@ async def follow_on(
     store: Store,
     settings: FollowOnSettings,
     *,
-    batch_size: int = BATCH,
+    batch_size: int | None = None,
     now: datetime | None = None,
     show: bool | None = None,
 ) -> tuple[DelayRun, NoticeRun]:
@@ -484,7 +486,8 @@ async def follow_on(
     async with store.connect() as conn:
         left = await pending(conn)
     todo = left.marked + left.scan_left
-    with progress_bar(todo if todo >= batch_size else 0, "delay policy", " lines", show) as bar:
+    shown = batch_size or BATCH
+    with progress_bar(todo if todo >= shown else 0, "delay policy", " lines", show) as bar:
         run = await run_delay_policy(
             store,
             today=now.astimezone(settings.zone).date(),
@@ -500,6 +503,7 @@ async def follow_on(
             store,
             threshold_days=settings.threshold_days,
             now=now,
+            batch_size=batch_size,
             on_batch=lambda r: bar.update(r.lines),
         )
     return run, queued

@@ -10,9 +10,10 @@ row of ``delay_offers``.
 
 The policy costs what changed (issue #14): a change marks the lines it touched
 (store.marks), and ``run_delay_policy`` works from the marks, the offers due and the first
-pass's cursor in batches of ``BATCH`` lines, each its own transaction, safe with any number of
-processes at once. ``apply_delay_policy`` is the same policy from scratch over every line in
-one transaction: what the batches must end with (tests/store/test_policy_machine.py).
+pass's cursor in batches sized by time (store.marks.run_sized_batches), each its own transaction,
+safe with any number of processes at once. ``apply_delay_policy`` is the same policy from
+scratch over every line in one transaction: what the batches must end with
+(tests/store/test_policy_machine.py). Offers are made in SQL, a batch's lines at once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,21 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Date,
+    Integer,
+    String,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.backorders import cancel_line, cancel_order
@@ -33,19 +48,21 @@ from store.errors import NotFound
 from store.marks import (
     advance,
     insert_ignoring,
-    lines_from,
-    run_batches,
+    run_sized_batches,
     take_marks,
     take_turn,
 )
-from store.outbox import DELAY_CANCELLED, DELAY_OFFER, IN_CHUNK, insert_notices
-from store.schema import chats, delay_offers, order_lines, orders, utcnow
+from store.outbox import DELAY_CANCELLED, DELAY_OFFER, IN_CHUNK, insert_notices, line_span
+from store.schema import UTCDateTime, chats, delay_offers, order_lines, orders, outbox, utcnow
 
 OPEN = ("open", "consented")
-# Offers due or lines looked at per batch of the policy, each batch one transaction. On the
-# 100,000-order demo store's first pass (138,426 offers) 250 lines a batch took 20 ms (p99
-# 56 ms) and 17.2 s in all; 1,000 took 85 ms (p99 279 ms) and 18.6 s.
+# Lines per batch of the policy: the least of the batches sized by time (store.marks.
+# run_sized_batches). Set-based, 250 lines of the 1M-order store's first pass cost ~5 ms of CPU.
 BATCH = 250
+# A due offer costs a batch about what this many lines cost: it is decided in Python, one
+# statement or more each (a cancellation passes its units on), where lines are offered in a
+# few statements for the whole batch.
+DUE_WEIGHT = 20
 
 
 @dataclass(frozen=True)
@@ -116,7 +133,7 @@ async def apply_delay_policy(
     today: date,
     now: datetime | None = None,
     policy: DelayPolicy,
-    batch_size: int = BATCH,
+    batch_size: int = 5000,
 ) -> DelayRun:
     """The policy from scratch, in the caller's one transaction: every offer due, then every
     line of the store, marked or not. For a small store, a test, a change written around the
@@ -128,13 +145,12 @@ async def apply_delay_policy(
     cancelled, to_agents, closed, _ = await _enforce_deadlines(conn, today, now, policy, None)
     offered = lines = batches = 0
     start = 0
-    while ids := await lines_from(conn, start, batch_size):
-        lines += len(ids)
+    while (span := await line_span(conn, start, batch_size))[0]:
+        count, last = span
+        lines += count
         batches += 1
-        offered += await _offer_lines(
-            conn, today, now, policy, order_lines.c.line_id.between(ids[0], ids[-1])
-        )
-        start = ids[-1] + 1
+        offered += await _offer_lines(conn, today, now, policy, _between(start, last))
+        start = last + 1
     # Every line so far was looked at: the first pass has nothing left. The marks stay; a
     # batch that takes them finds nothing to do.
     await advance(conn, start)
@@ -147,19 +163,22 @@ async def run_delay_policy(
     today: date,
     now: datetime | None = None,
     policy: DelayPolicy,
-    batch_size: int = BATCH,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     on_batch: Callable[[DelayRun], None] | None = None,
 ) -> DelayRun:
     """The policy in batches, each in its own short transaction, until nothing is pending
     (or ``max_batches``). A crash between two batches loses nothing: what is left is still
-    marked, or beyond the cursor, or still due."""
-    return await run_batches(
+    marked, or beyond the cursor, or still due. ``batch_size``: lines (or offers due) per
+    batch; None: sized by time (store.marks.run_sized_batches)."""
+    return await run_sized_batches(
         store,
-        lambda conn: delay_policy_batch(
-            conn, today=today, now=now, policy=policy, limit=batch_size
+        lambda conn, limit: delay_policy_batch(
+            conn, today=today, now=now, policy=policy, limit=limit
         ),
         DelayRun(0, 0, 0, 0),
+        least=BATCH,
+        size=batch_size,
         max_batches=max_batches,
         on_batch=on_batch,
     )
@@ -186,8 +205,10 @@ async def delay_policy_batch(
     now = now or utcnow()
     start = await take_turn(conn)
     budget = limit
-    cancelled, to_agents, closed, due = await _enforce_deadlines(conn, today, now, policy, budget)
-    budget -= due
+    most_due = max(1, limit // DUE_WEIGHT)
+    cancelled, to_agents, closed, due = await _enforce_deadlines(conn, today, now, policy, most_due)
+    # More may be due: the marks wait for a batch that finds none.
+    budget = 0 if due >= most_due else budget - due * DUE_WEIGHT
     offered = lines = 0
     if budget > 0:
         marked = await take_marks(conn, budget)
@@ -195,18 +216,14 @@ async def delay_policy_batch(
         lines += len(marked)
         for at in range(0, len(marked), IN_CHUNK):
             chunk = marked[at : at + IN_CHUNK]
-            offered += await _offer_lines(
-                conn, today, now, policy, order_lines.c.line_id.in_(chunk)
-            )
+            offered += await _offer_lines(conn, today, now, policy, _one_of(chunk))
     if budget > 0:
-        ids = await lines_from(conn, start, budget)
-        if ids:
-            budget -= len(ids)
-            lines += len(ids)
-            offered += await _offer_lines(
-                conn, today, now, policy, order_lines.c.line_id.between(ids[0], ids[-1])
-            )
-            await advance(conn, ids[-1] + 1)
+        count, last = await line_span(conn, start, budget)
+        if count:
+            budget -= count
+            lines += count
+            offered += await _offer_lines(conn, today, now, policy, _between(start, last))
+            await advance(conn, last + 1)
     return DelayRun(offered, cancelled, to_agents, closed, lines, 1, budget <= 0)
 
 
@@ -215,8 +232,14 @@ async def _offer_lines(
     today: date,
     now: datetime,
     policy: DelayPolicy,
-    which: ColumnElement[bool],
+    which: Callable[[ColumnElement[int]], ColumnElement[bool]],
 ) -> int:
+    """Offer the options to the lines whose ids ``which`` selects that are delayed and owed
+    an offer.
+    In SQL: one INSERT ... SELECT works out every offer (seq, consent, answer-by day), then
+    one statement each supersedes the open offers they replace, queues their notices and
+    marks their lines told. Python sees only the new offers' ids: building the offers row by
+    row cost more in SQLAlchemy's parameter processing alone than SQLite's whole work."""
     ol = order_lines.c
     d = delay_offers.c
     latest = delay_offers.alias("latest")
@@ -229,132 +252,198 @@ async def _offer_lines(
         .correlate(order_lines)
         .scalar_subquery()
     )
-    rows = (
-        await conn.execute(
-            select(
-                ol.line_id,
-                ol.order_id,
-                ol.promised_date,
-                ol.projected_date,
-                orders.c.placed_at,
-                orders.c.customer_id,
-                chats.c.chat_id,
-                latest.c.offer_id,
-                latest.c.seq,
-                latest.c.revised_date,
-                latest.c.status,
-            )
-            .select_from(
-                order_lines.join(orders, orders.c.order_id == ol.order_id)
-                .outerjoin(chats, chats.c.customer_id == orders.c.customer_id)
-                .outerjoin(latest, (latest.c.line_id == ol.line_id) & (latest.c.seq == newest_seq))
-            )
-            .where(which)
-            .where(ol.qty_waiting > 0)
-            .where(
-                (ol.projected_date.is_(None))
-                | (ol.promised_date.is_(None))
-                | (ol.projected_date > ol.promised_date)
+    lite = conn.dialect.name == "sqlite"
+    # promise_of, is_delayed and the rules below, in SQL.
+    promise = func.coalesce(
+        ol.promised_date, _plus_days(lite, orders.c.placed_at, policy.default_ship_days)
+    )
+    consent_needed = or_(
+        latest.c.offer_id.is_not(None),
+        ol.projected_date.is_(None),
+        ol.projected_date > _plus_days(lite, promise, policy.silent_consent_days),
+    )
+    floor = literal(today + timedelta(days=policy.min_answer_days), Date)
+    answer_by = case(
+        (
+            consent_needed,
+            (func.max if lite else func.greatest)(
+                func.coalesce(ol.projected_date, promise), floor, type_=Date
+            ),
+        ),
+        else_=null(),
+    )
+    offers = (
+        select(
+            ol.line_id,
+            ol.order_id,
+            orders.c.customer_id,
+            func.coalesce(latest.c.seq, 0) + 1,
+            promise,
+            ol.projected_date,
+            consent_needed,
+            answer_by,
+            literal("[]"),
+            literal(now, UTCDateTime()),
+            literal("open"),
+        )
+        .select_from(
+            order_lines.join(orders, orders.c.order_id == ol.order_id).outerjoin(
+                latest,
+                # which() on the offers too: PostgreSQL, whose statistics were taken when the
+                # table was small, otherwise read every offer of the store for each batch.
+                (latest.c.line_id == ol.line_id)
+                & which(latest.c.line_id)
+                & (latest.c.seq == newest_seq),
             )
         )
-    ).all()
-    new_offers: list[dict[str, Any]] = []
-    chat_of: dict[int, int | None] = {}
-    open_before: dict[int, int] = {}  # line -> its open offer, superseded by the new one
-    for r in rows:
-        promise = promise_of(r.promised_date, r.placed_at, policy.default_ship_days)
-        if not is_delayed(r.projected_date, promise):
-            continue
-        if r.offer_id is None:
-            seq = 1
-            definite_short = (
-                r.projected_date is not None
-                and (r.projected_date - promise).days <= policy.silent_consent_days
+        .where(which(ol.line_id), ol.qty_waiting > 0)
+        .where(ol.projected_date.is_(None) | (ol.projected_date > promise))  # delayed
+        # Never offered yet, or delayed past the date of an offer still standing (open or
+        # consented). Cancelled, with the agents, or consent with no date: no new offer.
+        .where(
+            latest.c.offer_id.is_(None)
+            | (
+                latest.c.status.in_(OPEN)
+                & latest.c.revised_date.is_not(None)
+                & (ol.projected_date.is_(None) | (ol.projected_date > latest.c.revised_date))
             )
-            consent_needed = not definite_short
-        else:
-            if r.status not in OPEN or r.revised_date is None:
-                # Cancelled, with the agents, or consent to wait with no date given.
-                continue
-            if r.projected_date is not None and r.projected_date <= r.revised_date:
-                continue
-            seq = r.seq + 1
-            consent_needed = True
-            if r.status == "open":
-                open_before[int(r.line_id)] = int(r.offer_id)
-        answer_by = None
-        if consent_needed:
-            floor = today + timedelta(days=policy.min_answer_days)
-            answer_by = r.projected_date if r.projected_date is not None else max(promise, floor)
-            answer_by = max(answer_by, floor)
-        chat_of[int(r.line_id)] = r.chat_id
-        new_offers.append(
-            {
-                "line_id": r.line_id,
-                "order_id": r.order_id,
-                "customer_id": r.customer_id,
-                "seq": seq,
-                "promised_date": promise,
-                "revised_date": r.projected_date,
-                "consent_needed": consent_needed,
-                "answer_by": answer_by,
-                "buttons": "[]",
-                "offered_at": now,
-                "status": "open",
-            }
         )
-    if not new_offers:
+        .order_by(ol.line_id)
+    )
+    # Another process may have made the same offer (line_id, seq): its row is skipped and
+    # RETURNING leaves it out, so only the offers made here are superseded, told and marked
+    # told.
+    made = sorted(
+        (
+            await conn.execute(
+                insert_ignoring(conn, delay_offers)
+                .from_select(
+                    [
+                        "line_id",
+                        "order_id",
+                        "customer_id",
+                        "seq",
+                        "promised_date",
+                        "revised_date",
+                        "consent_needed",
+                        "answer_by",
+                        "buttons",
+                        "offered_at",
+                        "status",
+                    ],
+                    offers,
+                )
+                .returning(d.offer_id)
+            )
+        ).scalars()
+    )
+    if not made:
         return 0
-    # One INSERT ... RETURNING for many rows (SQLAlchemy's insertmanyvalues). Another process
-    # may have made the same offer (line_id, seq) since this one read: its row is skipped and
-    # RETURNING leaves it out, so the ids are matched by (line_id, seq), never by position,
-    # and only the offers made here are superseded, told and marked told.
-    made = {
-        (int(r.line_id), int(r.seq)): int(r.offer_id)
-        for r in await conn.execute(
-            insert_ignoring(conn, delay_offers).returning(d.offer_id, d.line_id, d.seq),
-            new_offers,
+    if made[-1] - made[0] + 1 == len(made):
+        # As many ids in their range as offers made: the range holds exactly them (the usual
+        # case, one statement's ids under the batch's claim).
+        lo, hi = made[0], made[-1]
+        await _tell_offers(conn, now, lambda c: c.between(lo, hi))
+    else:
+        for at in range(0, len(made), IN_CHUNK):
+            await _tell_offers(conn, now, _one_of(made[at : at + IN_CHUNK]))
+    return len(made)
+
+
+def _one_of(ids: list[int]) -> Callable[[ColumnElement[int]], ColumnElement[bool]]:
+    return lambda c: c.in_(ids)
+
+
+def _between(first: int, last: int) -> Callable[[ColumnElement[int]], ColumnElement[bool]]:
+    return lambda c: c.between(first, last)
+
+
+def _plus_days(lite: bool, day: Any, days: int) -> ColumnElement[date]:
+    """``day`` (a date, or a naive UTC timestamp's day) plus ``days``, in SQL."""
+    if lite:
+        # Dates are ISO text, which compares as dates; date() takes a timestamp's text too.
+        return func.date(day, f"{days:+d} days", type_=Date)
+    return type_coerce(cast(day, Date) + literal(days, Integer), Date)
+
+
+async def _tell_offers(
+    conn: AsyncConnection,
+    now: datetime,
+    made: Callable[[ColumnElement[int]], ColumnElement[bool]],
+) -> None:
+    """For the new offers whose ids ``made`` selects: supersede the open offer each one
+    replaces (the line's previous seq), queue a notice of each (pending for a customer with a
+    chat, no_chat for one without), and mark told the lines of customers with a chat."""
+    d = delay_offers.c
+    ol = order_lines.c
+    new = delay_offers.alias("new")
+    prev = delay_offers.alias("prev")
+    # Found through the new offers (primary key, then (line_id, seq)). A plain status =
+    # 'open' had SQLite scan every open offer of the store through the (status, answer_by)
+    # index, in every batch; wrapped (status is never NULL) the index is no candidate.
+    await conn.execute(
+        update(delay_offers)
+        .where(
+            d.offer_id.in_(
+                select(prev.c.offer_id)
+                .select_from(
+                    new.join(
+                        prev, (prev.c.line_id == new.c.line_id) & (prev.c.seq == new.c.seq - 1)
+                    )
+                )
+                .where(
+                    made(new.c.offer_id),
+                    new.c.seq > 1,
+                    func.coalesce(prev.c.status, "") == "open",
+                )
+            ),
         )
-    }
-    made_for = {line_id for line_id, _ in made}
-    superseded = [offer_id for line_id, offer_id in open_before.items() if line_id in made_for]
-    for at in range(0, len(superseded), IN_CHUNK):
-        await conn.execute(
-            update(delay_offers)
-            .where(d.offer_id.in_(superseded[at : at + IN_CHUNK]), d.status == "open")
-            .values(status="superseded")
+        .values(status="superseded")
+    )
+    offer_id = cast(d.offer_id, String)
+    await conn.execute(
+        insert_ignoring(conn, outbox).from_select(
+            [
+                "dedupe_key",
+                "chat_id",
+                "customer_id",
+                "kind",
+                "payload",
+                "status",
+                "attempts",
+                "not_before",
+                "created_at",
+            ],
+            select(
+                literal("delay:") + offer_id,
+                func.coalesce(chats.c.chat_id, 0),
+                d.customer_id,
+                literal(DELAY_OFFER),
+                literal('{"offer_id":') + offer_id + literal("}"),
+                case((chats.c.chat_id.is_(None), "no_chat"), else_="pending"),
+                literal(0),
+                literal(now, UTCDateTime()),
+                literal(utcnow(), UTCDateTime()),
+            )
+            .select_from(delay_offers.outerjoin(chats, chats.c.customer_id == d.customer_id))
+            .where(made(d.offer_id))
+            .order_by(d.offer_id),
         )
-    notices: list[dict[str, Any]] = []
-    reached: list[int] = []
-    for offer in new_offers:
-        offer_id = made.get((int(offer["line_id"]), int(offer["seq"])))
-        if offer_id is None:
-            continue
-        chat_id = chat_of[int(offer["line_id"])]
-        if chat_id is not None:
-            reached.append(offer["line_id"])
-        notices.append(
-            {
-                "dedupe_key": f"delay:{offer_id}",
-                "chat_id": chat_id,
-                "customer_id": offer["customer_id"],
-                "kind": DELAY_OFFER,
-                "payload": {"offer_id": offer_id},
-                "status": "pending" if chat_id is not None else "no_chat",
-                "not_before": now,
-            }
-        )
-    await insert_notices(conn, notices)
+    )
     # The offer tells the new date; a plain date-change notice about it would repeat it. A
     # customer without a chat is told nothing yet (the outbox's rule): their lines stay
     # untold, so the order view shows the move and they hear of it once they link a chat.
-    for start in range(0, len(reached), IN_CHUNK):
-        await conn.execute(
-            update(order_lines)
-            .where(ol.line_id.in_(reached[start : start + IN_CHUNK]))
-            .values(last_told_date=ol.projected_date, last_told_at=now)
+    await conn.execute(
+        update(order_lines)
+        .where(
+            ol.line_id.in_(
+                select(d.line_id)
+                .select_from(delay_offers.join(chats, chats.c.customer_id == d.customer_id))
+                .where(made(d.offer_id))
+            )
         )
-    return len(made)
+        .values(last_told_date=ol.projected_date, last_told_at=now)
+    )
 
 
 async def _enforce_deadlines(

@@ -39,10 +39,20 @@ STAGES = (DELAY, NOTICE)
 # Ids bound per statement: SQLite's default limit of host parameters is 32,766 and
 # PostgreSQL's 65,535; far below both.
 CHUNK = 5000
+# Batches sized by time (run_sized_batches with no fixed size): a batch of the follow-on work is one
+# write transaction, and another writer (the bot) waits for it. The first batch takes the
+# stage's least size; each next one as many lines as the last one's pace fits in
+# BATCH_SECONDS (at most 1.5 times or half the last), never fewer than the least (what a
+# caller counting batches, such as the bot's tick, can rely on) nor more than MAX_BATCH.
+BATCH_SECONDS = 0.05
+MAX_BATCH = 20_000
 # Seconds of batches in a row, then seconds with SQLite's write lock left free (see
-# run_batches): another process's writer waits at most about their sum.
-WORK_SPAN = 0.2
-LOCK_FREE = 0.12
+# run_sized_batches). A writer of another process waiting on SQLite's busy handler looks again
+# after sleeps of 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and then 100 ms: a pause longer
+# than 50 ms is one it cannot sleep through in its first 228 ms of waiting, so it waits at
+# most about WORK_SPAN plus one such sleep.
+WORK_SPAN = 0.1
+LOCK_FREE = 0.06
 
 
 class Batch(Protocol):
@@ -66,24 +76,58 @@ async def run_batches(
     max_batches: int | None = None,
     on_batch: Callable[[R], None] | None = None,
 ) -> R:
-    """``batch`` again and again, each in its own short transaction, until one says there is
-    nothing more (or ``max_batches``); the sum of what they did, from ``total``."""
+    """``batch(conn)`` again and again, each in its own short transaction, paced as
+    ``run_sized_batches``, until one says there is nothing more (or ``max_batches``)."""
+    return await run_sized_batches(
+        store,
+        lambda conn, _: batch(conn),
+        total,
+        least=1,
+        size=1,
+        max_batches=max_batches,
+        on_batch=on_batch,
+    )
+
+
+async def run_sized_batches(
+    store: Store,
+    batch: Callable[[AsyncConnection, int], Awaitable[R]],
+    total: R,
+    *,
+    least: int,
+    size: int | None = None,
+    max_batches: int | None = None,
+    on_batch: Callable[[R], None] | None = None,
+) -> R:
+    """``batch(conn, limit)`` again and again, each in its own short transaction, until one
+    says there is nothing more (or ``max_batches``); the sum of what they did, from
+    ``total``. ``size``: every batch's limit; None: sized by time (BATCH_SECONDS), from
+    ``least`` up."""
     # SQLite hands its write lock to no one in particular: a writer of another process that
     # waits polls it with sleeps of up to 100 ms, and batches run back to back took it first
     # every time (waits of 2 s behind batches of 20 ms). Every WORK_SPAN of batches, the lock
-    # is left free for longer than one such sleep. PostgreSQL queues lock waiters itself.
+    # is left free for longer than such a waiter's sleeps. PostgreSQL queues lock waiters
+    # itself.
     paced = store.engine.dialect.name == "sqlite"
+    limit = size or least
     worked = 0.0
     while max_batches is None or total.batches < max_batches:
         began = time.monotonic()
         async with store.begin() as conn:
-            run = await batch(conn)
+            run = await batch(conn, limit)
+        took = time.monotonic() - began
         total += run
         if on_batch is not None:
             on_batch(run)
         if not run.more:
             break
-        worked += time.monotonic() - began
+        if size is None:
+            fits = round(limit * BATCH_SECONDS / max(took, 0.001))
+            # A pace from one batch's clock; a slow batch (a loaded machine, a writer that
+            # was first) makes the next smaller, never below ``least``.
+            fits = max(limit // 2, min(limit * 3 // 2, fits))
+            limit = max(least, min(MAX_BATCH, fits))
+        worked += took
         if paced and worked >= WORK_SPAN:
             await asyncio.sleep(LOCK_FREE)
             worked = 0.0

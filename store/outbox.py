@@ -47,8 +47,7 @@ from store.marks import (
     NOTICE,
     advance,
     cursor_of,
-    lines_from,
-    run_batches,
+    run_sized_batches,
     take_turn,
 )
 from store.schema import (
@@ -70,7 +69,8 @@ from store.schema import (
 CHUNK = 5000
 # SQLite allows 32766 bound parameters; PostgreSQL 65535. IN lists stay well below.
 IN_CHUNK = 900
-# Lines looked at per batch of the notice queueing (notice_batch), each batch one transaction.
+# Lines looked at per batch of the notice queueing (notice_batch), each batch one transaction:
+# the least of the batches sized by time (store.marks.run_sized_batches).
 NOTICE_BATCH = 500
 # outbox.dedupe_key's length.
 KEY_MAX = 200
@@ -197,9 +197,26 @@ def _order_key(order_id: int, no_chat: bool, entries: list[dict[str, Any]]) -> s
     return head + fingerprint
 
 
+async def line_span(
+    conn: AsyncConnection, start: int, limit: int, below: int | None = None
+) -> tuple[int, int]:
+    """How many lines from ``start`` on (and below ``below``), at most ``limit``, and the id
+    of the last of them: the next range of a first pass, read in the database (the ids
+    themselves, fetched one row each, cost more than the batch's work on them)."""
+    ol = order_lines.c
+    q = select(ol.line_id.label("line_id")).where(ol.line_id >= start)
+    if below is not None:
+        q = q.where(ol.line_id < below)
+    span = q.order_by(ol.line_id).limit(limit).subquery()
+    count, last = (await conn.execute(select(func.count(), func.max(span.c.line_id)))).one()
+    return int(count), int(last or 0)
+
+
 async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
     """Write outbox rows (dedupe_key, chat_id, customer_id, kind, payload dict, status,
     not_before); rows whose key exists are skipped. Returns how many were new."""
+    if not rows:
+        return 0
     now = utcnow()
     # What rows share (the creation time, usually the due time) is bound once per statement,
     # not once per row: binding a datetime costs more than writing the row.
@@ -436,7 +453,7 @@ async def run_notices(
     *,
     threshold_days: int = 1,
     now: datetime | None = None,
-    batch_size: int = NOTICE_BATCH,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     on_batch: Callable[[NoticeRun], None] | None = None,
 ) -> NoticeRun:
@@ -445,10 +462,12 @@ async def run_notices(
     the "notify me" subscriptions. A crash between two batches loses nothing: what is left
     is still marked, or beyond the cursor."""
     now = now or utcnow()
-    total = await run_batches(
+    total = await run_sized_batches(
         store,
-        lambda conn: notice_batch(conn, threshold_days=threshold_days, now=now, limit=batch_size),
+        lambda conn, limit: notice_batch(conn, threshold_days=threshold_days, now=now, limit=limit),
         NoticeRun(0, 0),
+        least=NOTICE_BATCH,
+        size=batch_size,
         max_batches=max_batches,
         on_batch=on_batch,
     )
@@ -481,26 +500,32 @@ async def notice_batch(
     m = follow_on_marks.c
     mine = order_lines.alias("mine")
     owed = follow_on_marks.alias("owed")
+
     # An order the policy still owes a look: a line of it marked for the policy or at or
     # beyond the policy's cursor.
-    policy_owes = (
-        select(mine.c.line_id)
-        .where(
-            mine.c.order_id == ol.order_id,
-            or_(
-                mine.c.line_id >= policy_below,
-                select(owed.c.line_id)
-                .where(owed.c.stage == DELAY, owed.c.line_id == mine.c.line_id)
-                .exists(),
-            ),
+    def policy_owes(*narrow: ColumnElement[bool]) -> ColumnElement[bool]:
+        # ``narrow``: what else is known of the order. PostgreSQL made the NOT EXISTS an anti
+        # join over a hash of every line of the store, built anew in every batch.
+        return (
+            select(mine.c.line_id)
+            .where(
+                mine.c.order_id == ol.order_id,
+                *narrow,
+                or_(
+                    mine.c.line_id >= policy_below,
+                    select(owed.c.line_id)
+                    .where(owed.c.stage == DELAY, owed.c.line_id == mine.c.line_id)
+                    .exists(),
+                ),
+            )
+            .exists()
         )
-        .exists()
-    )
+
     marked = (
         await conn.execute(
             select(m.line_id, ol.order_id)
             .select_from(follow_on_marks.join(order_lines, ol.line_id == m.line_id))
-            .where(m.stage == NOTICE, m.line_id < policy_below, ~policy_owes)
+            .where(m.stage == NOTICE, m.line_id < policy_below, ~policy_owes())
             .order_by(m.line_id)
             .limit(limit)
         )
@@ -530,14 +555,17 @@ async def notice_batch(
                 ),
             )
     if budget > 0:
-        ids = await lines_from(conn, start, budget, below=policy_below)
-        if ids:
-            budget -= len(ids)
-            lines += len(ids)
-            first, last = (
+        count, last = await line_span(conn, start, budget, below=policy_below)
+        if count:
+            budget -= count
+            lines += count
+            # order_id + 0: a plain min(order_id) had PostgreSQL walk the order_id index
+            # from its end, skipping every line outside the range, instead of reading the
+            # range by line_id.
+            first, last_order = (
                 await conn.execute(
-                    select(func.min(ol.order_id), func.max(ol.order_id)).where(
-                        ol.line_id.between(ids[0], ids[-1])
+                    select(func.min(ol.order_id + 0), func.max(ol.order_id + 0)).where(
+                        ol.line_id.between(start, last)
                     )
                 )
             ).one()
@@ -550,11 +578,15 @@ async def notice_batch(
                     conn,
                     threshold_days=threshold_days,
                     now=now,
-                    orders_where=ol.order_id.between(first, last) & ~policy_owes,
+                    # The range on every table that has it: PostgreSQL hashed all orders
+                    # of the store, and every line, for a batch's few.
+                    orders_where=ol.order_id.between(first, last_order)
+                    & orders.c.order_id.between(first, last_order)
+                    & ~policy_owes(mine.c.order_id.between(first, last_order)),
                     back_in_stock=False,
                 ),
             )
-            await advance(conn, ids[-1] + 1, NOTICE)
+            await advance(conn, last + 1, NOTICE)
     return NoticeRun(report.notices, lines, 1, budget <= 0, report.no_chat, report.superseded)
 
 
