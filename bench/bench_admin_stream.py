@@ -59,7 +59,7 @@ from sandbox.client import SandboxClient  # noqa: E402
 APOLOGY = "Sorry, something went wrong on our side."
 
 
-def start_bot(port: int, db: Path, log: Path) -> Proc:
+def start_bot(port: int, db: Path, log: Path, *, trace: bool = False) -> Proc:
     """bench_e2e's bot with its scheduler on (bench_e2e turns it off): the policy's and the
     notices' batches and the deliveries run every 10 s, as in a shop."""
     env = {
@@ -77,7 +77,7 @@ def start_bot(port: int, db: Path, log: Path) -> Proc:
     }
     return Proc(
         subprocess.Popen(
-            [sys.executable, "run_bot.py"],
+            [sys.executable, "bench/_trace_bot.py" if trace else "run_bot.py"],
             cwd=ROOT,
             env=env,
             stdout=log.open("wb"),
@@ -154,7 +154,7 @@ async def run(args: argparse.Namespace) -> None:
                         for c in chats[start : start + 2000]
                     ]
                 )
-            bot = start_bot(port, db, bot_log)
+            bot = start_bot(port, db, bot_log, trace=args.trace)
             await _wait_ready(client, bot)
             warm = Phase("warm-up", None)
             await _enqueue(client, [{"user_id": c, "text": "hello"} for c in chats], warm)
@@ -225,6 +225,9 @@ def main() -> None:
     ap.add_argument("--chats", type=int, default=2000)
     ap.add_argument("--orders", type=int, default=2000)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument(
+        "--trace", action="store_true", help="the bot's stages timed in its log (_trace_bot.py)"
+    )
     asyncio.run(run(ap.parse_args()))
 
 
