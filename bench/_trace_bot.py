@@ -90,7 +90,7 @@ def _watchdog(main_id: int) -> None:
         if time.monotonic() - _beat[0] < 0.05:
             continue
         frame = sys._current_frames().get(main_id)
-        chain = []
+        chain: list[str] = []
         while frame is not None and len(chain) < 40:
             mod = frame.f_globals.get("__name__", "?")
             if mod.startswith(("bot", "store")) and mod != __name__:
@@ -130,10 +130,21 @@ _orig_begin = store.db.Store.begin
 class TimedLock(asyncio.Lock):
     acquired_at = 0.0
 
-    async def acquire(self) -> bool:
+    async def acquire(self) -> Any:
         got = await super().acquire()
         self.acquired_at = time.perf_counter()
         return got
+
+
+_Turns = getattr(store.db, "_WriterTurns", None)
+if _Turns is not None:  # the writers' turns of this checkout: timed in place
+    _orig_acquire = _Turns.acquire
+
+    async def _timed_acquire(self: Any) -> None:
+        await _orig_acquire(self)
+        self.acquired_at = time.perf_counter()
+
+    _Turns.acquire = _timed_acquire
 
 
 @asynccontextmanager
@@ -144,12 +155,12 @@ async def begin(self: Any, *, counted: bool = True) -> Any:
         asyncio.get_running_loop().create_task(_monitor())
     who = _caller()
     lock = self._one_writer
-    if lock is not None and not isinstance(lock, TimedLock) and not lock.locked():
+    if type(lock) is asyncio.Lock and not lock.locked():
         lock = self._one_writer = TimedLock()
     t0 = time.perf_counter()
     async with _orig_begin(self, counted=counted) as conn:
         t2 = time.perf_counter()
-        t1 = lock.acquired_at if isinstance(lock, TimedLock) else t0
+        t1 = getattr(lock, "acquired_at", t0)
         note(f"writer-queue {who}", t1 - t0)
         note(f"file-lock {who}", t2 - t1)
         try:
