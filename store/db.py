@@ -148,6 +148,29 @@ def _is_busy(exc: OperationalError) -> bool:
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
+async def _begin_immediate_polling(conn: AsyncConnection) -> None:
+    """BEGIN IMMEDIATE on a pooled SQLite connection, the lock polled for at WRITE_POLL_SECONDS
+    (SQLite's busy handler switched off meanwhile) until BUSY_TIMEOUT_MS: a waiting writer
+    of this process and one of another process ask as often as each other."""
+    await conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        tries = 0
+        while True:
+            try:
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(WRITE_POLL_SECONDS[min(tries, len(WRITE_POLL_SECONDS) - 1)])
+            tries += 1
+    finally:
+        # Statements inside the transaction never wait for the lock (it is held); the
+        # connection's other uses get the busy timeout back.
+        await conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
 class Store:
     """The database handle the bot and the tools share. Holds no domain state."""
 
@@ -235,17 +258,9 @@ class Store:
                 async with self.engine.begin() as conn:
                     yield conn
                 return
-            async with self._one_writer:
-                # Waited for here, polling, not in the pool's BEGIN IMMEDIATE (SQLite's busy
-                # handler, see WRITE_POLL_SECONDS): once the lock was seen free, the pool's
-                # connection takes it a moment later, most often at once.
-                probe = await self._file_lock()
-                if probe is not None:
-                    probe.rollback()
-                    probe.close()
-                async with self.engine.begin() as conn:
-                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    yield conn
+            async with self._one_writer, self.engine.begin() as conn:
+                await _begin_immediate_polling(conn)
+                yield conn
         finally:
             # Counted once the transaction has ended, so a reader that saw the count before
             # it knows that what it read may be older than this transaction.
