@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import sqlite3
@@ -35,55 +34,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_e2e import (  # noqa: E402
-    LANGS,
-    LINK_SECRET,
+from bench._common import (  # noqa: E402
     LINKED_BASE,
     STRANGER_BASE,
-    TOKEN,
+    Driver,
     Phase,
     Proc,
-    _drain,
-    _enqueue,
-    _free_port,
-    _item,
-    _link_chats,
-    _match,
-    _pct,
-    _start_sandbox,
-    _wait_ready,
+    add_users,
+    apology_openings,
+    drain,
+    enqueue,
+    free_port,
+    link_chats,
+    pct,
+    start_bot,
+    start_sandbox,
+    wait_ready,
 )
 from bench.bench_follow_on import cli, orders_file  # noqa: E402
 from sandbox.client import SandboxClient  # noqa: E402
-
-APOLOGY = "Sorry, something went wrong on our side."
-
-
-def start_bot(port: int, db: Path, log: Path) -> Proc:
-    """bench_e2e's bot with its scheduler on (bench_e2e turns it off): the policy's and the
-    notices' batches and the deliveries run every 10 s, as in a shop."""
-    env = {
-        **os.environ,
-        "BOT_TOKEN": TOKEN,
-        "LINK_SECRET": LINK_SECRET,
-        "BOT_API_BASE_URL": f"http://127.0.0.1:{port}/bot",
-        "BOT_API_FILE_URL": f"http://127.0.0.1:{port}/file/bot",
-        "PYTHONUNBUFFERED": "1",
-        "DATABASE_URL": f"sqlite+aiosqlite:///{db}",
-        "LOG_LEVEL": "WARNING",
-        "NOTICE_JOB_INTERVAL_SECONDS": "10",
-        "REPLIES_PER_SECOND": "0",
-        "SHOP_NAME": "Bench Shop",
-    }
-    return Proc(
-        subprocess.Popen(
-            [sys.executable, "run_bot.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-    )
 
 
 def admin(db: Path, *argv: str) -> tuple[str, float, int, str]:
@@ -128,65 +97,35 @@ async def run(args: argparse.Namespace) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     shutil.copy(args.store, db)
-    numbers = await _link_chats(db, args.chats // 2)
+    numbers = await link_chats(db, args.chats // 2)
     chats = [LINKED_BASE + i for i in range(len(numbers))] + [
         STRANGER_BASE + i for i in range(args.chats - len(numbers))
     ]
     random.Random(3).shuffle(chats)
-    port = _free_port()
-    sandbox = _start_sandbox(port, args.work / "stream-sandbox.log")
+    port = free_port()
+    sandbox = start_sandbox(port, args.work / "stream-sandbox.log")
     bot_log = args.work / "stream-bot.log"
     bot: Proc | None = None
     log: list[Any] = []
-    rng = random.Random(7)
+    apologies_of = apology_openings()
     try:
         async with SandboxClient(f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(100):
-                try:
-                    await client.stats()
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            for start in range(0, len(chats), 2000):
-                await client.bulk(
-                    users=[
-                        {"id": c, "first_name": f"C{c}", "language_code": LANGS[c % 4]}
-                        for c in chats[start : start + 2000]
-                    ]
-                )
-            bot = start_bot(port, db, bot_log)
-            await _wait_ready(client, bot)
+            await add_users(client, chats)
+            bot = start_bot(port, db, bot_log, trace=args.trace)
+            await wait_ready(client, bot)
             warm = Phase("warm-up", None)
-            await _enqueue(client, [{"user_id": c, "text": "hello"} for c in chats], warm)
-            await _drain(client, 0)
+            await enqueue(client, [{"user_id": c, "text": "hello"} for c in chats], warm)
+            await drain(client, 0)
             phase = Phase(f"{args.rate:g}/s", args.rate, since_seq=(await client.stats())["calls"])
             seconds = 60 * args.minutes
             stop = time.monotonic() + seconds
             admin_side = asyncio.create_task(
                 asyncio.to_thread(stream, db, args.work, args.minutes, args.orders, log, stop)
             )
-            total = int(args.rate * seconds)
-            started = time.monotonic()
-            done = cursor = 0
-            while done < total:
-                due = min(total, int((time.monotonic() - started) * args.rate) + 1)
-                if due > done:
-                    batch = []
-                    for _ in range(due - done):
-                        batch.append(_item(rng, chats[cursor % len(chats)], numbers, True))
-                        cursor += 1
-                    await _enqueue(client, batch, phase)
-                    done = due
-                await asyncio.sleep(0.005)
-            await _drain(client, 0)
+            driver = Driver(client, chats, numbers)
+            await driver.offer(phase, args.rate, seconds)
+            apologies = await driver.finish(phase, apologies_of)
             await admin_side
-            await _match(client, phase)
-            calls = await client.calls(since=phase.since_seq)
-            apologies = sum(
-                1
-                for c in calls
-                if c["method"] == "sendMessage" and APOLOGY in str(c["params"].get("text", ""))
-            )
     finally:
         if bot is not None:
             bot.stop()
@@ -198,8 +137,8 @@ async def run(args: argparse.Namespace) -> None:
     ]
     print(
         f"bot: {len(phase.sent):,} updates at {args.rate:g}/s over {args.minutes} min:"
-        f" p50 {_pct(phase.latencies, 0.5):.0f} ms, p95 {_pct(phase.latencies, 0.95):.0f} ms,"
-        f" p99 {_pct(phase.latencies, 0.99):.0f} ms, {phase.missing} unanswered;"
+        f" p50 {pct(phase.latencies, 0.5):.0f} ms, p95 {pct(phase.latencies, 0.95):.0f} ms,"
+        f" p99 {pct(phase.latencies, 0.99):.0f} ms, {phase.missing} unanswered;"
         f" {apologies} apologies; {len(locked)} 'database is locked' lines in its log"
     )
     by: dict[str, list[float]] = {}
@@ -225,6 +164,9 @@ def main() -> None:
     ap.add_argument("--chats", type=int, default=2000)
     ap.add_argument("--orders", type=int, default=2000)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument(
+        "--trace", action="store_true", help="the bot's stages timed in its log (_trace_bot.py)"
+    )
     asyncio.run(run(ap.parse_args()))
 
 

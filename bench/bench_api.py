@@ -42,7 +42,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,27 +49,26 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from sqlalchemy import func, select, update  # noqa: E402
 
-from bench.bench_admin_stream import start_bot  # noqa: E402
-from bench.bench_e2e import (  # noqa: E402
+from bench._common import (  # noqa: E402
     LANGS,
     LINKED_BASE,
     RESULTS,
     STRANGER_BASE,
     TEXTS,
+    Driver,
     Phase,
     Proc,
-    _drain,
-    _enqueue,
-    _free_port,
-    _item,
-    _link_chats,
-    _match,
-    _pct,
-    _start_sandbox,
-    _wait_ready,
+    apology_openings,
+    drain,
+    enqueue,
+    free_port,
+    link_chats,
+    pct,
+    start_bot,
+    start_sandbox,
+    wait_ready,
 )
-from bot.render import Renderer  # noqa: E402
-from bot.settings import SUPPORTED_LANGUAGES, load_settings  # noqa: E402
+from bot.settings import load_settings  # noqa: E402
 from sandbox.client import SandboxClient  # noqa: E402
 from shopapi.server import follow_on_settings  # noqa: E402
 from store import open_store  # noqa: E402
@@ -147,58 +145,10 @@ def _batches(n: int, size: int, cids: list[int], skus: list[str]) -> list[dict]:
     return out
 
 
-def _apology_openings() -> list[str]:
-    renderer = Renderer(ZoneInfo("UTC"))
-    return [renderer.text("error.j2", lang).splitlines()[0] for lang in SUPPORTED_LANGUAGES]
-
-
-class Driver:
-    """bench_e2e's realistic mix at a steady rate, one phase at a time."""
-
-    def __init__(self, client: SandboxClient, chats: list[int], numbers: dict[int, list[str]]):
-        self.client, self.chats, self.numbers = client, chats, numbers
-        self.rng = random.Random(7)
-        self.cursor = 0
-
-    async def offer(self, phase: Phase, rate: float, until: asyncio.Event | float) -> None:
-        """Offer `rate` updates/s until the event is set or for that many seconds."""
-        started = time.monotonic()
-        done = 0
-        while True:
-            if isinstance(until, asyncio.Event):
-                if until.is_set():
-                    break
-            elif time.monotonic() - started >= until:
-                break
-            due = int((time.monotonic() - started) * rate) + 1
-            if due > done:
-                batch = []
-                for _ in range(due - done):
-                    chat = self.chats[self.cursor % len(self.chats)]
-                    batch.append(_item(self.rng, chat, self.numbers, True))
-                    self.cursor += 1
-                await _enqueue(self.client, batch, phase)
-                done = due
-            await asyncio.sleep(0.005)
-
-    async def finish(self, phase: Phase, apologies: list[str]) -> int:
-        """Wait for the replies and match them; returns the apologies among them."""
-        await _drain(self.client, 0)
-        await _match(self.client, phase)
-        sorry = 0
-        for c in await self.client.calls(since=phase.since_seq):
-            text = str(c["params"].get("text", ""))
-            if c["method"] in ("sendMessage", "editMessageText") and any(
-                text.startswith(a) for a in apologies
-            ):
-                sorry += 1
-        return sorry
-
-
 def _bot_line(phase: Phase, sorry: int) -> str:
     return (
-        f"{len(phase.sent):,} updates: p50 {_pct(phase.latencies, 0.5):.0f} ms,"
-        f" p95 {_pct(phase.latencies, 0.95):.0f} ms, p99 {_pct(phase.latencies, 0.99):.0f} ms,"
+        f"{len(phase.sent):,} updates: p50 {pct(phase.latencies, 0.5):.0f} ms,"
+        f" p95 {pct(phase.latencies, 0.95):.0f} ms, p99 {pct(phase.latencies, 0.99):.0f} ms,"
         f" {phase.missing} unanswered, {sorry} apologies"
     )
 
@@ -297,7 +247,7 @@ async def _run(args: argparse.Namespace) -> None:
             shutil.copyfile(args.store + suffix, str(scratch) + suffix)
     url = f"sqlite+aiosqlite:///{scratch}"
     t = time.perf_counter()
-    numbers = await _link_chats(scratch, CHATS // 2)  # opening the copy migrates it
+    numbers = await link_chats(scratch, CHATS // 2)  # opening the copy migrates it
     chats = [LINKED_BASE + i for i in range(len(numbers))] + [
         STRANGER_BASE + i for i in range(CHATS - len(numbers))
     ]
@@ -309,9 +259,9 @@ async def _run(args: argparse.Namespace) -> None:
         flush=True,
     )
     batches = _batches(args.orders, args.batch, cids, skus)
-    apologies = _apology_openings()
-    sandbox_port, api_port = _free_port(), _free_port()
-    sandbox = _start_sandbox(sandbox_port, RESULTS / "api-sandbox.log")
+    apologies = apology_openings()
+    sandbox_port, api_port = free_port(), free_port()
+    sandbox = start_sandbox(sandbox_port, RESULTS / "api-sandbox.log")
     bot_log = RESULTS / "api-bot.log"
     bot: Proc | None = None
     env = {
@@ -338,19 +288,19 @@ async def _run(args: argparse.Namespace) -> None:
                 ]
             )
             bot = start_bot(sandbox_port, scratch, bot_log)
-            await _wait_ready(client, bot, within=600)
+            await wait_ready(client, bot, within=600)
             await _api_ready(base, server)
             # Warm-up: every chat says hello once (a bot message to press on); the notices
             # the copy owed to the linked chats go out meanwhile.
             t = time.perf_counter()
-            await _enqueue(
+            await enqueue(
                 client,
                 [{"user_id": c, "text": TEXTS[LANGS[c % 4]][4]} for c in chats],
                 Phase("warm-up", None),
             )
-            await _drain(client, 0)
+            await drain(client, 0)
             left = await _owed_told(scratch)
-            await _drain(client, 0)
+            await drain(client, 0)
             print(
                 f"bot warmed up in {time.perf_counter() - t:.1f} s"
                 f" ({left} notices to the bench's chats still pending)",
@@ -385,12 +335,12 @@ async def _run(args: argparse.Namespace) -> None:
     created, took, latencies, follow_ons = imported
     print(
         f"API: {created:,} orders created in {len(latencies)} requests of {args.batch}:"
-        f" {took:.1f} s, {created / took:,.1f} orders/s; per request p50 {_pct(latencies, 0.5):.0f}"
-        f" ms, p99 {_pct(latencies, 0.99):.0f} ms, max {max(latencies) * 1000:.0f} ms"
+        f" {took:.1f} s, {created / took:,.1f} orders/s; per request p50 {pct(latencies, 0.5):.0f}"
+        f" ms, p99 {pct(latencies, 0.99):.0f} ms, max {max(latencies) * 1000:.0f} ms"
     )
     print(
-        f"  of which the follow-on work (delay policy, notices): p50 {_pct(follow_ons, 0.5):.0f}"
-        f" ms, p99 {_pct(follow_ons, 0.99):.0f} ms, {sum(follow_ons) / sum(latencies):.0%} of"
+        f"  of which the follow-on work (delay policy, notices): p50 {pct(follow_ons, 0.5):.0f}"
+        f" ms, p99 {pct(follow_ons, 0.99):.0f} ms, {sum(follow_ons) / sum(latencies):.0%} of"
         " the time"
     )
     failures = [

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager, nullcontext
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -28,8 +32,21 @@ INDEX_CHECK_SECONDS = 5.0
 # An inline read waits this long for a locked file (a migration, a checkpoint's restart)
 # before it goes through the pool instead: the event loop stands still while it waits.
 INLINE_BUSY_TIMEOUT_MS = 20
+# While another process holds SQLite's write lock, a writer of this process asks again after
+# these pauses (then the last one, again and again) until BUSY_TIMEOUT_MS: SQLite's own busy
+# handler sleeps 1, 2, 5, 10, ... 100 ms between its polls, so a writer that has waited a
+# while sees the lock free only by chance, and another process's batch loop (store.marks.
+# run_batches) takes it back first. Polling on the event loop costs about 30 us a try.
+WRITE_POLL_SECONDS = (0.0005, 0.001, 0.002)
+# The inline writer never checkpoints the WAL itself (wal_autocheckpoint=0): once the WAL is
+# past SQLite's 1,000 pages, every commit copies what others wrote back into the database and
+# syncs it, and an inline commit does so on the event loop's thread (an admin import leaves
+# tens of MB). The pool's connections and other processes checkpoint as before, and after
+# this many inline commits a passive checkpoint runs through the pool, off the loop's thread.
+CHECKPOINT_EVERY = 1000
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -66,6 +83,94 @@ def _writer_pragmas(dbapi_conn: Any, busy_timeout_ms: int) -> None:
     cur.close()
 
 
+# Set by `Store.background`: this task's writes wait while a writer of the foreground (an
+# update's handling) is queued for this process's writer turn.
+_BACKGROUND: ContextVar[bool] = ContextVar("store_background", default=False)
+
+
+class _WriterTurns:
+    """This process's SQLite writers, one at a time: FIFO, but a waiting writer of the
+    foreground (an update's handler, the inbox) goes before every waiting writer of the
+    background (the scheduler's follow-on batches and notice rounds). A background batch
+    between two of an update's writes would hold the update for the whole batch."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),
+            deque(),
+        )
+
+    def locked(self) -> bool:
+        return self._held
+
+    @property
+    def foreground_waiting(self) -> int:
+        return sum(1 for f in self._waiting[0] if not f.done())
+
+    async def acquire(self) -> None:
+        queue = self._waiting[1 if _BACKGROUND.get() else 0]
+        if not self._held and not any(self._waiting):
+            self._held = True
+            return
+        turn = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._pass_on()  # handed the turn while being cancelled: hand it on
+            else:
+                queue.remove(turn)
+            raise
+
+    def release(self) -> None:
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        for queue in self._waiting:
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # still held: now the waiter's
+                    return
+        self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+async def _begin_immediate_polling(conn: AsyncConnection) -> None:
+    """BEGIN IMMEDIATE on a pooled SQLite connection, the lock polled for at WRITE_POLL_SECONDS
+    (SQLite's busy handler switched off meanwhile) until BUSY_TIMEOUT_MS: a waiting writer
+    of this process and one of another process ask as often as each other."""
+    await conn.exec_driver_sql("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        tries = 0
+        while True:
+            try:
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(WRITE_POLL_SECONDS[min(tries, len(WRITE_POLL_SECONDS) - 1)])
+            tries += 1
+    finally:
+        # Statements inside the transaction never wait for the lock (it is held); the
+        # connection's other uses get the busy timeout back.
+        await conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
 class Store:
     """The database handle the bot and the tools share. Holds no domain state."""
 
@@ -85,10 +190,54 @@ class Store:
         # SQLite takes one writer at a time. Left to its busy handler, writers of this process
         # poll the lock with sleeps of up to 100 ms and wait in no order: under a burst of
         # updates a one-row write took 60 ms (bench). Queued here first, they run one after
-        # another at once; other processes (an admin import) still meet the busy timeout.
-        self._one_writer = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # another at once; another process's lock (an admin import) is polled for
+        # (`_file_lock`), foreground first (`_WriterTurns`).
+        self._one_writer = _WriterTurns() if engine.dialect.name == "sqlite" else None
         self._inline = _inline_engine(url)
         self._inline_writer = _inline_engine(url, writer=True)
+        self._inline_commits = 0
+        self._checkpoint: asyncio.Task[None] | None = None
+
+    @staticmethod
+    @contextmanager
+    def background() -> Iterator[None]:
+        """Writes made inside (and in tasks started inside) give way to the foreground's:
+        on SQLite, where this process's writers take turns, each waits until no other writer
+        outside a `background` block is queued. Nothing changes on PostgreSQL."""
+        token = _BACKGROUND.set(True)
+        try:
+            yield
+        finally:
+            _BACKGROUND.reset(token)
+
+    async def _file_lock(self) -> Connection | None:
+        """On a SQLite file: a connection of the inline writer in a BEGIN IMMEDIATE
+        transaction, that is SQLite's write lock, asked for again after WRITE_POLL_SECONDS
+        while another process holds it; the busy error after BUSY_TIMEOUT_MS. None when
+        this is not a SQLite file, or the file cannot be opened here (the pool then tries)."""
+        if self._inline_writer is None:
+            return None
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        tries = 0
+        while True:
+            inline: Connection | None = None
+            try:
+                inline = self._inline_writer.connect()
+                inline.begin()  # BEGIN IMMEDIATE: the write lock now, or "locked" at once
+                return inline
+            except OperationalError as exc:
+                if inline is not None:
+                    inline.close()
+                if not _is_busy(exc):
+                    return None
+                if time.monotonic() >= deadline:
+                    raise
+            except BaseException:
+                if inline is not None:
+                    inline.close()
+                raise
+            await asyncio.sleep(WRITE_POLL_SECONDS[min(tries, len(WRITE_POLL_SECONDS) - 1)])
+            tries += 1
 
     @asynccontextmanager
     async def begin(self, *, counted: bool = True) -> AsyncIterator[AsyncConnection]:
@@ -105,9 +254,12 @@ class Store:
         READ COMMITTED lets two transactions read the same rows, the step takes a row lock
         (SELECT ... FOR UPDATE, which is nothing on SQLite) or an advisory lock."""
         try:
-            async with self._one_writer or nullcontext(), self.engine.begin() as conn:
-                if self._one_writer is not None:
-                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if self._one_writer is None:
+                async with self.engine.begin() as conn:
+                    yield conn
+                return
+            async with self._one_writer, self.engine.begin() as conn:
+                await _begin_immediate_polling(conn)
                 yield conn
         finally:
             # Counted once the transaction has ended, so a reader that saw the count before
@@ -118,25 +270,24 @@ class Store:
     @asynccontextmanager
     async def begin_small(self, *, counted: bool = True) -> AsyncIterator[AsyncConnection]:
         """`begin` for a transaction of a few one-row statements and nothing else awaited
-        (a chat's misses, its pending question): on a SQLite file, on the event loop's thread
-        once the file's write lock is had at once; else, or while another process writes,
+        (a chat's misses, its pending question): on a SQLite file, on the event loop's thread,
+        the file's write lock polled for while another process holds it (`_file_lock`); else
         through the pool. Through aiosqlite the begin, statement and commit were about
-        1.5 ms of CPU in hand-offs; on the loop's thread the whole write takes about 0.1 ms."""
+        1.5 ms of CPU in hand-offs; on the loop's thread the whole write takes about 0.1 ms.
+        Through the pool, a write that met another process's lock waited in SQLite's busy
+        handler, and every writer of this process waited behind it: 3.3 s at the median
+        during an admin import on the 1M-order store (bench_admin_stream --trace)."""
         inline: Connection | None = None
         if self._inline_writer is not None:
             assert self._one_writer is not None
             await self._one_writer.acquire()
             try:
-                inline = self._inline_writer.connect()
-                inline.begin()  # BEGIN IMMEDIATE: the write lock now, or "locked" at once
-            except OperationalError:
-                if inline is not None:
-                    inline.close()
-                inline = None
-                self._one_writer.release()
+                inline = await self._file_lock()
             except BaseException:
                 self._one_writer.release()
                 raise
+            if inline is None:
+                self._one_writer.release()
         if inline is None:
             async with self.begin(counted=counted) as conn:
                 yield conn
@@ -153,6 +304,18 @@ class Store:
             self._one_writer.release()
             if counted:
                 self.writes += 1
+        self._inline_commits += 1
+        if self._inline_commits % CHECKPOINT_EVERY == 0 and self._checkpoint is None:
+            self._checkpoint = asyncio.get_running_loop().create_task(self._checkpoint_wal())
+
+    async def _checkpoint_wal(self) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:
+            log.warning("a passive WAL checkpoint failed; the next one tries again", exc_info=True)
+        finally:
+            self._checkpoint = None
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -232,6 +395,8 @@ class Store:
         self.catalog_heard += 1
 
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            await self._checkpoint
         for inline in (self._inline, self._inline_writer):
             if inline is not None:
                 inline.dispose()
@@ -323,9 +488,12 @@ def _on_inline_connect(dbapi_conn: Any, _record: Any) -> None:
 
 def _on_inline_write_connect(dbapi_conn: Any, _record: Any) -> None:
     # No wait at all: while another process writes, the event loop must run on (that
-    # process may be this one's own admin task, whose statements need the loop), and the
-    # write goes through the pool, which waits on its own thread.
+    # process may be this one's own admin task, whose statements need the loop); the lock is
+    # polled for (Store._file_lock). No checkpoint on the loop's thread (CHECKPOINT_EVERY).
     _writer_pragmas(dbapi_conn, busy_timeout_ms=0)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA wal_autocheckpoint=0")
+    cur.close()
 
 
 def _begin_immediate(conn: Connection) -> None:
