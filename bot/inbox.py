@@ -42,7 +42,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 from telegram import Bot, Update
@@ -60,9 +60,6 @@ from store.inbox import (
     unanswered_updates,
 )
 
-if TYPE_CHECKING:
-    from bot.updates import UpdateIntake
-
 log = logging.getLogger(__name__)
 
 __all__ = ["FLUSH_AT", "Inbox", "InboxRequest"]
@@ -71,6 +68,16 @@ __all__ = ["FLUSH_AT", "Inbox", "InboxRequest"]
 # a while) goes in several short ones, each holding the file briefly.
 FLUSH_AT = 100
 RETRY_AFTER = 0.05  # seconds before marks whose write failed are tried again
+
+
+class Intake(Protocol):
+    """What a replay feeds: the Application's update queue (bot.updates.UpdateIntake, which
+    holds an Inbox: the queue's type lives there, this is what the inbox needs of it)."""
+
+    limit: int  # unanswered updates it holds at most
+    unanswered: int
+
+    def put_nowait(self, item: object) -> None: ...
 
 
 class Inbox:
@@ -180,7 +187,7 @@ class Inbox:
         process always may."""
         return True
 
-    async def replay(self, bot: Bot, queue: UpdateIntake) -> int:
+    async def replay(self, bot: Bot, queue: Intake) -> int:
         """Put every saved, unanswered update into ``queue``, in update_id order; call before
         polling starts. Returns how many."""
         async with self._begin() as conn:

@@ -55,7 +55,7 @@ from telegram import Bot, Update
 from telegram.error import NetworkError, RetryAfter
 from telegram.ext import BaseRateLimiter
 
-from bot.inbox import Inbox
+from bot.inbox import Inbox, Intake
 from bot.updates import chat_key
 from store.db import Store
 from store.inbox import Saved, mark_answered, save_updates
@@ -76,7 +76,6 @@ from store.shared import (
 
 if TYPE_CHECKING:
     from bot.context import BotApplication, BotContext
-    from bot.updates import UpdateIntake
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +187,7 @@ class SharedInbox(Inbox):
         self._until: dict[str, float] = {}
         self._renewing: asyncio.Task[None] | None = None
         self._bot: Bot | None = None
-        self._queue: UpdateIntake | None = None
+        self._queue: Intake | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.poller = PollerLease(store, worker, lease)
         self.rounds = 0
@@ -233,7 +232,7 @@ class SharedInbox(Inbox):
         await self._save([(update_id, update.to_json())], {update_id: key_of(update)})
         return False
 
-    async def replay(self, bot: Bot, queue: UpdateIntake) -> int:
+    async def replay(self, bot: Bot, queue: Intake) -> int:
         """Start claiming (before polling starts): keys for updates saved before they had one,
         then the claim rounds and the listener. Returns the unanswered updates found."""
         self._bot, self._queue = bot, queue
