@@ -1653,6 +1653,8 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             "queue_rank": -o.priority,
             "queued_at": o.placed_at,
             **_dated_line(dated.get((i, no)), now),
+            # Units reserved at once were part of the order confirmation, not later news.
+            "told_ready_qty": given.get((i, no), 0),
         }
         for i, (o, oid) in enumerate(zip(new, order_ids, strict=True))
         for no, ln in enumerate(o.lines, start=1)
@@ -1722,13 +1724,18 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
     # Projected from scratch below; a walk under way of one of them counted the units ahead
     # of its cursor before these were allocated: it starts again from the head.
-    await restart_walks(conn, [s for s in skus if s not in bounds])
-    for part in _chunks([s for s in skus if s not in bounds], 500):
+    rest = [s for s in skus if s not in bounds]
+    if not rest:
+        # Every line was written with its date and promise: no second pass over the rows
+        # (it rewrote each new line, 2,667 of them, inside the write lock).
+        return len(new)
+    await restart_walks(conn, rest)
+    for part in _chunks(rest, 500):
         await _project_many(conn, list(part))
     for part in _chunks(order_ids):
         await conn.execute(
             update(order_lines)
-            .where(c.order_id.in_(part))
+            .where(c.order_id.in_(part), c.sku.in_(rest))
             .values(
                 promised_date=c.projected_date,
                 last_told_date=c.projected_date,
