@@ -1697,22 +1697,25 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
                 for sku, q in gave.items()
             ],
         )
-    await conn.execute(
-        insert(events),
-        [
-            {
-                "at": now,
-                "kind": "order_placed",
-                "sku": None,
-                "order_id": oid,
-                "line_id": None,
-                "restock_id": None,
-                "customer_id": o.customer_id,
-                "data": json.dumps({"order_number": o.order_number}, sort_keys=True),
-            }
-            for o, oid in zip(new, order_ids, strict=True)
-        ],
-    )
+    # Each order's 'order_placed' event (log_event's row) written from the orders just
+    # inserted: no row built and bound in Python under the write lock. The numbers are
+    # digits (checked above), so the JSON needs no escaping.
+    for part in _chunks(numbers):
+        oc = orders.c
+        await conn.execute(
+            insert(events).from_select(
+                ["at", "kind", "order_id", "customer_id", "data"],
+                select(
+                    literal(now, events.c.at.type),
+                    literal("order_placed"),
+                    oc.order_id,
+                    oc.customer_id,
+                    literal('{"order_number": "') + oc.order_number + literal('"}'),
+                )
+                .where(oc.order_number.in_(part))
+                .order_by(oc.order_id),
+            )
+        )
     missing = [s for s in skus if s not in stocked]
     if missing:
         await conn.execute(
