@@ -1,50 +1,76 @@
 # ruff: noqa: E501  (a hand-run script: long report lines)
-"""Issue #14: how long `import orders` holds its own write transaction, and where the time goes
-(the top of a profile of store.backorders). Run by hand on a copy of a demo store; prints
-figures, asserts nothing.
+"""Issue #14: how long `import orders` holds its own write transaction, measured from outside
+(another process asks for the write lock, BEGIN IMMEDIATE then ROLLBACK, every 20 ms: its
+longest wait is the longest write transaction it met) and from inside (the transaction, its
+commit, the CPU seconds). The file is parsed before the transaction, as the CLI does. Run by
+hand on a copy of a demo store; prints figures, asserts nothing.
 
     .venv/bin/python bench/bench_import_orders.py STORE.sqlite3 [--orders 2000] [--one-by-one]
+        [--code ROOT] [--profile] [--work DIR]
+
+--code is the checkout to measure (an older one gives the "before" figures:
+`git archive main store | tar -x -C /tmp/before`). --profile prints the top of a profile of
+store.backorders instead of probing.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import cProfile
-import pstats
+import multiprocessing as mp
+import os
 import shutil
+import sqlite3
+import subprocess
 import sys
 import time
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_follow_on import orders_file  # noqa: E402
-from store import open_store  # noqa: E402
-from store.imports import apply_file  # noqa: E402
 
-
-async def run(db: Path, csv_path: Path, one_by_one: bool, profile: bool) -> None:
+WORK = """
+import asyncio, cProfile, pstats, sys, time
+from pathlib import Path
+from store import open_store
+from store.imports import apply_file, parse_file
+async def go(db, csv_path, one_by_one, profile):
     s = await open_store(f"sqlite+aiosqlite:///{db}")
+    parsed = parse_file("orders", Path(csv_path))  # before the transaction, as the CLI
     prof = cProfile.Profile()
-    try:
-        t = time.perf_counter()
-        async with s.begin() as conn:
-            if profile:
-                prof.enable()
-            r = await apply_file(conn, "orders", csv_path, one_by_one=one_by_one)
-            prof.disable()
-        took = time.perf_counter() - t
-    finally:
-        await s.close()
-    print(
-        f"{r.rows} rows, {r.changed} orders: the transaction {took:.2f} s ({'one by one' if one_by_one else 'whole file'})"
-    )
+    print(f"@begin {time.time()}", flush=True)
+    cpu = time.process_time()
+    t = time.perf_counter()
+    async with s.begin() as conn:
+        if profile:
+            prof.enable()
+        r = await apply_file(conn, "orders", Path(csv_path), parsed=parsed, one_by_one=one_by_one)
+        prof.disable()
+        c = time.perf_counter()
+    done = time.perf_counter()
+    print(f"@end {time.time()}", flush=True)
+    print(f"{r.rows} rows, {r.changed} orders ({'one by one' if one_by_one else 'whole file'}): the transaction {(done - t) * 1000:.0f} ms, its commit {(done - c) * 1000:.0f} ms, {time.process_time() - cpu:.2f} s CPU", flush=True)
+    await s.close()
     if profile:
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(
-            "store/(backorders|marks|imports)", 14
-        )
+        pstats.Stats(prof).sort_stats("cumulative").print_stats("store/(backorders|marks|imports)", 14)
+asyncio.run(go(sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1"))
+"""
+
+
+def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    conn = sqlite3.connect(path, timeout=3600, isolation_level=None)
+    waits: list[tuple[float, float]] = []  # (when it asked, wall clock; how long it waited)
+    while not stop.is_set():
+        t = time.perf_counter()
+        asked = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        waits.append((asked, time.perf_counter() - t))
+        conn.execute("ROLLBACK")
+        time.sleep(0.02)
+    conn.close()
+    out.put(waits)
 
 
 def main() -> None:
@@ -53,6 +79,7 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=2000)
     ap.add_argument("--one-by-one", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--code", type=Path, default=ROOT)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -60,9 +87,46 @@ def main() -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     shutil.copy(args.store, db)
+    os.chmod(db, 0o644)
     csv_path = args.work / f"orders-{args.orders}.csv"
     orders_file(db, csv_path, args.orders)
-    asyncio.run(run(db, csv_path, args.one_by_one, args.profile))
+    (args.work / "import_work.py").write_text(WORK)
+    argv = [str(args.work / "import_work.py"), str(db), str(csv_path)]
+    argv += [str(int(args.one_by_one)), str(int(args.profile))]
+    stop = mp.Event()
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    prober = None if args.profile else mp.Process(target=probe, args=(str(db), stop, q))
+    print(f"code {args.code}; load {os.getloadavg()}")
+    if prober:
+        prober.start()
+    t = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=args.code,
+        env={**os.environ, "PYTHONPATH": str(args.code)},
+        capture_output=True,
+        text=True,
+    )
+    took = time.perf_counter() - t
+    span = (0.0, 0.0)
+    for line in (done.stdout + done.stderr).strip().splitlines():
+        if line.startswith("@begin "):
+            span = (float(line.split()[1]), span[1])
+        elif line.startswith("@end "):
+            span = (span[0], float(line.split()[1]))
+        else:
+            print(f"  | {line[:200]}")
+    print(f"  wall {took:.1f} s (the worker, with opening the store), exit {done.returncode}")
+    if prober:
+        stop.set()
+        asked = q.get()
+        prober.join()
+        during = sorted(w for at, w in asked if span[0] - 0.05 <= at <= span[1])
+        if during:
+            print(
+                f"  probe: longest BEGIN IMMEDIATE wait during the import {during[-1] * 1000:.0f} ms ({len(during)} waits)"
+            )
+    print(f"load {os.getloadavg()}")
 
 
 if __name__ == "__main__":

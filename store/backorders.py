@@ -1508,6 +1508,7 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     prods: dict[str, Any] = {}
     stocked: dict[str, tuple[int, int]] = {}
     tail: dict[str, tuple[int, datetime]] = {}
+    queued: dict[str, tuple[int, int]] = {}
     c = order_lines.c
     waiting = c.qty_waiting > literal_column("0")  # a literal: the queue index is partial
     for part in _chunks(skus):
@@ -1525,24 +1526,21 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             select(stock.c.sku, stock.c.on_hand, stock.c.allocated).where(stock.c.sku.in_(part))
         ):
             stocked[sr.sku] = (int(sr.on_hand), int(sr.allocated))
+        # Each SKU's queue as it is, in one pass over the queue index (two passes were 0.3 s
+        # of the write transaction on the 1M store): its tail, waiting lines and units.
         for tr in await conn.execute(
-            select(c.sku, c.queue_rank, func.max(c.queued_at))
+            select(
+                c.sku, c.queue_rank, func.max(c.queued_at), func.count(), func.sum(c.qty_waiting)
+            )
             .where(c.sku.in_(part), waiting)
             .group_by(c.sku, c.queue_rank)
         ):
             key = (int(tr[1]), tr[2] if tr[2].tzinfo else tr[2].replace(tzinfo=UTC))
             if tr[0] not in tail or key > tail[tr[0]]:
                 tail[tr[0]] = key
+            n, u = queued.get(tr[0], (0, 0))
+            queued[tr[0]] = (n + int(tr[3]), u + int(tr[4] or 0))
     free = {s: max(0, on - al) for s, (on, al) in stocked.items()}
-    # Each SKU's queue as it is: its waiting lines and units (on the queue index alone).
-    queued: dict[str, tuple[int, int]] = {}
-    for part in _chunks(skus):
-        for wr in await conn.execute(
-            select(c.sku, func.count(), func.sum(c.qty_waiting))
-            .where(c.sku.in_(part), waiting)
-            .group_by(c.sku)
-        ):
-            queued[wr[0]] = (int(wr[1]), int(wr[2] or 0))
     for sku, (_, units) in queued.items():
         if sku in free:
             free[sku] = max(0, free[sku] - units)  # the store's waiting lines first
@@ -1655,6 +1653,8 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             "queue_rank": -o.priority,
             "queued_at": o.placed_at,
             **_dated_line(dated.get((i, no)), now),
+            # Units reserved at once were part of the order confirmation, not later news.
+            "told_ready_qty": given.get((i, no), 0),
         }
         for i, (o, oid) in enumerate(zip(new, order_ids, strict=True))
         for no, ln in enumerate(o.lines, start=1)
@@ -1697,22 +1697,25 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
                 for sku, q in gave.items()
             ],
         )
-    await conn.execute(
-        insert(events),
-        [
-            {
-                "at": now,
-                "kind": "order_placed",
-                "sku": None,
-                "order_id": oid,
-                "line_id": None,
-                "restock_id": None,
-                "customer_id": o.customer_id,
-                "data": json.dumps({"order_number": o.order_number}, sort_keys=True),
-            }
-            for o, oid in zip(new, order_ids, strict=True)
-        ],
-    )
+    # Each order's 'order_placed' event (log_event's row) written from the orders just
+    # inserted: no row built and bound in Python under the write lock. The numbers are
+    # digits (checked above), so the JSON needs no escaping.
+    for part in _chunks(numbers):
+        oc = orders.c
+        await conn.execute(
+            insert(events).from_select(
+                ["at", "kind", "order_id", "customer_id", "data"],
+                select(
+                    literal(now, events.c.at.type),
+                    literal("order_placed"),
+                    oc.order_id,
+                    oc.customer_id,
+                    literal('{"order_number": "') + oc.order_number + literal('"}'),
+                )
+                .where(oc.order_number.in_(part))
+                .order_by(oc.order_id),
+            )
+        )
     missing = [s for s in skus if s not in stocked]
     if missing:
         await conn.execute(
@@ -1724,13 +1727,18 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
     # Projected from scratch below; a walk under way of one of them counted the units ahead
     # of its cursor before these were allocated: it starts again from the head.
-    await restart_walks(conn, [s for s in skus if s not in bounds])
-    for part in _chunks([s for s in skus if s not in bounds], 500):
+    rest = [s for s in skus if s not in bounds]
+    if not rest:
+        # Every line was written with its date and promise: no second pass over the rows
+        # (it rewrote each new line, 2,667 of them, inside the write lock).
+        return len(new)
+    await restart_walks(conn, rest)
+    for part in _chunks(rest, 500):
         await _project_many(conn, list(part))
     for part in _chunks(order_ids):
         await conn.execute(
             update(order_lines)
-            .where(c.order_id.in_(part))
+            .where(c.order_id.in_(part), c.sku.in_(rest))
             .values(
                 promised_date=c.projected_date,
                 last_told_date=c.projected_date,

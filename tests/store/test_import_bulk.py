@@ -163,3 +163,91 @@ async def test_whole_file_is_the_same_store_as_one_by_one(
     assert (len(calls) == 40) if jump else (calls == [])
     assert whole == one_by_one
     assert whole["allocated"] or seed  # the file meets free stock (seed 0 at least)
+
+
+async def test_a_queue_of_two_priorities_counts_every_waiting_line_and_unit(
+    demo_db_template: Path, tmp_path: Path
+) -> None:
+    """The file's lines join the back of a queue whose waiting lines have two ranks (a
+    priority order ahead of the plain ones): place_orders counts the lines and units of both
+    ranks ahead of them (their dates, their queue marks), as one by one does. The priority
+    order takes all of the first open restock, so a count that missed it dates the new
+    lines from that restock instead of the next."""
+    from sqlalchemy import func
+
+    from store.backorders import NewLine, place_order
+    from store.schema import order_lines, restocks
+
+    template = tmp_path / "template.sqlite3"
+    shutil.copyfile(demo_db_template, template)
+    s = await open_store(sqlite_url(template))
+    try:
+        async with s.begin() as conn:
+            r = restocks.c
+            rows = (
+                await conn.execute(
+                    select(r.sku, r.restock_id, r.expected_date, r.qty - r.qty_received)
+                    .select_from(
+                        restocks.join(products, products.c.sku == r.sku).outerjoin(
+                            stock, stock.c.sku == r.sku
+                        )
+                    )
+                    .where(
+                        r.status == "open",
+                        products.c.active,
+                        products.c.backorderable,
+                        func.coalesce(stock.c.on_hand - stock.c.allocated, 0) <= 0,
+                    )
+                    .order_by(r.sku, r.expected_date, r.restock_id)
+                )
+            ).all()
+            by_sku: dict[str, list[Any]] = {}
+            for row in rows:
+                by_sku.setdefault(row[0], []).append(row)
+            sku, (first, *_) = next((k, v) for k, v in by_sku.items() if len(v) >= 2)
+            c = order_lines.c
+            waiting = await conn.scalar(
+                select(func.coalesce(func.sum(c.qty_waiting), 0)).where(
+                    c.sku == sku, c.qty_waiting > 0
+                )
+            )
+            # Ahead of every plain line, and enough to use up the first restock whatever
+            # the queue held before.
+            await place_order(
+                conn,
+                "899999",
+                1,
+                [NewLine(sku, int(first[3]) + 1)],
+                placed_at=NOW - timedelta(days=3),
+                priority=5,
+            )
+            ranks = await conn.scalar(
+                select(func.count(func.distinct(c.queue_rank))).where(
+                    c.sku == sku, c.qty_waiting > 0
+                )
+            )
+    finally:
+        await s.close()
+    assert ranks == 2 and int(waiting) > 0  # the plain lines are there too
+    csv_path = tmp_path / "orders.csv"
+    placed = (NOW - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    _write(csv_path, [[900_000 + i, 1, placed, 1, sku, 1, 0] for i in range(3)])
+    one_by_one = await _import(template, tmp_path / "a.sqlite3", csv_path, one_by_one=True)
+    whole = await _import(template, tmp_path / "b.sqlite3", csv_path, one_by_one=False)
+    assert whole == one_by_one
+    s = await open_store(sqlite_url(tmp_path / "b.sqlite3"))
+    try:
+        async with s.connect() as conn:
+            from store.schema import orders
+
+            dates = (
+                await conn.scalars(
+                    select(order_lines.c.waits_for_restock_id)
+                    .join(orders, orders.c.order_id == order_lines.c.order_id)
+                    .where(orders.c.order_number.in_(["900000", "900001", "900002"]))
+                )
+            ).all()
+    finally:
+        await s.close()
+    # Behind the priority order's units: not the first restock's.
+    assert first[1] not in dates and len(dates) == 3
