@@ -1505,6 +1505,18 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
                 select(customers.c.customer_id).where(customers.c.customer_id.in_(part))
             )
         )
+    if conn.dialect.name == "postgresql":
+        # The file's stock rows held until the commit, in SKU order (as _lock_stock): another
+        # import or order reads what this one left of the free units, instead of both reading
+        # them free at READ COMMITTED and the second failing on ck_stock_allocated_within.
+        # SQLite's write transactions run one at a time.
+        for part in _chunks(sorted(skus)):
+            await conn.execute(
+                select(stock.c.sku)
+                .where(stock.c.sku.in_(part))
+                .order_by(stock.c.sku)
+                .with_for_update()
+            )
     prods: dict[str, Any] = {}
     stocked: dict[str, tuple[int, int]] = {}
     tail: dict[str, tuple[int, datetime]] = {}

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store, open_store
-from store.backorders import NewLine, place_order, set_stock
+from store.backorders import NewLine, OrderIn, place_order, place_orders, set_stock
 from store.chats import link_chat, proof_check, record_verification_attempt, touch_chat
 from store.delays import next_order_number
 from store.handoffs import claim_handoff, close_handoff
@@ -118,6 +118,23 @@ async def order_last_unit(conn: AsyncConnection, order_number: str, i: int) -> b
         placed_at=NOW + timedelta(seconds=i),
     )
     return bool(placed.allocated)
+
+
+async def import_last_units(conn: AsyncConnection, order_number: str, i: int) -> int:
+    """A file of one order for one unit of each LAST_UNIT product, placed as `import orders`
+    places a file (store.backorders.place_orders; the SKUs in either order). The units it got
+    at once."""
+    skus = LAST_UNIT if i % 2 == 0 else LAST_UNIT[::-1]
+    # All at one time: a file whose line would jump the queue is placed order by order.
+    lines = [NewLine(sku, 1) for sku in skus]
+    order = OrderIn(order_number, 1 + i % CUSTOMERS, tuple(lines), NOW)
+    assert await place_orders(conn, [order]) == 1
+    got = await conn.scalar(
+        select(func.coalesce(func.sum(order_lines.c.qty_allocated), 0))
+        .select_from(order_lines.join(orders))
+        .where(orders.c.order_number == order_number)
+    )
+    return int(got or 0)
 
 
 async def bot_order(conn: AsyncConnection, i: int) -> str:

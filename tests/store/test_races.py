@@ -26,6 +26,7 @@ from tests.store.races import (
     close_stores,
     escalate,
     failures,
+    import_last_units,
     open_stores,
     order_last_unit,
     outcome,
@@ -85,6 +86,24 @@ async def test_orders_for_the_last_units_at_once_give_each_once_and_queue_the_re
     assert found.allocated == {sku: 1 for sku in LAST_UNIT}
     assert found.lines_allocated == {sku: 1 for sku in LAST_UNIT}
     assert found.lines_waiting == {sku: orders - 1 for sku in LAST_UNIT}
+
+
+@pytest.mark.parametrize("files", [2, ORDERS])
+async def test_imports_for_the_last_units_at_once_give_each_once_and_queue_the_rest(
+    stores: list[Store], files: int
+) -> None:
+    # As two `import orders` at once: before the stock rows were held, two files both read
+    # the last unit free on PostgreSQL and the second failed on ck_stock_allocated_within.
+    results = await at_once(
+        stores, files, lambda conn, i: import_last_units(conn, f"{210000 + i}", i)
+    )
+    assert failures(results) == []
+    assert 1 <= sum(1 for got in results if got) <= 2
+    assert sum(results) == len(LAST_UNIT)
+    found = await outcome(stores[0])
+    assert found.allocated == {sku: 1 for sku in LAST_UNIT}
+    assert found.lines_allocated == {sku: 1 for sku in LAST_UNIT}
+    assert found.lines_waiting == {sku: files - 1 for sku in LAST_UNIT}
 
 
 async def test_order_numbers_the_bot_gives_at_once_are_all_different(
