@@ -32,6 +32,7 @@ from bench.bench_e2e import (  # noqa: E402
     TOKEN,
     Phase,
     Proc,
+    add_users,
 )
 from bench.bench_e2e import _drain as drain  # noqa: E402
 from bench.bench_e2e import _enqueue as enqueue  # noqa: E402
@@ -96,23 +97,6 @@ def start_bot(port: int, db: Path, log: Path, *, trace: bool = False) -> Proc:
             stderr=subprocess.STDOUT,
         )
     )
-
-
-async def add_users(client: SandboxClient, chats: list[int]) -> None:
-    """Wait for the sandbox to answer, then give it the chats' users (bench_e2e's languages)."""
-    for _ in range(100):
-        try:
-            await client.stats()
-            break
-        except Exception:
-            await asyncio.sleep(0.1)
-    for start in range(0, len(chats), 2000):
-        await client.bulk(
-            users=[
-                {"id": c, "first_name": f"C{c}", "language_code": LANGS[c % 4]}
-                for c in chats[start : start + 2000]
-            ]
-        )
 
 
 def apology_openings() -> list[str]:

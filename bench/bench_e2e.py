@@ -301,6 +301,23 @@ class Group:
             p.stop()
 
 
+async def add_users(client: SandboxClient, chats: list[int]) -> None:
+    """Wait for the sandbox to answer, then give it the chats' users (LANGS in turn)."""
+    for _ in range(100):
+        try:
+            await client.stats()
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    for start in range(0, len(chats), 2000):
+        await client.bulk(
+            users=[
+                {"id": c, "first_name": f"C{c}", "language_code": LANGS[c % 4]}
+                for c in chats[start : start + 2000]
+            ]
+        )
+
+
 async def _wait_ready(client: SandboxClient, bot: Proc | Group, within: float = 120) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -461,19 +478,7 @@ async def _run_bot(
     rng = random.Random(7)
     try:
         async with SandboxClient(f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(100):
-                try:
-                    await client.stats()
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            for start in range(0, len(chats), 2000):
-                await client.bulk(
-                    users=[
-                        {"id": c, "first_name": f"C{c}", "language_code": LANGS[c % 4]}
-                        for c in chats[start : start + 2000]
-                    ]
-                )
+            await add_users(client, chats)
             if args.backlog:
                 backlog = [
                     _item(rng, chats[i % len(chats)], numbers, False) for i in range(args.backlog)

@@ -62,6 +62,7 @@ from bench_e2e import (  # noqa: E402
     _pg_copy,
     _start_bot,
     _start_sandbox,
+    add_users,
 )
 from sqlalchemy import func, select  # noqa: E402
 
@@ -171,19 +172,7 @@ async def _run(
     run = Run()
     try:
         async with SandboxClient(f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(100):
-                try:
-                    await client.stats()
-                    break
-                except Exception:
-                    await asyncio.sleep(0.1)
-            for start in range(0, len(chats), 2000):
-                await client.bulk(
-                    users=[
-                        {"id": c, "first_name": f"C{c}", "language_code": LANGS[c % 4]}
-                        for c in chats[start : start + 2000]
-                    ]
-                )
+            await add_users(client, chats)
             group.procs.extend(
                 _start_bot("bot", port, url, RESULTS / f"kill-{label}-{name}.log", worker=name)
                 for name in names
