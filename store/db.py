@@ -343,17 +343,21 @@ class Store:
         async with self.connect() as conn:
             return await query(conn)
 
-    async def product_index(self) -> ProductIndex:
+    async def product_index(self, *, current: bool = False) -> ProductIndex:
         """The fuzzy product index, rebuilt when the catalog has changed since last built.
 
         Whether it changed is asked of the database after any write of this process, else
         at most every INDEX_CHECK_SECONDS (another process's import shows within that): the
-        question scans the catalog's index, and every stock question would ask it."""
+        question scans the catalog's index, and every stock question would ask it.
+        `current`: ask now, whatever was heard. Before the bot says a product does not exist:
+        another process's rename is heard a moment after its commit, and a customer who read
+        the new name in the shop may already be asking."""
         index = self._index
         version = self._catalog_version
         heard = self.catalog_heard
         if (
             index is not None
+            and not current
             and self.engine.dialect.name == "postgresql"
             and not (self.catalog_listening and heard == self._catalog_seen)
         ):
@@ -367,6 +371,7 @@ class Store:
                 self._catalog_seen = heard
         if (
             index is not None
+            and not current
             and version == self._catalog_version
             and self._index_checked[0] == self.writes
             and time.monotonic() - self._index_checked[1] < INDEX_CHECK_SECONDS

@@ -49,7 +49,12 @@ async def stock_question(
         return True
     language = await context.language_for(update)
     index = await context.store.product_index()
+    built = index.generation
     matches = await find_products(index, words, limit=MATCHES_SHOWN, language=language)
+    if not matches:
+        index = await context.store.product_index(current=True)
+        if index.generation != built:
+            matches = await find_products(index, words, limit=MATCHES_SHOWN, language=language)
     if not matches:
         if guessed:
             return False

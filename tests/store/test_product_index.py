@@ -57,3 +57,23 @@ async def test_the_index_sees_its_own_writes_at_once_and_others_within_the_inter
     assert _skus(await store.product_index(), "mug") == []  # not asked again yet
     await asyncio.sleep(1.05)
     assert _skus(await store.product_index(), "mug") == ["MUG-0001"]
+
+
+async def test_asked_for_the_current_catalog_the_index_sees_another_process_write_at_once(
+    store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the bot says "no such product" it asks for the current catalog: another
+    process's new product is found at once, neither after the check interval (SQLite) nor
+    after its notification is heard (PostgreSQL, a listener that heard nothing yet)."""
+    monkeypatch.setattr(store_db, "INDEX_CHECK_SECONDS", 3600.0)
+    await _add(store, "KET-0001", "Kettle")
+    store.catalog_listening = True  # as while bot.shared listens: the version row not read
+    assert _skus(await store.product_index(), "kettle") == ["KET-0001"]
+    other = await open_store(db_url)
+    try:
+        await _add(other, "MUG-0001", "Mug")
+    finally:
+        await other.close()
+    assert _skus(await store.product_index(), "mug") == []  # nothing heard, not due
+    assert _skus(await store.product_index(current=True), "mug") == ["MUG-0001"]
+    assert _skus(await store.product_index(), "mug") == ["MUG-0001"]
