@@ -478,6 +478,9 @@ class ProjectionRun:
     more: bool = False  # a batch claimed a SKU: there may be work left
     finished: int = 0  # SKUs whose walk ended
     seconds: float = 0.0  # the longest batch (its statements, not its commit)
+    # One batch's lines written and left unmarked (projection_batch with mark False); not
+    # summed.
+    written: tuple[int, ...] = ()
 
     def __add__(self, other: ProjectionRun) -> ProjectionRun:
         return ProjectionRun(
@@ -499,6 +502,7 @@ class _Walk:
     done: bool
     seconds: float
     stalled: bool = False  # the first line to write was locked by another transaction
+    written: tuple[int, ...] = ()  # lines whose date or awaited restock was written
 
 
 def _upsert(conn: AsyncConnection) -> Any:
@@ -638,11 +642,12 @@ async def _claim(conn: AsyncConnection, sku: str | None) -> Any:
     ).first()
 
 
-async def _walk(conn: AsyncConnection, row: Any, limit: int) -> _Walk:
+async def _walk(conn: AsyncConnection, row: Any, limit: int, *, mark: bool = True) -> _Walk:
     """One step of a claimed walk: up to ``limit`` waiting lines from the cursor, each given
     the open restock that covers its last unit (project_dates's rule), the lines whose date or
     restock changed written and marked, the queue marks of the stretch rewritten, the cursor
-    moved on (or the walk ended at the back of the queue)."""
+    moved on (or the walk ended at the back of the queue). ``mark`` False: the lines written
+    are left unmarked, for the caller to pass on (``_Walk.written``) in its transaction."""
     began = time.monotonic()
     sku = row.sku
     c = order_lines.c
@@ -765,7 +770,9 @@ async def _walk(conn: AsyncConnection, row: Any, limit: int) -> _Walk:
         )
     # Every line written: a moved date or a new awaited restock is what the follow-on work
     # looks at again (store.marks).
-    await mark_lines(conn, [d["b_line"] for d in (*moved, *rehomed)])
+    written = tuple(sorted(d["b_line"] for d in (*moved, *rehomed)))
+    if mark:
+        await mark_lines(conn, written)
     # The queue marks of the stretch walked, counted on from the cursor; at the back of the
     # queue, every mark beyond it goes too.
     m = queue_marks.c
@@ -809,21 +816,30 @@ async def _walk(conn: AsyncConnection, row: Any, limit: int) -> _Walk:
             sample=[[i, old, new] for i, old, new, _ in moved_info[:50]],
         )
     stalled = not done and not lines
-    return _Walk(sku, len(lines), undated, moved_info, done, time.monotonic() - began, stalled)
+    return _Walk(
+        sku, len(lines), undated, moved_info, done, time.monotonic() - began, stalled, written
+    )
 
 
 async def projection_batch(
-    conn: AsyncConnection, *, limit: int = PROJECTION_BATCH, sku: str | None = None
+    conn: AsyncConnection,
+    *,
+    limit: int = PROJECTION_BATCH,
+    sku: str | None = None,
+    mark: bool = True,
 ) -> ProjectionRun:
     """One bounded step of the projection, in the caller's transaction: the SKU waiting
     longest for its projection (or ``sku``) claimed, up to ``limit`` of its waiting lines
-    walked from its cursor. ``more`` is False when no SKU was pending (or free to claim)."""
+    walked from its cursor. ``more`` is False when no SKU was pending (or free to claim).
+    ``mark`` False: the lines written are not marked for the follow-on work but returned
+    (``written``): the caller does that work, or marks them, in the same transaction
+    (store.delays.follow_on_batch)."""
     row = await _claim(conn, sku)
     if row is None:
         return ProjectionRun(0, 0, 0, False)
-    w = await _walk(conn, row, limit)
+    w = await _walk(conn, row, limit, mark=mark)
     # A stalled walk ends the run: the next run (the next tick, the next command) goes on.
-    return ProjectionRun(w.lines, len(w.moved), 1, not w.stalled, int(w.done), w.seconds)
+    return ProjectionRun(w.lines, len(w.moved), 1, not w.stalled, int(w.done), w.seconds, w.written)
 
 
 async def run_projection(

@@ -3,7 +3,9 @@ of the queue (store.backorders.INLINE_LINES) in its own transaction; the batches
 from the durable cursor. Whatever the interleaving of changes and partial batches, the lines
 the walk has reached (and, once it is done, every line and queue mark) are exactly what the
 projection from scratch (project_dates) gives; two processes walking at once, or one killed
-inside a batch, walk every line once and move each date once."""
+inside a batch, walk every line once and move each date once. Batches that do the policy and
+the notices of the lines they write (store.delays.follow_on_batch), between any changes, end
+with the offers and notices the policy and the notice queueing from scratch give."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import asyncio
 import json
 import random
 import sys
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,20 @@ from store.backorders import (
     run_projection,
     set_stock,
 )
+from store.chats import link_chat
+from store.delays import (
+    apply_delay_policy,
+    delay_policy_batch,
+    follow_on_batch,
+    run_delay_policy,
+    run_follow_on,
+)
 from store.master import add_restock
+from store.outbox import notice_batch, queue_notices, run_notices
 from store.queries import order_of
 from store.schema import events, order_lines, orders, queue_marks, restocks, sku_projections
 from tests.store.helpers import T0, seed_catalog
+from tests.store.policy_helpers import POLICY, policy_state
 
 ROOT = Path(__file__).resolve().parents[2]
 SKUS = ("KET-0001", "KET-0002")
@@ -282,6 +294,75 @@ async def test_a_new_line_at_the_back_of_a_queue_being_walked_is_dated_at_once(
     assert mine == expected and mine is not None
     await run_projection(store, batch_size=3)
     await _check(store, done=True)
+
+
+async def _follow_equals_scratch(s: Store, rng: random.Random, day: date) -> None:
+    """Finish what the changes owe with the batches that follow on (and then the policy's and
+    the notices' own batches, for what they left marked): the offers, notices, dates and told
+    marks equal the projection, the policy and the notice queueing from scratch, taken first
+    in a transaction rolled back."""
+    now = datetime.combine(day, time(9), tzinfo=UTC)
+    async with s.begin() as conn:
+        for sku in SKUS:
+            await project_dates(conn, sku)
+        await apply_delay_policy(conn, today=day, now=now, policy=POLICY)
+        await queue_notices(conn, now=now)
+        expected = await policy_state(conn)
+        await conn.rollback()
+    run = await run_follow_on(s, today=day, now=now, policy=POLICY, batch_size=rng.randint(1, 4))
+    assert run.more is False
+    await run_delay_policy(s, today=day, now=now, policy=POLICY, batch_size=2)
+    await run_notices(s, now=now, batch_size=2)
+    async with s.connect() as conn:
+        assert await policy_state(conn) == expected
+        assert await _walks(conn) == {}
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_batches_that_follow_on_end_as_the_policy_and_notices_from_scratch(
+    store: Store, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(100 + seed)
+    monkeypatch.setattr(backorders, "INLINE_LINES", rng.choice((0, 1, 3)))
+    day = D - timedelta(days=30)
+    # The walks stamp each moved date with the clock, and a notice's key names the stamp:
+    # one clock for the batches and the reference from scratch.
+    monkeypatch.setattr(backorders, "utcnow", lambda: datetime.combine(day, time(9), UTC))
+    await _setup(store, 10, rng)
+    async with store.begin() as conn:
+        await link_chat(conn, 1001, 1)
+        await link_chat(conn, 1002, 2)
+    await _follow_equals_scratch(store, rng, day)
+    kinds = []
+    followed = 0
+    for n in range(30):
+        now = datetime.combine(day, time(9), tzinfo=UTC)
+        kind = rng.choice(["follow", "follow", "policy", "notices", "days", "change", "change"])
+        if kind == "follow":
+            async with store.begin() as conn:
+                for _ in range(rng.randint(1, 3)):
+                    done = await follow_on_batch(
+                        conn, today=day, now=now, policy=POLICY, limit=rng.randint(1, 6)
+                    )
+                    followed += done.followed
+        elif kind == "policy":
+            async with store.begin() as conn:
+                await delay_policy_batch(conn, today=day, now=now, policy=POLICY, limit=2)
+        elif kind == "notices":
+            async with store.begin() as conn:
+                await notice_batch(conn, now=now, limit=2)
+        elif kind == "days":
+            # Far enough for answer-by days to pass: offers come due, and the batches leave
+            # their lines marked (deadlines first).
+            day += timedelta(days=rng.randint(1, 20))
+        else:
+            kind = await _step(store, rng, n)
+        kinds.append(kind)
+        if n % 10 == 9:
+            await _follow_equals_scratch(store, rng, day)
+    assert kinds.count("follow") > 3 and len(set(kinds)) > 6, kinds
+    assert followed > 0
+    await _follow_equals_scratch(store, rng, day)
 
 
 # --- real processes ----------------------------------------------------------------------
