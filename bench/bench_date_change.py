@@ -6,7 +6,7 @@ ROLLBACK) every 20 ms: its longest wait is the longest write transaction another
 Run by hand; prints figures, asserts nothing.
 
     .venv/bin/python bench/bench_date_change.py [STORE] [--code ROOT] [--work /tmp/changes]
-        [--import-orders 2000]
+        [--import-orders 2000] [--unfused]
 
 STORE (default /work/stores/large-passed.sqlite3) is copied to WORK. The setup, not measured:
 the hot SKU KET-0002's restock PO-029680 is made to cover its whole queue (qty 200,000, so
@@ -14,7 +14,9 @@ the hot SKU KET-0002's restock PO-029680 is made to cover its whole queue (qty 2
 left deleted (a store where that was the state all along, passed by the policy). Measured:
 `PO-029680` slips by 20 days (store.backorders.change_restock_date in its own transaction),
 then the follow-on: the projection's batches (when the code has them: store.backorders.
-run_projection), the delay policy's, the notices'. --code is the checkout to measure (an
+run_projection), the delay policy's, the notices'; with store.delays.run_follow_on (and no
+--unfused), the projection's batches do the policy and the notices of the lines they move
+themselves, and the policy's and the notices' own batches only what is left. --code is the checkout to measure (an
 older one gives the "before" figures: `git archive main store | tar -x -C /tmp/before`).
 --import-orders N: then an import of N new orders (bench_follow_on's file) with its follow-on,
 measured the same way.
@@ -72,7 +74,7 @@ async def go():
         parsed = parse_file("orders", Path(sys.argv[3]))  # before the transaction, as the CLI
     cpu = time.process_time()
     print(f"@phase change {time.time()}", flush=True)
-    t = time.perf_counter()
+    t = t0 = time.perf_counter()
     async with s.begin() as conn:
         if mode == "date":
             r = await b._restock(conn, sys.argv[3])
@@ -90,7 +92,14 @@ async def go():
     def seen(run):
         nonlocal longest
         longest = max(longest, getattr(run, "seconds", 0.0))
-    if hasattr(b, "run_projection"):
+    import store.delays as dl
+    if hasattr(dl, "run_follow_on") and "--unfused" not in sys.argv:
+        print(f"@phase follow {time.time()}", flush=True)
+        t = time.perf_counter()
+        fr = await dl.run_follow_on(s, today=today, now=now, policy=f.policy, threshold_days=f.threshold_days)
+        moved = fr.moved
+        print(f"projection with its follow-on: {time.perf_counter() - t:.2f} s, {fr.batches} batches, {fr.lines} lines walked, {fr.moved} moved, {fr.followed} followed in the batches ({fr.offered} offered, {fr.notices} notices)", flush=True)
+    elif hasattr(b, "run_projection"):
         print(f"@phase projection {time.time()}", flush=True)
         t = time.perf_counter()
         p = await b.run_projection(s, on_batch=seen)
@@ -105,6 +114,7 @@ async def go():
     n = await run_notices(s, threshold_days=f.threshold_days, now=now)
     print(f"notices: {time.perf_counter() - t:.2f} s, {n.notices} queued, {n.lines} lines in {n.batches} batches", flush=True)
     print(f"@phase end {time.time()}", flush=True)
+    print(f"change and follow-on: {time.perf_counter() - t0:.2f} s", flush=True)
     print(f"cpu: {time.process_time() - cpu:.1f} s in the worker", flush=True)
     await s.close()
 asyncio.run(go())
@@ -174,6 +184,9 @@ def main() -> None:
     ap.add_argument("--code", type=Path, default=ROOT)
     ap.add_argument("--work", type=Path, default=Path("/tmp/changes"))
     ap.add_argument("--import-orders", type=int, default=0)
+    ap.add_argument(
+        "--unfused", action="store_true", help="projection, policy, notices one after another"
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     db = args.work / "date-change.sqlite3"
@@ -191,7 +204,8 @@ def main() -> None:
     print("setup (migrations, the queue made, not measured)")
     run(args.code, [str(args.work / "setup.py"), url, RESTOCK, SKU], None)
     print(f"restock-date {RESTOCK} +20 days, then the follow-on")
-    run(args.code, [str(args.work / "work.py"), url, "date", RESTOCK], db)
+    unfused = ["--unfused"] if args.unfused else []
+    run(args.code, [str(args.work / "work.py"), url, "date", RESTOCK, *unfused], db)
     if args.import_orders:
         sys.path.insert(0, str(ROOT))
         from bench.bench_follow_on import orders_file

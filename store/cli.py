@@ -35,7 +35,6 @@ from store.backorders import (
     cancel_restock,
     change_restock_date,
     receive_restock,
-    run_projection,
     ship,
 )
 from store.db import Store, open_store
@@ -46,6 +45,7 @@ from store.delays import (
     consent_report,
     delay_lines,
     run_delay_policy,
+    run_follow_on,
 )
 from store.errors import NotFound, StoreError, db_reason, is_busy
 from store.imports import (
@@ -478,11 +478,22 @@ async def follow_on(
     the notices from theirs. A progress bar on a terminal (``show`` None), nothing
     otherwise."""
     now = now or datetime.now(UTC)
+    today = now.astimezone(settings.zone).date()
     async with store.connect() as conn:
         walks = await pending_projections(conn)
     todo = walks.lines_left
     with progress_bar(todo if todo >= PROJECTION_BATCH else 0, "projection", " lines", show) as bar:
-        await run_projection(store, on_batch=lambda r: bar.update(r.lines))
+        # The walks do the policy and the notices of the lines they move themselves
+        # (store.delays.follow_on_batch); the stages' own batches below do what they left.
+        await run_follow_on(
+            store,
+            today=today,
+            now=now,
+            policy=settings.policy,
+            threshold_days=settings.threshold_days,
+            batch_size=batch_size,
+            on_batch=lambda r: bar.update(r.lines),
+        )
     async with store.connect() as conn:
         left = await pending(conn)
     todo = left.marked + left.scan_left
@@ -490,7 +501,7 @@ async def follow_on(
     with progress_bar(todo if todo >= shown else 0, "delay policy", " lines", show) as bar:
         run = await run_delay_policy(
             store,
-            today=now.astimezone(settings.zone).date(),
+            today=today,
             now=now,
             policy=settings.policy,
             batch_size=batch_size,

@@ -150,20 +150,20 @@ def test_a_projection_left_half_done_is_shown_and_finished_by_catch_up(
     from scratch ends."""
     load_all(db_url, tmp_path)
     monkeypatch.setattr(store.backorders, "INLINE_LINES", 0)
-    real = store.cli.run_projection
+    real = store.cli.run_follow_on
 
     async def dies_after_one_batch(*args: Any, **kwargs: Any) -> Any:
         await real(*args, **{**kwargs, "batch_size": 1, "max_batches": 1})
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(store.cli, "run_projection", dies_after_one_batch)
+    monkeypatch.setattr(store.cli, "run_follow_on", dies_after_one_batch)
     capsys.readouterr()
     with pytest.raises(RuntimeError, match="killed"):
         run(db_url, "restock-date", "PO-1", "2026-06-01", "--reason", "supplier")
     assert capsys.readouterr().out == (
         "PO-1: 0 lines moved in the change; the rest of the queue is projected in batches\n"
     )
-    monkeypatch.setattr(store.cli, "run_projection", real)
+    monkeypatch.setattr(store.cli, "run_follow_on", real)
     assert run(db_url, "status") == 0
     status = capsys.readouterr().out.splitlines()
     assert status[5] == (
