@@ -3,10 +3,14 @@ marked twice is one mark; a batch of the policy takes the marks it works from.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+import pytest
+from sqlalchemy import delete, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+import store.marks as marks
 from store import Store
 from store.backorders import (
     NewLine,
@@ -155,3 +159,49 @@ async def test_the_notices_take_their_own_marks_whole_orders_after_the_policy(
     async with store.begin() as conn:
         run = await notice_batch(conn, now=T0, limit=5)
     assert (run.lines, run.notices, run.more) == (1, 1, False)
+
+
+@dataclass(frozen=True)
+class _Wrote:
+    batches: int
+    more: bool
+
+    def __add__(self, other: _Wrote) -> _Wrote:
+        return _Wrote(self.batches + other.batches, other.more)
+
+
+async def test_batches_leave_the_wal_to_their_pauses_and_the_end(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a batch's commit does not checkpoint the WAL (a commit past 1,000 WAL pages
+    copied them back and synced, the loop waiting): the pauses between batches and the end of
+    the run do, and a transaction of anyone else checkpoints as before."""
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's WAL")
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+    monkeypatch.setattr(marks, "WORK_SPAN", 0.0)  # a pause after every batch
+    monkeypatch.setattr(marks, "LOCK_FREE", 0.0)
+    checkpoints = 0
+    real = marks._checkpoint
+
+    async def counted(s: Store) -> None:
+        nonlocal checkpoints
+        checkpoints += 1
+        await real(s)
+
+    monkeypatch.setattr(marks, "_checkpoint", counted)
+    settings: list[int] = []
+
+    async def batch(conn: AsyncConnection, _: int) -> _Wrote:
+        settings.append(int(await conn.scalar(text("PRAGMA wal_autocheckpoint"))))
+        await conn.execute(text("UPDATE products SET name_en = name_en || 'x'"))
+        return _Wrote(1, len(settings) < 4)
+
+    run = await marks.run_sized_batches(store, batch, _Wrote(0, False), least=1, size=1)
+    assert (run.batches, settings, checkpoints) == (4, [0, 0, 0, 0], 4)  # 3 pauses, the end
+    async with store.connect() as conn:
+        _, log, done = (await conn.execute(text("PRAGMA wal_checkpoint(PASSIVE)"))).one()
+        assert log > 0 and done == log  # every frame copied back already
+    async with store.begin() as conn:
+        assert await conn.scalar(text("PRAGMA wal_autocheckpoint")) == 1000
