@@ -5,6 +5,8 @@ hand; prints figures, asserts nothing.
 
     .venv/bin/python bench/bench_follow_on.py STORE.sqlite3 [--code ROOT] [--orders 2000]
         [--timeout 900]
+    .venv/bin/python bench/bench_follow_on.py --postgresql SERVER_URL [--size medium]
+        [--date-change]
 
 STORE is a demo store (store.demo, e.g. bench/bench_store.py's cached one) at any migration
 the code under --code can upgrade; each run works on a copy. --code is the checkout whose
@@ -195,6 +197,84 @@ async def pg_pass(server: str, size: str) -> None:
     await s.close()
 
 
+async def pg_date_change(server: str, size: str, fused: bool) -> None:
+    """A restock date change on PostgreSQL and its follow-on: a copy of the demo store of
+    ``size`` passed by the policy and the notices (not measured), then the open restock
+    awaited by the most waiting lines slips by 20 days, and its projection, policy and
+    notices run as backorder-admin runs them (``fused``: the walks with their follow-on,
+    store.delays.run_follow_on; else the projection, the policy, the notices one after
+    another), measured as one."""
+    sys.path.insert(0, str(ROOT))
+    from bench_store import _postgresql_copy  # type: ignore[import-not-found]
+    from sqlalchemy import func, select
+
+    import store.backorders as b
+    from store import open_store
+    from store.cli import follow_on_settings
+    from store.delays import run_delay_policy
+    from store.outbox import run_notices
+    from store.schema import order_lines
+
+    url = await _postgresql_copy(server, size, vacuum=False)
+    s = await open_store(url)
+    f = follow_on_settings()
+    now = datetime.now(UTC)
+    today = now.astimezone(f.zone).date()
+    t = time.perf_counter()
+    await run_delay_policy(s, today=today, now=now, policy=f.policy)
+    await run_notices(s, now=now)
+    print(f"PostgreSQL {size}: first pass (not measured) {time.perf_counter() - t:.1f} s")
+    ol = order_lines.c
+    async with s.connect() as conn:
+        rid, waiting = (
+            await conn.execute(
+                select(ol.waits_for_restock_id, func.count())
+                .where(ol.qty_waiting > 0, ol.waits_for_restock_id.is_not(None))
+                .group_by(ol.waits_for_restock_id)
+                .order_by(func.count().desc())
+                .limit(1)
+            )
+        ).one()
+    marks: list[float] = []
+
+    def seen(_: object) -> None:
+        marks.append(time.perf_counter())
+
+    t, cpu = time.perf_counter(), time.process_time()
+    marks[:] = [t]
+    async with s.begin() as conn:
+        r = await b._restock(conn, rid)
+        await b.change_restock_date(conn, rid, r.expected_date + timedelta(days=20), "bench")
+    change = time.perf_counter() - t
+    marks.append(time.perf_counter())
+    said = []
+    if fused:
+        from store.delays import run_follow_on
+
+        fr = await run_follow_on(
+            s, today=today, now=now, policy=f.policy, threshold_days=f.threshold_days, on_batch=seen
+        )
+        said.append(
+            f"walks with their follow-on {fr.batches} batches, {fr.moved:,} moved, {fr.followed:,} followed"
+        )
+    else:
+        pr = await b.run_projection(s, on_batch=seen)
+        said.append(f"projection {pr.batches} batches, {pr.moved:,} moved")
+    d = await run_delay_policy(s, today=today, now=now, policy=f.policy, on_batch=seen)
+    n = await run_notices(s, threshold_days=f.threshold_days, now=now, on_batch=seen)
+    took = time.perf_counter() - t
+    said.append(f"then policy {d.batches} batches; notices {n.batches} batches")
+    longest = max(b2 - a for a, b2 in itertools.pairwise(marks))
+    print(
+        f"PostgreSQL {size}, date change of {rid} ({waiting:,} lines waiting for it),"
+        f" {'fused' if fused else 'unfused'}: change {change * 1000:.0f} ms; "
+        + "; ".join(said)
+        + f"; in all {took:.2f} s; this process's CPU {time.process_time() - cpu:.1f} s;"
+        f" longest batch {longest * 1000:.0f} ms; load average {os.getloadavg()[0]:.1f}"
+    )
+    await s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("store", type=Path, nargs="?")
@@ -204,6 +284,11 @@ def main() -> None:
         help="instead: the first pass on PostgreSQL, on the demo store of --size",
     )
     ap.add_argument("--size", default="medium")
+    ap.add_argument(
+        "--date-change",
+        action="store_true",
+        help="with --postgresql: a restock date change and its follow-on, unfused then fused",
+    )
     ap.add_argument("--code", type=Path, default=ROOT)
     ap.add_argument("--orders", type=int, default=2000)
     ap.add_argument("--timeout", type=float, default=900)
@@ -217,6 +302,10 @@ def main() -> None:
     if args.postgresql:
         import asyncio
 
+        if args.date_change:
+            for fused in (False, True):
+                asyncio.run(pg_date_change(args.postgresql, args.size, fused))
+            return
         asyncio.run(pg_pass(args.postgresql, args.size))
         return
     if args.store is None:
