@@ -642,12 +642,21 @@ async def _claim(conn: AsyncConnection, sku: str | None) -> Any:
     ).first()
 
 
-async def _walk(conn: AsyncConnection, row: Any, limit: int, *, mark: bool = True) -> _Walk:
+async def _walk(
+    conn: AsyncConnection,
+    row: Any,
+    limit: int,
+    *,
+    mark: bool = True,
+    most_written: int | None = None,
+) -> _Walk:
     """One step of a claimed walk: up to ``limit`` waiting lines from the cursor, each given
     the open restock that covers its last unit (project_dates's rule), the lines whose date or
     restock changed written and marked, the queue marks of the stretch rewritten, the cursor
     moved on (or the walk ended at the back of the queue). ``mark`` False: the lines written
-    are left unmarked, for the caller to pass on (``_Walk.written``) in its transaction."""
+    are left unmarked, for the caller to pass on (``_Walk.written``) in its transaction.
+    ``most_written``: the walk stops before a line to write past that many (at least one
+    line is walked)."""
     began = time.monotonic()
     sku = row.sku
     c = order_lines.c
@@ -688,11 +697,21 @@ async def _walk(conn: AsyncConnection, row: Any, limit: int, *, mark: bool = Tru
     rehomed: list[dict[str, Any]] = []
     qmarks: list[dict[str, Any]] = []
     undated = 0
-    for ln in lines:
-        need += int(ln.qty_waiting)
-        while at < len(bounds) and bounds[at][0] < need:
-            at += 1
-        rid, when = (bounds[at][1], bounds[at][2]) if at < len(bounds) else (None, None)
+    cut = None
+    for i, ln in enumerate(lines):
+        after_line = need + int(ln.qty_waiting)
+        covers = at
+        while covers < len(bounds) and bounds[covers][0] < after_line:
+            covers += 1
+        rid, when = (bounds[covers][1], bounds[covers][2]) if covers < len(bounds) else (None, None)
+        if (
+            most_written is not None
+            and len(moved) + len(rehomed) >= most_written
+            and (when != ln.projected_date or rid != ln.waits_for_restock_id)
+        ):
+            cut = i  # the next batch goes on from this line
+            break
+        need, at = after_line, covers
         key = (int(ln.queue_rank), ln.queued_at, int(ln.line_id))
         if ahead % MARK_EVERY == 0:
             qmarks.append(
@@ -711,7 +730,9 @@ async def _walk(conn: AsyncConnection, row: Any, limit: int, *, mark: bool = Tru
             moved_info.append((key[2], ln.projected_date, when, key))
         elif rid != ln.waits_for_restock_id:
             rehomed.append({"b_line": key[2], "b_restock": rid})
-    done = len(lines) < limit
+    if cut is not None:
+        lines = lines[:cut]
+    done = cut is None and len(lines) < limit
     last = (
         (int(lines[-1].queue_rank), lines[-1].queued_at, int(lines[-1].line_id)) if lines else None
     )
@@ -827,17 +848,19 @@ async def projection_batch(
     limit: int = PROJECTION_BATCH,
     sku: str | None = None,
     mark: bool = True,
+    most_written: int | None = None,
 ) -> ProjectionRun:
     """One bounded step of the projection, in the caller's transaction: the SKU waiting
     longest for its projection (or ``sku``) claimed, up to ``limit`` of its waiting lines
     walked from its cursor. ``more`` is False when no SKU was pending (or free to claim).
     ``mark`` False: the lines written are not marked for the follow-on work but returned
     (``written``): the caller does that work, or marks them, in the same transaction
-    (store.delays.follow_on_batch)."""
+    (store.delays.follow_on_batch). ``most_written``: at most that many lines written (the
+    walk stops before the next one to write)."""
     row = await _claim(conn, sku)
     if row is None:
         return ProjectionRun(0, 0, 0, False)
-    w = await _walk(conn, row, limit, mark=mark)
+    w = await _walk(conn, row, limit, mark=mark, most_written=most_written)
     # A stalled walk ends the run: the next run (the next tick, the next command) goes on.
     return ProjectionRun(w.lines, len(w.moved), 1, not w.stalled, int(w.done), w.seconds, w.written)
 

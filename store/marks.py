@@ -48,12 +48,15 @@ CHUNK = 5000
 # caller counting batches, such as the bot's tick, can rely on) nor more than MAX_BATCH.
 BATCH_SECONDS = 0.05
 MAX_BATCH = 20_000
-# Seconds of batches in a row, then seconds with SQLite's write lock left free (see
+# Seconds of batches in a row at most, then seconds with SQLite's write lock left free (see
 # run_sized_batches). A writer of another process waiting on SQLite's busy handler looks again
 # after sleeps of 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and then 100 ms: a pause longer
 # than 50 ms is one it cannot sleep through in its first 228 ms of waiting, so it waits at
-# most about WORK_SPAN plus one such sleep.
-WORK_SPAN = 0.1
+# most about WORK_SPAN plus one such sleep. The pause comes before a batch that would end
+# past WORK_SPAN (taken to last as long as the one before), not after one that did: batches
+# sized by time run 50-80 ms on a loaded machine, and spans of up to 0.1 s plus one of them
+# had another writer wait up to 0.43 s.
+WORK_SPAN = 0.12
 LOCK_FREE = 0.06
 
 
@@ -130,12 +133,17 @@ async def run_sized_batches(
             break
         if size is None:
             fits = round(limit * BATCH_SECONDS / max(took, 0.001))
+            used = getattr(run, "used", None)
+            if used is not None and used * 2 < limit:
+                # A batch that used little of its limit (``used``: what it counts against it)
+                # tells nothing of a full one's pace: it may make the next smaller, not larger.
+                fits = min(fits, limit)
             # A pace from one batch's clock; a slow batch (a loaded machine, a writer that
             # was first) makes the next smaller, never below ``least``.
             fits = max(limit // 2, min(limit * 3 // 2, fits))
             limit = max(least, min(MAX_BATCH, fits))
         worked += took
-        if paced and worked >= WORK_SPAN:
+        if paced and worked + took > WORK_SPAN:
             free = time.monotonic() + LOCK_FREE
             await _checkpoint(store)
             await asyncio.sleep(max(0.0, free - time.monotonic()))

@@ -296,6 +296,27 @@ async def test_a_new_line_at_the_back_of_a_queue_being_walked_is_dated_at_once(
     await _check(store, done=True)
 
 
+async def test_a_walk_stops_before_it_writes_more_than_it_may(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``most_written``: a batch writes at most that many lines, however many more it may
+    walk (the follow-on's batches are sized by the lines they write), and the next batches go
+    on from the line it stopped before."""
+    monkeypatch.setattr(backorders, "INLINE_LINES", 0)
+    await _setup(store, 6, random.Random(1), qty=2)  # KET-0001: R0-1 covers 3 orders, R0-2 3
+    await run_projection(store)  # the setup's own walks
+    async with store.begin() as conn:
+        await change_restock_date(conn, "R0-2", D + timedelta(days=30), "slip")
+    async with store.begin() as conn:
+        first = await projection_batch(conn, limit=100, mark=False, most_written=2)
+    # Lines 1-3 stay on R0-1 and are walked; lines 4 and 5 move; line 6 is left.
+    assert (first.lines, first.moved, len(first.written), first.more) == (5, 2, 2, True)
+    async with store.begin() as conn:
+        rest = await projection_batch(conn, limit=100, mark=False, most_written=2)
+    assert (rest.lines, rest.moved, rest.finished) == (1, 1, 1)
+    await _check(store, done=False)
+
+
 async def _follow_equals_scratch(s: Store, rng: random.Random, day: date) -> None:
     """Finish what the changes owe with the batches that follow on (and then the policy's and
     the notices' own batches, for what they left marked): the offers, notices, dates and told
