@@ -82,12 +82,14 @@ OPEN = ("open", "consented")
 # run_sized_batches). Set-based, 250 lines of the 1M-order store's first pass cost ~5 ms of CPU.
 BATCH = 250
 # Lines written per batch of run_follow_on, the least of its batches sized by time: a line
-# written there costs its projection, policy and notice, 100-150 us of the 1M-order store.
-FOLLOW_BATCH = 200
+# written there costs its projection, policy and notice, 100-150 us of CPU on the 1M-order
+# store, and a loaded machine stretches a batch 2-4 times (200 lines: waits of 0.6 s).
+FOLLOW_BATCH = 100
 # Lines walked per line written at most, in a batch of run_follow_on: the batches are sized by
 # the lines written, and a batch that walked thousands of lines that stayed put before it met
 # the lines that move (one of 3,415 lines took 410 ms) must not grow its size from that pace.
-WALK_PER_WRITTEN = 8
+# Each line walked is read: 8 read 1,600 lines for 200 written, 15-20% more CPU.
+WALK_PER_WRITTEN = 2
 # A due offer costs a batch about what this many lines cost: it is decided in Python, one
 # statement or more each (a cancellation passes its units on), where lines are offered in a
 # few statements for the whole batch.
