@@ -1471,75 +1471,130 @@ def _chunks(items: Sequence[Any], size: int = 5000) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | None:
-    """Place a file's orders as ``place_order`` one after another would, with each touched
-    SKU allocated and projected once at the end instead of once per order: the number of
-    orders created, or None (nothing written) when that would not give exactly the same
-    store, and the caller places them one by one.
+@dataclass(frozen=True)
+class _Product:
+    price_minor: int
+    currency: str
+    active: bool
+    backorderable: bool
 
-    The same, because every new line joins the end of its SKU's queue: its key (priority,
-    placed_at) is at or past every waiting line's before it, the store's and the file's.
-    Then an order's allocation and projected date do not change when a later one joins, and
-    one greedy allocation over the final queue is the sequence of per-order ones. Anything
-    else (a line that jumps the queue, an order that exists, a refused order) returns None:
-    the one-by-one path gives its own result or error."""
-    if not new:
-        return 0
-    numbers = [o.order_number for o in new]
-    skus = list(dict.fromkeys(ln.sku for o in new for ln in o.lines))
-    cids = list({o.customer_id for o in new})
-    if len(set(numbers)) != len(numbers) or any(
-        not o.order_number.isdigit() or not o.lines or any(ln.qty <= 0 for ln in o.lines)
-        for o in new
-    ):
-        return None
-    for part in _chunks(numbers):
-        if (
-            await conn.execute(select(orders.c.order_id).where(orders.c.order_number.in_(part)))
-        ).first():
-            return None  # a re-import: compared order by order
-    known: set[int] = set()
-    for part in _chunks(cids):
-        known.update(
-            await conn.scalars(
-                select(customers.c.customer_id).where(customers.c.customer_id.in_(part))
+
+@dataclass
+class _Queues:
+    """What placing a file reads of its SKUs, and decides from: each SKU's product, stock,
+    open restocks and waiting queue, and ``seen``, the row that tells whether any of them
+    changed since (``_check_rows``)."""
+
+    seen: dict[str, tuple[Any, ...]]
+    prods: dict[str, _Product]
+    stocked: dict[str, tuple[int, int]]  # (on_hand, allocated) of the SKUs with a stock row
+    tail: dict[str, tuple[int, datetime]]  # the last waiting line's (queue_rank, queued_at)
+    queued: dict[str, tuple[int, int]]  # waiting lines and units
+    opens: dict[str, list[tuple[str, date, int]]]  # open restocks in date order, units left
+
+    def merged(self, other: _Queues, skus: Sequence[str]) -> _Queues:
+        """These, with what ``other`` read of ``skus`` instead."""
+        again = set(skus)
+
+        def pick(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in mine.items() if k not in again}
+            out.update((k, v) for k, v in theirs.items() if k in again)
+            return out
+
+        return _Queues(
+            pick(self.seen, other.seen),
+            pick(self.prods, other.prods),
+            pick(self.stocked, other.stocked),
+            pick(self.tail, other.tail),
+            pick(self.queued, other.queued),
+            pick(self.opens, other.opens),
+        )
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """How a file's lines are placed: the SKUs whose new lines are dated and given free units
+    here (``direct``: no free stock; ``simple``: free stock and no waiting line), the others
+    (``rest``: allocated and projected after the insert), the waiting lines ahead of the new
+    ones per SKU, and each new line's (order index, line no) free units and restock."""
+
+    direct: list[str]
+    simple: list[str]
+    rest: list[str]
+    ahead: dict[str, int]
+    dated: dict[tuple[int, int], tuple[str, date] | None]
+    given: dict[tuple[int, int], int]
+
+
+@dataclass(frozen=True)
+class OrdersPlan:
+    """A file's placing decided from reads alone (``plan_orders``), before the write
+    transaction; ``place_orders`` checks in it that nothing it read has moved."""
+
+    new: tuple[OrderIn, ...]
+    skus: list[str]
+    queues: _Queues
+    decision: _Decision
+
+
+def _check_query(skus: Sequence[str]) -> Any:
+    """Per SKU, everything a file's placing read of it that another change could move: the
+    product, the stock row, the projection's generation (bumped by every change to the SKU's
+    restocks, free stock or queue but a line joining its back: request_projection) and the
+    last waiting line (which such a line changes). Equal rows, equal decisions."""
+    p = products.c
+    c = order_lines.c
+    last = (
+        select(c.line_id)
+        .where(c.sku == p.sku, c.qty_waiting > literal_column("0"))  # the partial queue index
+        .order_by(c.queue_rank.desc(), c.queued_at.desc(), c.line_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            p.sku,
+            p.price_minor,
+            p.currency,
+            p.active,
+            p.backorderable,
+            stock.c.on_hand,
+            stock.c.allocated,
+            func.coalesce(sku_projections.c.generation, 0),
+            last,
+        )
+        .select_from(
+            products.outerjoin(stock, stock.c.sku == p.sku).outerjoin(
+                sku_projections, sku_projections.c.sku == p.sku
             )
         )
-    if conn.dialect.name == "postgresql":
-        # The file's stock rows held until the commit, in SKU order (as _lock_stock): another
-        # import or order reads what this one left of the free units, instead of both reading
-        # them free at READ COMMITTED and the second failing on ck_stock_allocated_within.
-        # SQLite's write transactions run one at a time.
-        for part in _chunks(sorted(skus)):
-            await conn.execute(
-                select(stock.c.sku)
-                .where(stock.c.sku.in_(part))
-                .order_by(stock.c.sku)
-                .with_for_update()
-            )
-    prods: dict[str, Any] = {}
-    stocked: dict[str, tuple[int, int]] = {}
-    tail: dict[str, tuple[int, datetime]] = {}
-    queued: dict[str, tuple[int, int]] = {}
+        .where(p.sku.in_(skus))
+    )
+
+
+async def _check_rows(conn: AsyncConnection, skus: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    seen: dict[str, tuple[Any, ...]] = {}
+    for part in _chunks(list(skus)):
+        for row in await conn.execute(_check_query(part)):
+            seen[row[0]] = tuple(row[1:])
+    return seen
+
+
+async def _read_queues(conn: AsyncConnection, skus: Sequence[str]) -> _Queues:
+    """The state of ``skus`` that a file's placing decides from. The check rows are read
+    first: what is read after them is at least as new, so when the rows read again under the
+    write lock are equal, nothing read here has moved since."""
+    q = _Queues(await _check_rows(conn, skus), {}, {}, {}, {}, {})
+    for sku, row in q.seen.items():
+        q.prods[sku] = _Product(int(row[0]), row[1], bool(row[2]), bool(row[3]))
+        if row[4] is not None:
+            q.stocked[sku] = (int(row[4]), int(row[5]))
     c = order_lines.c
+    rs = restocks.c
     waiting = c.qty_waiting > literal_column("0")  # a literal: the queue index is partial
-    for part in _chunks(skus):
-        for r in await conn.execute(
-            select(
-                products.c.sku,
-                products.c.price_minor,
-                products.c.currency,
-                products.c.active,
-                products.c.backorderable,
-            ).where(products.c.sku.in_(part))
-        ):
-            prods[r.sku] = r
-        for sr in await conn.execute(
-            select(stock.c.sku, stock.c.on_hand, stock.c.allocated).where(stock.c.sku.in_(part))
-        ):
-            stocked[sr.sku] = (int(sr.on_hand), int(sr.allocated))
-        # Each SKU's queue as it is, in one pass over the queue index (two passes were 0.3 s
-        # of the write transaction on the 1M store): its tail, waiting lines and units.
+    for part in _chunks(list(skus)):
+        # Each SKU's queue as it is, in one pass over the queue index: its tail, waiting
+        # lines and units.
         for tr in await conn.execute(
             select(
                 c.sku, c.queue_rank, func.max(c.queued_at), func.count(), func.sum(c.qty_waiting)
@@ -1548,18 +1603,29 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             .group_by(c.sku, c.queue_rank)
         ):
             key = (int(tr[1]), tr[2] if tr[2].tzinfo else tr[2].replace(tzinfo=UTC))
-            if tr[0] not in tail or key > tail[tr[0]]:
-                tail[tr[0]] = key
-            n, u = queued.get(tr[0], (0, 0))
-            queued[tr[0]] = (n + int(tr[3]), u + int(tr[4] or 0))
+            if tr[0] not in q.tail or key > q.tail[tr[0]]:
+                q.tail[tr[0]] = key
+            n, u = q.queued.get(tr[0], (0, 0))
+            q.queued[tr[0]] = (n + int(tr[3]), u + int(tr[4] or 0))
+        for rr in await conn.execute(
+            select(rs.sku, rs.restock_id, rs.expected_date, rs.qty - rs.qty_received)
+            .where(rs.sku.in_(part), rs.status == "open")
+            .order_by(rs.sku, rs.expected_date, rs.restock_id)
+        ):
+            q.opens.setdefault(rr[0], []).append((rr[1], rr[2], int(rr[3])))
+    return q
+
+
+def _decide(new: Sequence[OrderIn], skus: Sequence[str], q: _Queues) -> _Decision | None:
+    """place_orders's rule on the state ``q``: None when the file is not placed whole."""
+    stocked, queued = q.stocked, q.queued
+    tail = dict(q.tail)
     free = {s: max(0, on - al) for s, (on, al) in stocked.items()}
     for sku, (_, units) in queued.items():
         if sku in free:
             free[sku] = max(0, free[sku] - units)  # the store's waiting lines first
     for o in new:
-        if o.customer_id not in known:
-            return None
-        ps = [prods.get(ln.sku) for ln in o.lines]
+        ps = [q.prods.get(ln.sku) for ln in o.lines]
         if any(p is None or not p.active for p in ps) or len({p and p.currency for p in ps}) != 1:
             return None
         key = (-o.priority, o.placed_at.astimezone(UTC))
@@ -1568,7 +1634,7 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
                 return None  # joins ahead of a waiting line
             tail[sku] = key
             want = sum(ln.qty for ln in o.lines if ln.sku == sku)
-            if not prods[sku].backorderable and free.get(sku, 0) < want:
+            if not q.prods[sku].backorderable and free.get(sku, 0) < want:
                 return None
         for ln in o.lines:
             give = min(free.get(ln.sku, 0), ln.qty)
@@ -1583,30 +1649,20 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     # allocate_waiting would; the rest of them wait, dated from the restocks alone (no free
     # unit is left once a line waits). A SKU with free stock and waiting lines (free units
     # the store has not given out) is allocated and projected after the insert, as before.
-    now = utcnow()
-    if conn.dialect.name != "sqlite":
-        await hold_projection(conn, skus)  # SQLite's writers take turns anyway
     direct = [s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1]]
     no_free = set(direct)
     simple = [s for s in skus if s not in no_free and s in stocked and s not in queued]
     left = {s: stocked[s][0] - stocked[s][1] for s in simple}
-    bounds: dict[str, list[tuple[int, str, date]]] = {s: [] for s in (*direct, *simple)}
-    rs = restocks.c
-    for part in _chunks([*direct, *simple]):
-        cover = {
-            s: 0 if s in left else stocked.get(s, (0, 0))[0] - stocked.get(s, (0, 0))[1]
-            for s in part
-        }
-        for rr in await conn.execute(
-            select(rs.sku, rs.restock_id, rs.expected_date, rs.qty - rs.qty_received)
-            .where(rs.sku.in_(part), rs.status == "open")
-            .order_by(rs.sku, rs.expected_date, rs.restock_id)
-        ):
-            cover[rr[0]] += int(rr[3])
-            bounds[rr[0]].append((cover[rr[0]], rr[1], rr[2]))
-    need = {s: queued.get(s, (0, 0))[1] for s in (*direct, *simple)}
-    ahead = {s: queued.get(s, (0, 0))[0] for s in (*direct, *simple)}
-    dated: dict[tuple[int, int], tuple[str, date] | None] = {}  # (order index, line no)
+    bounds: dict[str, list[tuple[int, str, date]]] = {}
+    for s in (*direct, *simple):
+        cover = 0 if s in left else stocked.get(s, (0, 0))[0] - stocked.get(s, (0, 0))[1]
+        bounds[s] = []
+        for rid, when, units in q.opens.get(s, []):
+            cover += units
+            bounds[s].append((cover, rid, when))
+    need = {s: queued.get(s, (0, 0))[1] for s in bounds}
+    ahead = {s: queued.get(s, (0, 0))[0] for s in bounds}
+    dated: dict[tuple[int, int], tuple[str, date] | None] = {}
     given: dict[tuple[int, int], int] = {}
     for i, o in enumerate(new):
         for no, ln in enumerate(o.lines, start=1):
@@ -1624,7 +1680,117 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             dated[(i, no)] = next(
                 ((rid, when) for hi, rid, when in bounds[ln.sku] if hi >= need[ln.sku]), None
             )
+    rest = [s for s in skus if s not in bounds]
+    return _Decision(direct, simple, rest, ahead, dated, given)
 
+
+async def plan_orders(
+    conn: AsyncConnection, new: Sequence[OrderIn], *, hold: bool = False
+) -> OrdersPlan | None:
+    """Decide how ``place_orders`` places a file, from reads alone: run before the write
+    transaction (on any connection), it keeps the reads and the deciding out of the write
+    lock, and place_orders(conn, new, plan) then checks that nothing read has moved (or
+    decides again for the SKUs that did). None: the file is not placed whole (see
+    place_orders). ``hold``: inside place_orders's transaction, the SKUs held before they are
+    read (_hold_file_skus)."""
+    numbers = [o.order_number for o in new]
+    skus = list(dict.fromkeys(ln.sku for o in new for ln in o.lines))
+    cids = list({o.customer_id for o in new})
+    if len(set(numbers)) != len(numbers) or any(
+        not o.order_number.isdigit() or not o.lines or any(ln.qty <= 0 for ln in o.lines)
+        for o in new
+    ):
+        return None
+    if await _any_order(conn, numbers):
+        return None  # a re-import: compared order by order
+    known: set[int] = set()
+    for part in _chunks(cids):
+        known.update(
+            await conn.scalars(
+                select(customers.c.customer_id).where(customers.c.customer_id.in_(part))
+            )
+        )
+    # Customers are never deleted: one known now is known under the write lock.
+    if any(o.customer_id not in known for o in new):
+        return None
+    if hold:
+        await _hold_file_skus(conn, skus)
+    queues = await _read_queues(conn, skus)
+    decision = _decide(new, skus, queues)
+    return None if decision is None else OrdersPlan(tuple(new), skus, queues, decision)
+
+
+async def _any_order(conn: AsyncConnection, numbers: Sequence[str]) -> bool:
+    for part in _chunks(numbers):
+        if (
+            await conn.execute(select(orders.c.order_id).where(orders.c.order_number.in_(part)))
+        ).first():
+            return True
+    return False
+
+
+async def _hold_file_skus(conn: AsyncConnection, skus: Sequence[str]) -> None:
+    """On PostgreSQL, the file's projection rows (every change's first lock, see
+    hold_projection) and then its stock rows, in SKU order, held until the commit: another
+    import or order reads what this one left of the free units, instead of both reading them
+    free at READ COMMITTED and the second failing on ck_stock_allocated_within; and no change
+    to these SKUs commits between the check and the insert. SQLite's write transactions run
+    one at a time."""
+    if conn.dialect.name == "sqlite":
+        return
+    await hold_projection(conn, skus)
+    for part in _chunks(sorted(skus)):
+        await conn.execute(
+            select(stock.c.sku).where(stock.c.sku.in_(part)).order_by(stock.c.sku).with_for_update()
+        )
+
+
+async def place_orders(
+    conn: AsyncConnection, new: Sequence[OrderIn], plan: OrdersPlan | None = None
+) -> int | None:
+    """Place a file's orders as ``place_order`` one after another would, with each touched
+    SKU allocated and projected once at the end instead of once per order: the number of
+    orders created, or None (nothing written) when that would not give exactly the same
+    store, and the caller places them one by one.
+
+    The same, because every new line joins the end of its SKU's queue: its key (priority,
+    placed_at) is at or past every waiting line's before it, the store's and the file's.
+    Then an order's allocation and projected date do not change when a later one joins, and
+    one greedy allocation over the final queue is the sequence of per-order ones. Anything
+    else (a line that jumps the queue, an order that exists, a refused order) returns None:
+    the one-by-one path gives its own result or error.
+
+    ``plan``: ``plan_orders(conn, new)``, read before this transaction (its orders are the
+    ones placed). Here only the SKUs' check rows are read again (one indexed row each); the
+    SKUs whose row moved are read and decided again, so the result is the same as without a
+    plan."""
+    if not new:
+        return 0
+    if plan is None:
+        plan = await plan_orders(conn, new, hold=True)
+        if plan is None:
+            return None
+    else:
+        if await _any_order(conn, [o.order_number for o in new]):
+            return None
+        await _hold_file_skus(conn, plan.skus)
+        seen = await _check_rows(conn, plan.skus)
+        moved = [s for s in plan.skus if seen.get(s) != plan.queues.seen.get(s)]
+        if moved:
+            queues = plan.queues.merged(await _read_queues(conn, moved), moved)
+            decision = _decide(plan.new, plan.skus, queues)
+            if decision is None:
+                return None
+            plan = OrdersPlan(plan.new, plan.skus, queues, decision)
+    return await _insert_planned(conn, plan)
+
+
+async def _insert_planned(conn: AsyncConnection, plan: OrdersPlan) -> int:
+    new, skus, prods, stocked = plan.new, plan.skus, plan.queues.prods, plan.queues.stocked
+    d = plan.decision
+    c = order_lines.c
+    now = utcnow()
+    numbers = [o.order_number for o in new]
     # Plain executemany, then the ids read back by key: RETURNING in parameter order made
     # SQLite run one INSERT per row (0.8 s of the 2,667 lines' 3.8 s on a loaded machine).
     id_of: dict[str, int] = {}
@@ -1655,18 +1821,18 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             "line_no": no,
             "sku": ln.sku,
             "qty_ordered": ln.qty,
-            "qty_allocated": given.get((i, no), 0),
-            "qty_waiting": ln.qty - given.get((i, no), 0),
+            "qty_allocated": d.given.get((i, no), 0),
+            "qty_waiting": ln.qty - d.given.get((i, no), 0),
             "unit_price_minor": (
                 ln.unit_price_minor
                 if ln.unit_price_minor is not None
-                else int(prods[ln.sku].price_minor)
+                else prods[ln.sku].price_minor
             ),
             "queue_rank": -o.priority,
             "queued_at": o.placed_at,
-            **_dated_line(dated.get((i, no)), now),
+            **_dated_line(d.dated.get((i, no)), now),
             # Units reserved at once were part of the order confirmation, not later news.
-            "told_ready_qty": given.get((i, no), 0),
+            "told_ready_qty": d.given.get((i, no), 0),
         }
         for i, (o, oid) in enumerate(zip(new, order_ids, strict=True))
         for no, ln in enumerate(o.lines, start=1)
@@ -1681,7 +1847,7 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             line_of[(int(lr[0]), int(lr[1]))] = int(lr[2])
     line_ids = [line_of[(row["order_id"], row["line_no"])] for row in rows]
     await mark_lines(conn, line_ids)
-    await _join_queues(conn, rows, line_ids, [*direct, *simple], ahead, now)
+    await _join_queues(conn, rows, line_ids, [*d.direct, *d.simple], dict(d.ahead), now)
     gave: dict[str, list[int]] = {}
     for row in rows:
         if row["qty_allocated"]:
@@ -1734,23 +1900,21 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             insert(stock),
             [{"sku": s, "on_hand": 0, "allocated": 0, "updated_at": now} for s in missing],
         )
-    for sku in skus:
-        if sku not in bounds and stocked.get(sku, (0, 0))[0] > stocked.get(sku, (0, 0))[1]:
-            await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
-    # Projected from scratch below; a walk under way of one of them counted the units ahead
-    # of its cursor before these were allocated: it starts again from the head.
-    rest = [s for s in skus if s not in bounds]
-    if not rest:
+    if not d.rest:
         # Every line was written with its date and promise: no second pass over the rows
         # (it rewrote each new line, 2,667 of them, inside the write lock).
         return len(new)
-    await restart_walks(conn, rest)
-    for part in _chunks(rest, 500):
+    for sku in d.rest:
+        await allocate_waiting(conn, sku)
+    # Projected from scratch below; a walk under way of one of them counted the units ahead
+    # of its cursor before these were allocated: it starts again from the head.
+    await restart_walks(conn, d.rest)
+    for part in _chunks(d.rest, 500):
         await _project_many(conn, list(part))
     for part in _chunks(order_ids):
         await conn.execute(
             update(order_lines)
-            .where(c.order_id.in_(part), c.sku.in_(rest))
+            .where(c.order_id.in_(part), c.sku.in_(d.rest))
             .values(
                 promised_date=c.projected_date,
                 last_told_date=c.projected_date,

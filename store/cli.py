@@ -62,6 +62,7 @@ from store.imports import (
     check_field,
     iso_date,
     parse_file,
+    prepare_orders,
     strict_date,
     whole_number,
 )
@@ -271,10 +272,20 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "init":
             print(f"database ready: {store.url}")
         elif args.command == "import":
+            prepared = None
+            if args.kind == "orders":
+                # The store read for the file before the write lock is taken (issue #14).
+                async with store.connect() as conn:
+                    prepared = await prepare_orders(conn, parsed)
             with progress_bar(rows if rows >= 500 else 0, "import", " rows") as bar:
                 async with store.begin() as conn:
                     r = await apply_file(
-                        conn, args.kind, args.file, progress=bar.update, parsed=parsed
+                        conn,
+                        args.kind,
+                        args.file,
+                        progress=bar.update,
+                        parsed=parsed,
+                        prepared=prepared,
                     )
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
