@@ -50,6 +50,7 @@ from store.schema import (
     restocks,
     shipment_lines,
     shipments,
+    sku_allocations,
     sku_projections,
     stock,
     utcnow,
@@ -110,6 +111,9 @@ class Receipt:
     allocated: tuple[Allocation, ...]
     to_free_stock: int
     projection: Projection | None
+    # Units and lines were left to the allocation's batches (run_allocation): to_free_stock
+    # is then not known yet (0).
+    allocating: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,11 +192,26 @@ async def set_stock(conn: AsyncConnection, sku: str, on_hand: int) -> tuple[Allo
 
 async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation, ...]:
     """Give free stock of ``sku`` to waiting lines, first come first served, partial fills
-    allowed."""
+    allowed. Nothing while a big receipt's allocation of the SKU is under way
+    (sku_allocations): its batches give the free units out in queue order."""
+    if await _allocation_owed(conn, sku):
+        return ()
+    return (await _allocate(conn, sku, None))[0]
+
+
+async def _allocate(
+    conn: AsyncConnection, sku: str, limit: int | None
+) -> tuple[tuple[Allocation, ...], bool]:
+    """allocate_waiting's walk from the head of the queue, at most ``limit`` lines (None: no
+    limit), holding the stock row (the free units read under it are given once). Returns the
+    allocations and whether nothing is left to give: no unit free, or no line waiting."""
     free = await free_stock(conn, sku, lock=True)
     done: list[Allocation] = []
     last: tuple[int, datetime, int] | None = None
     while free > 0:
+        want = BATCH if limit is None else min(BATCH, limit - len(done))
+        if want <= 0:
+            return tuple(done), False
         q = (
             select(
                 order_lines.c.line_id,
@@ -202,7 +221,7 @@ async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation,
             )
             .where(order_lines.c.sku == sku, order_lines.c.qty_waiting > 0)
             .order_by(order_lines.c.queue_rank, order_lines.c.queued_at, order_lines.c.line_id)
-            .limit(BATCH)
+            .limit(want)
         )
         if last is not None:
             q = q.where(_after(last))
@@ -218,9 +237,116 @@ async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation,
                 break
         await _apply_allocations(conn, sku, batch)
         done.extend(batch)
+        if len(rows) < want:
+            break  # the queue's last waiting line
         last_row = rows[-1]
         last = (int(last_row.queue_rank), last_row.queued_at, int(last_row.line_id))
-    return tuple(done)
+    return tuple(done), True
+
+
+# --- a big receipt's allocation in batches --------------------------------------------------
+#
+# A receipt gives its units to the first INLINE_ALLOCATION waiting lines in its own
+# transaction (a small receipt, the common case, is done when it commits). When units are left
+# and lines still wait, the SKU's sku_allocations row stays, and ``allocation_batch`` goes on
+# from the head of the queue in batches, each its own short transaction: the free units and the
+# waiting lines are the durable state, so a crash between two batches loses nothing and gives
+# nothing twice. Meanwhile other changes leave the SKU's free units to the batches (queue order
+# first), and new lines join the back of the queue dated as by the projection (free units
+# count as the first restock's).
+
+# Lines a receipt allocates in its own transaction; beyond them the batches go on.
+INLINE_ALLOCATION = 500
+# Lines one batch of ``run_allocation`` allocates (each batch one transaction).
+ALLOCATION_BATCH = 500
+
+
+@dataclass(frozen=True)
+class AllocationRun:
+    lines: int  # lines given units
+    units: int
+    batches: int = 0
+    more: bool = False  # a batch claimed a SKU: there may be work left
+    finished: int = 0  # SKUs whose allocation ended
+
+    def __add__(self, other: AllocationRun) -> AllocationRun:
+        return AllocationRun(
+            self.lines + other.lines,
+            self.units + other.units,
+            self.batches + other.batches,
+            other.more,
+            self.finished + other.finished,
+        )
+
+
+def _allocations_upsert(conn: AsyncConnection) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(sku_allocations)
+
+
+async def _owe_allocation(conn: AsyncConnection, sku: str) -> None:
+    """The SKU's allocation row, made or held (an upsert that writes it: on PostgreSQL it
+    waits for a batch in flight, so a row that batch deletes is made again here). A receipt's
+    first lock, before the projection row, as a batch takes them."""
+    ins = _allocations_upsert(conn)
+    await conn.execute(
+        ins.values(sku=sku, requested_at=utcnow(), batches=0).on_conflict_do_update(
+            index_elements=[sku_allocations.c.sku],
+            set_={"batches": sku_allocations.c.batches},
+        )
+    )
+
+
+async def _allocation_owed(conn: AsyncConnection, sku: str) -> bool:
+    a = sku_allocations.c
+    return await conn.scalar(select(a.sku).where(a.sku == sku)) is not None
+
+
+async def allocation_batch(
+    conn: AsyncConnection, *, limit: int = ALLOCATION_BATCH, sku: str | None = None
+) -> AllocationRun:
+    """One bounded step of the allocations the receipts left, in the caller's transaction:
+    the SKU waiting longest (or ``sku``) claimed, its next ``limit`` waiting lines given free
+    units. ``more`` is False when no SKU was owed (or free to claim)."""
+    a = sku_allocations.c
+    pick = select(a.sku).order_by(a.requested_at, a.sku).limit(1)
+    if sku is not None:
+        pick = pick.where(a.sku == sku)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    claimed = await conn.scalar(pick)
+    if claimed is None:
+        return AllocationRun(0, 0)
+    # The allocation moves the dates of the lines behind: the queue owes a projection.
+    await request_projection(conn, [claimed])
+    allocs, finished = await _allocate(conn, claimed, limit)
+    if finished:
+        await conn.execute(delete(sku_allocations).where(a.sku == claimed))
+    else:
+        await conn.execute(
+            update(sku_allocations).where(a.sku == claimed).values(batches=a.batches + 1)
+        )
+    return AllocationRun(len(allocs), sum(x.qty for x in allocs), 1, True, int(finished))
+
+
+async def run_allocation(
+    store: Any,
+    *,
+    batch_size: int = ALLOCATION_BATCH,
+    max_batches: int | None = None,
+    on_batch: Callable[[AllocationRun], None] | None = None,
+) -> AllocationRun:
+    """The allocations big receipts left, in batches each in its own short transaction, until
+    none is owed (or ``max_batches``). Any number of processes may run it at once. Run before
+    the projection (run_projection), which the allocation asks for."""
+    from store.marks import run_batches
+
+    return await run_batches(
+        store,
+        lambda conn: allocation_batch(conn, limit=batch_size),
+        AllocationRun(0, 0),
+        max_batches=max_batches,
+        on_batch=on_batch,
+    )
 
 
 def _after(last: tuple[int, datetime, int]) -> ColumnElement[bool]:
@@ -1155,9 +1281,11 @@ async def receive_restock(
     got = int(r.qty if qty is None else qty)
     if got < 0:
         raise StoreError("received quantity cannot be negative")
-    # The change's first write (store.backorders, the projection in batches): the allocation
-    # below is bounded by the units received; the projection of the queue behind them goes on
-    # in the batches when it is longer than INLINE_LINES.
+    # The allocation's row first, then the projection's (as the allocation's batches take
+    # them): the first INLINE_ALLOCATION lines are given their units here, the rest by the
+    # batches (allocation_batch); the projection of the queue behind them goes on in the
+    # projection's batches when it is longer than INLINE_LINES.
+    await _owe_allocation(conn, r.sku)
     await request_projection(conn, [r.sku])
     now = utcnow()
     await conn.execute(
@@ -1172,9 +1300,14 @@ async def receive_restock(
         .values(on_hand=stock.c.on_hand + got, updated_at=now)
     )
     await log_event(conn, "restock_received", sku=r.sku, restock_id=restock_id, qty=got)
-    allocs = await allocate_waiting(conn, r.sku)
+    allocs, finished = await _allocate(conn, r.sku, INLINE_ALLOCATION)
+    if finished:
+        await conn.execute(delete(sku_allocations).where(sku_allocations.c.sku == r.sku))
     proj = await _project_now(conn, r.sku)
-    return Receipt(restock_id, r.sku, True, got, allocs, got - sum(a.qty for a in allocs), proj)
+    left = got - sum(a.qty for a in allocs)
+    return Receipt(
+        restock_id, r.sku, True, got, allocs, left if finished else 0, proj, not finished
+    )
 
 
 async def change_restock_date(
@@ -1679,7 +1812,8 @@ def _check_query(skus: Sequence[str]) -> Any:
     """Per SKU, everything a file's placing read of it that another change could move: the
     product, the stock row, the projection's generation (bumped by every change to the SKU's
     restocks, free stock or queue but a line joining its back: request_projection) and the
-    last waiting line (which such a line changes). Equal rows, equal decisions."""
+    last waiting line (which such a line changes), and whether a receipt's allocation is
+    under way (sku_allocations). Equal rows, equal decisions."""
     p = products.c
     c = order_lines.c
     last = (
@@ -1700,11 +1834,12 @@ def _check_query(skus: Sequence[str]) -> Any:
             stock.c.allocated,
             func.coalesce(sku_projections.c.generation, 0),
             last,
+            sku_allocations.c.sku,
         )
         .select_from(
-            products.outerjoin(stock, stock.c.sku == p.sku).outerjoin(
-                sku_projections, sku_projections.c.sku == p.sku
-            )
+            products.outerjoin(stock, stock.c.sku == p.sku)
+            .outerjoin(sku_projections, sku_projections.c.sku == p.sku)
+            .outerjoin(sku_allocations, sku_allocations.c.sku == p.sku)
         )
         .where(p.sku.in_(skus))
     )
@@ -1787,7 +1922,14 @@ def _decide(new: Sequence[OrderIn], skus: Sequence[str], q: _Queues) -> _Decisio
     # allocate_waiting would; the rest of them wait, dated from the restocks alone (no free
     # unit is left once a line waits). A SKU with free stock and waiting lines (free units
     # the store has not given out) is allocated and projected after the insert, as before.
-    direct = [s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1]]
+    # A SKU whose receipt's allocation is under way (sku_allocations) keeps its free units
+    # for the batches, in queue order: its new lines join the back of the queue and are dated
+    # from the units ahead of them, the free units counting as the first restock's (the
+    # projection's rule).
+    owed = {s for s, row in q.seen.items() if row[8] is not None}
+    direct = [
+        s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1] or s in owed
+    ]
     no_free = set(direct)
     simple = [s for s in skus if s not in no_free and s in stocked and s not in queued]
     left = {s: stocked[s][0] - stocked[s][1] for s in simple}

@@ -35,6 +35,7 @@ from store.backorders import (
     cancel_restock,
     change_restock_date,
     receive_restock,
+    run_allocation,
     run_projection,
     ship,
 )
@@ -307,7 +308,13 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "receive":
             async with store.begin() as conn:
                 rec = await receive_restock(conn, args.restock_id, args.qty)
-            if rec.changed:
+            if rec.changed and rec.allocating:
+                print(
+                    f"{rec.restock_id}: received {rec.qty}, allocated"
+                    f" {sum(a.qty for a in rec.allocated)} to {len(rec.allocated)} lines;"
+                    " the rest is allocated in batches"
+                )
+            elif rec.changed:
                 print(
                     f"{rec.restock_id}: received {rec.qty}, allocated {rec.qty - rec.to_free_stock}"
                     f" to {len(rec.allocated)} lines, {rec.to_free_stock} to free stock"
@@ -492,6 +499,7 @@ async def follow_on(
     async with store.connect() as conn:
         walks = await pending_projections(conn)
     todo = walks.lines_left
+    await run_allocation(store)  # a big receipt's units first: the projection follows them
     with progress_bar(todo if todo >= PROJECTION_BATCH else 0, "projection", " lines", show) as bar:
         await run_projection(store, on_batch=lambda r: bar.update(r.lines))
     async with store.connect() as conn:
