@@ -301,6 +301,19 @@ async def _allocation_owed(conn: AsyncConnection, sku: str) -> bool:
     return await conn.scalar(select(a.sku).where(a.sku == sku)) is not None
 
 
+async def allocations_owed(conn: AsyncConnection) -> tuple[int, int]:
+    """The SKUs whose receipt's units are still being given out, and their free units."""
+    a = sku_allocations.c
+    row = (
+        await conn.execute(
+            select(
+                func.count(), func.coalesce(func.sum(stock.c.on_hand - stock.c.allocated), 0)
+            ).select_from(sku_allocations.outerjoin(stock, stock.c.sku == a.sku))
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
 async def allocation_batch(
     conn: AsyncConnection, *, limit: int = ALLOCATION_BATCH, sku: str | None = None
 ) -> AllocationRun:

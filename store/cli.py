@@ -30,6 +30,7 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from store.backorders import (
     PROJECTION_BATCH,
+    allocations_owed,
     cancel_line,
     cancel_order,
     cancel_restock,
@@ -569,6 +570,8 @@ async def _status(conn: AsyncConnection) -> None:
         f"projection: {walks.skus} SKUs owe one, {walks.lines_left} waiting lines not walked"
         " yet (before the delay policy)"
     )
+    skus, units = await allocations_owed(conn)
+    print(f"allocation: {skus} SKUs with {units} received units not given out yet (batches)")
     if left.updated_at is not None:
         print(f"last batch of the policy: {left.updated_at:%Y-%m-%d %H:%M:%S} UTC")
 

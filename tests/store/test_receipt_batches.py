@@ -256,3 +256,53 @@ async def test_a_kill_inside_a_batch_loses_nothing_and_gives_nothing_twice(
         await _dates_as_from_scratch(s)
     finally:
         await s.close()
+
+
+def test_the_cli_commits_a_big_receipt_and_its_follow_on_gives_out_the_rest(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`backorder-admin receive` says what the receipt's transaction allocated and that the
+    rest goes in batches; a follow-on killed before them leaves them owed (status says so),
+    and `catch-up` gives them out."""
+    import store.cli as cli
+
+    async def setup() -> list[tuple[int, int]]:
+        s = await open_store(db_url)
+        try:
+            return await _setup(s)
+        finally:
+            await s.close()
+
+    queue = asyncio.run(setup())
+    monkeypatch.setattr(backorders, "INLINE_ALLOCATION", INLINE)
+    real = cli.run_allocation
+
+    async def killed(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(cli, "run_allocation", killed)
+    capsys.readouterr()
+    with pytest.raises(RuntimeError, match="killed"):
+        cli.main(["--db", db_url, "receive", "R1"])
+    # The first 10 lines: 1+2+3+1+2+3+1+2+3+1 units.
+    assert capsys.readouterr().out == (
+        "R1: received 100, allocated 19 to 10 lines; the rest is allocated in batches\n"
+    )
+    assert cli.main(["--db", db_url, "status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert status[6] == "allocation: 1 SKUs with 81 received units not given out yet (batches)"
+    monkeypatch.setattr(cli, "run_allocation", real)
+    assert cli.main(["--db", db_url, "catch-up"]) == 0
+    assert cli.main(["--db", db_url, "status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert "allocation: 0 SKUs with 0 received units not given out yet (batches)" in status
+
+    async def after() -> None:
+        s = await open_store(db_url, migrate_schema=False)
+        try:
+            assert await _check_units(s, queue) == _greedy(queue, UNITS)
+            await _dates_as_from_scratch(s)
+        finally:
+            await s.close()
+
+    asyncio.run(after())
