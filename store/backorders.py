@@ -2099,11 +2099,12 @@ async def _insert_planned(conn: AsyncConnection, plan: OrdersPlan) -> int:
     lines_before = await conn.scalar(select(func.max(c.line_id))) or 0
     for part in _chunks(rows.order_rows):
         await conn.exec_driver_sql(rows.orders.sql, list(part))
-    id_of: dict[str, int] = {o.order_number: 0 for o in new}
+    wanted = {o.order_number for o in new}
+    id_of: dict[str, int] = {}
     for got in await conn.execute(
         select(orders.c.order_number, orders.c.order_id).where(orders.c.order_id > orders_before)
     ):
-        if got[0] in id_of:
+        if got[0] in wanted:
             id_of[got[0]] = int(got[1])
     order_ids = [id_of[o.order_number] for o in new]
     stamp = rows.lines.value(-1, now)
