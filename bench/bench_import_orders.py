@@ -79,12 +79,22 @@ asyncio.run(go(sys.argv[1]))
 
 
 def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    conn = sqlite3.connect(path, timeout=3600, isolation_level=None)
+    # Polled every half millisecond, as the project's writers poll (store.db): SQLite's busy
+    # handler sleeps up to 25-100 ms between its tries, so its waits came in steps of 128,
+    # 178, 228, 328 ... ms whatever the lock's true length.
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
     waits: list[tuple[float, float]] = []  # (when it asked, wall clock; how long it waited)
     while not stop.is_set():
         t = time.perf_counter()
         asked = time.time()
-        conn.execute("BEGIN IMMEDIATE")
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(0.0005)
         waits.append((asked, time.perf_counter() - t))
         conn.execute("ROLLBACK")
         time.sleep(0.02)
