@@ -9,6 +9,7 @@ from scratch. Both backends."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -76,7 +77,7 @@ CHANGES: dict[str, tuple[Change, set[str]]] = {
         {"KET-0001"},
     ),
     "an order after the file's": (
-        lambda c: place_order(c, "700001", 5, [NewLine("KET-0002", 1)], placed_at=at(500)),
+        lambda c: place_order(c, "700003", 5, [NewLine("KET-0002", 1)], placed_at=at(500)),
         {"KET-0002"},
     ),
     "another file": (
@@ -208,3 +209,45 @@ async def test_a_file_decided_before_a_change_lands_as_if_read_under_the_lock(
     # sends it one by one (a line that would jump the queue, a discontinued product).
     whole = change not in ("an order after the file's", "a discontinued product")
     assert placed == (4 if whole else None)
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_a_file_decided_before_several_changes_lands_as_if_read_under_the_lock(
+    store: Store, seed: int
+) -> None:
+    """Random files, and several of the changes above, in random order, between the reads and
+    the write transaction."""
+    rng = random.Random(seed)
+    await _setup(store)
+    new = [
+        OrderIn(
+            str(810_000 + n),
+            rng.randint(1, 5),
+            tuple(
+                NewLine(sku, rng.randint(1, 4)) for sku in rng.sample(SKUS[:2], rng.randint(1, 2))
+            ),
+            at(100 + n),
+        )
+        for n in range(rng.randint(1, 8))
+    ]
+    async with store.connect() as conn:
+        plan = await plan_orders(conn, new)
+    assert plan is not None
+    changes = rng.sample(list(CHANGES), rng.randint(1, 5))
+    async with store.begin() as conn:
+        for name in changes:
+            await CHANGES[name][0](conn)
+    async with store.begin() as conn:
+        expected_placed = await place_orders(conn, new)
+        expected = await _state(conn)
+        await conn.rollback()
+    async with store.begin() as conn:
+        placed = await place_orders(conn, new, plan)
+        got = await _state(conn)
+        projected = await _projected(conn)
+        for sku in SKUS:
+            await project_dates(conn, sku)
+        scratch = await _projected(conn)
+        await conn.rollback()
+    assert (placed, got) == (expected_placed, expected), changes
+    assert projected == scratch
