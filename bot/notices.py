@@ -43,7 +43,7 @@ from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
 from bot.shared import ChatPace, SharedPace, is_shared, job_leases, worker_name
-from store.backorders import run_projection
+from store.backorders import run_allocation, run_projection
 from store.catalog import names_of, pick_name
 from store.db import Store
 from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
@@ -307,6 +307,7 @@ async def run_policy(app: BotApplication) -> None:
     store.outbox.run_notices)."""
     now = app.bot_data.now()
     store = app.bot_data.store
+    await run_allocation(store, max_batches=40)  # a big receipt's units, then the projections
     await run_projection(store, max_batches=40)  # the queues' projections first (their marks)
     # At most 10,000 lines a tick, so that delivery is not held back behind a long first pass
     # over a big store; the next tick goes on from the marks and the cursor. In batches a

@@ -131,7 +131,9 @@ async def _receive(ctx: ApiContext, path: m.RestockPath, body: m.ReceiveIn) -> A
         restock_id=path.restock_id,
         changed=rec.changed,
         qty=rec.qty,
-        allocated=rec.qty - rec.to_free_stock if rec.changed else 0,
+        # In the receipt's transaction; a big receipt's rest is allocated in batches after it
+        # (store.backorders.run_allocation), and to_free_stock is then 0 until they end.
+        allocated=sum(a.qty for a in rec.allocated) if rec.changed else 0,
         to_free_stock=rec.to_free_stock,
     )
     return await _done(ctx, answer, rec.changed)

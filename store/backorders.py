@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     CTE,
     BigInteger,
     ColumnElement,
     DateTime,
+    Table,
     bindparam,
     case,
     delete,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     tuple_,
     type_coerce,
     update,
@@ -35,10 +37,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
 from store.events import log_event
-from store.marks import insert_ignoring, mark_lines
+from store.marks import STAGES, insert_ignoring, mark_lines
 from store.schema import (
     customers,
     events,
+    follow_on_marks,
     order_lines,
     orders,
     products,
@@ -47,6 +50,7 @@ from store.schema import (
     restocks,
     shipment_lines,
     shipments,
+    sku_allocations,
     sku_projections,
     stock,
     utcnow,
@@ -107,6 +111,9 @@ class Receipt:
     allocated: tuple[Allocation, ...]
     to_free_stock: int
     projection: Projection | None
+    # Units and lines were left to the allocation's batches (run_allocation): to_free_stock
+    # is then not known yet (0).
+    allocating: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,11 +192,26 @@ async def set_stock(conn: AsyncConnection, sku: str, on_hand: int) -> tuple[Allo
 
 async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation, ...]:
     """Give free stock of ``sku`` to waiting lines, first come first served, partial fills
-    allowed."""
+    allowed. Nothing while a big receipt's allocation of the SKU is under way
+    (sku_allocations): its batches give the free units out in queue order."""
+    if await _allocation_owed(conn, sku):
+        return ()
+    return (await _allocate(conn, sku, None))[0]
+
+
+async def _allocate(
+    conn: AsyncConnection, sku: str, limit: int | None
+) -> tuple[tuple[Allocation, ...], bool]:
+    """allocate_waiting's walk from the head of the queue, at most ``limit`` lines (None: no
+    limit), holding the stock row (the free units read under it are given once). Returns the
+    allocations and whether nothing is left to give: no unit free, or no line waiting."""
     free = await free_stock(conn, sku, lock=True)
     done: list[Allocation] = []
     last: tuple[int, datetime, int] | None = None
     while free > 0:
+        want = BATCH if limit is None else min(BATCH, limit - len(done))
+        if want <= 0:
+            return tuple(done), False
         q = (
             select(
                 order_lines.c.line_id,
@@ -199,7 +221,7 @@ async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation,
             )
             .where(order_lines.c.sku == sku, order_lines.c.qty_waiting > 0)
             .order_by(order_lines.c.queue_rank, order_lines.c.queued_at, order_lines.c.line_id)
-            .limit(BATCH)
+            .limit(want)
         )
         if last is not None:
             q = q.where(_after(last))
@@ -215,9 +237,129 @@ async def allocate_waiting(conn: AsyncConnection, sku: str) -> tuple[Allocation,
                 break
         await _apply_allocations(conn, sku, batch)
         done.extend(batch)
+        if len(rows) < want:
+            break  # the queue's last waiting line
         last_row = rows[-1]
         last = (int(last_row.queue_rank), last_row.queued_at, int(last_row.line_id))
-    return tuple(done)
+    return tuple(done), True
+
+
+# --- a big receipt's allocation in batches --------------------------------------------------
+#
+# A receipt gives its units to the first INLINE_ALLOCATION waiting lines in its own
+# transaction (a small receipt, the common case, is done when it commits). When units are left
+# and lines still wait, the SKU's sku_allocations row stays, and ``allocation_batch`` goes on
+# from the head of the queue in batches, each its own short transaction: the free units and the
+# waiting lines are the durable state, so a crash between two batches loses nothing and gives
+# nothing twice. Meanwhile other changes leave the SKU's free units to the batches (queue order
+# first), and new lines join the back of the queue dated as by the projection (free units
+# count as the first restock's).
+
+# Lines a receipt allocates in its own transaction; beyond them the batches go on.
+INLINE_ALLOCATION = 500
+# Lines one batch of ``run_allocation`` allocates (each batch one transaction).
+ALLOCATION_BATCH = 500
+
+
+@dataclass(frozen=True)
+class AllocationRun:
+    lines: int  # lines given units
+    units: int
+    batches: int = 0
+    more: bool = False  # a batch claimed a SKU: there may be work left
+    finished: int = 0  # SKUs whose allocation ended
+
+    def __add__(self, other: AllocationRun) -> AllocationRun:
+        return AllocationRun(
+            self.lines + other.lines,
+            self.units + other.units,
+            self.batches + other.batches,
+            other.more,
+            self.finished + other.finished,
+        )
+
+
+def _allocations_upsert(conn: AsyncConnection) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(sku_allocations)
+
+
+async def _owe_allocation(conn: AsyncConnection, sku: str) -> None:
+    """The SKU's allocation row, made or held (an upsert that writes it: on PostgreSQL it
+    waits for a batch in flight, so a row that batch deletes is made again here). A receipt's
+    first lock, before the projection row, as a batch takes them."""
+    ins = _allocations_upsert(conn)
+    await conn.execute(
+        ins.values(sku=sku, requested_at=utcnow(), batches=0).on_conflict_do_update(
+            index_elements=[sku_allocations.c.sku],
+            set_={"batches": sku_allocations.c.batches},
+        )
+    )
+
+
+async def _allocation_owed(conn: AsyncConnection, sku: str) -> bool:
+    a = sku_allocations.c
+    return await conn.scalar(select(a.sku).where(a.sku == sku)) is not None
+
+
+async def allocations_owed(conn: AsyncConnection) -> tuple[int, int]:
+    """The SKUs whose receipt's units are still being given out, and their free units."""
+    a = sku_allocations.c
+    row = (
+        await conn.execute(
+            select(
+                func.count(), func.coalesce(func.sum(stock.c.on_hand - stock.c.allocated), 0)
+            ).select_from(sku_allocations.outerjoin(stock, stock.c.sku == a.sku))
+        )
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+async def allocation_batch(
+    conn: AsyncConnection, *, limit: int = ALLOCATION_BATCH, sku: str | None = None
+) -> AllocationRun:
+    """One bounded step of the allocations the receipts left, in the caller's transaction:
+    the SKU waiting longest (or ``sku``) claimed, its next ``limit`` waiting lines given free
+    units. ``more`` is False when no SKU was owed (or free to claim)."""
+    a = sku_allocations.c
+    pick = select(a.sku).order_by(a.requested_at, a.sku).limit(1)
+    if sku is not None:
+        pick = pick.where(a.sku == sku)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    claimed = await conn.scalar(pick)
+    if claimed is None:
+        return AllocationRun(0, 0)
+    # The allocation moves the dates of the lines behind: the queue owes a projection.
+    await request_projection(conn, [claimed])
+    allocs, finished = await _allocate(conn, claimed, limit)
+    if finished:
+        await conn.execute(delete(sku_allocations).where(a.sku == claimed))
+    else:
+        await conn.execute(
+            update(sku_allocations).where(a.sku == claimed).values(batches=a.batches + 1)
+        )
+    return AllocationRun(len(allocs), sum(x.qty for x in allocs), 1, True, int(finished))
+
+
+async def run_allocation(
+    store: Any,
+    *,
+    batch_size: int = ALLOCATION_BATCH,
+    max_batches: int | None = None,
+    on_batch: Callable[[AllocationRun], None] | None = None,
+) -> AllocationRun:
+    """The allocations big receipts left, in batches each in its own short transaction, until
+    none is owed (or ``max_batches``). Any number of processes may run it at once. Run before
+    the projection (run_projection), which the allocation asks for."""
+    from store.marks import run_batches
+
+    return await run_batches(
+        store,
+        lambda conn: allocation_batch(conn, limit=batch_size),
+        AllocationRun(0, 0),
+        max_batches=max_batches,
+        on_batch=on_batch,
+    )
 
 
 def _after(last: tuple[int, datetime, int]) -> ColumnElement[bool]:
@@ -1191,9 +1333,11 @@ async def receive_restock(
     got = int(r.qty if qty is None else qty)
     if got < 0:
         raise StoreError("received quantity cannot be negative")
-    # The change's first write (store.backorders, the projection in batches): the allocation
-    # below is bounded by the units received; the projection of the queue behind them goes on
-    # in the batches when it is longer than INLINE_LINES.
+    # The allocation's row first, then the projection's (as the allocation's batches take
+    # them): the first INLINE_ALLOCATION lines are given their units here, the rest by the
+    # batches (allocation_batch); the projection of the queue behind them goes on in the
+    # projection's batches when it is longer than INLINE_LINES.
+    await _owe_allocation(conn, r.sku)
     await request_projection(conn, [r.sku])
     now = utcnow()
     await conn.execute(
@@ -1208,9 +1352,14 @@ async def receive_restock(
         .values(on_hand=stock.c.on_hand + got, updated_at=now)
     )
     await log_event(conn, "restock_received", sku=r.sku, restock_id=restock_id, qty=got)
-    allocs = await allocate_waiting(conn, r.sku)
+    allocs, finished = await _allocate(conn, r.sku, INLINE_ALLOCATION)
+    if finished:
+        await conn.execute(delete(sku_allocations).where(sku_allocations.c.sku == r.sku))
     proj = await _project_now(conn, r.sku)
-    return Receipt(restock_id, r.sku, True, got, allocs, got - sum(a.qty for a in allocs), proj)
+    left = got - sum(a.qty for a in allocs)
+    return Receipt(
+        restock_id, r.sku, True, got, allocs, left if finished else 0, proj, not finished
+    )
 
 
 async def change_restock_date(
@@ -1510,75 +1659,267 @@ def _chunks(items: Sequence[Any], size: int = 5000) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | None:
-    """Place a file's orders as ``place_order`` one after another would, with each touched
-    SKU allocated and projected once at the end instead of once per order: the number of
-    orders created, or None (nothing written) when that would not give exactly the same
-    store, and the caller places them one by one.
+@dataclass(frozen=True)
+class _Product:
+    price_minor: int
+    currency: str
+    active: bool
+    backorderable: bool
 
-    The same, because every new line joins the end of its SKU's queue: its key (priority,
-    placed_at) is at or past every waiting line's before it, the store's and the file's.
-    Then an order's allocation and projected date do not change when a later one joins, and
-    one greedy allocation over the final queue is the sequence of per-order ones. Anything
-    else (a line that jumps the queue, an order that exists, a refused order) returns None:
-    the one-by-one path gives its own result or error."""
-    if not new:
-        return 0
-    numbers = [o.order_number for o in new]
-    skus = list(dict.fromkeys(ln.sku for o in new for ln in o.lines))
-    cids = list({o.customer_id for o in new})
-    if len(set(numbers)) != len(numbers) or any(
-        not o.order_number.isdigit() or not o.lines or any(ln.qty <= 0 for ln in o.lines)
-        for o in new
-    ):
-        return None
-    for part in _chunks(numbers):
-        if (
-            await conn.execute(select(orders.c.order_id).where(orders.c.order_number.in_(part)))
-        ).first():
-            return None  # a re-import: compared order by order
-    known: set[int] = set()
-    for part in _chunks(cids):
-        known.update(
-            await conn.scalars(
-                select(customers.c.customer_id).where(customers.c.customer_id.in_(part))
-            )
+
+@dataclass
+class _Queues:
+    """What placing a file reads of its SKUs, and decides from: each SKU's product, stock,
+    open restocks and waiting queue, and ``seen``, the row that tells whether any of them
+    changed since (``_check_rows``)."""
+
+    seen: dict[str, tuple[Any, ...]]
+    prods: dict[str, _Product]
+    stocked: dict[str, tuple[int, int]]  # (on_hand, allocated) of the SKUs with a stock row
+    tail: dict[str, tuple[int, datetime]]  # the last waiting line's (queue_rank, queued_at)
+    queued: dict[str, tuple[int, int]]  # waiting lines and units
+    opens: dict[str, list[tuple[str, date, int]]]  # open restocks in date order, units left
+
+    def merged(self, other: _Queues, skus: Sequence[str]) -> _Queues:
+        """These, with what ``other`` read of ``skus`` instead."""
+        again = set(skus)
+
+        def pick(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+            out = {k: v for k, v in mine.items() if k not in again}
+            out.update((k, v) for k, v in theirs.items() if k in again)
+            return out
+
+        return _Queues(
+            pick(self.seen, other.seen),
+            pick(self.prods, other.prods),
+            pick(self.stocked, other.stocked),
+            pick(self.tail, other.tail),
+            pick(self.queued, other.queued),
+            pick(self.opens, other.opens),
         )
-    if conn.dialect.name == "postgresql":
-        # The file's stock rows held until the commit, in SKU order (as _lock_stock): another
-        # import or order reads what this one left of the free units, instead of both reading
-        # them free at READ COMMITTED and the second failing on ck_stock_allocated_within.
-        # SQLite's write transactions run one at a time.
-        for part in _chunks(sorted(skus)):
-            await conn.execute(
-                select(stock.c.sku)
-                .where(stock.c.sku.in_(part))
-                .order_by(stock.c.sku)
-                .with_for_update()
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """How a file's lines are placed: the SKUs whose new lines are dated and given free units
+    here (``direct``: no free stock; ``simple``: free stock and no waiting line), the others
+    (``rest``: allocated and projected after the insert), the waiting lines ahead of the new
+    ones per SKU, and each new line's (order index, line no) free units and restock."""
+
+    direct: list[str]
+    simple: list[str]
+    rest: list[str]
+    ahead: dict[str, int]
+    dated: dict[tuple[int, int], tuple[str, date] | None]
+    given: dict[tuple[int, int], int]
+
+
+class _DriverInsert:
+    """An INSERT for the driver's executemany, and the conversion of each value as SQLAlchemy
+    binds it: rows converted before the write lock go to the driver as they are inside it
+    (SQLAlchemy's processing of a 2,000-order file's parameters was about 50 ms of CPU under
+    the lock)."""
+
+    def __init__(
+        self, dialect: Any, table: Table, columns: Sequence[str], *, ignore: bool = False
+    ) -> None:
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)})"
+            f" VALUES ({', '.join(':' + col for col in columns)})"
+            + (" ON CONFLICT DO NOTHING" if ignore else "")
+        )
+        compiled = text(sql).compile(dialect=dialect)  # the driver's parameter style
+        assert list(compiled.positiontup or ()) == list(columns), compiled.positiontup
+        self.sql = str(compiled)
+        self._convert = [
+            table.c[col].type.dialect_impl(dialect).bind_processor(dialect) for col in columns
+        ]
+
+    def row(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(v if f is None else f(v) for f, v in zip(self._convert, values, strict=True))
+
+    def value(self, at: int, value: Any) -> Any:
+        f = self._convert[at]
+        return value if f is None else f(value)
+
+    def as_is(self, *at: int) -> bool:
+        """Whether the values at these places go to the driver unconverted."""
+        return all(self._convert[i] is None for i in at)
+
+
+class _NewRow(NamedTuple):
+    order_at: int  # the order's index in the file
+    line_no: int
+    sku: str
+    qty_allocated: int
+    qty_waiting: int
+    queue_rank: int
+    queued_at: datetime
+    projected_date: date | None
+
+
+# Every column place_orders writes of a new line but its order's id and the two time stamps
+# of the write (written last: they are known only under the write lock).
+_LINE_COLUMNS = (
+    "line_no",
+    "sku",
+    "qty_ordered",
+    "qty_allocated",
+    "qty_waiting",
+    "unit_price_minor",
+    "queue_rank",
+    "queued_at",
+    "waits_for_restock_id",
+    "projected_date",
+    "promised_date",
+    "last_told_date",
+    "told_ready_qty",
+)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A decided file's new rows, converted for the driver before the write lock."""
+
+    orders: _DriverInsert
+    order_rows: list[tuple[Any, ...]]
+    lines: _DriverInsert
+    line_rows: list[tuple[Any, ...]]  # _LINE_COLUMNS' values
+    new: list[_NewRow]
+    placed: _DriverInsert  # each order's 'order_placed' event
+    marks: _DriverInsert
+
+
+def _rows(dialect: Any, new: Sequence[OrderIn], prods: dict[str, _Product], d: _Decision) -> _Rows:
+    """The rows of ``new`` placed as ``d`` decided: what log_event, _dated_line and the
+    one-by-one path write, field for field."""
+    orders_in = _DriverInsert(
+        dialect, orders, ("order_number", "customer_id", "placed_at", "priority", "currency")
+    )
+    lines_in = _DriverInsert(
+        dialect, order_lines, ("order_id", *_LINE_COLUMNS, "projected_changed_at", "last_told_at")
+    )
+    order_rows = [
+        orders_in.row(
+            (o.order_number, o.customer_id, o.placed_at, o.priority, prods[o.lines[0].sku].currency)
+        )
+        for o in new
+    ]
+    line_rows: list[tuple[Any, ...]] = []
+    rows: list[_NewRow] = []
+    for i, o in enumerate(new):
+        for no, ln in enumerate(o.lines, start=1):
+            given = d.given.get((i, no), 0)
+            restock_id, when = d.dated.get((i, no)) or (None, None)
+            price = ln.unit_price_minor
+            values = (
+                no,
+                ln.sku,
+                ln.qty,
+                given,
+                ln.qty - given,
+                prods[ln.sku].price_minor if price is None else price,
+                -o.priority,
+                o.placed_at,
+                restock_id,
+                when,
+                # What the customer is told at order time is the promise; units reserved at
+                # once were part of the order confirmation, not later news.
+                when,
+                when,
+                given,
             )
-    prods: dict[str, Any] = {}
-    stocked: dict[str, tuple[int, int]] = {}
-    tail: dict[str, tuple[int, datetime]] = {}
-    queued: dict[str, tuple[int, int]] = {}
+            # Converted as the insert binds them, the order's id (None here) first.
+            line_rows.append(lines_in.row((None, *values, None, None))[1:-2])
+            rows.append(
+                _NewRow(i, no, ln.sku, given, ln.qty - given, -o.priority, o.placed_at, when)
+            )
+    placed = _DriverInsert(dialect, events, ("at", "kind", "order_id", "customer_id", "data"))
+    # Written under the lock as they come (ids, numbers, strings), but for the time stamps.
+    assert lines_in.as_is(0) and placed.as_is(1, 2, 3, 4)
+    return _Rows(
+        orders_in,
+        order_rows,
+        lines_in,
+        line_rows,
+        rows,
+        placed,
+        _DriverInsert(dialect, follow_on_marks, ("stage", "line_id"), ignore=True),
+    )
+
+
+@dataclass(frozen=True)
+class OrdersPlan:
+    """A file's placing decided from reads alone (``plan_orders``), before the write
+    transaction; ``place_orders`` checks in it that nothing it read has moved."""
+
+    new: tuple[OrderIn, ...]
+    skus: list[str]
+    queues: _Queues
+    decision: _Decision
+    rows: _Rows
+
+
+def _check_query(skus: Sequence[str]) -> Any:
+    """Per SKU, everything a file's placing read of it that another change could move: the
+    product, the stock row, the projection's generation (bumped by every change to the SKU's
+    restocks, free stock or queue but a line joining its back: request_projection) and the
+    last waiting line (which such a line changes), and whether a receipt's allocation is
+    under way (sku_allocations). Equal rows, equal decisions."""
+    p = products.c
     c = order_lines.c
+    last = (
+        select(c.line_id)
+        .where(c.sku == p.sku, c.qty_waiting > literal_column("0"))  # the partial queue index
+        .order_by(c.queue_rank.desc(), c.queued_at.desc(), c.line_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        select(
+            p.sku,
+            p.price_minor,
+            p.currency,
+            p.active,
+            p.backorderable,
+            stock.c.on_hand,
+            stock.c.allocated,
+            func.coalesce(sku_projections.c.generation, 0),
+            last,
+            sku_allocations.c.sku,
+        )
+        .select_from(
+            products.outerjoin(stock, stock.c.sku == p.sku)
+            .outerjoin(sku_projections, sku_projections.c.sku == p.sku)
+            .outerjoin(sku_allocations, sku_allocations.c.sku == p.sku)
+        )
+        .where(p.sku.in_(skus))
+    )
+
+
+async def _check_rows(conn: AsyncConnection, skus: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+    seen: dict[str, tuple[Any, ...]] = {}
+    for part in _chunks(list(skus)):
+        for row in await conn.execute(_check_query(part)):
+            seen[row[0]] = tuple(row[1:])
+    return seen
+
+
+async def _read_queues(conn: AsyncConnection, skus: Sequence[str]) -> _Queues:
+    """The state of ``skus`` that a file's placing decides from. The check rows are read
+    first: what is read after them is at least as new, so when the rows read again under the
+    write lock are equal, nothing read here has moved since."""
+    q = _Queues(await _check_rows(conn, skus), {}, {}, {}, {}, {})
+    for sku, row in q.seen.items():
+        q.prods[sku] = _Product(int(row[0]), row[1], bool(row[2]), bool(row[3]))
+        if row[4] is not None:
+            q.stocked[sku] = (int(row[4]), int(row[5]))
+    c = order_lines.c
+    rs = restocks.c
     waiting = c.qty_waiting > literal_column("0")  # a literal: the queue index is partial
-    for part in _chunks(skus):
-        for r in await conn.execute(
-            select(
-                products.c.sku,
-                products.c.price_minor,
-                products.c.currency,
-                products.c.active,
-                products.c.backorderable,
-            ).where(products.c.sku.in_(part))
-        ):
-            prods[r.sku] = r
-        for sr in await conn.execute(
-            select(stock.c.sku, stock.c.on_hand, stock.c.allocated).where(stock.c.sku.in_(part))
-        ):
-            stocked[sr.sku] = (int(sr.on_hand), int(sr.allocated))
-        # Each SKU's queue as it is, in one pass over the queue index (two passes were 0.3 s
-        # of the write transaction on the 1M store): its tail, waiting lines and units.
+    for part in _chunks(list(skus)):
+        # Each SKU's queue as it is, in one pass over the queue index: its tail, waiting
+        # lines and units.
         for tr in await conn.execute(
             select(
                 c.sku, c.queue_rank, func.max(c.queued_at), func.count(), func.sum(c.qty_waiting)
@@ -1587,18 +1928,29 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             .group_by(c.sku, c.queue_rank)
         ):
             key = (int(tr[1]), tr[2] if tr[2].tzinfo else tr[2].replace(tzinfo=UTC))
-            if tr[0] not in tail or key > tail[tr[0]]:
-                tail[tr[0]] = key
-            n, u = queued.get(tr[0], (0, 0))
-            queued[tr[0]] = (n + int(tr[3]), u + int(tr[4] or 0))
+            if tr[0] not in q.tail or key > q.tail[tr[0]]:
+                q.tail[tr[0]] = key
+            n, u = q.queued.get(tr[0], (0, 0))
+            q.queued[tr[0]] = (n + int(tr[3]), u + int(tr[4] or 0))
+        for rr in await conn.execute(
+            select(rs.sku, rs.restock_id, rs.expected_date, rs.qty - rs.qty_received)
+            .where(rs.sku.in_(part), rs.status == "open")
+            .order_by(rs.sku, rs.expected_date, rs.restock_id)
+        ):
+            q.opens.setdefault(rr[0], []).append((rr[1], rr[2], int(rr[3])))
+    return q
+
+
+def _decide(new: Sequence[OrderIn], skus: Sequence[str], q: _Queues) -> _Decision | None:
+    """place_orders's rule on the state ``q``: None when the file is not placed whole."""
+    stocked, queued = q.stocked, q.queued
+    tail = dict(q.tail)
     free = {s: max(0, on - al) for s, (on, al) in stocked.items()}
     for sku, (_, units) in queued.items():
         if sku in free:
             free[sku] = max(0, free[sku] - units)  # the store's waiting lines first
     for o in new:
-        if o.customer_id not in known:
-            return None
-        ps = [prods.get(ln.sku) for ln in o.lines]
+        ps = [q.prods.get(ln.sku) for ln in o.lines]
         if any(p is None or not p.active for p in ps) or len({p and p.currency for p in ps}) != 1:
             return None
         key = (-o.priority, o.placed_at.astimezone(UTC))
@@ -1607,7 +1959,7 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
                 return None  # joins ahead of a waiting line
             tail[sku] = key
             want = sum(ln.qty for ln in o.lines if ln.sku == sku)
-            if not prods[sku].backorderable and free.get(sku, 0) < want:
+            if not q.prods[sku].backorderable and free.get(sku, 0) < want:
                 return None
         for ln in o.lines:
             give = min(free.get(ln.sku, 0), ln.qty)
@@ -1622,30 +1974,27 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
     # allocate_waiting would; the rest of them wait, dated from the restocks alone (no free
     # unit is left once a line waits). A SKU with free stock and waiting lines (free units
     # the store has not given out) is allocated and projected after the insert, as before.
-    now = utcnow()
-    if conn.dialect.name != "sqlite":
-        await hold_projection(conn, skus)  # SQLite's writers take turns anyway
-    direct = [s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1]]
+    # A SKU whose receipt's allocation is under way (sku_allocations) keeps its free units
+    # for the batches, in queue order: its new lines join the back of the queue and are dated
+    # from the units ahead of them, the free units counting as the first restock's (the
+    # projection's rule).
+    owed = {s for s, row in q.seen.items() if row[8] is not None}
+    direct = [
+        s for s in skus if stocked.get(s, (0, 0))[0] <= stocked.get(s, (0, 0))[1] or s in owed
+    ]
     no_free = set(direct)
     simple = [s for s in skus if s not in no_free and s in stocked and s not in queued]
     left = {s: stocked[s][0] - stocked[s][1] for s in simple}
-    bounds: dict[str, list[tuple[int, str, date]]] = {s: [] for s in (*direct, *simple)}
-    rs = restocks.c
-    for part in _chunks([*direct, *simple]):
-        cover = {
-            s: 0 if s in left else stocked.get(s, (0, 0))[0] - stocked.get(s, (0, 0))[1]
-            for s in part
-        }
-        for rr in await conn.execute(
-            select(rs.sku, rs.restock_id, rs.expected_date, rs.qty - rs.qty_received)
-            .where(rs.sku.in_(part), rs.status == "open")
-            .order_by(rs.sku, rs.expected_date, rs.restock_id)
-        ):
-            cover[rr[0]] += int(rr[3])
-            bounds[rr[0]].append((cover[rr[0]], rr[1], rr[2]))
-    need = {s: queued.get(s, (0, 0))[1] for s in (*direct, *simple)}
-    ahead = {s: queued.get(s, (0, 0))[0] for s in (*direct, *simple)}
-    dated: dict[tuple[int, int], tuple[str, date] | None] = {}  # (order index, line no)
+    bounds: dict[str, list[tuple[int, str, date]]] = {}
+    for s in (*direct, *simple):
+        cover = 0 if s in left else stocked.get(s, (0, 0))[0] - stocked.get(s, (0, 0))[1]
+        bounds[s] = []
+        for rid, when, units in q.opens.get(s, []):
+            cover += units
+            bounds[s].append((cover, rid, when))
+    need = {s: queued.get(s, (0, 0))[1] for s in bounds}
+    ahead = {s: queued.get(s, (0, 0))[0] for s in bounds}
+    dated: dict[tuple[int, int], tuple[str, date] | None] = {}
     given: dict[tuple[int, int], int] = {}
     for i, o in enumerate(new):
         for no, ln in enumerate(o.lines, start=1):
@@ -1663,68 +2012,166 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             dated[(i, no)] = next(
                 ((rid, when) for hi, rid, when in bounds[ln.sku] if hi >= need[ln.sku]), None
             )
+    rest = [s for s in skus if s not in bounds]
+    return _Decision(direct, simple, rest, ahead, dated, given)
 
-    # Plain executemany, then the ids read back by key: RETURNING in parameter order made
-    # SQLite run one INSERT per row (0.8 s of the 2,667 lines' 3.8 s on a loaded machine).
-    id_of: dict[str, int] = {}
-    for part in _chunks(new):
-        await conn.execute(
-            insert(orders),
-            [
-                {
-                    "order_number": o.order_number,
-                    "customer_id": o.customer_id,
-                    "placed_at": o.placed_at,
-                    "priority": o.priority,
-                    "currency": prods[o.lines[0].sku].currency,
-                }
-                for o in part
-            ],
-        )
-        for got in await conn.execute(
-            select(orders.c.order_number, orders.c.order_id).where(
-                orders.c.order_number.in_([o.order_number for o in part])
+
+async def plan_orders(
+    conn: AsyncConnection, new: Sequence[OrderIn], *, hold: bool = False
+) -> OrdersPlan | None:
+    """Decide how ``place_orders`` places a file, from reads alone: run before the write
+    transaction (on any connection), it keeps the reads and the deciding out of the write
+    lock, and place_orders(conn, new, plan) then checks that nothing read has moved (or
+    decides again for the SKUs that did). None: the file is not placed whole (see
+    place_orders). ``hold``: inside place_orders's transaction, the SKUs held before they are
+    read (_hold_file_skus)."""
+    numbers = [o.order_number for o in new]
+    skus = list(dict.fromkeys(ln.sku for o in new for ln in o.lines))
+    cids = list({o.customer_id for o in new})
+    if len(set(numbers)) != len(numbers) or any(
+        not o.order_number.isdigit() or not o.lines or any(ln.qty <= 0 for ln in o.lines)
+        for o in new
+    ):
+        return None
+    if await _any_order(conn, numbers):
+        return None  # a re-import: compared order by order
+    known: set[int] = set()
+    for part in _chunks(cids):
+        known.update(
+            await conn.scalars(
+                select(customers.c.customer_id).where(customers.c.customer_id.in_(part))
             )
-        ):
+        )
+    # Customers are never deleted: one known now is known under the write lock.
+    if any(o.customer_id not in known for o in new):
+        return None
+    if hold:
+        await _hold_file_skus(conn, skus)
+    queues = await _read_queues(conn, skus)
+    decision = _decide(new, skus, queues)
+    if decision is None:
+        return None
+    rows = _rows(conn.dialect, new, queues.prods, decision)
+    return OrdersPlan(tuple(new), skus, queues, decision, rows)
+
+
+async def _any_order(conn: AsyncConnection, numbers: Sequence[str]) -> bool:
+    for part in _chunks(numbers):
+        if (
+            await conn.execute(select(orders.c.order_id).where(orders.c.order_number.in_(part)))
+        ).first():
+            return True
+    return False
+
+
+async def _hold_file_skus(conn: AsyncConnection, skus: Sequence[str]) -> None:
+    """On PostgreSQL, the file's projection rows (every change's first lock, see
+    hold_projection) and then its stock rows, in SKU order, held until the commit: another
+    import or order reads what this one left of the free units, instead of both reading them
+    free at READ COMMITTED and the second failing on ck_stock_allocated_within; and no change
+    to these SKUs commits between the check and the insert. SQLite's write transactions run
+    one at a time."""
+    if conn.dialect.name == "sqlite":
+        return
+    await hold_projection(conn, skus)
+    for part in _chunks(sorted(skus)):
+        await conn.execute(
+            select(stock.c.sku).where(stock.c.sku.in_(part)).order_by(stock.c.sku).with_for_update()
+        )
+
+
+async def place_orders(
+    conn: AsyncConnection, new: Sequence[OrderIn], plan: OrdersPlan | None = None
+) -> int | None:
+    """Place a file's orders as ``place_order`` one after another would, with each touched
+    SKU allocated and projected once at the end instead of once per order: the number of
+    orders created, or None (nothing written) when that would not give exactly the same
+    store, and the caller places them one by one.
+
+    The same, because every new line joins the end of its SKU's queue: its key (priority,
+    placed_at) is at or past every waiting line's before it, the store's and the file's.
+    Then an order's allocation and projected date do not change when a later one joins, and
+    one greedy allocation over the final queue is the sequence of per-order ones. Anything
+    else (a line that jumps the queue, an order that exists, a refused order) returns None:
+    the one-by-one path gives its own result or error.
+
+    ``plan``: ``plan_orders(conn, new)``, read before this transaction (its orders are the
+    ones placed). Here only the SKUs' check rows are read again (one indexed row each); the
+    SKUs whose row moved are read and decided again, so the result is the same as without a
+    plan."""
+    if not new:
+        return 0
+    if plan is None:
+        plan = await plan_orders(conn, new, hold=True)
+        if plan is None:
+            return None
+    else:
+        if await _any_order(conn, [o.order_number for o in new]):
+            return None
+        await _hold_file_skus(conn, plan.skus)
+        seen = await _check_rows(conn, plan.skus)
+        moved = [s for s in plan.skus if seen.get(s) != plan.queues.seen.get(s)]
+        if moved:
+            queues = plan.queues.merged(await _read_queues(conn, moved), moved)
+            decision = _decide(plan.new, plan.skus, queues)
+            if decision is None:
+                return None
+            rows = _rows(conn.dialect, plan.new, queues.prods, decision)
+            plan = OrdersPlan(plan.new, plan.skus, queues, decision, rows)
+    return await _insert_planned(conn, plan)
+
+
+async def _insert_planned(conn: AsyncConnection, plan: OrdersPlan) -> int:
+    new, skus, stocked, d, rows = (
+        plan.new,
+        plan.skus,
+        plan.queues.stocked,
+        plan.decision,
+        plan.rows,
+    )
+    c = order_lines.c
+    now = utcnow()
+    # Plain executemany, then the ids read back past the highest before (this transaction's
+    # and, on PostgreSQL, any committed since: kept by key): RETURNING in parameter order made
+    # SQLite run one INSERT per row, and a key list of 2,000 was bound value by value.
+    orders_before = await conn.scalar(select(func.max(orders.c.order_id))) or 0
+    lines_before = await conn.scalar(select(func.max(c.line_id))) or 0
+    for part in _chunks(rows.order_rows):
+        await conn.exec_driver_sql(rows.orders.sql, list(part))
+    wanted = {o.order_number for o in new}
+    id_of: dict[str, int] = {}
+    for got in await conn.execute(
+        select(orders.c.order_number, orders.c.order_id).where(orders.c.order_id > orders_before)
+    ):
+        if got[0] in wanted:
             id_of[got[0]] = int(got[1])
     order_ids = [id_of[o.order_number] for o in new]
-    rows = [
-        {
-            "order_id": oid,
-            "line_no": no,
-            "sku": ln.sku,
-            "qty_ordered": ln.qty,
-            "qty_allocated": given.get((i, no), 0),
-            "qty_waiting": ln.qty - given.get((i, no), 0),
-            "unit_price_minor": (
-                ln.unit_price_minor
-                if ln.unit_price_minor is not None
-                else int(prods[ln.sku].price_minor)
-            ),
-            "queue_rank": -o.priority,
-            "queued_at": o.placed_at,
-            **_dated_line(dated.get((i, no)), now),
-            # Units reserved at once were part of the order confirmation, not later news.
-            "told_ready_qty": given.get((i, no), 0),
-        }
-        for i, (o, oid) in enumerate(zip(new, order_ids, strict=True))
-        for no, ln in enumerate(o.lines, start=1)
-    ]
+    stamp = rows.lines.value(-1, now)
+    for part in _chunks(list(zip(rows.new, rows.line_rows, strict=True))):
+        await conn.exec_driver_sql(
+            rows.lines.sql,
+            [
+                (order_ids[r.order_at], *values, None if r.projected_date is None else stamp, stamp)
+                for r, values in part
+            ],
+        )
+    mine = set(order_ids)
     line_of: dict[tuple[int, int], int] = {}
-    for part in _chunks(rows):
-        await conn.execute(insert(order_lines), list(part))
-    for ids in _chunks(order_ids):
-        for lr in await conn.execute(
-            select(c.order_id, c.line_no, c.line_id).where(c.order_id.in_(ids))
-        ):
+    for lr in await conn.execute(
+        select(c.order_id, c.line_no, c.line_id).where(c.line_id > lines_before)
+    ):
+        if lr[0] in mine:
             line_of[(int(lr[0]), int(lr[1]))] = int(lr[2])
-    line_ids = [line_of[(row["order_id"], row["line_no"])] for row in rows]
-    await mark_lines(conn, line_ids)
-    await _join_queues(conn, rows, line_ids, [*direct, *simple], ahead, now)
+    line_ids = [line_of[(order_ids[r.order_at], r.line_no)] for r in rows.new]
+    # mark_lines's rows: every stage of every new line.
+    marks = [(stage, i) for i in sorted(line_ids) for stage in STAGES]
+    for part in _chunks(marks):
+        await conn.exec_driver_sql(rows.marks.sql, list(part))
+    await _join_queues(conn, rows.new, line_ids, [*d.direct, *d.simple], dict(d.ahead), now)
     gave: dict[str, list[int]] = {}
-    for row in rows:
-        if row["qty_allocated"]:
-            gave.setdefault(row["sku"], []).append(row["qty_allocated"])
+    for r in rows.new:
+        if r.qty_allocated:
+            gave.setdefault(r.sku, []).append(r.qty_allocated)
     if gave:
         await conn.execute(
             update(stock)
@@ -1748,24 +2195,21 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
                 for sku, q in gave.items()
             ],
         )
-    # Each order's 'order_placed' event (log_event's row) written from the orders just
-    # inserted: no row built and bound in Python under the write lock. The numbers are
-    # digits (checked above), so the JSON needs no escaping.
-    for part in _chunks(numbers):
-        oc = orders.c
-        await conn.execute(
-            insert(events).from_select(
-                ["at", "kind", "order_id", "customer_id", "data"],
-                select(
-                    literal(now, events.c.at.type),
-                    literal("order_placed"),
-                    oc.order_id,
-                    oc.customer_id,
-                    literal('{"order_number": "') + oc.order_number + literal('"}'),
+    # Each order's 'order_placed' event, log_event's row.
+    at = rows.placed.value(0, now)
+    for part in _chunks(list(zip(new, order_ids, strict=True))):
+        await conn.exec_driver_sql(
+            rows.placed.sql,
+            [
+                (
+                    at,
+                    "order_placed",
+                    oid,
+                    o.customer_id,
+                    json.dumps({"order_number": o.order_number}),
                 )
-                .where(oc.order_number.in_(part))
-                .order_by(oc.order_id),
-            )
+                for o, oid in part
+            ],
         )
     missing = [s for s in skus if s not in stocked]
     if missing:
@@ -1773,23 +2217,21 @@ async def place_orders(conn: AsyncConnection, new: Sequence[OrderIn]) -> int | N
             insert(stock),
             [{"sku": s, "on_hand": 0, "allocated": 0, "updated_at": now} for s in missing],
         )
-    for sku in skus:
-        if sku not in bounds and stocked.get(sku, (0, 0))[0] > stocked.get(sku, (0, 0))[1]:
-            await allocate_waiting(conn, sku)  # none free: allocate_waiting reads and stops
-    # Projected from scratch below; a walk under way of one of them counted the units ahead
-    # of its cursor before these were allocated: it starts again from the head.
-    rest = [s for s in skus if s not in bounds]
-    if not rest:
+    if not d.rest:
         # Every line was written with its date and promise: no second pass over the rows
         # (it rewrote each new line, 2,667 of them, inside the write lock).
         return len(new)
-    await restart_walks(conn, rest)
-    for part in _chunks(rest, 500):
+    for sku in d.rest:
+        await allocate_waiting(conn, sku)
+    # Projected from scratch below; a walk under way of one of them counted the units ahead
+    # of its cursor before these were allocated: it starts again from the head.
+    await restart_walks(conn, d.rest)
+    for part in _chunks(d.rest, 500):
         await _project_many(conn, list(part))
     for part in _chunks(order_ids):
         await conn.execute(
             update(order_lines)
-            .where(c.order_id.in_(part), c.sku.in_(rest))
+            .where(c.order_id.in_(part), c.sku.in_(d.rest))
             .values(
                 promised_date=c.projected_date,
                 last_told_date=c.projected_date,
@@ -1818,7 +2260,7 @@ def _dated_line(found: tuple[str, date] | None, now: datetime) -> dict[str, Any]
 
 async def _join_queues(
     conn: AsyncConnection,
-    rows: list[dict[str, Any]],
+    rows: list[_NewRow],
     line_ids: list[int],
     direct: list[str],
     ahead: dict[str, int],
@@ -1830,22 +2272,22 @@ async def _join_queues(
     marks: list[dict[str, Any]] = []
     moved: dict[str, list[list[Any]]] = {}
     for row, line_id in zip(rows, line_ids, strict=True):
-        sku = row["sku"]
-        if sku not in ahead or row["qty_waiting"] == 0:
+        sku = row.sku
+        if sku not in ahead or row.qty_waiting == 0:
             continue
         if ahead[sku] % MARK_EVERY == 0:
             marks.append(
                 {
                     "sku": sku,
-                    "queue_rank": row["queue_rank"],
-                    "queued_at": row["queued_at"],
+                    "queue_rank": row.queue_rank,
+                    "queued_at": row.queued_at,
                     "line_id": line_id,
                     "lines_before": ahead[sku],
                 }
             )
         ahead[sku] += 1
-        if row["projected_date"] is not None:
-            moved.setdefault(sku, []).append([line_id, None, row["projected_date"]])
+        if row.projected_date is not None:
+            moved.setdefault(sku, []).append([line_id, None, row.projected_date])
     if marks:
         await conn.execute(insert(queue_marks), marks)
     logged = [

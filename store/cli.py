@@ -30,11 +30,13 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from store.backorders import (
     PROJECTION_BATCH,
+    allocations_owed,
     cancel_line,
     cancel_order,
     cancel_restock,
     change_restock_date,
     receive_restock,
+    run_allocation,
     ship,
 )
 from store.db import Store, open_store
@@ -62,6 +64,7 @@ from store.imports import (
     check_field,
     iso_date,
     parse_file,
+    prepare_orders,
     strict_date,
     whole_number,
 )
@@ -271,10 +274,20 @@ async def _run(args: argparse.Namespace) -> int:
         if args.command == "init":
             print(f"database ready: {store.url}")
         elif args.command == "import":
+            prepared = None
+            if args.kind == "orders":
+                # The store read for the file before the write lock is taken (issue #14).
+                async with store.connect() as conn:
+                    prepared = await prepare_orders(conn, parsed)
             with progress_bar(rows if rows >= 500 else 0, "import", " rows") as bar:
                 async with store.begin() as conn:
                     r = await apply_file(
-                        conn, args.kind, args.file, progress=bar.update, parsed=parsed
+                        conn,
+                        args.kind,
+                        args.file,
+                        progress=bar.update,
+                        parsed=parsed,
+                        prepared=prepared,
                     )
             print(f"{args.file.name}: {r.rows} rows, {r.changed} changed")
         elif args.command == "restock-date":
@@ -296,7 +309,13 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "receive":
             async with store.begin() as conn:
                 rec = await receive_restock(conn, args.restock_id, args.qty)
-            if rec.changed:
+            if rec.changed and rec.allocating:
+                print(
+                    f"{rec.restock_id}: received {rec.qty}, allocated"
+                    f" {sum(a.qty for a in rec.allocated)} to {len(rec.allocated)} lines;"
+                    " the rest is allocated in batches"
+                )
+            elif rec.changed:
                 print(
                     f"{rec.restock_id}: received {rec.qty}, allocated {rec.qty - rec.to_free_stock}"
                     f" to {len(rec.allocated)} lines, {rec.to_free_stock} to free stock"
@@ -482,6 +501,7 @@ async def follow_on(
     async with store.connect() as conn:
         walks = await pending_projections(conn)
     todo = walks.lines_left
+    await run_allocation(store)  # a big receipt's units first: the projection follows them
     with progress_bar(todo if todo >= PROJECTION_BATCH else 0, "projection", " lines", show) as bar:
         # The walks do the policy and the notices of the lines they move themselves
         # (store.delays.follow_on_batch); the stages' own batches below do what they left.
@@ -561,6 +581,8 @@ async def _status(conn: AsyncConnection) -> None:
         f"projection: {walks.skus} SKUs owe one, {walks.lines_left} waiting lines not walked"
         " yet (before the delay policy)"
     )
+    skus, units = await allocations_owed(conn)
+    print(f"allocation: {skus} SKUs with {units} received units not given out yet (batches)")
     if left.updated_at is not None:
         print(f"last batch of the policy: {left.updated_at:%Y-%m-%d %H:%M:%S} UTC")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,15 @@ from typing import IO, Any
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from store.backorders import NewLine, OrderIn, place_order, place_orders, set_stock
+from store.backorders import (
+    NewLine,
+    OrderIn,
+    OrdersPlan,
+    place_order,
+    place_orders,
+    plan_orders,
+    set_stock,
+)
 from store.catalog import normalize_sku, product_by_sku
 from store.errors import StoreError, db_reason, is_busy
 from store.master import (
@@ -595,12 +604,14 @@ async def apply_file(
     progress: Callable[[int], object] | None = None,
     one_by_one: bool = False,
     parsed: list[tuple[int, Any]] | None = None,
+    prepared: PreparedOrders | None = None,
 ) -> ImportResult:
     """Apply a checked file inside the caller's transaction; any store error is reported with
     its line and raised as ImportFailed (the caller rolls back). ``progress`` is told the rows
     applied of stock counts and orders, the kinds that can take minutes. ``parsed``: the
     file's ``parse_file`` already, read before the transaction began (a quarter of a second
-    of a 2,000-order file's, under load, not spent holding the write lock)."""
+    of a 2,000-order file's, under load, not spent holding the write lock). ``prepared``:
+    an orders file's ``prepare_orders`` of those records, read before the transaction too."""
     records = parse_file(kind, path) if parsed is None else parsed
     name = path.name
     changed = 0
@@ -636,32 +647,23 @@ async def apply_file(
                 line = at
                 changed += await upsert_customer(conn, c)
         elif kind == "orders":
-            grouped: dict[str, tuple[int, Any, list[tuple[int, NewLine]]]] = {}
-            known = await _known_skus(conn, {normalize_sku(nl.sku) for _, (_, _, _, nl) in records})
-            for at, (number, head, line_no, nl) in records:
+            ready = prepared if prepared is not None else _group_orders(records)
+            known = ready.known
+            if not ready.skus <= known:
+                # Products are never deleted: only those unknown before may be known now.
+                known = known | await _known_skus(conn, ready.skus - known)
+            for at, (_, _, _, nl) in records:
                 line = at
                 # Unknown SKUs are named on their own row, not the order's first.
                 if normalize_sku(nl.sku) not in known:
                     raise StoreError(f"unknown SKU {nl.sku}")
-                grouped.setdefault(number, (at, head, []))[2].append((line_no, nl))
+            grouped = dict(ready.grouped)
             # The whole file at once when that gives the same store (place_orders says);
             # otherwise one order after another, as before.
             line = next(iter(grouped.values()))[0] if grouped else 0
             placed_all = (
-                await place_orders(
-                    conn,
-                    [
-                        OrderIn(
-                            number,
-                            cid,
-                            tuple(nl for _, nl in sorted(lines, key=lambda x: x[0])),
-                            placed_at,
-                            prio,
-                        )
-                        for number, (_, (cid, placed_at, prio), lines) in grouped.items()
-                    ],
-                )
-                if not one_by_one and all(_numbered(lines) for _, _, lines in grouped.values())
+                await place_orders(conn, ready.orders, ready.plan)
+                if not one_by_one and ready.numbered
                 else None
             )
             if placed_all is not None:
@@ -694,6 +696,54 @@ async def apply_file(
             raise  # not the row's fault: the caller says so in its own words
         raise ImportFailed([f"{name}:{line}: the store refused this row: {db_reason(e)}"]) from e
     return ImportResult(kind, len(records), changed)
+
+
+@dataclass(frozen=True)
+class PreparedOrders:
+    """An orders file grouped into orders, and what could be read of the store for it before
+    the write transaction: the SKUs known then, and place_orders's plan (store.backorders.
+    plan_orders; None: the file is placed one by one, or decided again under the lock)."""
+
+    grouped: dict[str, tuple[int, Any, list[tuple[int, NewLine]]]]
+    orders: list[OrderIn]
+    skus: set[str]
+    numbered: bool  # every order's lines numbered 1..n: the whole file may be placed at once
+    known: AbstractSet[str] = frozenset()
+    plan: OrdersPlan | None = None
+
+
+def _group_orders(records: list[tuple[int, Any]]) -> PreparedOrders:
+    grouped: dict[str, tuple[int, Any, list[tuple[int, NewLine]]]] = {}
+    for at, (number, head, line_no, nl) in records:
+        grouped.setdefault(number, (at, head, []))[2].append((line_no, nl))
+    return PreparedOrders(
+        grouped,
+        [
+            OrderIn(
+                number,
+                cid,
+                tuple(nl for _, nl in sorted(lines, key=lambda x: x[0])),
+                placed_at,
+                prio,
+            )
+            for number, (_, (cid, placed_at, prio), lines) in grouped.items()
+        ],
+        {normalize_sku(nl.sku) for _, (_, _, _, nl) in records},
+        all(_numbered(lines) for _, _, lines in grouped.values()),
+    )
+
+
+async def prepare_orders(conn: AsyncConnection, records: list[tuple[int, Any]]) -> PreparedOrders:
+    """An orders file's ``parse_file`` records grouped, and the store read for them, on a
+    connection outside the write transaction (``store.connect()``): apply_file then reads
+    again under the write lock only what may have moved since (store.backorders.place_orders
+    with a plan), and decides again for what did, with the same result."""
+    ready = _group_orders(records)
+    known = await _known_skus(conn, ready.skus)
+    plan = None
+    if ready.numbered and ready.skus <= known:
+        plan = await plan_orders(conn, ready.orders)
+    return PreparedOrders(ready.grouped, ready.orders, ready.skus, ready.numbered, known, plan)
 
 
 def _numbered(lines: list[tuple[int, NewLine]]) -> bool:

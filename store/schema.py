@@ -632,6 +632,21 @@ sku_projections = Table(
     Index(None, "pending", "requested_at"),
 )
 
+# A SKU whose free units are owed to its waiting lines (store.backorders): a receipt too big to
+# allocate in its own transaction gives out the first lines' units and leaves the row; the
+# allocation's batches go on from the head of the queue, each its own short transaction, and
+# delete the row once no unit is free or no line waits. The free units and the waiting lines
+# are themselves the durable state; the row only says where to look. A batch claims the row
+# (SQLite's write lock; on PostgreSQL its row lock, with SKIP LOCKED) and holds the stock row,
+# so no unit is given twice.
+sku_allocations = Table(
+    "sku_allocations",
+    metadata,
+    Column("sku", SKU, primary_key=True),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("batches", Integer, nullable=False),
+)
+
 # The Shopify adapter (shopapi/shopify.py). Each webhook delivery's X-Shopify-Webhook-Id, kept
 # in the transaction that applied it: a replayed delivery inserts nothing and changes nothing.
 shopify_webhooks = Table(
