@@ -3,6 +3,7 @@ bot application polling the sandbox over HTTP, exactly as run_bot.py assembles i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -17,10 +18,12 @@ import pytest
 from bot.app import build_application
 from bot.context import BotApplication
 from bot.settings import Settings, load_settings
+from bot.updates import UpdateIntake
 from sandbox import Limits, Sandbox
 from sandbox.client import SandboxClient
 from store import Store, open_store
 from store.demo import fill_demo
+from store.inbox import count_updates
 from tests.pg import BACKENDS, Databases, sqlite_only_deselect, sqlite_url
 from tests.watchdog import pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401 (hooks)
 
@@ -103,6 +106,45 @@ def pytest_configure(config: pytest.Config) -> None:
     set_hypothesis_home_dir(base / "hypothesis")
 
 
+# The longest tests (8-35 s each on a quiet machine, by `pytest --durations`), longest first:
+# they start first, spread over the xdist workers (--maxschedchunk=1 in pyproject.toml: the
+# tests are handed out one at a time in this order), and the short ones fill in behind them;
+# at the end of the list one of them kept its worker busy for half a minute after the others
+# had finished. A test missing here only runs later; keep the list to the long ones.
+LONGEST_FIRST = [
+    "tests/bot/test_notice_import.py",
+    "tests/test_processes.py::test_a_killed_process",
+    "tests/bot/test_fuzz.py::test_any_press_by_anyone",
+    "tests/store/test_policy_machine.py",
+    "tests/bot/test_notice_fanout.py::test_a_fan_out_of_hundreds",
+    "tests/bot/test_notice_restart.py",
+    "tests/test_processes.py",
+    "tests/test_chaos_load.py",
+    "tests/test_chaos_restart.py",
+    "tests/bot/test_notice_leases.py",
+    "tests/test_webhook_chaos.py",
+    "tests/test_understanding.py::test_a_damaged_cached_model",
+    "tests/store/test_properties.py",
+    "tests/store/test_import_concurrent.py",
+    "tests/bot/test_fuzz.py::test_any_text",
+    "tests/store/test_projection_batches.py::test_two_processes",
+    "tests/bot/test_notice_faults.py",
+    "tests/bot/test_notice_fanout.py",
+    "tests/test_chaos_import.py",
+    "tests/store/test_policy_concurrent.py",
+    "tests/store/test_policy_kill.py",
+    "tests/bot/test_notices.py",
+    "tests/test_run_bot.py",
+]
+
+
+def _longest_first(item: pytest.Item) -> int:
+    for rank, prefix in enumerate(LONGEST_FIRST):
+        if item.nodeid.startswith(prefix):
+            return rank
+    return len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         test = item.nodeid.split("[")[0]
@@ -110,6 +152,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if reason is not None:
             item.add_marker(pytest.mark.sqlite_only(reason))
     sqlite_only_deselect(config, items)
+    items.sort(key=_longest_first)  # stable: the rest keep their order
 
 
 @pytest.fixture(params=BACKENDS)
@@ -192,9 +235,92 @@ async def sandbox(sandbox_limits: Limits) -> AsyncIterator[Sandbox]:
         await sb.stop()
 
 
+# The bots running in this process, by the sandbox they poll (its api_base): what the `tg`
+# client waits for before it reads replies (SettlingClient).
+_RUNNING: dict[str, list[tuple[BotApplication, Store]]] = {}
+
+# How long a bot may take to handle what it was sent before a test's read fails: a bound for a
+# hung bot, far above any answer's time on a loaded machine (the watchdog catches the rest).
+SETTLE_LIMIT_SECONDS = 60.0
+
+
+class SettlingClient(SandboxClient):
+    """The control client of a test whose bot runs in this process (`bot`, `running_bot`).
+
+    `collect` (so `say` and `press`) reads the bot's replies once the bot has answered every
+    update: the sandbox holds none unconfirmed (the bot saves what it fetched in its inbox
+    before it confirms it), the inbox holds none unanswered (its mark is written after the
+    answer; on PostgreSQL the updates wait there for a chat's claim) and no bot's intake
+    holds one. Then every reply is in the sandbox, however long the machine took: no
+    time-based quiet window that a loaded machine outlasts (a reply missed) and every
+    exchange waits out (time lost). Without a bot in this process it collects as the
+    sandbox client does."""
+
+    def __init__(self, url: str, api_base: str) -> None:
+        super().__init__(url)
+        self._api_base = api_base
+
+    async def settle(self, limit: float = SETTLE_LIMIT_SECONDS) -> bool:
+        """Wait until the bots in this process have answered everything sent so far; False
+        when none runs here (then nothing tells when they are done)."""
+        apps = _RUNNING.get(self._api_base)
+        if not apps:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        pause = 0.002
+        while True:
+            # The cheap look first: the bot shares this event loop, and a look that costs
+            # a request and a query each time would slow the very answers it waits for.
+            held = sum(_intake(app).unanswered for app, _ in apps)
+            pending = unanswered = -1
+            if held == 0:
+                pending = (await self.stats())["pending_updates"]
+            if held == pending == 0:
+                unanswered = 0
+                for _, store in apps:
+                    async with store.connect() as conn:
+                        unanswered += (await count_updates(conn))[0]
+                if unanswered == 0:
+                    return True
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"the bot did not settle in {limit} s: {held} updates held,"
+                    f" {pending} not fetched, {unanswered} unanswered in the inbox"
+                    " (-1: not looked at)"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    async def collect(
+        self,
+        chat_id: int,
+        after_message_id: int,
+        timeout: float = 5.0,  # noqa: ASYNC109
+        quiet: float = 0.3,
+        message_thread_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        if not await self.settle():
+            return await super().collect(
+                chat_id, after_message_id, timeout, quiet, message_thread_id
+            )
+        replies: list[dict[str, Any]] = []
+        last = after_message_id
+        while (found := await self._poll(chat_id, last, 0, message_thread_id)) is not None:
+            replies.append(found)
+            last = found["message_id"]
+        return replies
+
+
+def _intake(app: BotApplication) -> UpdateIntake:
+    intake = app.update_queue
+    assert isinstance(intake, UpdateIntake)
+    return intake
+
+
 @pytest.fixture
 async def tg(sandbox: Sandbox) -> AsyncIterator[SandboxClient]:
-    async with SandboxClient(sandbox.url) as client:
+    async with SettlingClient(sandbox.url, sandbox.api_base) as client:
         yield client
 
 
@@ -222,9 +348,27 @@ def bot_settings(sandbox: Sandbox, db_url: str, environ: dict[str, str]) -> Sett
     )
 
 
+# On PostgreSQL every reply takes its chat's slot of the shared pace (bot/shared.py: one a
+# second after a burst of two), so a test that talks to one chat quickly waited about a second
+# a reply there and not on SQLite. Modules whose subject is the answers, not their pace,
+# override `chat_pace_environ` with this; the pace is test_processes's and the notices'.
+NO_CHAT_PACE = {"PER_CHAT_INTERVAL_SECONDS": "0"}
+
+
 @pytest.fixture
-def settings(sandbox: Sandbox, db_url: str, bot_environ: dict[str, str]) -> Settings:
-    return bot_settings(sandbox, db_url, bot_environ)
+def chat_pace_environ() -> dict[str, str]:
+    """Settings under `bot_environ`: the shop's chat pace unless a module turns it off."""
+    return {}
+
+
+@pytest.fixture
+def settings(
+    sandbox: Sandbox,
+    db_url: str,
+    bot_environ: dict[str, str],
+    chat_pace_environ: dict[str, str],
+) -> Settings:
+    return bot_settings(sandbox, db_url, {**chat_pace_environ, **bot_environ})
 
 
 @asynccontextmanager
@@ -240,9 +384,12 @@ async def running_bot(
     await app.start()
     assert app.updater is not None
     await app.updater.start_polling(poll_interval=0, timeout=1)
+    running = _RUNNING.setdefault(settings.bot_api_base_url, [])
+    running.append((app, store))
     try:
         yield app
     finally:
+        running.remove((app, store))
         await app.updater.stop()
         await app.stop()
         await app.shutdown()

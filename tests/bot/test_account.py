@@ -24,7 +24,7 @@ from store.chats import Chat, chat_of, count_failed_attempts, set_pending
 from store.cli import main as admin
 from store.links import make_link_code
 from store.schema import chats, orders, used_link_tokens, verification_attempts
-from tests.conftest import LINK_SECRET, START, Clock, buttons
+from tests.conftest import LINK_SECRET, NO_CHAT_PACE, START, Clock, buttons
 
 pytestmark = pytest.mark.usefixtures("bot")
 
@@ -51,6 +51,11 @@ CANCEL = {
     "es": [[("✖️ Cancelar", "acc:cancel")]],
     "ru": [[("✖️ Отмена", "acc:cancel")]],
 }
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 def link_menu(language: str) -> list[list[tuple[str, str]]]:

@@ -8,13 +8,18 @@ from sandbox.client import SandboxClient
 from store import Store
 from store.chats import chat_of
 from store.queries import order_of
-from tests.conftest import buttons, link_customer
+from tests.conftest import NO_CHAT_PACE, buttons, link_customer
 
 pytestmark = pytest.mark.usefixtures("bot")
 
 QUIET = 0.15
 ANNA, JOHN = 1, 2
 ANNA_CHAT, JOHN_CHAT = 901, 902
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 async def test_cancel_one_line_with_confirmation(tg: SandboxClient, store: Store) -> None:

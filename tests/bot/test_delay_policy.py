@@ -19,9 +19,14 @@ from store.backorders import cancel_restock, change_restock_date, set_stock
 from store.delays import DelayPolicy, apply_delay_policy, consent_report
 from store.schema import delay_offers, order_lines, orders, outbox, restocks
 from tests.bot.notice_helpers import ALT, CUSTOMER_BASE, RESTOCK, day, quiet_demo, seed
-from tests.conftest import Clock, buttons
+from tests.conftest import NO_CHAT_PACE, Clock, buttons
 
 QUIET = 0.15
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 @pytest.fixture(autouse=True)

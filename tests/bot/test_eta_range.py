@@ -18,11 +18,16 @@ from store.chats import set_chat_language
 from store.insights import refresh_records
 from store.schema import order_lines, orders
 from tests.bot.notice_helpers import RESTOCK, SKU, day, seed
-from tests.conftest import TODAY, link_customer
+from tests.conftest import NO_CHAT_PACE, TODAY, link_customer
 from tests.store.test_insights import delivered
 
 QUIET = 0.15
 JOHN = 2  # demo customer: order 100005, one coffee machine waiting for PO-000001 (SUP-01)
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 @pytest.fixture

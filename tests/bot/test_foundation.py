@@ -14,7 +14,7 @@ from sandbox import Sandbox
 from sandbox.client import SandboxClient
 from store import Store
 from store.chats import chat_of
-from tests.conftest import buttons, texts
+from tests.conftest import NO_CHAT_PACE, buttons, texts
 
 pytestmark = pytest.mark.usefixtures("bot")
 
@@ -57,6 +57,11 @@ GREETING = {
     "есть ли товар в наличии и когда придёт товар под заказ.\n\n"
     "Выберите ниже или просто напишите мне своими словами.",
 }
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 @pytest.mark.parametrize("language", ["en", "de", "es", "ru"])

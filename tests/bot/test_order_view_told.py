@@ -15,7 +15,7 @@ from sandbox.client import SandboxClient
 from store import Store
 from store.backorders import ship
 from store.schema import outbox
-from tests.conftest import link_customer
+from tests.conftest import NO_CHAT_PACE, link_customer
 
 QUIET = 0.15
 JOHN, JOHN_CHAT = 2, 702  # demo customer 2: order 100004, one kettle ready to ship
@@ -25,6 +25,11 @@ SHOWN = (
     "Steel Kettle 1.7 l × 2\n"
     "🚚 Shipped on November 25 with DHL, tracking JD0001"
 )
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 @pytest.fixture

@@ -7,13 +7,18 @@ import pytest
 from sandbox.client import SandboxClient
 from store import Store
 from store.queries import order_of
-from tests.conftest import buttons, link_customer
+from tests.conftest import NO_CHAT_PACE, buttons, link_customer
 
 pytestmark = pytest.mark.usefixtures("bot")
 
 QUIET = 0.15
 ANNA, JOHN = 1, 2  # demo customers (store/demo.py)
 ANNA_CHAT, JOHN_CHAT = 701, 702
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 EN_MENU_TAIL = [

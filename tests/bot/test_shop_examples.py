@@ -6,12 +6,17 @@ from __future__ import annotations
 import pytest
 
 from sandbox.client import SandboxClient
-from tests.conftest import buttons
+from tests.conftest import NO_CHAT_PACE, buttons
 
 pytestmark = pytest.mark.usefixtures("bot")
 
 QUIET = 0.15
 CANCEL_ROW = [[("✖️ Cancel", "acc:cancel")]]
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 async def _say(tg: SandboxClient, user: int, text: str) -> dict:

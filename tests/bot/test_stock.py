@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sandbox.client import SandboxClient
 from store import Store
 from store.schema import back_in_stock_subscriptions
-from tests.conftest import buttons
+from tests.conftest import NO_CHAT_PACE, buttons
 
 pytestmark = pytest.mark.usefixtures("bot")
 
@@ -19,6 +19,11 @@ MENU_ROWS = [
     [("🙋 Talk to a person", "m:agent")],
     [("❓ Help", "m:help"), ("🌐 Language", "m:lang")],
 ]
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from sandbox.client import SandboxClient
 from store import Store
 from store.chats import chat_of
-from tests.conftest import link_customer
+from tests.conftest import NO_CHAT_PACE, link_customer
 
 pytestmark = pytest.mark.usefixtures("bot")
 
@@ -70,6 +70,11 @@ PROOF_100004 = {
     "ru": "Чтобы показать заказ 100004, мне нужно убедиться, что он ваш.\n"
     "Какой адрес электронной почты вы указали в этом заказе?",
 }
+
+
+@pytest.fixture
+def chat_pace_environ() -> dict[str, str]:
+    return NO_CHAT_PACE  # the answers are this module's subject, not their pace
 
 
 async def _first_lines(

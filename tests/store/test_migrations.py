@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 
 from store import open_store
 from store.db import create_engine_for, migrate
+from tests.pg import sqlite_url
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A new SQLite file, not yet migrated (the store's db_url is a migrated copy)."""
+    return sqlite_url(tmp_path / "store.sqlite3")
 
 
 @pytest.mark.sqlite_only(
