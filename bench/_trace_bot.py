@@ -148,7 +148,7 @@ if _Turns is not None:  # the writers' turns of this checkout: timed in place
 
 
 @asynccontextmanager
-async def begin(self: Any, *, counted: bool = True) -> Any:
+async def begin(self: Any, **options: Any) -> Any:
     global _started
     if not _started:
         _started = True
@@ -158,7 +158,7 @@ async def begin(self: Any, *, counted: bool = True) -> Any:
     if type(lock) is asyncio.Lock and not lock.locked():
         lock = self._one_writer = TimedLock()
     t0 = time.perf_counter()
-    async with _orig_begin(self, counted=counted) as conn:
+    async with _orig_begin(self, **options) as conn:
         t2 = time.perf_counter()
         t1 = getattr(lock, "acquired_at", t0)
         note(f"writer-queue {who}", t1 - t0)
