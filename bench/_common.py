@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sqlite3
 import subprocess
 import sys
 import time
@@ -97,6 +98,39 @@ def start_bot(port: int, db: Path, log: Path, *, trace: bool = False) -> Proc:
             stderr=subprocess.STDOUT,
         )
     )
+
+
+async def settle_links(db: Path) -> None:
+    """The follow-on the store owes (the notices of lines that linking marked), run to its
+    end as `backorder-admin catch-up` would, before the bot starts."""
+    from bot.settings import load_settings
+    from shopapi.server import follow_on_settings
+    from store import open_store
+    from store.cli import follow_on
+
+    store = await open_store(f"sqlite+aiosqlite:///{db}")
+    try:
+        await follow_on(store, follow_on_settings(load_settings({})), show=False)
+    finally:
+        await store.close()
+
+
+async def owed_told(db: Path, within: float = 300) -> int:
+    """Until the notices due to the bench's chats are out (the bot's notice job sends them);
+    returns those still pending at the end."""
+    deadline = time.monotonic() + within
+    while True:
+        conn = sqlite3.connect(db)
+        try:
+            (left,) = conn.execute(
+                "SELECT count(*) FROM outbox WHERE status = 'pending' AND chat_id >= ?",
+                (LINKED_BASE,),
+            ).fetchone()
+        finally:
+            conn.close()
+        if not left or time.monotonic() > deadline:
+            return int(left)
+        await asyncio.sleep(1)
 
 
 def apology_openings() -> list[str]:

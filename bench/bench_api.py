@@ -63,6 +63,7 @@ from bench._common import (  # noqa: E402
     enqueue,
     free_port,
     link_chats,
+    owed_told,
     pct,
     start_bot,
     start_sandbox,
@@ -151,24 +152,6 @@ def _bot_line(phase: Phase, sorry: int) -> str:
         f" p95 {pct(phase.latencies, 0.95):.0f} ms, p99 {pct(phase.latencies, 0.99):.0f} ms,"
         f" {phase.missing} unanswered, {sorry} apologies"
     )
-
-
-async def _owed_told(db: Path, within: float = 300) -> int:
-    """Until the notices due to the bench's chats are out (the bot's notice job sends them);
-    returns those still pending at the end."""
-    deadline = time.monotonic() + within
-    while True:
-        conn = sqlite3.connect(db)
-        try:
-            (left,) = conn.execute(
-                "SELECT count(*) FROM outbox WHERE status = 'pending' AND chat_id >= ?",
-                (LINKED_BASE,),
-            ).fetchone()
-        finally:
-            conn.close()
-        if not left or time.monotonic() > deadline:
-            return int(left)
-        await asyncio.sleep(1)
 
 
 def _told_meanwhile(db: Path, since: datetime, until: datetime) -> int:
@@ -299,7 +282,7 @@ async def _run(args: argparse.Namespace) -> None:
                 Phase("warm-up", None),
             )
             await drain(client, 0)
-            left = await _owed_told(scratch)
+            left = await owed_told(scratch)
             await drain(client, 0)
             print(
                 f"bot warmed up in {time.perf_counter() - t:.1f} s"
