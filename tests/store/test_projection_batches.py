@@ -425,7 +425,8 @@ async def _proc(db_url: str, *flags: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.store.projection_proc",
+        "tests.store.batch_proc",
+        "projection",
         db_url,
         *flags,
         cwd=ROOT,

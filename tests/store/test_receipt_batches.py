@@ -181,7 +181,8 @@ async def _proc(db_url: str, *flags: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.store.allocation_proc",
+        "tests.store.batch_proc",
+        "allocation",
         db_url,
         *flags,
         cwd=ROOT,
