@@ -419,11 +419,16 @@ async def deliver_due(app: BotApplication, *, max_rounds: int | None = None) -> 
                     asyncio.create_task(_send_batch(app, sender, batch, results, chats, unsent))
                 )
                 # Claim the next batch once what is claimed is nearly sent (or a round failed).
-                running = [r for r in rounds if not r.done()]
-                waiting = asyncio.create_task(unsent.low.wait())
-                await asyncio.wait((waiting, *running), return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                if any(r.done() and r.exception() is not None for r in rounds):
+                # A round that merely ended does not let the next claim in: with others still
+                # sending, what is claimed may not be nearly sent yet.
+                while not unsent.low.is_set() and not _failed(rounds):
+                    running = [r for r in rounds if not r.done()]
+                    if not running:
+                        break
+                    waiting = asyncio.create_task(unsent.low.wait())
+                    await asyncio.wait((waiting, *running), return_when=asyncio.FIRST_COMPLETED)
+                    waiting.cancel()
+                if _failed(rounds):
                     break
         finally:
             try:
@@ -530,6 +535,10 @@ class _Lease:
             except Exception:
                 # Sends check their lease before they go: none goes out unconfirmed.
                 log.warning("could not renew notice leases, trying again", exc_info=True)
+
+
+def _failed(rounds: list[asyncio.Task[None]]) -> bool:
+    return any(r.done() and r.exception() is not None for r in rounds)
 
 
 @dataclass
