@@ -2,7 +2,9 @@
 """Issue #14, the change path: a restock date change that moves ~100,000 waiting lines on the
 1M-order store, and what follows it (the projection, the delay policy, the notices), each
 measured on its own; meanwhile a probe process asks for the write lock (BEGIN IMMEDIATE, then
-ROLLBACK) every 20 ms: its longest wait is the longest write transaction another writer met.
+ROLLBACK) every 20 ms, polling as the project's writers do (bench/_probe.py; --busy-handler: in
+SQLite's busy handler, as a tool would): its longest wait is the longest write transaction
+another writer met.
 Run by hand; prints figures, asserts nothing.
 
     .venv/bin/python bench/bench_date_change.py [STORE] [--code ROOT] [--work /tmp/changes]
@@ -29,14 +31,16 @@ import itertools
 import multiprocessing as mp
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
-from multiprocessing.synchronize import Event
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._probe import lock_probe  # noqa: E402
+
 SKU = "KET-0002"
 RESTOCK = "PO-029680"
 
@@ -121,24 +125,12 @@ asyncio.run(go())
 """
 
 
-def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    conn = sqlite3.connect(path, timeout=3600, isolation_level=None)
-    waits: list[tuple[float, float]] = []  # (when it asked, wall clock; how long it waited)
-    while not stop.is_set():
-        t = time.perf_counter()
-        asked = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        waits.append((asked, time.perf_counter() - t))
-        conn.execute("ROLLBACK")
-        time.sleep(0.02)
-    conn.close()
-    out.put(waits)
-
-
-def run(code: Path, argv: list[str], db: Path | None, timeout: float = 1800) -> None:
+def run(
+    code: Path, argv: list[str], db: Path | None, timeout: float = 1800, busy_handler: bool = False
+) -> None:
     stop = mp.Event()
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    prober = mp.Process(target=probe, args=(str(db), stop, q)) if db else None
+    prober = mp.Process(target=lock_probe, args=(str(db), stop, q, busy_handler)) if db else None
     if prober:
         prober.start()
     t = time.perf_counter()
@@ -187,6 +179,11 @@ def main() -> None:
     ap.add_argument(
         "--unfused", action="store_true", help="projection, policy, notices one after another"
     )
+    ap.add_argument(
+        "--busy-handler",
+        action="store_true",
+        help="the probe waits in SQLite's busy handler, as a tool would, not polling as ours do",
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     db = args.work / "date-change.sqlite3"
@@ -205,15 +202,24 @@ def main() -> None:
     run(args.code, [str(args.work / "setup.py"), url, RESTOCK, SKU], None)
     print(f"restock-date {RESTOCK} +20 days, then the follow-on")
     unfused = ["--unfused"] if args.unfused else []
-    run(args.code, [str(args.work / "work.py"), url, "date", RESTOCK, *unfused], db)
+    run(
+        args.code,
+        [str(args.work / "work.py"), url, "date", RESTOCK, *unfused],
+        db,
+        busy_handler=args.busy_handler,
+    )
     if args.import_orders:
-        sys.path.insert(0, str(ROOT))
         from bench.bench_follow_on import orders_file
 
         csv_path = args.work / f"orders-{args.import_orders}.csv"
         orders_file(db, csv_path, args.import_orders)
         print(f"import {args.import_orders} orders, then the follow-on")
-        run(args.code, [str(args.work / "work.py"), url, "import", str(csv_path)], db)
+        run(
+            args.code,
+            [str(args.work / "work.py"), url, "import", str(csv_path)],
+            db,
+            busy_handler=args.busy_handler,
+        )
     print(f"load {os.getloadavg()}")
 
 

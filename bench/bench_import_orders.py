@@ -19,16 +19,15 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
-from multiprocessing.synchronize import Event
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._probe import lock_probe  # noqa: E402
 from bench.bench_follow_on import orders_file  # noqa: E402
 
 WORK = """
@@ -78,30 +77,6 @@ asyncio.run(go(sys.argv[1]))
 """
 
 
-def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    # Polled every half millisecond, as the project's writers poll (store.db): SQLite's busy
-    # handler sleeps up to 25-100 ms between its tries, so its waits came in steps of 128,
-    # 178, 228, 328 ... ms whatever the lock's true length.
-    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-    waits: list[tuple[float, float]] = []  # (when it asked, wall clock; how long it waited)
-    while not stop.is_set():
-        t = time.perf_counter()
-        asked = time.time()
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
-                time.sleep(0.0005)
-        waits.append((asked, time.perf_counter() - t))
-        conn.execute("ROLLBACK")
-        time.sleep(0.02)
-    conn.close()
-    out.put(waits)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("store", type=Path)
@@ -133,7 +108,7 @@ def main() -> None:
     argv += [str(int(args.one_by_one)), str(int(args.profile))]
     stop = mp.Event()
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    prober = None if args.profile else mp.Process(target=probe, args=(str(db), stop, q))
+    prober = None if args.profile else mp.Process(target=lock_probe, args=(str(db), stop, q))
     print(f"code {args.code}; load {os.getloadavg()}")
     if prober:
         prober.start()

@@ -43,10 +43,10 @@ from bot.render import ButtonSpec
 from bot.request import request_for
 from bot.settings import Settings
 from bot.shared import ChatPace, SharedPace, is_shared, job_leases, worker_name
-from store.backorders import run_allocation, run_projection
+from store.backorders import run_allocation
 from store.catalog import names_of, pick_name
 from store.db import Store
-from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy
+from store.delays import DelayPolicy, offer_for, record_shown, run_delay_policy, run_follow_on
 from store.insights import line_range_days
 from store.outbox import (
     BACK_IN_STOCK,
@@ -302,13 +302,22 @@ def in_quiet_hours(app: BotApplication, now: datetime | None = None) -> bool:
 
 
 async def run_policy(app: BotApplication) -> None:
-    """Apply the delay policy from the changes' marks, then queue the notices from theirs,
-    each in short batches of their own (store.delays.run_delay_policy,
+    """The follow-on work of the changes, as backorder-admin does it: a big receipt's units,
+    then the projections the changes owe with the policy and the notices of the lines they
+    move in the same batches (store.delays.run_follow_on), then what those left from the
+    marks, in short batches of their own (store.delays.run_delay_policy,
     store.outbox.run_notices)."""
     now = app.bot_data.now()
     store = app.bot_data.store
-    await run_allocation(store, max_batches=40)  # a big receipt's units, then the projections
-    await run_projection(store, max_batches=40)  # the queues' projections first (their marks)
+    await run_allocation(store, max_batches=40)
+    await run_follow_on(
+        store,
+        today=shop_today(app),
+        now=now,
+        policy=delay_policy(app),
+        threshold_days=app.bot_data.settings.notice_threshold_days,
+        max_batches=40,
+    )
     # At most 10,000 lines a tick, so that delivery is not held back behind a long first pass
     # over a big store; the next tick goes on from the marks and the cursor. In batches a
     # fifth of an admin command's: an update that writes waits for the batch that holds the

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Protocol, Self, TypeVar
 
 from sqlalchemy import String, Table, delete, func, literal, literal_column, select, tuple_, update
@@ -48,15 +49,16 @@ CHUNK = 5000
 # caller counting batches, such as the bot's tick, can rely on) nor more than MAX_BATCH.
 BATCH_SECONDS = 0.05
 MAX_BATCH = 20_000
-# Seconds of batches in a row at most, then seconds with SQLite's write lock left free (see
-# run_sized_batches). A writer of another process waiting on SQLite's busy handler looks again
-# after sleeps of 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and then 100 ms: a pause longer
-# than 50 ms is one it cannot sleep through in its first 228 ms of waiting, so it waits at
-# most about WORK_SPAN plus one such sleep. The pause comes before a batch that would end
-# past WORK_SPAN (taken to last as long as the one before), not after one that did: batches
-# sized by time run 50-80 ms on a loaded machine, and spans of up to 0.1 s plus one of them
-# had another writer wait up to 0.43 s.
-WORK_SPAN = 0.12
+# SQLite's write lock between batches (run_sized_batches). Every writer of ours polls for it
+# at least every 2 ms (store.db.WRITE_POLL_SECONDS): after each batch it is left free for
+# TURN_FREE, so another process's writer waits at most one batch. A writer left to SQLite's
+# own busy handler (a tool, a migration) looks again after sleeps of 1, 2, 5, 10, 15, 20, 25,
+# 25, 25, 50, 50 and then 100 ms, and would rarely meet so short a gap: every WORK_SPAN of
+# batches, the lock is left free for LOCK_FREE, longer than its sleeps up to 228 ms of
+# waiting, and the WAL is checkpointed meanwhile. A pause of 60 ms every 120 ms of batches,
+# for every writer alike, had been a third of a big change's time.
+TURN_FREE = 0.003
+WORK_SPAN = 1.0
 LOCK_FREE = 0.06
 
 
@@ -75,7 +77,7 @@ R = TypeVar("R", bound=Batch)
 
 async def run_batches(
     store: Store,
-    batch: Callable[[AsyncConnection], Awaitable[R]],
+    batch: Callable[[AsyncConnection], Coroutine[Any, Any, R]],
     total: R,
     *,
     max_batches: int | None = None,
@@ -96,7 +98,7 @@ async def run_batches(
 
 async def run_sized_batches(
     store: Store,
-    batch: Callable[[AsyncConnection, int], Awaitable[R]],
+    batch: Callable[[AsyncConnection, int], Coroutine[Any, Any, R]],
     total: R,
     *,
     least: int,
@@ -116,15 +118,14 @@ async def run_sized_batches(
     paced = store.engine.dialect.name == "sqlite"
     limit = size or least
     worked = 0.0
-    # SQLite: the batches' commits leave the WAL alone. Past 1,000 WAL pages every commit
-    # copied them back into the database and synced both files, 30-45 ms of each batch of
-    # the 1M-order store, the loop waiting; a passive checkpoint runs in the pause instead
-    # (the lock free meanwhile), and once more at the end. Not beside a batch: its syncs held
-    # up the batch's own writes, and another writer met longer transactions.
+    # SQLite: the batches' commits leave the WAL alone (Store.run_batch). Past 1,000 WAL
+    # pages every commit copied them back into the database and synced both files, 30-45 ms
+    # of each batch of the 1M-order store; a passive checkpoint runs in the long pause
+    # instead (the lock free meanwhile), and once more at the end. Not beside a batch: its
+    # syncs held up the batch's own writes, and another writer met longer transactions.
     while max_batches is None or total.batches < max_batches:
         began = time.monotonic()
-        async with store.begin(checkpoint=not paced) as conn:
-            run = await batch(conn, limit)
+        run = await store.run_batch(partial(_sized, batch, limit))
         took = time.monotonic() - began
         total += run
         if on_batch is not None:
@@ -148,9 +149,19 @@ async def run_sized_batches(
             await _checkpoint(store)
             await asyncio.sleep(max(0.0, free - time.monotonic()))
             worked = 0.0
+        elif paced:
+            await asyncio.sleep(TURN_FREE)
     if paced and total.batches:
         await _checkpoint(store)
     return total
+
+
+def _sized(
+    batch: Callable[[AsyncConnection, int], Coroutine[Any, Any, R]],
+    limit: int,
+    conn: AsyncConnection,
+) -> Coroutine[Any, Any, R]:
+    return batch(conn, limit)
 
 
 async def _checkpoint(store: Store) -> None:
