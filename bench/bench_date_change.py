@@ -20,6 +20,9 @@ run_projection), the delay policy's, the notices'; with store.delays.run_follow_
 --unfused), the projection's batches do the policy and the notices of the lines they move
 themselves, and the policy's and the notices' own batches only what is left. --code is the checkout to measure (an
 older one gives the "before" figures: `git archive main store | tar -x -C /tmp/before`).
+--linked P: P percent of the SKU's waiting customers get a chat in the setup, told of everything
+so far; only they are sent notices (the demo store links no one: a customer without a chat is
+told nothing, and nothing is stored for them).
 --import-orders N: then an import of N new orders (bench_follow_on's file) with its follow-on,
 measured the same way.
 """
@@ -55,7 +58,25 @@ async def go():
         await conn.execute(text("UPDATE restocks SET qty = 200000 WHERE restock_id = :r"), {"r": sys.argv[2]})
         p = await project_dates(conn, sys.argv[3])
         await conn.execute(text("DELETE FROM follow_on_marks"))
-    print(f"setup: {p.waiting_lines} waiting, {p.undated_lines} undated, {len(p.moved)} moved by the setup")
+        # A share of the SKU's waiting customers linked to a chat, told of everything so far
+        # (as if linked all along): their notices are written, the others' are not.
+        percent = int(sys.argv[4])
+        mine = (
+            "SELECT DISTINCT o.customer_id FROM order_lines l JOIN orders o ON o.order_id = l.order_id"
+            " WHERE l.sku = :sku AND l.qty_waiting > 0 AND o.customer_id % 100 < :percent"
+            " AND o.customer_id NOT IN (SELECT customer_id FROM chats WHERE customer_id IS NOT NULL)"
+        )
+        linked = await conn.execute(text(
+            "INSERT INTO chats (chat_id, language, customer_id, misses, created_at, updated_at)"
+            f" SELECT 7000000000 + customer_id, 'en', customer_id, 0, datetime('now'), datetime('now') FROM ({mine})"
+        ), {"sku": sys.argv[3], "percent": percent})
+        await conn.execute(text(
+            "UPDATE order_lines SET last_told_date = projected_date, last_told_at = datetime('now'),"
+            " told_ready_qty = qty_allocated + qty_shipped, told_shipped_qty = qty_shipped,"
+            " told_cancelled_qty = qty_cancelled WHERE order_id IN (SELECT o.order_id FROM orders o"
+            " JOIN chats c ON c.customer_id = o.customer_id)"
+        ))
+    print(f"setup: {p.waiting_lines} waiting, {p.undated_lines} undated, {len(p.moved)} moved by the setup; {linked.rowcount} customers linked ({percent}%)")
     await s.close()
 asyncio.run(go())
 """
@@ -180,6 +201,12 @@ def main() -> None:
         "--unfused", action="store_true", help="projection, policy, notices one after another"
     )
     ap.add_argument(
+        "--linked",
+        type=int,
+        default=0,
+        help="percent of the SKU's waiting customers linked to a chat (the demo store has none)",
+    )
+    ap.add_argument(
         "--busy-handler",
         action="store_true",
         help="the probe waits in SQLite's busy handler, as a tool would, not polling as ours do",
@@ -199,7 +226,7 @@ def main() -> None:
     (args.work / "setup.py").write_text(SETUP)
     (args.work / "work.py").write_text(WORK)
     print("setup (migrations, the queue made, not measured)")
-    run(args.code, [str(args.work / "setup.py"), url, RESTOCK, SKU], None)
+    run(args.code, [str(args.work / "setup.py"), url, RESTOCK, SKU, str(args.linked)], None)
     print(f"restock-date {RESTOCK} +20 days, then the follow-on")
     unfused = ["--unfused"] if args.unfused else []
     run(

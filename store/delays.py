@@ -607,8 +607,10 @@ async def _tell_offers(
     made: Callable[[ColumnElement[int]], ColumnElement[bool]],
 ) -> None:
     """For the new offers whose ids ``made`` selects: supersede the open offer each one
-    replaces (the line's previous seq), queue a notice of each (pending for a customer with a
-    chat, no_chat for one without), and mark told the lines of customers with a chat."""
+    replaces (the line's previous seq), queue a notice of each to a customer with a chat, and
+    mark their lines told. A customer without a chat is told nothing (the outbox's rule), and
+    no row is stored for them: the offer itself is the record, and one never shown goes to
+    the agents by its answer-by day (_enforce_deadlines)."""
     d = delay_offers.c
     ol = order_lines.c
     new = delay_offers.alias("new")
@@ -651,23 +653,23 @@ async def _tell_offers(
             ],
             select(
                 literal("delay:") + offer_id,
-                func.coalesce(chats.c.chat_id, 0),
+                chats.c.chat_id,
                 d.customer_id,
                 literal(DELAY_OFFER),
                 literal('{"offer_id":') + offer_id + literal("}"),
-                case((chats.c.chat_id.is_(None), "no_chat"), else_="pending"),
+                literal("pending"),
                 literal(0),
                 literal(now, UTCDateTime()),
                 literal(utcnow(), UTCDateTime()),
             )
-            .select_from(delay_offers.outerjoin(chats, chats.c.customer_id == d.customer_id))
+            .select_from(delay_offers.join(chats, chats.c.customer_id == d.customer_id))
             .where(made(d.offer_id))
             .order_by(d.offer_id),
         )
     )
     # The offer tells the new date; a plain date-change notice about it would repeat it. A
-    # customer without a chat is told nothing yet (the outbox's rule): their lines stay
-    # untold, so the order view shows the move and they hear of it once they link a chat.
+    # customer without a chat is told nothing yet: their lines stay untold, so the order
+    # view shows the move and they hear of it once they link a chat.
     await conn.execute(
         update(order_lines)
         .where(
@@ -749,6 +751,8 @@ async def _enforce_deadlines(
             .values(answer_detail=json.dumps({"cancelled_qty": result.cancelled_qty}))
         )
         cancelled += 1
+        if r.chat_id is None:
+            continue  # told nothing, like any change without a chat (the outbox's rule)
         notices.append(
             {
                 "dedupe_key": f"delaycancel:{r.offer_id}",
@@ -756,7 +760,7 @@ async def _enforce_deadlines(
                 "customer_id": r.customer_id,
                 "kind": DELAY_CANCELLED,
                 "payload": {"offer_id": r.offer_id, "qty": result.cancelled_qty},
-                "status": "pending" if r.chat_id is not None else "no_chat",
+                "status": "pending",
                 "not_before": now,
             }
         )

@@ -85,7 +85,6 @@ DELAY_CANCELLED = "delay_cancelled"
 class QueueReport:
     notices: int  # outbox rows written (order updates and back-in-stock)
     lines: int  # order lines those notices tell about
-    no_chat: int  # of the notices, those for customers without a linked chat
     superseded: int  # older undelivered notices merged into new ones
 
 
@@ -181,7 +180,7 @@ def _key(kind: str, *parts: object) -> str:
     return f"{kind}:{parts[0]}:{digest}"
 
 
-def _order_key(order_id: int, no_chat: bool, entries: list[dict[str, Any]]) -> str:
+def _order_key(order_id: int, entries: list[dict[str, Any]]) -> str:
     """The change an order notice tells, named in plain text: per line its id, old and new
     date, when the date changed, and the units ready, shipped, cancelled. Only a key too long
     for the column (many lines in one notice) is hashed."""
@@ -190,8 +189,9 @@ def _order_key(order_id: int, no_chat: bool, entries: list[dict[str, Any]]) -> s
         f"{e.get('ready')},{e.get('shipped')},{e.get('cancelled')}"
         for e in entries
     )
-    # Stored once while unlinked; a linked chat gets its own notice for the change.
-    head = f"order:{order_id}:{'n' if no_chat else 'c'}:"
+    # "c": a chat's notice. Until 2026-12 a customer without a chat had one stored too
+    # ("n"), which told nobody.
+    head = f"order:{order_id}:c:"
     if len(head) + len(fingerprint) > KEY_MAX:
         fingerprint = "#" + hashlib.sha1(fingerprint.encode()).hexdigest()
     return head + fingerprint
@@ -277,8 +277,8 @@ async def queue_notices(
     orders_where: ColumnElement[bool] | None = None,
     back_in_stock: bool = True,
 ) -> QueueReport:
-    """Queue one notice per customer and order for everything that changed since the
-    customer was last told, and one per "notify me" subscription whose product is back.
+    """Queue one notice per customer with a chat and order for everything that changed since
+    the customer was last told, and one per "notify me" subscription whose product is back.
 
     Without ``orders_where``, from scratch: every line of the store is looked at, in the
     caller's one transaction (a small store, a test, the reference the batches must equal).
@@ -319,7 +319,11 @@ async def queue_notices(
                 chats.c.chat_id,
             )
             .select_from(
-                order_lines.join(orders, orders.c.order_id == ol.order_id).outerjoin(
+                # A customer without a chat is told nothing: their lines stay untold, so
+                # the order view still shows the change and they hear of it once they
+                # link a chat. No row is stored for them (one per moved line of the
+                # 1M-order store's date change, that nobody would ever read).
+                order_lines.join(orders, orders.c.order_id == ol.order_id).join(
                     chats, chats.c.customer_id == orders.c.customer_id
                 )
             )
@@ -352,7 +356,7 @@ async def queue_notices(
             told_cancelled,
             _,
             _,
-            chat_id,
+            _,
         ) = r
         entry: dict[str, Any] = {"line_id": line_id, "line_no": line_no, "sku": sku}
         moved = False
@@ -373,11 +377,8 @@ async def queue_notices(
             shipped_lines.append(line_id)
         if cancelled > told_cancelled:
             entry["cancelled"] = cancelled - told_cancelled
-        if chat_id is not None:
-            # A move below the threshold is not told, so it keeps adding up.
-            told.append((line_id, int(moved), allocated + shipped, shipped, cancelled))
-        # Without a chat nobody is told yet: the lines stay untold, so the order view still
-        # shows the change and the customer hears it once they link a chat.
+        # A move below the threshold is not told, so it keeps adding up.
+        told.append((line_id, int(moved), allocated + shipped, shipped, cancelled))
         if len(entry) > 3:
             stamp = stamps.get(changed_at)
             if stamp is None:
@@ -395,14 +396,11 @@ async def queue_notices(
     superseded = await _merge_undelivered(conn, by_order, heads, now)
 
     rows: list[dict[str, Any]] = []
-    no_chat = 0
     for order_id, entries in by_order.items():
         head = heads[order_id]
-        unlinked = head.chat_id is None
-        key = _order_key(order_id, unlinked, entries)
+        key = _order_key(order_id, entries)
         for e in entries:
             e.pop("stamp", None)
-        no_chat += unlinked
         rows.append(
             {
                 "dedupe_key": key,
@@ -414,7 +412,7 @@ async def queue_notices(
                     "order_number": head.order_number,
                     "lines": entries,
                 },
-                "status": "no_chat" if unlinked else "pending",
+                "status": "pending",
                 "not_before": now,
             }
         )
@@ -425,7 +423,7 @@ async def queue_notices(
 
     if back_in_stock:
         written += await _queue_back_in_stock(conn, now)
-    return QueueReport(written, sum(len(v) for v in by_order.values()), no_chat, superseded)
+    return QueueReport(written, sum(len(v) for v in by_order.values()), superseded)
 
 
 @dataclass(frozen=True)
@@ -434,7 +432,6 @@ class NoticeRun:
     lines: int  # lines looked at (marked or scanned)
     batches: int = 0
     more: bool = False  # the last batch used its whole budget: there may be work left
-    no_chat: int = 0
     superseded: int = 0
 
     def __add__(self, other: NoticeRun) -> NoticeRun:
@@ -443,7 +440,6 @@ class NoticeRun:
             self.lines + other.lines,
             self.batches + other.batches,
             other.more,
-            self.no_chat + other.no_chat,
             self.superseded + other.superseded,
         )
 
@@ -532,7 +528,7 @@ async def notice_batch(
     ).all()
     budget = limit - len(marked)
     lines = len(marked)
-    report = QueueReport(0, 0, 0, 0)
+    report = QueueReport(0, 0, 0)
     if marked:
         order_ids = sorted({int(r.order_id) for r in marked})
         # Every mark of these orders goes: their lines are all looked at below.
@@ -587,13 +583,11 @@ async def notice_batch(
                 ),
             )
             await advance(conn, last + 1, NOTICE)
-    return NoticeRun(report.notices, lines, 1, budget <= 0, report.no_chat, report.superseded)
+    return NoticeRun(report.notices, lines, 1, budget <= 0, report.superseded)
 
 
 def _sum(a: QueueReport, b: QueueReport) -> QueueReport:
-    return QueueReport(
-        a.notices + b.notices, a.lines + b.lines, a.no_chat + b.no_chat, a.superseded + b.superseded
-    )
+    return QueueReport(a.notices + b.notices, a.lines + b.lines, a.superseded + b.superseded)
 
 
 async def _mark_told(
