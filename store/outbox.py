@@ -602,7 +602,10 @@ async def _mark_told(
     await _fill(conn, _told, names, told)
     await conn.execute(
         update(order_lines)
-        .where(ol.line_id == t.line_id)
+        # The IN leads SQLite's planner from the few told lines to theirs: on the join alone
+        # it read every line of the store for each batch (0.2 s a batch on the 1M store,
+        # 36 s of a date change told to 50,000 linked customers).
+        .where(ol.line_id == t.line_id, ol.line_id.in_(select(t.line_id)))
         .values(
             last_told_date=case((t.moved == 1, ol.projected_date), else_=ol.last_told_date),
             last_told_at=now,
@@ -669,11 +672,15 @@ async def _merge_undelivered(
         outbox.c.status == "pending",
         outbox.c.claimed_until.is_(None),
     )
-    # Usually nothing is waiting: one look instead of an UPDATE per 900 customers.
-    if await conn.scalar(select(outbox.c.outbox_id).where(*unsent).limit(1)) is None:
-        return 0
     merged = 0
     for part in _chunks(customer_ids, IN_CHUNK):
+        # Usually nothing of theirs is waiting: one look through the (customer_id, status)
+        # index, not an UPDATE. A look for any unsent notice of the store read past every
+        # pending offer in the (status, not_before) index (8.6 ms a batch once a big change
+        # had queued thousands).
+        waiting = select(outbox.c.outbox_id).where(outbox.c.customer_id.in_(part), *unsent)
+        if await conn.scalar(waiting.limit(1)) is None:
+            continue
         result = await conn.execute(
             update(outbox)
             .where(
