@@ -1,0 +1,58 @@
+"""How SQLite runs the notice queueing's writes on a big store: through the rows they touch,
+never a scan of a whole table (the store has no statistics, so the planner goes by the shape
+of the statement alone, on a small store as on the 1M-order one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from store import Store
+from store.outbox import QueueReport, queue_notices
+from store.schema import order_lines
+from tests.store.helpers import at, seed_catalog
+from tests.store.test_outbox import add_chat, add_order, day, move
+
+pytestmark = pytest.mark.sqlite_only("SQLite's query plans")
+
+
+async def test_a_batch_of_notices_reads_and_writes_only_its_orders_rows(store: Store) -> None:
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        for order_id in range(1, 41):
+            customer = 1 + order_id % 5
+            await add_order(conn, order_id, customer, lines=2)
+        for customer in range(1, 6):
+            await add_chat(conn, customer)
+        await move(conn, [11, 12, 21], day(14), at(1))
+    plans: dict[str, list[str]] = {}
+
+    def explain(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if not many and statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plans[statement] = [str(r[-1]) for r in rows]
+
+    assert store._inline_writer is not None  # a SQLite file: the batch thread's engine
+    event.listen(store._inline_writer, "before_cursor_execute", explain)
+
+    async def batch(conn: AsyncConnection) -> QueueReport:
+        # The orders a batch's marks name, as store.delays.follow_on_batch asks for them.
+        mine = order_lines.c.order_id.in_([1, 2, 3])
+        return await queue_notices(conn, now=at(2), orders_where=mine, back_in_stock=False)
+
+    report = await store.run_batch(batch)
+    assert report == QueueReport(2, 3, 0)  # orders 1 and 2: three moved lines told
+    [told] = [p for s, p in plans.items() if s.lstrip().startswith("UPDATE order_lines")]
+    assert any(step.startswith("SEARCH order_lines") for step in told), told
+    scans = {
+        s.split()[0]: step
+        for s, p in plans.items()
+        for step in p
+        if step.startswith(("SCAN order_lines", "SCAN orders", "SCAN outbox", "SCAN chats"))
+    }
+    assert scans == {}
