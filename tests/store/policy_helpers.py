@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -46,7 +46,8 @@ async def clone(url: str, request: pytest.FixtureRequest, name: str) -> str:
 
 async def late_store(conn: AsyncConnection, orders: int, customers: int = 20) -> None:
     """``orders`` one- or two-line orders on restocks due in a month, then both restocks
-    slip: one by 10 days (a short, silent delay), one by 45 (consent needed). Every other
+    slip: one by 10 days (a short, silent delay), one by 45 (consent needed). Every fifth
+    order was promised for day 100: the slips move its dates, and it is not late. Every other
     customer has a chat."""
     await seed_catalog(conn, customers=5)
     for cid in range(6, customers + 1):
@@ -62,6 +63,12 @@ async def late_store(conn: AsyncConnection, orders: int, customers: int = 20) ->
         await place_order(
             conn, str(100_001 + i), 1 + i % customers, lines, placed_at=T0 + timedelta(minutes=i)
         )
+    ol = order_lines.c
+    await conn.execute(
+        update(order_lines)
+        .where(ol.order_id.in_([o for o in range(1, orders + 1) if o % 5 == 0]))
+        .values(promised_date=D0 + timedelta(days=100))
+    )
     await change_restock_date(conn, "R-1", D0 + timedelta(days=40), "slip")
     await change_restock_date(conn, "R-2", D0 + timedelta(days=75), "slip")
 

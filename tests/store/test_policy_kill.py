@@ -21,6 +21,7 @@ from store.delays import apply_delay_policy
 from store.marks import DELAY, NOTICE, mark_lines
 from store.outbox import ORDER_UPDATE, queue_notices
 from store.schema import (
+    chats,
     delay_offers,
     follow_on_cursors,
     follow_on_marks,
@@ -42,6 +43,11 @@ NOTICE_DIE_IN = 2  # the notices' batch 1 takes 100 marks, the kill comes inside
 
 def _dated(line_id: int) -> bool:
     return (line_id - 1) % 3 != 0
+
+
+def _late(line_id: int) -> bool:
+    # Every third line was promised for day 100: dated 15 to 60 days out, it is not late.
+    return line_id % 3 != 2
 
 
 async def _proc(url: str, *flags: str) -> tuple[int, str]:
@@ -93,7 +99,7 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
                     "qty_waiting": 1,
                     "unit_price_minor": 2999,
                     "queued_at": T0,
-                    "promised_date": D0 + timedelta(days=10),
+                    "promised_date": D0 + timedelta(days=10 if _late(i + 1) else 100),
                     # Every 3rd line undated (_dated); the rest 5 to 50 days late.
                     "projected_date": None
                     if not _dated(i + 1)
@@ -103,6 +109,15 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
             ],
         )
         await mark_lines(conn, MARKED)
+        # Every customer has a chat, linked before these lines came (a link marks the lines
+        # it finds for the notices).
+        await conn.execute(
+            insert(chats),
+            [
+                {"chat_id": 1000 + c, "customer_id": c, "created_at": T0, "updated_at": T0}
+                for c in range(1, 6)
+            ],
+        )
     await s.close()
     before = await clone(db_url, request, "before")
 
@@ -120,9 +135,11 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         cursor = await conn.scalar(select(c.next_line_id).where(c.name == DELAY))
     await s.close()
     # Four batches committed, the fifth's work gone with it: the 200 marked lines, then
-    # lines 1-200 of the scan, 20 of which were marked lines offered already.
+    # lines 1-200 of the scan, 20 of which were marked lines offered already. Every customer
+    # has a chat: each offer is told.
     assert (marks, cursor) == (0, 2 * BATCH + 1)
-    assert offers == notices == len(MARKED) + 2 * BATCH - 20
+    looked_at = set(MARKED) | set(range(1, 2 * BATCH + 1))
+    assert offers == notices == sum(1 for line_id in looked_at if _late(line_id)) == 253
 
     # Again, the policy to its end and then a batch of the notices; killed in the second.
     code, out = await _proc(db_url, "--die-in-notice-batch", str(NOTICE_DIE_IN))
@@ -134,12 +151,15 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         marks = await conn.scalar(select(func.count()).where(m.stage == NOTICE))
         cursor = await conn.scalar(select(c.next_line_id).where(c.name == NOTICE))
     await s.close()
-    # Nobody has a chat: every dated line's date is still untold, one notice per order. The
-    # first batch told the orders of 100 marked lines; the second's went with it.
-    assert offers == LINES
+    # The offers told the late lines' dates; the lines that are not late wait untold, one
+    # notice per order. The first batch told the orders of 100 marked lines; the second's
+    # went with it.
+    late = sum(1 for line_id in range(1, LINES + 1) if _late(line_id))
+    assert offers == late
     done = (NOTICE_DIE_IN - 1) * BATCH
-    told = sum(1 for line_id in MARKED[:done] if _dated(line_id))
+    told = sum(1 for line_id in MARKED[:done] if not _late(line_id))
     assert (updates, marks, cursor) == (told, len(MARKED) - done, 0)
+    assert told == 33
 
     code, out = await _proc(db_url)
     assert code == 0, out
@@ -147,7 +167,7 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         "offered": 0,
         "batches": 1,
         "lines": 0,
-        "notices": sum(1 for line_id in range(1, LINES + 1) if _dated(line_id)) - told,
+        "notices": LINES - late - told,
     }
 
     states = []
@@ -160,6 +180,6 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         async with s.connect() as conn:
             states.append(await policy_state(conn))
         await s.close()
-    assert len(states[0]["offers"]) == LINES
-    assert len(states[0]["notices"]) == LINES + told + json.loads(out.splitlines()[-1])["notices"]
+    assert len(states[0]["offers"]) == late
+    assert len(states[0]["notices"]) == late + told + json.loads(out.splitlines()[-1])["notices"]
     assert states[0] == states[1]
