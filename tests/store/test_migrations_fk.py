@@ -159,6 +159,7 @@ async def test_a_broken_foreign_key_is_still_caught(
         # a table without foreign keys that nothing refers to: nothing
         ('op.execute("UPDATE update_inbox SET update_id = update_id")', [], []),
     ],
+    ids=["new_table", "parent_updated", "batch_rebuild", "no_references"],
 )
 async def test_only_touched_tables_and_their_children_are_checked(
     db_url: str, throwaway: None, body: str, checked: list[str], not_checked: list[str]
