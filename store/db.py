@@ -587,9 +587,10 @@ async def _sqlite_upgrade(conn: AsyncConnection, revision: str) -> None:
 
     The whole database's check read every row under the write lock at the first start after
     a new migration (1.8 s on a quiet machine, 6.7-38 s under load, on the 1M-order store),
-    where that migration had created one empty table (0.03 s now). What a migration touched is found out, not declared: SQLite's authorizer
-    names every table a statement writes (rows, tables, indexes; a data migration changes no
-    schema), and a changed sqlite_master row names the rest (a renamed table's new name)."""
+    where that migration had created one empty table (0.03 s now). What a migration touched
+    is found out, not declared: SQLite's authorizer names every table a statement writes
+    (rows, tables, indexes; a data migration changes no schema), and a changed sqlite_master
+    row names the rest (a renamed table's new name)."""
     driver = (await conn.get_raw_connection()).driver_connection
     assert driver is not None
     written: set[str] = set()
@@ -618,10 +619,10 @@ async def _sqlite_upgrade(conn: AsyncConnection, revision: str) -> None:
 
 
 async def _tables_to_check(conn: AsyncConnection, touched: set[str]) -> list[str]:
-    """The tables whose foreign keys may be broken when the tables named ``touched``
-    (lower case: SQLite's names ignore case) were written, created, rebuilt, renamed or dropped: those
-    among them that have foreign keys, and every table that refers to one of them (a parent's
-    rows may be gone from under its children)."""
+    """The tables whose foreign keys may be broken when the tables named ``touched`` (lower
+    case: SQLite's names ignore case) were written, created, rebuilt, renamed or dropped:
+    those among them that have foreign keys, and every table that refers to one of them (a
+    parent's rows may be gone from under its children)."""
     rows = (await conn.execute(_REFERENCES)).all()
     return sorted({child for child, parent in rows if {child.lower(), parent.lower()} & touched})
 
