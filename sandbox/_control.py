@@ -561,6 +561,14 @@ async def _list_faults(request: web.Request) -> web.Response:
     return _ok([f.public() for f in _world(request).faults.faults])
 
 
+@_ROUTES.post("/control/faults/{fault_id}/release")
+async def _release_fault(request: web.Request) -> web.Response:
+    fault = _world(request).faults.release(_int(request.match_info["fault_id"], "fault_id"))
+    if fault is None:
+        raise ControlError(404, f"no fault {request.match_info['fault_id']}")
+    return _ok(fault.public())
+
+
 @_ROUTES.delete("/control/faults")
 async def _clear_faults(request: web.Request) -> web.Response:
     _world(request).faults.clear()

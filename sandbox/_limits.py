@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-FaultKind = Literal["429", "5xx", "slow", "drop", "drop_after"]
-FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "slow", "drop", "drop_after")
+FaultKind = Literal["429", "5xx", "slow", "drop", "drop_after", "hold"]
+FAULT_KINDS: tuple[str, ...] = ("429", "5xx", "slow", "drop", "drop_after", "hold")
 
 
 @dataclass
@@ -111,9 +112,12 @@ class Fault:
     status: int = 500
     id: int = 0
     hits: int = 0
+    held: int = 0  # "hold": calls waiting now for the fault's release
+    # "hold": set by release (or clear): the held calls go on, the later ones pass through.
+    released: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     def public(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "released"}
         d["remaining_seconds"] = (
             None if self.until is None else max(0.0, self.until - time.monotonic())
         )
@@ -157,18 +161,42 @@ class FaultInjector:
         return fault
 
     def clear(self) -> None:
+        for fault in self.faults:
+            fault.released.set()
         self.faults.clear()
+
+    def release(self, fault_id: int) -> Fault | None:
+        """Let the calls a "hold" fault holds go on; the fault ends."""
+        for fault in self.faults:
+            if fault.id == fault_id:
+                fault.released.set()
+                return fault
+        return None
+
+    async def hold(self, fault: Fault) -> None:
+        """A "hold" fault's call waits here until the fault is released."""
+        fault.held += 1
+        try:
+            await fault.released.wait()
+        finally:
+            fault.held -= 1
 
     def take(self, method: str, chat_id: object = None) -> Fault | None:
         """The first live fault for this method (and this call's chat, for faults scoped to
-        one), consuming one of its calls."""
+        one), consuming one of its calls. A fault used up stays listed while it holds calls."""
         now = time.monotonic()
-        self.faults = [
-            f
-            for f in self.faults
-            if (f.count is None or f.count > 0) and (f.until is None or f.until > now)
-        ]
+
+        def live(f: Fault) -> bool:
+            return (
+                (f.count is None or f.count > 0)
+                and (f.until is None or f.until > now)
+                and not f.released.is_set()
+            )
+
+        self.faults = [f for f in self.faults if f.held or live(f)]
         for fault in self.faults:
+            if not live(fault):
+                continue
             if fault.method is not None and fault.method != method:
                 continue
             if fault.chat_id is not None and str(fault.chat_id) != str(chat_id):

@@ -139,6 +139,8 @@ class Sandbox:
         if fault is not None:
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
+            elif fault.kind == "hold":
+                await world.faults.hold(fault)
             elif fault.kind == "drop":
                 world.log_call(method, _loggable(raw), 0, "connection dropped (fault)")
                 return _drop(request)

@@ -367,9 +367,10 @@ class SandboxClient:
         chat_id: int | None = None,
     ) -> dict[str, Any]:
         """Make Bot API calls fail: ``kind`` is "429", "5xx", "slow", "drop" (no answer, not
-        executed) or "drop_after" (executed, answer lost); for ``count`` calls and/or
-        ``duration`` seconds (one call if neither), for one ``method`` or all, and for the
-        calls to one ``chat_id`` or all."""
+        executed), "drop_after" (executed, answer lost) or "hold" (no answer until
+        ``release_fault``, then executed); for ``count`` calls and/or ``duration`` seconds (one
+        call if neither), for one ``method`` or all, and for the calls to one ``chat_id`` or
+        all. The fault as listed by ``faults`` (its ``id``; ``held``: calls held now)."""
         body = {
             "chat_id": chat_id,
             "kind": kind,
@@ -381,6 +382,15 @@ class SandboxClient:
             "status": status,
         }
         result: dict[str, Any] = await self._call("POST", "faults", body)
+        return result
+
+    async def faults(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "faults")
+        return result
+
+    async def release_fault(self, fault_id: int) -> dict[str, Any]:
+        """Let the calls a "hold" fault holds go on (clear_faults releases them too)."""
+        result: dict[str, Any] = await self._call("POST", f"faults/{fault_id}/release")
         return result
 
     async def clear_faults(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
@@ -169,7 +169,8 @@ async def free_stock(conn: AsyncConnection, sku: str, *, lock: bool = False) -> 
 
 async def set_stock(conn: AsyncConnection, sku: str, on_hand: int) -> tuple[Allocation, ...]:
     """Set the units on hand (a stock count). Units beyond what is already allocated go to
-    waiting lines first."""
+    waiting lines first: the first INLINE_ALLOCATION lines here, the rest in the allocation's
+    batches as after a receipt (see _give_out). Returns the allocations made here."""
     if on_hand < 0:
         raise StoreError("stock on hand cannot be negative")
     await _require_product(conn, sku)
@@ -180,12 +181,14 @@ async def set_stock(conn: AsyncConnection, sku: str, on_hand: int) -> tuple[Allo
     current = await conn.scalar(select(stock.c.on_hand).where(stock.c.sku == sku))
     if current == on_hand:
         return ()
-    await request_projection(conn, [sku])
-    await conn.execute(
-        update(stock).where(stock.c.sku == sku).values(on_hand=on_hand, updated_at=utcnow())
-    )
-    await log_event(conn, "stock_set", sku=sku, on_hand=on_hand, was=current)
-    result = await allocate_waiting(conn, sku)
+
+    async def count() -> None:
+        await conn.execute(
+            update(stock).where(stock.c.sku == sku).values(on_hand=on_hand, updated_at=utcnow())
+        )
+        await log_event(conn, "stock_set", sku=sku, on_hand=on_hand, was=current)
+
+    result, _ = await _give_out(conn, sku, count)
     await _project_now(conn, sku)
     return result
 
@@ -244,18 +247,20 @@ async def _allocate(
     return tuple(done), True
 
 
-# --- a big receipt's allocation in batches --------------------------------------------------
+# --- a big receipt's (or stock count's) allocation in batches -------------------------------
 #
-# A receipt gives its units to the first INLINE_ALLOCATION waiting lines in its own
-# transaction (a small receipt, the common case, is done when it commits). When units are left
-# and lines still wait, the SKU's sku_allocations row stays, and ``allocation_batch`` goes on
-# from the head of the queue in batches, each its own short transaction: the free units and the
-# waiting lines are the durable state, so a crash between two batches loses nothing and gives
-# nothing twice. Meanwhile other changes leave the SKU's free units to the batches (queue order
-# first), and new lines join the back of the queue dated as by the projection (free units
-# count as the first restock's).
+# A receipt or a stock count gives its units to the first INLINE_ALLOCATION waiting lines in
+# its own transaction (_give_out; a small one, the common case, is done when it commits). When
+# units are left and lines still wait, the SKU's sku_allocations row stays, and
+# ``allocation_batch`` goes on from the head of the queue in batches, each its own short
+# transaction: the free units and the waiting lines are the durable state, so a crash between
+# two batches loses nothing and gives nothing twice. Meanwhile other changes (an order, a
+# cancellation) leave the SKU's free units to the batches (queue order first), and new lines
+# join the back of the queue dated as by the projection (free units count as the first
+# restock's).
 
-# Lines a receipt allocates in its own transaction; beyond them the batches go on.
+# Lines a receipt or a stock count allocates in its own transaction; beyond them the batches
+# go on.
 INLINE_ALLOCATION = 500
 # Lines one batch of ``run_allocation`` allocates (each batch one transaction).
 ALLOCATION_BATCH = 500
@@ -294,6 +299,23 @@ async def _owe_allocation(conn: AsyncConnection, sku: str) -> None:
             set_={"batches": sku_allocations.c.batches},
         )
     )
+
+
+async def _give_out(
+    conn: AsyncConnection, sku: str, write: Callable[[], Awaitable[None]]
+) -> tuple[tuple[Allocation, ...], bool]:
+    """A change that puts units of ``sku`` on hand (a receipt, a stock count): ``write`` books
+    them, the first INLINE_ALLOCATION waiting lines are given units here, and the SKU's
+    sku_allocations row owes the rest to allocation_batch (it goes when nothing is left to
+    give). The allocation's row is taken first, then the projection's, as allocation_batch
+    takes them. Returns the allocations made here and whether the allocation is done."""
+    await _owe_allocation(conn, sku)
+    await request_projection(conn, [sku])
+    await write()
+    allocs, finished = await _allocate(conn, sku, INLINE_ALLOCATION)
+    if finished:
+        await conn.execute(delete(sku_allocations).where(sku_allocations.c.sku == sku))
+    return allocs, finished
 
 
 async def _allocation_owed(conn: AsyncConnection, sku: str) -> bool:
@@ -1333,28 +1355,25 @@ async def receive_restock(
     got = int(r.qty if qty is None else qty)
     if got < 0:
         raise StoreError("received quantity cannot be negative")
-    # The allocation's row first, then the projection's (as the allocation's batches take
-    # them): the first INLINE_ALLOCATION lines are given their units here, the rest by the
-    # batches (allocation_batch); the projection of the queue behind them goes on in the
-    # projection's batches when it is longer than INLINE_LINES.
-    await _owe_allocation(conn, r.sku)
-    await request_projection(conn, [r.sku])
-    now = utcnow()
-    await conn.execute(
-        update(restocks)
-        .where(restocks.c.restock_id == restock_id)
-        .values(status="received", qty_received=got, received_at=now, updated_at=now)
-    )
-    await _ensure_stock_row(conn, r.sku)
-    await conn.execute(
-        update(stock)
-        .where(stock.c.sku == r.sku)
-        .values(on_hand=stock.c.on_hand + got, updated_at=now)
-    )
-    await log_event(conn, "restock_received", sku=r.sku, restock_id=restock_id, qty=got)
-    allocs, finished = await _allocate(conn, r.sku, INLINE_ALLOCATION)
-    if finished:
-        await conn.execute(delete(sku_allocations).where(sku_allocations.c.sku == r.sku))
+
+    async def book() -> None:
+        now = utcnow()
+        await conn.execute(
+            update(restocks)
+            .where(restocks.c.restock_id == restock_id)
+            .values(status="received", qty_received=got, received_at=now, updated_at=now)
+        )
+        await _ensure_stock_row(conn, r.sku)
+        await conn.execute(
+            update(stock)
+            .where(stock.c.sku == r.sku)
+            .values(on_hand=stock.c.on_hand + got, updated_at=now)
+        )
+        await log_event(conn, "restock_received", sku=r.sku, restock_id=restock_id, qty=got)
+
+    # The projection of the queue behind the lines given units goes on in the projection's
+    # batches when it is longer than INLINE_LINES.
+    allocs, finished = await _give_out(conn, r.sku, book)
     proj = await _project_now(conn, r.sku)
     left = got - sum(a.qty for a in allocs)
     return Receipt(

@@ -4,7 +4,9 @@
 out in queue order, each unit once: one after another, two processes at once, or a process
 killed inside a batch and a restart; meanwhile new orders join the back of the queue without
 taking the units. At the end the lines hold what one allocation in the receipt's transaction
-gives, and the dates what a projection from scratch gives. Both backends."""
+gives, and the dates what a projection from scratch gives. A stock count (set_stock) that puts
+units on hand goes the same way (store.backorders._give_out), and ends where the unbounded
+allocation in its own transaction did. Both backends."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from store.backorders import (
     receive_restock,
     run_allocation,
     run_projection,
+    set_stock,
 )
 from store.schema import order_lines, sku_allocations, stock
 from tests.store.helpers import D1, D2, T0, restock, seed_catalog
@@ -307,3 +310,89 @@ def test_the_cli_commits_a_big_receipt_and_its_follow_on_gives_out_the_rest(
             await s.close()
 
     asyncio.run(after())
+
+
+async def _lines_and_stock(conn: AsyncConnection) -> tuple[list[Any], Any]:
+    c = order_lines.c
+    lines = await conn.execute(
+        select(c.line_id, c.qty_allocated, c.qty_waiting, c.waits_for_restock_id, c.projected_date)
+        .where(c.sku == SKU)
+        .order_by(c.line_id)
+    )
+    row = await conn.execute(select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == SKU))
+    return [tuple(r) for r in lines], tuple(row.one())
+
+
+async def _unbounded(s: Store, monkeypatch: pytest.MonkeyPatch, on_hand: int) -> Any:
+    """What a stock count of ``on_hand`` leaves when it allocates every line in its own
+    transaction (the old set_stock), rolled back."""
+    monkeypatch.setattr(backorders, "INLINE_ALLOCATION", 10**9)
+    async with s.begin() as conn:
+        await set_stock(conn, SKU, on_hand)
+        state = await _lines_and_stock(conn)
+        await conn.rollback()
+    async with s.connect() as conn:
+        assert (await _lines_and_stock(conn))[1] == (0, 0)
+    return state
+
+
+async def _allocate_in_batches(s: Store, queue: list[tuple[int, int]]) -> int:
+    """run_allocation one batch of 7 lines at a time, each unit once in queue order after
+    every batch; the number of batches."""
+    batches = 0
+    while (await run_allocation(s, batch_size=7, max_batches=1)).batches:
+        batches += 1
+        await _check_units(s, queue)
+    return batches
+
+
+async def test_a_small_stock_count_is_allocated_in_its_own_transaction(store: Store) -> None:
+    queue = await _setup(store)
+    async with store.begin() as conn:
+        allocs = await set_stock(conn, SKU, UNITS)
+    assert len(allocs) == 51 and await _owed(store) == []
+    assert await _check_units(store, queue) == _greedy(queue, UNITS)
+
+
+async def test_a_big_stock_count_commits_and_its_batches_end_as_one_allocation(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = await _setup(store)
+    unbounded = await _unbounded(store, monkeypatch, UNITS)
+    monkeypatch.setattr(backorders, "INLINE_ALLOCATION", INLINE)
+    async with store.begin() as conn:
+        allocs = await set_stock(conn, SKU, UNITS)
+    assert [a.line_id for a in allocs] == [i for i, _ in queue[:INLINE]]
+    assert await _owed(store) == [SKU]
+    got = await _check_units(store, queue)
+    assert sum(got.values()) == sum(a.qty for a in allocs) == 19  # 1+2+3+1+2+3+1+2+3+1
+    await _dates_as_from_scratch(store)
+    # 10 lines in the count, 7 a batch: the units run out in the 51st line (6th batch).
+    assert await _allocate_in_batches(store, queue) == 6 and await _owed(store) == []
+    assert await _check_units(store, queue) == _greedy(queue, UNITS)
+    await run_projection(store)
+    await _dates_as_from_scratch(store)
+    async with store.connect() as conn:
+        assert await _lines_and_stock(conn) == unbounded
+
+
+async def test_a_stock_count_during_a_receipts_batches_goes_on_from_the_head(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count's units join the receipt's: the count gives the next lines of the queue
+    theirs in its transaction, the batches the rest, as one allocation of both would."""
+    queue = await _setup(store)
+    monkeypatch.setattr(backorders, "INLINE_ALLOCATION", INLINE)
+    async with store.begin() as conn:
+        rec = await receive_restock(conn, "R1")
+    assert rec.allocating
+    async with store.begin() as conn:
+        allocs = await set_stock(conn, SKU, UNITS + 20)
+    assert [a.line_id for a in allocs] == [i for i, _ in queue[INLINE : 2 * INLINE]]
+    assert await _owed(store) == [SKU]
+    await _check_units(store, queue)
+    await _allocate_in_batches(store, queue)
+    assert await _owed(store) == []
+    assert await _check_units(store, queue) == _greedy(queue, UNITS + 20)
+    await run_projection(store)
+    await _dates_as_from_scratch(store)
