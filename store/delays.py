@@ -377,15 +377,46 @@ async def follow_on_batch(
     ol = order_lines.c
     offered = 0
     order_of: dict[int, int] = {}
+    unheard: set[int] = set()  # orders of customers without a chat
     for at in range(0, len(ids), IN_CHUNK):
         part = ids[at : at + IN_CHUNK]
         await conn.execute(delete(follow_on_marks).where(m.stage == DELAY, m.line_id.in_(part)))
         offered += await _offer_lines(conn, today, now, policy, _one_of(part))
-        for line_id, order_id in await conn.execute(
-            select(ol.line_id, ol.order_id).where(ol.line_id.in_(part))
+        for line_id, order_id, chat_id in await conn.execute(
+            select(ol.line_id, ol.order_id, chats.c.chat_id)
+            .select_from(
+                order_lines.join(orders, orders.c.order_id == ol.order_id).outerjoin(
+                    chats, chats.c.customer_id == orders.c.customer_id
+                )
+            )
+            .where(ol.line_id.in_(part))
         ):
             order_of[int(line_id)] = int(order_id)
-    orders_in = sorted(set(order_of.values()))
+            if chat_id is None:
+                unheard.add(int(order_id))
+    # Nobody to tell: no notice is queued for a customer without a chat (store.outbox), so
+    # their orders need no look of the notices', now or later (a link marks every line of its
+    # customer). Their notice marks go, unless a chat was linked meanwhile (asked again in
+    # the statement).
+    unheard_ids = sorted(unheard)
+    for at in range(0, len(unheard_ids), IN_CHUNK):
+        unheard_part = unheard_ids[at : at + IN_CHUNK]
+        await conn.execute(
+            delete(follow_on_marks).where(
+                m.stage == NOTICE,
+                m.line_id.in_(
+                    select(ol.line_id)
+                    .select_from(order_lines.join(orders, orders.c.order_id == ol.order_id))
+                    .where(
+                        ol.order_id.in_(unheard_part),
+                        ~select(chats.c.chat_id)
+                        .where(chats.c.customer_id == orders.c.customer_id)
+                        .exists(),
+                    )
+                ),
+            )
+        )
+    orders_in = sorted(set(order_of.values()) - unheard)
     held: set[int] = set()
     for at in range(0, len(orders_in), IN_CHUNK):
         held.update(await _orders_held(conn, orders_in[at : at + IN_CHUNK], policy_below))

@@ -358,6 +358,11 @@ async def test_batches_that_follow_on_end_as_the_policy_and_notices_from_scratch
     followed = 0
     for n in range(30):
         now = datetime.combine(day, time(9), tzinfo=UTC)
+        if n == 15:
+            # A customer without a chat links one: nothing was stored for them while they had
+            # none, and their lines were left untold; now they hear of it all, once.
+            async with store.begin() as conn:
+                await link_chat(conn, 1003, 3)
         kind = rng.choice(["follow", "follow", "policy", "notices", "days", "change", "change"])
         if kind == "follow":
             async with store.begin() as conn:
