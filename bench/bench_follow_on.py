@@ -19,7 +19,8 @@ copy, each a `backorder-admin` process of its own:
    pass every command ran in one transaction;
 2. `import orders` of a file of ORDERS new orders (one or two lines each), with the follow-on.
 
-Meanwhile a probe process asks for the write lock (BEGIN IMMEDIATE, then ROLLBACK) every 20 ms:
+Meanwhile a probe process asks for the write lock (BEGIN IMMEDIATE, then ROLLBACK) every 20 ms,
+polling as the project's writers do (bench/_probe.py):
 the longest it waited is the longest write transaction another writer (the bot) met.
 
 Figures (2026-12-02, 2 shared cores, other work running; the demo stores of store.demo, seed 7,
@@ -63,25 +64,12 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from multiprocessing.synchronize import Event
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def probe(path: str, stop: Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    conn = sqlite3.connect(path, timeout=3600, isolation_level=None)
-    waits: list[tuple[float, float]] = []  # (when it asked, how long it waited)
-    start = time.perf_counter()
-    while not stop.is_set():
-        t = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        waits.append((t - start, time.perf_counter() - t))
-        conn.execute("ROLLBACK")
-        time.sleep(0.02)
-    conn.close()
-    out.put(waits)
-
+from bench._probe import lock_probe  # noqa: E402
 
 CLI = "import sys; from store.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -93,9 +81,10 @@ def cli(db: Path, *argv: str) -> list[str]:
 def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -> None:
     stop = mp.Event()
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    prober = mp.Process(target=probe, args=(str(db), stop, q))
+    prober = mp.Process(target=lock_probe, args=(str(db), stop, q))
     prober.start()
     t = time.perf_counter()
+    began = time.time()
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         done = subprocess.run(
@@ -121,7 +110,9 @@ def run_step(name: str, db: Path, argv: list[str], code: Path, timeout: float) -
     longest = waits[-1] if waits else 0.0
     p99 = waits[min(len(waits) - 1, round(0.99 * (len(waits) - 1)))] if waits else 0.0
     over = sum(1 for w in waits if w > 1)
-    top = ", ".join(f"{w:.2f} s at {at:.0f} s" for at, w in sorted(asked, key=lambda a: -a[1])[:3])
+    top = ", ".join(
+        f"{w:.2f} s at {at - began:.0f} s" for at, w in sorted(asked, key=lambda a: -a[1])[:3]
+    )
     print(
         f"{name:<34} {took:8.1f} s  {outcome}; CPU {cpu_s:.1f} s; load average {os.getloadavg()[0]:.1f}"
     )

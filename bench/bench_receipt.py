@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_import_orders import MIGRATE, probe  # noqa: E402
+from bench._probe import lock_probe  # noqa: E402
+from bench.bench_import_orders import MIGRATE  # noqa: E402
 
 WORK = """
 import asyncio, sys, time
@@ -81,7 +82,7 @@ def main() -> None:
     (args.work / "receipt_work.py").write_text(WORK)
     stop = mp.Event()
     q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    prober = mp.Process(target=probe, args=(str(db), stop, q))
+    prober = mp.Process(target=lock_probe, args=(str(db), stop, q))
     print(f"code {args.code}; load {os.getloadavg()}")
     prober.start()
     t = time.perf_counter()
