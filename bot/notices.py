@@ -535,8 +535,9 @@ class _Lease:
     async def run(self) -> None:
         every = self.length.total_seconds() * RENEW_EVERY
         while not self.closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.closing.wait(), every)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: see SharedInbox
+                async with asyncio.timeout(every):
+                    await self.closing.wait()
             if self.closing.is_set() or not self.held:
                 continue
             try:
@@ -727,8 +728,9 @@ class _Results:
         while True:
             closing = self.closing.is_set()
             if not closing:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.closing.wait(), FLUSH_SECONDS)
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout: see SharedInbox
+                    async with asyncio.timeout(FLUSH_SECONDS):
+                        await self.closing.wait()
             try:
                 await self.flush()
             except Exception:

@@ -304,8 +304,12 @@ class SharedInbox(Inbox):
 
     async def _claim_forever(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result
+            # when a cancellation meets a notification, and the loop then ran on with the
+            # stop's cancellation lost (a bot's shutdown waited for it forever, in CI).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._more.wait(), timeout=self.poll)
+                async with asyncio.timeout(self.poll):
+                    await self._more.wait()
             self._more.clear()
             try:
                 await self.claim_round()

@@ -240,7 +240,9 @@ class Notifier:
                 return False
             event = self._event
             try:
-                await asyncio.wait_for(event.wait(), remaining)
+                # asyncio.timeout: Python 3.11's wait_for can lose a cancellation.
+                async with asyncio.timeout(remaining):
+                    await event.wait()
             except TimeoutError:
                 return ready()
         return True

@@ -91,7 +91,8 @@ async def _check_store(store: Store) -> str:
 
 async def _within(check: Awaitable[str], what: str) -> str:
     try:
-        return await asyncio.wait_for(check, CHECK_SECONDS)
+        async with asyncio.timeout(CHECK_SECONDS):
+            return await check
     except TimeoutError:
         return f"{what}: no answer within {CHECK_SECONDS:g} s"
     except Exception as e:

@@ -112,6 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # at the end of the list one of them kept its worker busy for half a minute after the others
 # had finished. A test missing here only runs later; keep the list to the long ones.
 LONGEST_FIRST = [
+    "tests/store/test_policy_kill.py::test_a_kill_in_the_middle_of_a_first_pass_over_50000",
     "tests/bot/test_notice_import.py",
     "tests/test_processes.py::test_a_killed_process",
     "tests/bot/test_fuzz.py::test_any_press_by_anyone",

@@ -88,3 +88,46 @@ def test_a_circle_is_found() -> None:
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_package_is_looked_at(package: str) -> None:
     assert any(name.startswith(package) for name in _modules())
+
+
+def test_no_asyncio_wait_for() -> None:
+    """asyncio.timeout, never asyncio.wait_for: on Python 3.11 wait_for returns the awaited
+    result when a cancellation comes as it completes, and a loop around it (a notification
+    waking it as the bot stops) runs on with the stop's cancellation lost; CI once waited
+    for such a shutdown until its watchdog ended the worker."""
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in _modules().values()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "wait_for"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "asyncio"
+    ]
+    assert found == []
+
+
+async def test_a_loop_waiting_under_asyncio_timeout_ends_on_a_cancel_that_meets_its_wake() -> None:
+    import asyncio
+
+    woken = asyncio.Event()
+    rounds = 0
+
+    async def forever() -> None:
+        nonlocal rounds
+        while True:
+            try:
+                async with asyncio.timeout(60):
+                    await woken.wait()
+            except TimeoutError:
+                pass
+            woken.clear()
+            rounds += 1
+
+    task = asyncio.create_task(forever())
+    await asyncio.sleep(0)  # waiting now
+    woken.set()
+    task.cancel()  # in the same turn as the wake: 3.11's wait_for swallowed this one
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rounds == 0

@@ -51,13 +51,17 @@ def _late(line_id: int) -> bool:
 
 
 async def _proc(url: str, *flags: str) -> tuple[int, str]:
+    return await _proc_batch(url, BATCH, *flags)
+
+
+async def _proc_batch(url: str, batch: int, *flags: str) -> tuple[int, str]:
     p = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tests.store.policy_proc",
         url,
         "--batch",
-        str(BATCH),
+        str(batch),
         *flags,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -182,4 +186,107 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         await s.close()
     assert len(states[0]["offers"]) == late
     assert len(states[0]["notices"]) == late + told + json.loads(out.splitlines()[-1])["notices"]
+    assert states[0] == states[1]
+
+
+BIG = 50_000
+BIG_BATCH = 1000
+
+
+async def test_a_kill_in_the_middle_of_a_first_pass_over_50000_late_lines_loses_nothing(
+    db_url: str, request: pytest.FixtureRequest
+) -> None:
+    """The issue's size: 50,000 late lines of customers with a chat, written the way a bulk
+    load writes (no marks), every third moved without being late. Killed inside the 26th
+    batch of the policy's first pass, then inside the 3rd of the notices'; a restart finishes
+    both, and the offers, notices and told marks are those of the policy and the notices from
+    scratch on a copy taken before the kills."""
+    s = await open_store(db_url)
+    async with s.begin() as conn:
+        await seed_catalog(conn, customers=5)
+        await conn.execute(
+            insert(chats),
+            [
+                {"chat_id": 1000 + c, "customer_id": c, "created_at": T0, "updated_at": T0}
+                for c in range(1, 6)
+            ],
+        )
+        for start in range(0, BIG, 10_000):
+            part = range(start, start + 10_000)
+            await conn.execute(
+                insert(orders),
+                [
+                    {
+                        "order_number": str(300_000 + i),
+                        "customer_id": 1 + i % 5,
+                        "placed_at": T0,
+                        "priority": 0,
+                        "currency": "EUR",
+                    }
+                    for i in part
+                ],
+            )
+            await conn.execute(
+                insert(order_lines),
+                [
+                    {
+                        "order_id": i + 1,
+                        "line_no": 1,
+                        "sku": "KET-0001",
+                        "qty_ordered": 1,
+                        "qty_waiting": 1,
+                        "unit_price_minor": 2999,
+                        "queued_at": T0,
+                        "promised_date": D0 + timedelta(days=10 if _late(i + 1) else 100),
+                        "projected_date": D0 + timedelta(days=15 + i % 46),
+                    }
+                    for i in part
+                ],
+            )
+    await s.close()
+    before = await clone(db_url, request, "before")
+    late = sum(1 for line_id in range(1, BIG + 1) if _late(line_id))
+
+    code, out = await _proc_batch(db_url, BIG_BATCH, "--die-in-batch", "26")
+    assert code == -signal.SIGKILL, out
+    s = await open_store(db_url, migrate_schema=False)
+    async with s.connect() as conn:
+        offers = await conn.scalar(select(func.count()).select_from(delay_offers))
+        cursor = await conn.scalar(
+            select(follow_on_cursors.c.next_line_id).where(follow_on_cursors.c.name == DELAY)
+        )
+    await s.close()
+    # 25 batches of 1,000 lines committed; the 26th's offers went with it.
+    assert cursor == 25 * BIG_BATCH + 1
+    assert offers == sum(1 for line_id in range(1, 25 * BIG_BATCH + 1) if _late(line_id))
+
+    code, out = await _proc_batch(db_url, BIG_BATCH, "--die-in-notice-batch", "3")
+    assert code == -signal.SIGKILL, out
+    s = await open_store(db_url, migrate_schema=False)
+    async with s.connect() as conn:
+        offers = await conn.scalar(select(func.count()).select_from(delay_offers))
+        updates = await conn.scalar(select(func.count()).where(outbox.c.kind == ORDER_UPDATE))
+        cursor = await conn.scalar(
+            select(follow_on_cursors.c.next_line_id).where(follow_on_cursors.c.name == NOTICE)
+        )
+    await s.close()
+    # The policy ran to its end; two notice batches of the first pass committed, the third's
+    # notices went with it: the orders of lines 1-2,000 that are not late are told.
+    assert offers == late
+    assert (updates, cursor) == (sum(1 for i in range(1, 2 * BIG_BATCH + 1) if not _late(i)), 2001)
+
+    code, out = await _proc_batch(db_url, BIG_BATCH)
+    assert code == 0, out
+    states = []
+    for url in (db_url, before):
+        s = await open_store(url, migrate_schema=False)
+        if url == before:
+            async with s.begin() as conn:
+                await apply_delay_policy(conn, today=TODAY, now=NOW, policy=POLICY)
+                await queue_notices(conn, now=NOW)
+        async with s.connect() as conn:
+            states.append(await policy_state(conn))
+        await s.close()
+    assert len(states[0]["offers"]) == late
+    assert len(states[0]["notices"]) == BIG  # each late line's offer, each other line's move
     assert states[0] == states[1]
