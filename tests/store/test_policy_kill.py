@@ -10,11 +10,13 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import open_store
 from store.delays import apply_delay_policy
@@ -42,7 +44,7 @@ NOTICE_DIE_IN = 2  # the notices' batch 1 takes 100 marks, the kill comes inside
 
 
 def _dated(line_id: int) -> bool:
-    return (line_id - 1) % 3 != 0
+    return (line_id - 1) % 3 != 0  # every 3rd line undated
 
 
 def _late(line_id: int) -> bool:
@@ -72,13 +74,21 @@ async def _proc_batch(url: str, batch: int, *flags: str) -> tuple[int, str]:
     return int(p.returncode or 0), out.decode()
 
 
-async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
-    db_url: str, request: pytest.FixtureRequest
-) -> None:
-    s = await open_store(db_url)
-    async with s.begin() as conn:
-        await seed_catalog(conn, customers=5)
-        # Written the way a bulk load writes (store.demo): no marks; the first pass scans.
+async def _bulk_load(conn: AsyncConnection, lines: int, *, dated: Callable[[int], bool]) -> None:
+    """``lines`` one-line orders of the 5 customers, written the way a bulk load writes
+    (store.demo): no marks, the first pass scans. Every customer has a chat, linked before
+    these lines came (a link marks the lines it finds for the notices). A dated line is 5 to
+    50 days late unless _late says it was promised for day 100; an undated one waits."""
+    await seed_catalog(conn, customers=5)
+    await conn.execute(
+        insert(chats),
+        [
+            {"chat_id": 1000 + c, "customer_id": c, "created_at": T0, "updated_at": T0}
+            for c in range(1, 6)
+        ],
+    )
+    for start in range(0, lines, 10_000):
+        part = range(start, min(lines, start + 10_000))
         await conn.execute(
             insert(orders),
             [
@@ -89,7 +99,7 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
                     "priority": 0,
                     "currency": "EUR",
                 }
-                for i in range(LINES)
+                for i in part
             ],
         )
         await conn.execute(
@@ -104,24 +114,20 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
                     "unit_price_minor": 2999,
                     "queued_at": T0,
                     "promised_date": D0 + timedelta(days=10 if _late(i + 1) else 100),
-                    # Every 3rd line undated (_dated); the rest 5 to 50 days late.
-                    "projected_date": None
-                    if not _dated(i + 1)
-                    else D0 + timedelta(days=15 + i % 46),
+                    "projected_date": D0 + timedelta(days=15 + i % 46) if dated(i + 1) else None,
                 }
-                for i in range(LINES)
+                for i in part
             ],
         )
+
+
+async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
+    db_url: str, request: pytest.FixtureRequest
+) -> None:
+    s = await open_store(db_url)
+    async with s.begin() as conn:
+        await _bulk_load(conn, LINES, dated=_dated)
         await mark_lines(conn, MARKED)
-        # Every customer has a chat, linked before these lines came (a link marks the lines
-        # it finds for the notices).
-        await conn.execute(
-            insert(chats),
-            [
-                {"chat_id": 1000 + c, "customer_id": c, "created_at": T0, "updated_at": T0}
-                for c in range(1, 6)
-            ],
-        )
     await s.close()
     before = await clone(db_url, request, "before")
 
@@ -203,46 +209,7 @@ async def test_a_kill_in_the_middle_of_a_first_pass_over_50000_late_lines_loses_
     scratch on a copy taken before the kills."""
     s = await open_store(db_url)
     async with s.begin() as conn:
-        await seed_catalog(conn, customers=5)
-        await conn.execute(
-            insert(chats),
-            [
-                {"chat_id": 1000 + c, "customer_id": c, "created_at": T0, "updated_at": T0}
-                for c in range(1, 6)
-            ],
-        )
-        for start in range(0, BIG, 10_000):
-            part = range(start, start + 10_000)
-            await conn.execute(
-                insert(orders),
-                [
-                    {
-                        "order_number": str(300_000 + i),
-                        "customer_id": 1 + i % 5,
-                        "placed_at": T0,
-                        "priority": 0,
-                        "currency": "EUR",
-                    }
-                    for i in part
-                ],
-            )
-            await conn.execute(
-                insert(order_lines),
-                [
-                    {
-                        "order_id": i + 1,
-                        "line_no": 1,
-                        "sku": "KET-0001",
-                        "qty_ordered": 1,
-                        "qty_waiting": 1,
-                        "unit_price_minor": 2999,
-                        "queued_at": T0,
-                        "promised_date": D0 + timedelta(days=10 if _late(i + 1) else 100),
-                        "projected_date": D0 + timedelta(days=15 + i % 46),
-                    }
-                    for i in part
-                ],
-            )
+        await _bulk_load(conn, BIG, dated=lambda _: True)
     await s.close()
     before = await clone(db_url, request, "before")
     late = sum(1 for line_id in range(1, BIG + 1) if _late(line_id))
