@@ -146,6 +146,10 @@ class _WriterTurns:
         self.release()
 
 
+def _write_poll(tries: int) -> float:
+    return WRITE_POLL_SECONDS[min(tries, len(WRITE_POLL_SECONDS) - 1)]
+
+
 def _is_busy(exc: OperationalError) -> bool:
     code = getattr(exc.orig, "sqlite_errorcode", None)
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -173,7 +177,7 @@ async def _begin_immediate_polling(conn: AsyncConnection, *, checkpoint: bool = 
             except OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
-            await asyncio.sleep(WRITE_POLL_SECONDS[min(tries, len(WRITE_POLL_SECONDS) - 1)])
+            await asyncio.sleep(_write_poll(tries))
             tries += 1
     finally:
         # Statements inside the transaction never wait for the lock (it is held); the
@@ -231,24 +235,30 @@ class Store:
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         tries = 0
         while True:
-            inline: Connection | None = None
             try:
-                inline = self._inline_writer.connect()
-                inline.begin()  # BEGIN IMMEDIATE: the write lock now, or "locked" at once
-                return inline
-            except OperationalError as exc:
-                if inline is not None:
-                    inline.close()
-                if not _is_busy(exc):
-                    return None
+                return self._file_lock_once()
+            except OperationalError:
                 if time.monotonic() >= deadline:
                     raise
-            except BaseException:
-                if inline is not None:
-                    inline.close()
-                raise
-            await asyncio.sleep(WRITE_POLL_SECONDS[min(tries, len(WRITE_POLL_SECONDS) - 1)])
+            await asyncio.sleep(_write_poll(tries))
             tries += 1
+
+    def _file_lock_once(self) -> Connection | None:
+        """One try for `_file_lock`: the connection holding the lock, None when the file
+        cannot be opened here; SQLite's busy error while another connection holds it."""
+        assert self._inline_writer is not None
+        inline = self._inline_writer.connect()
+        try:
+            inline.begin()  # BEGIN IMMEDIATE: the write lock now, or "locked" at once
+            return inline
+        except OperationalError as exc:
+            inline.close()
+            if not _is_busy(exc):
+                return None
+            raise
+        except BaseException:
+            inline.close()
+            raise
 
     @asynccontextmanager
     async def begin(
@@ -366,25 +376,19 @@ class Store:
     def _batch_inline(self, batch: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> Any:
         """In the batch thread: SQLite's write lock polled for as `_file_lock` does (the
         thread may sleep), then the batch run to its end and committed."""
-        assert self._inline_writer is not None
         deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
         tries = 0
         while True:
-            conn = self._inline_writer.connect()
             try:
-                conn.begin()  # BEGIN IMMEDIATE: the write lock now, or "locked" at once
+                conn = self._file_lock_once()
                 break
-            except OperationalError as exc:
-                conn.close()
-                if not _is_busy(exc):
-                    return _NO_FILE
+            except OperationalError:
                 if time.monotonic() >= deadline:
                     raise
-            except BaseException:
-                conn.close()
-                raise
-            time.sleep(WRITE_POLL_SECONDS[min(tries, len(WRITE_POLL_SECONDS) - 1)])
+            time.sleep(_write_poll(tries))
             tries += 1
+        if conn is None:
+            return _NO_FILE
         try:
             result = _run_to_end(batch(cast(AsyncConnection, _InlineConnection(conn))))
             conn.commit()
