@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
 from store.events import log_event
-from store.marks import STAGES, insert_ignoring, mark_lines
+from store.marks import CHUNK, STAGES, in_ids, insert_ignoring, mark_lines
 from store.schema import (
     customers,
     events,
@@ -933,19 +933,27 @@ async def _walk(
                 else after
             )
     now = utcnow()
-    if moved:
-        await conn.execute(
-            update(order_lines)
-            .where(c.line_id == bindparam("b_line"))
-            .values(
-                # The right-hand side sees the row as it was: the old date becomes the previous.
-                previous_projected_date=c.projected_date,
-                projected_date=bindparam("b_date"),
-                projected_changed_at=now,
-                waits_for_restock_id=bindparam("b_restock"),
-            ),
-            moved,
-        )
+    # One UPDATE per new (date, restock), the lines' ids in a list: the lines a change moves
+    # mostly share both. Row by row, SQLAlchemy's parameter processing (a timestamp per row)
+    # cost more than SQLite's update.
+    by_date: dict[tuple[date | None, str | None], list[int]] = {}
+    for d in moved:
+        by_date.setdefault((d["b_date"], d["b_restock"]), []).append(d["b_line"])
+    for (when, rid), ids in by_date.items():
+        for at in range(0, len(ids), CHUNK):
+            await conn.execute(
+                update(order_lines)
+                .where(in_ids(conn, c.line_id, ids[at : at + CHUNK]))
+                .values(
+                    # The right-hand side sees the row as it was: the old date becomes the
+                    # previous.
+                    previous_projected_date=c.projected_date,
+                    projected_date=bindparam("b_date", type_=c.projected_date.type),
+                    projected_changed_at=bindparam("b_now", type_=c.projected_changed_at.type),
+                    waits_for_restock_id=bindparam("b_restock", type_=c.waits_for_restock_id.type),
+                ),
+                {"b_date": when, "b_now": now, "b_restock": rid},
+            )
     if rehomed:
         await conn.execute(
             update(order_lines)

@@ -52,6 +52,9 @@ from store.marks import (
     DELAY,
     NOTICE,
     advance,
+    id_list,
+    in_ids,
+    in_list,
     insert_ignoring,
     mark_lines,
     run_sized_batches,
@@ -380,7 +383,9 @@ async def follow_on_batch(
     unheard: set[int] = set()  # orders of customers without a chat
     for at in range(0, len(ids), IN_CHUNK):
         part = ids[at : at + IN_CHUNK]
-        await conn.execute(delete(follow_on_marks).where(m.stage == DELAY, m.line_id.in_(part)))
+        await conn.execute(
+            delete(follow_on_marks).where(m.stage == DELAY, in_ids(conn, m.line_id, part))
+        )
         offered += await _offer_lines(conn, today, now, policy, _one_of(part))
         for line_id, order_id, chat_id in await conn.execute(
             select(ol.line_id, ol.order_id, chats.c.chat_id)
@@ -389,7 +394,7 @@ async def follow_on_batch(
                     chats, chats.c.customer_id == orders.c.customer_id
                 )
             )
-            .where(ol.line_id.in_(part))
+            .where(in_ids(conn, ol.line_id, part))
         ):
             order_of[int(line_id)] = int(order_id)
             if chat_id is None:
@@ -408,7 +413,7 @@ async def follow_on_batch(
                     select(ol.line_id)
                     .select_from(order_lines.join(orders, orders.c.order_id == ol.order_id))
                     .where(
-                        ol.order_id.in_(unheard_part),
+                        in_ids(conn, ol.order_id, unheard_part),
                         ~select(chats.c.chat_id)
                         .where(chats.c.customer_id == orders.c.customer_id)
                         .exists(),
@@ -430,14 +435,14 @@ async def follow_on_batch(
         await conn.execute(
             delete(follow_on_marks).where(
                 m.stage == NOTICE,
-                m.line_id.in_(select(ol.line_id).where(ol.order_id.in_(part))),
+                m.line_id.in_(select(ol.line_id).where(in_ids(conn, ol.order_id, part))),
             )
         )
         report = await queue_notices(
             conn,
             threshold_days=threshold_days,
             now=now,
-            orders_where=ol.order_id.in_(part),
+            orders_where=in_ids(conn, ol.order_id, part),
             back_in_stock=False,
         )
         notices += report.notices
@@ -482,7 +487,7 @@ async def _orders_held(conn: AsyncConnection, order_ids: list[int], policy_below
     rows = await conn.scalars(
         select(mine.c.order_id)
         .where(
-            mine.c.order_id.in_(order_ids),
+            in_ids(conn, mine.c.order_id, order_ids),
             or_(
                 mine.c.line_id >= policy_below,
                 marked,
@@ -502,9 +507,9 @@ class _Lines:
     kind: Literal["ids", "range"]
     values: dict[str, Any]
 
-    def where(self, column: ColumnElement[int]) -> ColumnElement[bool]:
+    def where(self, dialect: str, column: ColumnElement[int]) -> ColumnElement[bool]:
         if self.kind == "ids":
-            return column.in_(bindparam("w_ids", expanding=True))
+            return in_list(dialect, column, id_list("w_ids"))
         return column.between(bindparam("w_lo"), bindparam("w_hi"))
 
 
@@ -586,7 +591,8 @@ def _offers_insert(conn: AsyncConnection, policy: DelayPolicy, which: _Lines) ->
         .correlate(order_lines)
         .scalar_subquery()
     )
-    lite = conn.dialect.name == "sqlite"
+    dialect = conn.dialect.name
+    lite = dialect == "sqlite"
     # promise_of, is_delayed and the rules below, in SQL.
     promise = func.coalesce(
         ol.promised_date, _plus_days(lite, orders.c.placed_at, policy.default_ship_days)
@@ -626,11 +632,11 @@ def _offers_insert(conn: AsyncConnection, policy: DelayPolicy, which: _Lines) ->
                 # which on the offers too: PostgreSQL, whose statistics were taken when the
                 # table was small, otherwise read every offer of the store for each batch.
                 (latest.c.line_id == ol.line_id)
-                & which.where(latest.c.line_id)
+                & which.where(dialect, latest.c.line_id)
                 & (latest.c.seq == newest_seq),
             )
         )
-        .where(which.where(ol.line_id), ol.qty_waiting > 0)
+        .where(which.where(dialect, ol.line_id), ol.qty_waiting > 0)
         .where(ol.projected_date.is_(None) | (ol.projected_date > promise))  # delayed
         # Never offered yet, or delayed past the date of an offer still standing (open or
         # consented). Cancelled, with the agents, or consent with no date: no new offer.
@@ -692,6 +698,7 @@ async def _tell_offers(conn: AsyncConnection, now: datetime, made: _Lines) -> No
 def _tell_statements(conn: AsyncConnection, made: _Lines) -> tuple[Any, Any, Any]:
     d = delay_offers.c
     ol = order_lines.c
+    dialect = conn.dialect.name
     new = delay_offers.alias("new")
     prev = delay_offers.alias("prev")
     # Found through the new offers (primary key, then (line_id, seq)). A plain status =
@@ -708,7 +715,7 @@ def _tell_statements(conn: AsyncConnection, made: _Lines) -> tuple[Any, Any, Any
                     )
                 )
                 .where(
-                    made.where(new.c.offer_id),
+                    made.where(dialect, new.c.offer_id),
                     new.c.seq > 1,
                     func.coalesce(prev.c.status, "") == "open",
                 )
@@ -741,7 +748,7 @@ def _tell_statements(conn: AsyncConnection, made: _Lines) -> tuple[Any, Any, Any
             bindparam("w_created", type_=UTCDateTime()),
         )
         .select_from(delay_offers.join(chats, chats.c.customer_id == d.customer_id))
-        .where(made.where(d.offer_id))
+        .where(made.where(dialect, d.offer_id))
         .order_by(d.offer_id),
     )
     # The offer tells the new date; a plain date-change notice about it would repeat it. A
@@ -753,7 +760,7 @@ def _tell_statements(conn: AsyncConnection, made: _Lines) -> tuple[Any, Any, Any
             ol.line_id.in_(
                 select(d.line_id)
                 .select_from(delay_offers.join(chats, chats.c.customer_id == d.customer_id))
-                .where(made.where(d.offer_id))
+                .where(made.where(dialect, d.offer_id))
             )
         )
         .values(last_told_date=ol.projected_date, last_told_at=bindparam("w_now"))

@@ -11,6 +11,7 @@ of the stage's cursor row) in line_id ranges.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -19,9 +20,26 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Protocol, Self, TypeVar
 
-from sqlalchemy import String, Table, delete, func, literal, literal_column, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from store.db import Store
 from store.schema import (
@@ -188,6 +206,46 @@ def insert_ignoring(conn: AsyncConnection, table: Table) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     raise NotImplementedError(f"ON CONFLICT DO NOTHING on {dialect}")
+
+
+class _IdList(TypeDecorator[list[int]]):
+    """A list of ids bound as one parameter: an integer array on PostgreSQL, a JSON array
+    (for json_each) on SQLite."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.ARRAY(Integer))
+        return dialect.type_descriptor(String())
+
+    def process_bind_param(self, value: Sequence[int] | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "postgresql":
+            return [int(i) for i in value]
+        return json.dumps([int(i) for i in value])
+
+
+def id_list(name: str | None = None, ids: Sequence[int] | None = None) -> BindParameter[Any]:
+    """A parameter for ``in_list``: named (its ids given at execution) or holding ``ids``."""
+    return bindparam(name, ids, type_=_IdList())
+
+
+def in_list(dialect: str, column: ColumnElement[int], ids: BindParameter[Any]) -> Any:
+    """``column`` is one of the ids of ``ids`` (an ``id_list``). The statement's text is the
+    same for any list, so it is compiled and prepared once: an IN of ids, one parameter
+    each, had SQLAlchemy coerce and render every id (a third of a big date change's Python)
+    and the driver prepare a new statement for every new length."""
+    if dialect == "postgresql":
+        return column == any_(ids)
+    return column.in_(select(literal_column("value")).select_from(func.json_each(ids)))
+
+
+def in_ids(conn: AsyncConnection, column: ColumnElement[int], ids: Sequence[int]) -> Any:
+    """``in_list`` with the ids bound now."""
+    return in_list(conn.dialect.name, column, id_list(ids=ids))
 
 
 async def mark_lines(

@@ -47,6 +47,7 @@ from store.marks import (
     NOTICE,
     advance,
     cursor_of,
+    in_ids,
     run_sized_batches,
     take_turn,
 )
@@ -635,7 +636,7 @@ async def _attach_shipments(
                     shipments, shipments.c.shipment_id == shipment_lines.c.shipment_id
                 )
             )
-            .where(shipment_lines.c.line_id.in_(part))
+            .where(in_ids(conn, shipment_lines.c.line_id, part))
             .order_by(shipments.c.created_at)
         )
         for r in rows:
@@ -675,37 +676,33 @@ async def _merge_undelivered(
     merged = 0
     for part in _chunks(customer_ids, IN_CHUNK):
         # Usually nothing of theirs is waiting: one look through the (customer_id, status)
-        # index, not an UPDATE. A look for any unsent notice of the store read past every
-        # pending offer in the (status, not_before) index (8.6 ms a batch once a big change
-        # had queued thousands).
-        waiting = select(outbox.c.outbox_id).where(outbox.c.customer_id.in_(part), *unsent)
-        if await conn.scalar(waiting.limit(1)) is None:
+        # index. A look for any unsent notice of the store read past every pending offer in
+        # the (status, not_before) index (8.6 ms a batch once a big change had queued
+        # thousands). What is waiting is mostly about their other orders (a big change tells
+        # a customer's orders in different batches): only the notices of these orders are
+        # written, not every one superseded and then put back.
+        mine = [
+            row.outbox_id
+            for row in await conn.execute(
+                select(outbox.c.outbox_id, outbox.c.payload).where(
+                    in_ids(conn, outbox.c.customer_id, part), *unsent
+                )
+            )
+            if json.loads(row.payload)["order_id"] in by_order
+        ]
+        if not mine:
             continue
+        # Asked again in the statement: another process may have claimed one meanwhile.
         result = await conn.execute(
             update(outbox)
-            .where(
-                outbox.c.customer_id.in_(part),
-                *unsent,
-                # Only orders in this change; checked again below on the payload.
-            )
+            .where(in_ids(conn, outbox.c.outbox_id, mine), *unsent)
             .values(status="superseded", last_error="merged into a newer notice")
-            .returning(outbox.c.outbox_id, outbox.c.payload)
+            .returning(outbox.c.payload)
         )
-        back: list[int] = []
         for row in result.all():
             payload = json.loads(row.payload)
-            entries = by_order.get(payload["order_id"])
-            if entries is None:
-                back.append(row.outbox_id)
-                continue
             merged += 1
-            _fold(payload["lines"], entries)
-        if back:
-            await conn.execute(
-                update(outbox)
-                .where(outbox.c.outbox_id.in_(back))
-                .values(status="pending", last_error=None)
-            )
+            _fold(payload["lines"], by_order[payload["order_id"]])
     return merged
 
 
