@@ -37,7 +37,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
 from store.events import log_event
-from store.marks import CHUNK, STAGES, in_ids, insert_ignoring, mark_lines
+from store.marks import (
+    CHUNK,
+    STAGES,
+    built_once,
+    id_list,
+    in_list,
+    insert_ignoring,
+    mark_lines,
+)
 from store.schema import (
     customers,
     events,
@@ -159,11 +167,14 @@ async def _lock_stock(conn: AsyncConnection, skus: Sequence[str]) -> None:
     )
 
 
+_STOCK = select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == bindparam("s_sku"))
+_STOCK_LOCKED = _STOCK.with_for_update()
+
+
 async def free_stock(conn: AsyncConnection, sku: str, *, lock: bool = False) -> int:
     """Units of ``sku`` on hand and not allocated; ``lock``: holding the stock row (see
     _lock_stock), for a caller that allocates them."""
-    query = select(stock.c.on_hand, stock.c.allocated).where(stock.c.sku == sku)
-    row = (await conn.execute(query.with_for_update() if lock else query)).first()
+    row = (await conn.execute(_STOCK_LOCKED if lock else _STOCK, {"s_sku": sku})).first()
     return 0 if row is None else int(row.on_hand - row.allocated)
 
 
@@ -780,30 +791,135 @@ async def _claim(conn: AsyncConnection, sku: str | None) -> Any:
     """The first statement of a batch: a write (SQLite's write lock taken before anything is
     read), the pending row of ``sku`` or the one asked for longest ago. On PostgreSQL rows
     held by another batch or a change in flight are skipped: two processes walk two SKUs."""
+    claim = built_once(
+        ("claim", conn.dialect.name, sku is None), lambda: _claim_statement(conn, sku is None)
+    )
+    values: dict[str, Any] = {"c_at": utcnow()}
+    if sku is not None:
+        values["c_sku"] = sku
+    return (await conn.execute(claim, values)).first()
+
+
+def _claim_statement(conn: AsyncConnection, any_sku: bool) -> Any:
     p = sku_projections.c
     pick = select(p.sku).where(p.pending.is_(True))
-    if sku is not None:
-        pick = pick.where(p.sku == sku)
+    if not any_sku:
+        pick = pick.where(p.sku == bindparam("c_sku"))
     pick = pick.order_by(p.requested_at, p.sku).limit(1)
     if conn.dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     return (
-        await conn.execute(
-            update(sku_projections)
-            .where(p.sku == pick.scalar_subquery(), p.pending.is_(True))
-            .values(batches=p.batches + 1, updated_at=utcnow())
-            .returning(
-                p.sku,
-                p.generation,
-                p.after_rank,
-                p.after_at,
-                p.after_line,
-                p.need_before,
-                p.lines_before,
-                p.moved,
-            )
+        update(sku_projections)
+        .where(p.sku == pick.scalar_subquery(), p.pending.is_(True))
+        .values(batches=p.batches + 1, updated_at=bindparam("c_at", type_=p.updated_at.type))
+        .returning(
+            p.sku,
+            p.generation,
+            p.after_rank,
+            p.after_at,
+            p.after_line,
+            p.need_before,
+            p.lines_before,
+            p.moved,
         )
-    ).first()
+    )
+
+
+def _key_of(prefix: str) -> Any:
+    """A queue key (queue_rank, queued_at, line_id) as three parameters (``_key_params``)."""
+    c = order_lines.c
+    return tuple_(
+        bindparam(f"{prefix}_rank", type_=c.queue_rank.type),
+        bindparam(f"{prefix}_at", type_=c.queued_at.type),
+        bindparam(f"{prefix}_line", type_=c.line_id.type),
+    )
+
+
+def _key_params(prefix: str, key: tuple[int, datetime, int]) -> dict[str, Any]:
+    return {f"{prefix}_rank": key[0], f"{prefix}_at": key[1], f"{prefix}_line": key[2]}
+
+
+# A walk's statements, built once (see store.marks.built_once).
+_COVER = (
+    select(
+        restocks.c.restock_id, restocks.c.expected_date, restocks.c.qty - restocks.c.qty_received
+    )
+    .where(restocks.c.sku == bindparam("w_sku"), restocks.c.status == "open")
+    .order_by(restocks.c.expected_date, restocks.c.restock_id)
+)
+_QUEUE_HEAD = (
+    select(
+        order_lines.c.line_id,
+        order_lines.c.qty_waiting,
+        order_lines.c.projected_date,
+        order_lines.c.waits_for_restock_id,
+        order_lines.c.queue_rank,
+        order_lines.c.queued_at,
+    )
+    .where(order_lines.c.sku == bindparam("w_sku"), order_lines.c.qty_waiting > literal_column("0"))
+    .order_by(order_lines.c.queue_rank, order_lines.c.queued_at, order_lines.c.line_id)
+    .limit(bindparam("w_limit"))
+)
+_QUEUE_ON = _QUEUE_HEAD.where(_queue_key() > _key_of("w_after"))
+_REHOME = (
+    update(order_lines)
+    .where(order_lines.c.line_id == bindparam("b_line"))
+    .values(waits_for_restock_id=bindparam("b_restock"))
+)
+_QUEUE_MARKS = insert(queue_marks)
+
+
+def _wipe_statement(after: bool, upto: bool) -> Any:
+    """The queue marks of a stretch walked: past ``q_after`` (``after``), up to ``q_upto``
+    (``upto``; else to the back of the queue)."""
+
+    def build() -> Any:
+        m = queue_marks.c
+        key = tuple_(m.queue_rank, m.queued_at, m.line_id)
+        wipe = delete(queue_marks).where(m.sku == bindparam("q_sku"))
+        if after:
+            wipe = wipe.where(key > _key_of("q_after"))
+        if upto:
+            wipe = wipe.where(key <= _key_of("q_upto"))
+        return wipe
+
+    return built_once(("wipe queue marks", after, upto), build)
+
+
+def _walk_cursor(**cursor: Any) -> Any:
+    p = sku_projections.c
+    return (
+        update(sku_projections)
+        .where(p.sku == bindparam("p_sku"))
+        .values(moved=p.moved + bindparam("p_moved", type_=p.moved.type), **cursor)
+    )
+
+
+_WALK_DONE = _walk_cursor(
+    pending=False, after_rank=None, after_at=None, after_line=None, need_before=0, lines_before=0
+)
+_WALK_ON = _walk_cursor(
+    after_rank=bindparam("p_rank", type_=sku_projections.c.after_rank.type),
+    after_at=bindparam("p_at", type_=sku_projections.c.after_at.type),
+    after_line=bindparam("p_line", type_=sku_projections.c.after_line.type),
+    need_before=bindparam("p_need", type_=sku_projections.c.need_before.type),
+    lines_before=bindparam("p_ahead", type_=sku_projections.c.lines_before.type),
+)
+
+
+def _move_statement(conn: AsyncConnection) -> Any:
+    c = order_lines.c
+    return (
+        update(order_lines)
+        .where(in_list(conn.dialect.name, c.line_id, id_list("b_lines")))
+        .values(
+            # The right-hand side sees the row as it was: the old date becomes the previous.
+            previous_projected_date=c.projected_date,
+            projected_date=bindparam("b_date", type_=c.projected_date.type),
+            projected_changed_at=bindparam("b_now", type_=c.projected_changed_at.type),
+            waits_for_restock_id=bindparam("b_restock", type_=c.waits_for_restock_id.type),
+        )
+    )
 
 
 async def _walk(
@@ -824,35 +940,17 @@ async def _walk(
     began = time.monotonic()
     sku = row.sku
     c = order_lines.c
-    r = restocks.c
-    free = await free_stock(conn, sku)
-    bounds: list[tuple[int, str, date]] = []
-    cover = free
-    for rr in await conn.execute(
-        select(r.restock_id, r.expected_date, r.qty - r.qty_received)
-        .where(r.sku == sku, r.status == "open")
-        .order_by(r.expected_date, r.restock_id)
-    ):
-        cover += int(rr[2])
-        bounds.append((cover, rr[0], rr[1]))
-    q = (
-        select(
-            c.line_id,
-            c.qty_waiting,
-            c.projected_date,
-            c.waits_for_restock_id,
-            c.queue_rank,
-            c.queued_at,
-        )
-        .where(c.sku == sku, c.qty_waiting > literal_column("0"))
-        .order_by(c.queue_rank, c.queued_at, c.line_id)
-        .limit(limit)
-    )
+    bounds = await _bounds(conn, sku)
     after = None
-    if row.after_line is not None:
+    if row.after_line is None:
+        lines = (await conn.execute(_QUEUE_HEAD, {"w_sku": sku, "w_limit": limit})).all()
+    else:
         after = (int(row.after_rank), row.after_at, int(row.after_line))
-        q = q.where(_queue_key() > _key_value(after))
-    lines = (await conn.execute(q)).all()
+        lines = (
+            await conn.execute(
+                _QUEUE_ON, {"w_sku": sku, "w_limit": limit, **_key_params("w_after", after)}
+            )
+        ).all()
     need = int(row.need_before)
     ahead = int(row.lines_before)
     at = 0  # bounds[at] is the first restock whose range may still cover the running need
@@ -939,28 +1037,15 @@ async def _walk(
     by_date: dict[tuple[date | None, str | None], list[int]] = {}
     for d in moved:
         by_date.setdefault((d["b_date"], d["b_restock"]), []).append(d["b_line"])
+    move = built_once(("walk move", conn.dialect.name), lambda: _move_statement(conn))
     for (when, rid), ids in by_date.items():
         for at in range(0, len(ids), CHUNK):
             await conn.execute(
-                update(order_lines)
-                .where(in_ids(conn, c.line_id, ids[at : at + CHUNK]))
-                .values(
-                    # The right-hand side sees the row as it was: the old date becomes the
-                    # previous.
-                    previous_projected_date=c.projected_date,
-                    projected_date=bindparam("b_date", type_=c.projected_date.type),
-                    projected_changed_at=bindparam("b_now", type_=c.projected_changed_at.type),
-                    waits_for_restock_id=bindparam("b_restock", type_=c.waits_for_restock_id.type),
-                ),
-                {"b_date": when, "b_now": now, "b_restock": rid},
+                move,
+                {"b_lines": ids[at : at + CHUNK], "b_date": when, "b_now": now, "b_restock": rid},
             )
     if rehomed:
-        await conn.execute(
-            update(order_lines)
-            .where(c.line_id == bindparam("b_line"))
-            .values(waits_for_restock_id=bindparam("b_restock")),
-            rehomed,
-        )
+        await conn.execute(_REHOME, rehomed)
     # Every line written: a moved date or a new awaited restock is what the follow-on work
     # looks at again (store.marks).
     written = tuple(sorted(d["b_line"] for d in (*moved, *rehomed)))
@@ -968,38 +1053,31 @@ async def _walk(
         await mark_lines(conn, written)
     # The queue marks of the stretch walked, counted on from the cursor; at the back of the
     # queue, every mark beyond it goes too.
-    m = queue_marks.c
-    mark_key = tuple_(m.queue_rank, m.queued_at, m.line_id)
-    wipe = delete(queue_marks).where(m.sku == sku)
-    if after is not None:
-        wipe = wipe.where(mark_key > _key_value(after))
-    if not done and last is not None:
-        wipe = wipe.where(mark_key <= _key_value(last))
     if done or last != after:
-        await conn.execute(wipe)
+        upto = None if done else last
+        wipe: dict[str, Any] = {"q_sku": sku}
+        if after is not None:
+            wipe.update(_key_params("q_after", after))
+        if upto is not None:
+            wipe.update(_key_params("q_upto", upto))
+        await conn.execute(_wipe_statement(after is not None, upto is not None), wipe)
     if qmarks:
-        await conn.execute(insert(queue_marks), qmarks)
-    p = sku_projections.c
+        await conn.execute(_QUEUE_MARKS, qmarks)
     if done:
-        cursor: dict[str, Any] = {
-            "pending": False,
-            "after_rank": None,
-            "after_at": None,
-            "after_line": None,
-            "need_before": 0,
-            "lines_before": 0,
-        }
+        await conn.execute(_WALK_DONE, {"p_sku": sku, "p_moved": len(moved)})
     else:
-        cursor = {
-            "after_rank": None if last is None else last[0],
-            "after_at": None if last is None else last[1],
-            "after_line": None if last is None else last[2],
-            "need_before": need,
-            "lines_before": ahead,
-        }
-    await conn.execute(
-        update(sku_projections).where(p.sku == sku).values(moved=p.moved + len(moved), **cursor)
-    )
+        await conn.execute(
+            _WALK_ON,
+            {
+                "p_sku": sku,
+                "p_moved": len(moved),
+                "p_rank": None if last is None else last[0],
+                "p_at": None if last is None else last[1],
+                "p_line": None if last is None else last[2],
+                "p_need": need,
+                "p_ahead": ahead,
+            },
+        )
     if moved_info:
         await log_event(
             conn,
@@ -1255,14 +1333,9 @@ async def place_order(
 async def _bounds(conn: AsyncConnection, sku: str) -> list[tuple[int, str, date]]:
     """The open restocks of ``sku`` in date order, each with the queue's units it covers up
     to (free stock first, then each restock's open quantity: project_dates's rule)."""
-    r = restocks.c
     cover = await free_stock(conn, sku)
     bounds: list[tuple[int, str, date]] = []
-    for rr in await conn.execute(
-        select(r.restock_id, r.expected_date, r.qty - r.qty_received)
-        .where(r.sku == sku, r.status == "open")
-        .order_by(r.expected_date, r.restock_id)
-    ):
+    for rr in await conn.execute(_COVER, {"w_sku": sku}):
         cover += int(rr[2])
         bounds.append((cover, rr[0], rr[1]))
     return bounds

@@ -52,14 +52,16 @@ from store.marks import (
     DELAY,
     NOTICE,
     advance,
+    built_once,
     id_list,
-    in_ids,
     in_list,
     insert_ignoring,
     mark_lines,
     run_sized_batches,
     take_marks,
     take_turn,
+    unmark_lines,
+    unmark_orders,
 )
 from store.outbox import (
     DELAY_CANCELLED,
@@ -367,35 +369,19 @@ async def follow_on_batch(
     run = FollowRun(walked.lines, walked.moved, 0, 0, 0, walked.batches, walked.more, used=len(ids))
     if not ids:
         return run
-    d = delay_offers.c
-    due = await conn.scalar(
-        select(d.offer_id)
-        .where(d.status == "open", d.consent_needed.is_(True), d.answer_by < today)
-        .limit(1)
-    )
+    due = await conn.scalar(_ANY_DUE, {"today": today})
     if due is not None:
         await mark_lines(conn, ids)
         return run
-    m = follow_on_marks.c
-    ol = order_lines.c
     offered = 0
     order_of: dict[int, int] = {}
     unheard: set[int] = set()  # orders of customers without a chat
     for at in range(0, len(ids), IN_CHUNK):
         part = ids[at : at + IN_CHUNK]
-        await conn.execute(
-            delete(follow_on_marks).where(m.stage == DELAY, in_ids(conn, m.line_id, part))
-        )
+        await unmark_lines(conn, part, DELAY)
         offered += await _offer_lines(conn, today, now, policy, _one_of(part))
-        for line_id, order_id, chat_id in await conn.execute(
-            select(ol.line_id, ol.order_id, chats.c.chat_id)
-            .select_from(
-                order_lines.join(orders, orders.c.order_id == ol.order_id).outerjoin(
-                    chats, chats.c.customer_id == orders.c.customer_id
-                )
-            )
-            .where(in_ids(conn, ol.line_id, part))
-        ):
+        heard = built_once(("heard", conn.dialect.name), lambda: _heard_statement(conn))
+        for line_id, order_id, chat_id in (await conn.execute(heard, {"h_ids": part})).all():
             order_of[int(line_id)] = int(order_id)
             if chat_id is None:
                 unheard.add(int(order_id))
@@ -406,21 +392,10 @@ async def follow_on_batch(
     unheard_ids = sorted(unheard)
     for at in range(0, len(unheard_ids), IN_CHUNK):
         unheard_part = unheard_ids[at : at + IN_CHUNK]
-        await conn.execute(
-            delete(follow_on_marks).where(
-                m.stage == NOTICE,
-                m.line_id.in_(
-                    select(ol.line_id)
-                    .select_from(order_lines.join(orders, orders.c.order_id == ol.order_id))
-                    .where(
-                        in_ids(conn, ol.order_id, unheard_part),
-                        ~select(chats.c.chat_id)
-                        .where(chats.c.customer_id == orders.c.customer_id)
-                        .exists(),
-                    )
-                ),
-            )
+        unheard_marks = built_once(
+            ("unheard marks", conn.dialect.name), lambda: _unheard_marks_statement(conn)
         )
+        await conn.execute(unheard_marks, {"h_ids": unheard_part})
     orders_in = sorted(set(order_of.values()) - unheard)
     held: set[int] = set()
     for at in range(0, len(orders_in), IN_CHUNK):
@@ -432,18 +407,9 @@ async def follow_on_batch(
     for at in range(0, len(ready), IN_CHUNK):
         part = ready[at : at + IN_CHUNK]
         # Every notice mark of these orders goes: their lines are all looked at below.
-        await conn.execute(
-            delete(follow_on_marks).where(
-                m.stage == NOTICE,
-                m.line_id.in_(select(ol.line_id).where(in_ids(conn, ol.order_id, part))),
-            )
-        )
+        await unmark_orders(conn, part, NOTICE)
         report = await queue_notices(
-            conn,
-            threshold_days=threshold_days,
-            now=now,
-            orders_where=in_ids(conn, ol.order_id, part),
-            back_in_stock=False,
+            conn, threshold_days=threshold_days, now=now, order_ids=part, back_in_stock=False
         )
         notices += report.notices
     return FollowRun(
@@ -458,11 +424,62 @@ async def follow_on_batch(
     )
 
 
+_ANY_DUE = (
+    select(delay_offers.c.offer_id)
+    .where(
+        delay_offers.c.status == "open",
+        delay_offers.c.consent_needed.is_(True),
+        delay_offers.c.answer_by < bindparam("today", type_=Date),
+    )
+    .limit(1)
+)
+
+
+def _heard_statement(conn: AsyncConnection) -> Any:
+    """Lines ``h_ids`` with their order and their customer's chat (None: no chat)."""
+    ol = order_lines.c
+    return (
+        select(ol.line_id, ol.order_id, chats.c.chat_id)
+        .select_from(
+            order_lines.join(orders, orders.c.order_id == ol.order_id).outerjoin(
+                chats, chats.c.customer_id == orders.c.customer_id
+            )
+        )
+        .where(in_list(conn.dialect.name, ol.line_id, id_list("h_ids")))
+    )
+
+
+def _unheard_marks_statement(conn: AsyncConnection) -> Any:
+    """The notice marks of the orders ``h_ids`` whose customer has no chat (asked in the
+    statement: a chat linked meanwhile keeps them)."""
+    ol = order_lines.c
+    m = follow_on_marks.c
+    return delete(follow_on_marks).where(
+        m.stage == NOTICE,
+        m.line_id.in_(
+            select(ol.line_id)
+            .select_from(order_lines.join(orders, orders.c.order_id == ol.order_id))
+            .where(
+                in_list(conn.dialect.name, ol.order_id, id_list("h_ids")),
+                ~select(chats.c.chat_id)
+                .where(chats.c.customer_id == orders.c.customer_id)
+                .exists(),
+            )
+        ),
+    )
+
+
 async def _orders_held(conn: AsyncConnection, order_ids: list[int], policy_below: int) -> list[int]:
     """Of ``order_ids``, the orders a notice must wait for: a line the delay policy still owes
     a look (marked for it, or at or past its first pass's cursor, ``policy_below``), or a
     waiting line a projection's walk has not reached yet (its SKU's walk pending, the line
     past its cursor), whose date may still move."""
+    held = built_once(("held", conn.dialect.name), lambda: _held_statement(conn))
+    rows = await conn.scalars(held, {"h_ids": order_ids, "h_below": policy_below})
+    return [int(i) for i in rows]
+
+
+def _held_statement(conn: AsyncConnection) -> Any:
     mine = order_lines.alias("mine")
     owed = follow_on_marks.alias("owed")
     p = sku_projections.c
@@ -484,25 +501,24 @@ async def _orders_held(conn: AsyncConnection, order_ids: list[int], policy_below
         .where(owed.c.stage == DELAY, owed.c.line_id == mine.c.line_id)
         .exists()
     )
-    rows = await conn.scalars(
+    return (
         select(mine.c.order_id)
         .where(
-            in_ids(conn, mine.c.order_id, order_ids),
+            in_list(conn.dialect.name, mine.c.order_id, id_list("h_ids")),
             or_(
-                mine.c.line_id >= policy_below,
+                mine.c.line_id >= bindparam("h_below", type_=mine.c.line_id.type),
                 marked,
                 (mine.c.qty_waiting > 0) & unwalked,
             ),
         )
         .distinct()
     )
-    return [int(i) for i in rows]
 
 
 @dataclass(frozen=True)
 class _Lines:
     """Which rows a policy statement is about: ids in a list, or a range of ids. Bound as
-    parameters of a statement built once (see _policy_statement), not built into it."""
+    parameters of a statement built once (see store.marks.built_once), not built into it."""
 
     kind: Literal["ids", "range"]
     values: dict[str, Any]
@@ -521,19 +537,6 @@ def _between(first: int, last: int) -> _Lines:
     return _Lines("range", {"w_lo": first, "w_hi": last})
 
 
-# The policy's statements, built once per dialect, policy and kind of _Lines: building one
-# and working out its cache key cost more than SQLite's work on a batch's lines (a batch of a
-# big date change runs five of them; 5 ms of each 30 ms batch on the 1M-order store).
-_STATEMENTS: dict[tuple[Any, ...], Any] = {}
-
-
-def _policy_statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
-    statement = _STATEMENTS.get(key)
-    if statement is None:
-        statement = _STATEMENTS[key] = build()
-    return statement
-
-
 async def _offer_lines(
     conn: AsyncConnection,
     today: date,
@@ -547,7 +550,7 @@ async def _offer_lines(
     marks their lines told. Python sees only the new offers' ids: building the offers row by
     row cost more in SQLAlchemy's parameter processing alone than SQLite's whole work."""
     dialect = conn.dialect.name
-    insert_offers = _policy_statement(
+    insert_offers = built_once(
         ("offer", dialect, policy, which.kind),
         lambda: _offers_insert(conn, policy, which),
     )
@@ -686,7 +689,7 @@ async def _tell_offers(conn: AsyncConnection, now: datetime, made: _Lines) -> No
     lines told. A customer without a chat is told nothing (the outbox's rule), and no row is
     stored for them: the offer itself is the record, and one never shown goes to the agents
     by its answer-by day (_enforce_deadlines)."""
-    supersede, notify, told = _policy_statement(
+    supersede, notify, told = built_once(
         ("tell", conn.dialect.name, made.kind), lambda: _tell_statements(conn, made)
     )
     params = {**made.values, "w_now": now}

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     case,
     delete,
     func,
@@ -46,10 +47,14 @@ from store.marks import (
     DELAY,
     NOTICE,
     advance,
+    built_once,
     cursor_of,
+    id_list,
     in_ids,
+    in_list,
     run_sized_batches,
     take_turn,
+    unmark_orders,
 )
 from store.schema import (
     UTCDateTime,
@@ -213,6 +218,31 @@ async def line_span(
     return int(count), int(last or 0)
 
 
+_NEW_COLUMNS = ("dedupe_key", "chat_id", "customer_id", "kind", "payload", "status")
+_CLEAR_NEW = delete(_new)
+
+
+def _notices_in(conn: AsyncConnection) -> Any:
+    """The temporary table's notices into the outbox, due at ``n_due``, made at ``n_now``;
+    a key already there is skipped."""
+    n = _new.c
+    rows_in = (
+        select(
+            *(n[c] for c in _NEW_COLUMNS),
+            literal(0, Integer),
+            bindparam("n_due", type_=UTCDateTime()),
+            bindparam("n_now", type_=UTCDateTime()),
+        )
+        .where(true())  # SQLite: without a WHERE, ON CONFLICT would parse as a join's ON
+        .order_by(n.seq)
+    )
+    return (
+        _insert(conn)
+        .from_select([*_NEW_COLUMNS, "attempts", "not_before", "created_at"], rows_in)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+
+
 async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
     """Write outbox rows (dedupe_key, chat_id, customer_id, kind, payload dict, status,
     not_before); rows whose key exists are skipped. Returns how many were new."""
@@ -232,8 +262,7 @@ async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
     # Rows go through a temporary table into the outbox in one INSERT ... SELECT: what they
     # share (creation and due time) is bound once, not once per row (binding a datetime costs
     # more than writing the row).
-    n = _new.c
-    columns = ("dedupe_key", "chat_id", "customer_id", "kind", "payload", "status")
+    columns = _NEW_COLUMNS
     await conn.run_sync(_new.create)
     for due, group in by_due.items():
         await _fill(
@@ -252,41 +281,16 @@ async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
                 for r in group
             ],
         )
-        rows_in = select(
-            *(n[c] for c in columns),
-            literal(0, Integer),
-            literal(due, UTCDateTime()),
-            literal(now, UTCDateTime()),
-        ).where(true())  # SQLite: without a WHERE, ON CONFLICT would parse as a join's ON
-        rows_in = rows_in.order_by(n.seq)
-        result = await conn.execute(
-            _insert(conn)
-            .from_select([*columns, "attempts", "not_before", "created_at"], rows_in)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        )
+        moved_in = built_once(("notices in", conn.dialect.name), lambda: _notices_in(conn))
+        result = await conn.execute(moved_in, {"n_due": due, "n_now": now})
         written += max(result.rowcount, 0)
-        await conn.execute(delete(_new))
+        await conn.execute(_CLEAR_NEW)
     await conn.run_sync(_new.drop)
     return written
 
 
-async def queue_notices(
-    conn: AsyncConnection,
-    *,
-    threshold_days: int = 1,
-    now: datetime | None = None,
-    orders_where: ColumnElement[bool] | None = None,
-    back_in_stock: bool = True,
-) -> QueueReport:
-    """Queue one notice per customer with a chat and order for everything that changed since
-    the customer was last told, and one per "notify me" subscription whose product is back.
-
-    Without ``orders_where``, from scratch: every line of the store is looked at, in the
-    caller's one transaction (a small store, a test, the reference the batches must equal).
-    With it, only the orders it selects (a condition on order_lines.order_id), all lines of
-    each: what ``notice_batch`` does for the orders its marks name. ``back_in_stock`` False
-    leaves the subscriptions to another call."""
-    now = now or utcnow()
+def _candidates(orders_where: ColumnElement[bool] | None) -> Any:
+    """The lines with something their customer (who has a chat) was not told yet."""
     ol = order_lines.c
     changed = or_(
         (ol.qty_waiting > 0) & ol.projected_date.is_distinct_from(ol.last_told_date),
@@ -296,42 +300,71 @@ async def queue_notices(
     )
     if orders_where is not None:
         changed = orders_where & changed
-    candidates = (
-        await conn.execute(
-            select(
-                ol.line_id,
-                ol.order_id,
-                ol.line_no,
-                ol.sku,
-                ol.qty_waiting,
-                ol.qty_allocated,
-                ol.qty_shipped,
-                ol.qty_cancelled,
-                ol.projected_date,
-                ol.last_told_date,
-                # As stored (naive UTC): only its text goes into the key (_stamp), and
-                # UTCDateTime's conversion per row cost more than the rest of the row.
-                type_coerce(ol.projected_changed_at, DateTime()),
-                ol.told_ready_qty,
-                ol.told_shipped_qty,
-                ol.told_cancelled_qty,
-                orders.c.order_number,
-                orders.c.customer_id,
-                chats.c.chat_id,
-            )
-            .select_from(
-                # A customer without a chat is told nothing: their lines stay untold, so
-                # the order view still shows the change and they hear of it once they
-                # link a chat. No row is stored for them (one per moved line of the
-                # 1M-order store's date change, that nobody would ever read).
-                order_lines.join(orders, orders.c.order_id == ol.order_id).join(
-                    chats, chats.c.customer_id == orders.c.customer_id
-                )
-            )
-            .where(changed)
-            .order_by(ol.order_id, ol.line_no)
+    return (
+        select(
+            ol.line_id,
+            ol.order_id,
+            ol.line_no,
+            ol.sku,
+            ol.qty_waiting,
+            ol.qty_allocated,
+            ol.qty_shipped,
+            ol.qty_cancelled,
+            ol.projected_date,
+            ol.last_told_date,
+            # As stored (naive UTC): only its text goes into the key (_stamp), and
+            # UTCDateTime's conversion per row cost more than the rest of the row.
+            type_coerce(ol.projected_changed_at, DateTime()),
+            ol.told_ready_qty,
+            ol.told_shipped_qty,
+            ol.told_cancelled_qty,
+            orders.c.order_number,
+            orders.c.customer_id,
+            chats.c.chat_id,
         )
-    ).all()
+        .select_from(
+            # A customer without a chat is told nothing: their lines stay untold, so the
+            # order view still shows the change and they hear of it once they link a chat.
+            # No row is stored for them (one per moved line of the 1M-order store's date
+            # change, that nobody would ever read).
+            order_lines.join(orders, orders.c.order_id == ol.order_id).join(
+                chats, chats.c.customer_id == orders.c.customer_id
+            )
+        )
+        .where(changed)
+        .order_by(ol.order_id, ol.line_no)
+    )
+
+
+async def queue_notices(
+    conn: AsyncConnection,
+    *,
+    threshold_days: int = 1,
+    now: datetime | None = None,
+    orders_where: ColumnElement[bool] | None = None,
+    order_ids: Sequence[int] | None = None,
+    back_in_stock: bool = True,
+) -> QueueReport:
+    """Queue one notice per customer with a chat and order for everything that changed since
+    the customer was last told, and one per "notify me" subscription whose product is back.
+
+    Without ``orders_where``, from scratch: every line of the store is looked at, in the
+    caller's one transaction (a small store, a test, the reference the batches must equal).
+    With it, only the orders it selects (a condition on order_lines.order_id), all lines of
+    each: what ``notice_batch`` does for the orders its marks name; ``order_ids``, the same
+    for a list of orders (its statement built once). ``back_in_stock`` False leaves the
+    subscriptions to another call."""
+    now = now or utcnow()
+    if order_ids is not None:
+        candidates_of = built_once(
+            ("notice candidates", conn.dialect.name),
+            lambda: _candidates(
+                in_list(conn.dialect.name, order_lines.c.order_id, id_list("q_orders"))
+            ),
+        )
+        candidates = (await conn.execute(candidates_of, {"q_orders": order_ids})).all()
+    else:
+        candidates = (await conn.execute(_candidates(orders_where))).all()
 
     by_order: dict[int, list[dict[str, Any]]] = {}
     heads: dict[int, Any] = {}
@@ -534,12 +567,7 @@ async def notice_batch(
         order_ids = sorted({int(r.order_id) for r in marked})
         # Every mark of these orders goes: their lines are all looked at below.
         for part in _chunks(order_ids, IN_CHUNK):
-            await conn.execute(
-                delete(follow_on_marks).where(
-                    m.stage == NOTICE,
-                    m.line_id.in_(select(ol.line_id).where(ol.order_id.in_(part))),
-                )
-            )
+            await unmark_orders(conn, part, NOTICE)
         for part in _chunks(order_ids, IN_CHUNK):
             report = _sum(
                 report,
@@ -547,7 +575,7 @@ async def notice_batch(
                     conn,
                     threshold_days=threshold_days,
                     now=now,
-                    orders_where=ol.order_id.in_(part),
+                    order_ids=part,
                     back_in_stock=False,
                 ),
             )
@@ -591,30 +619,37 @@ def _sum(a: QueueReport, b: QueueReport) -> QueueReport:
     return QueueReport(a.notices + b.notices, a.lines + b.lines, a.superseded + b.superseded)
 
 
+_TOLD = (
+    update(order_lines)
+    # The IN leads SQLite's planner from the few told lines to theirs: on the join alone it
+    # read every line of the store for each batch (0.2 s a batch on the 1M store, 36 s of a
+    # date change told to 50,000 linked customers).
+    .where(
+        order_lines.c.line_id == _told.c.line_id,
+        order_lines.c.line_id.in_(select(_told.c.line_id)),
+    )
+    .values(
+        last_told_date=case(
+            (_told.c.moved == 1, order_lines.c.projected_date),
+            else_=order_lines.c.last_told_date,
+        ),
+        last_told_at=bindparam("t_now", type_=UTCDateTime()),
+        told_ready_qty=_told.c.ready_qty,
+        told_shipped_qty=_told.c.shipped_qty,
+        told_cancelled_qty=_told.c.cancelled_qty,
+    )
+)
+
+
 async def _mark_told(
     conn: AsyncConnection, told: list[tuple[int, int, int, int, int]], now: datetime
 ) -> None:
     """Record what the queued notices tell, in one UPDATE ... FROM over a temporary table
     (the told units as read, not as they may be by now)."""
-    ol = order_lines.c
-    t = _told.c
     await conn.run_sync(_told.create)
     names = ("line_id", "moved", "ready_qty", "shipped_qty", "cancelled_qty")
     await _fill(conn, _told, names, told)
-    await conn.execute(
-        update(order_lines)
-        # The IN leads SQLite's planner from the few told lines to theirs: on the join alone
-        # it read every line of the store for each batch (0.2 s a batch on the 1M store,
-        # 36 s of a date change told to 50,000 linked customers).
-        .where(ol.line_id == t.line_id, ol.line_id.in_(select(t.line_id)))
-        .values(
-            last_told_date=case((t.moved == 1, ol.projected_date), else_=ol.last_told_date),
-            last_told_at=now,
-            told_ready_qty=t.ready_qty,
-            told_shipped_qty=t.shipped_qty,
-            told_cancelled_qty=t.cancelled_qty,
-        )
-    )
+    await conn.execute(_TOLD, {"t_now": now})
     await conn.run_sync(_told.drop)
 
 
@@ -681,13 +716,15 @@ async def _merge_undelivered(
         # thousands). What is waiting is mostly about their other orders (a big change tells
         # a customer's orders in different batches): only the notices of these orders are
         # written, not every one superseded and then put back.
+        waiting = built_once(
+            ("unsent of", conn.dialect.name),
+            lambda: select(outbox.c.outbox_id, outbox.c.payload).where(
+                in_list(conn.dialect.name, outbox.c.customer_id, id_list("m_ids")), *unsent
+            ),
+        )
         mine = [
             row.outbox_id
-            for row in await conn.execute(
-                select(outbox.c.outbox_id, outbox.c.payload).where(
-                    in_ids(conn, outbox.c.customer_id, part), *unsent
-                )
-            )
+            for row in (await conn.execute(waiting, {"m_ids": part})).all()
             if json.loads(row.payload)["order_id"] in by_order
         ]
         if not mine:

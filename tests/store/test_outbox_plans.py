@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store
 from store.outbox import QueueReport, queue_notices
-from store.schema import order_lines
 from tests.store.helpers import at, seed_catalog
 from tests.store.test_outbox import add_chat, add_order, day, move
 
@@ -41,9 +40,9 @@ async def test_a_batch_of_notices_reads_and_writes_only_its_orders_rows(store: S
     event.listen(store._inline_writer, "before_cursor_execute", explain)
 
     async def batch(conn: AsyncConnection) -> QueueReport:
-        # The orders a batch's marks name, as store.delays.follow_on_batch asks for them.
-        mine = order_lines.c.order_id.in_([1, 2, 3])
-        return await queue_notices(conn, now=at(2), orders_where=mine, back_in_stock=False)
+        # The orders a batch's marks name, as store.delays.follow_on_batch asks for them (a
+        # list bound as one parameter: json_each).
+        return await queue_notices(conn, now=at(2), order_ids=[1, 2, 3], back_in_stock=False)
 
     report = await store.run_batch(batch)
     assert report == QueueReport(2, 3, 0)  # orders 1 and 2: three moved lines told
