@@ -825,6 +825,11 @@ def _claim_statement(conn: AsyncConnection, any_sku: bool) -> Any:
     )
 
 
+# The least page of a walk's read once it is near its most lines to write: the lines after
+# them may stay put (a queue's head), and are walked on in the same batch.
+WALK_PAGE_LEAST = 100
+
+
 def _key_of(prefix: str) -> Any:
     """A queue key (queue_rank, queued_at, line_id) as three parameters (``_key_params``)."""
     c = order_lines.c
@@ -942,15 +947,8 @@ async def _walk(
     c = order_lines.c
     bounds = await _bounds(conn, sku)
     after = None
-    if row.after_line is None:
-        lines = (await conn.execute(_QUEUE_HEAD, {"w_sku": sku, "w_limit": limit})).all()
-    else:
+    if row.after_line is not None:
         after = (int(row.after_rank), row.after_at, int(row.after_line))
-        lines = (
-            await conn.execute(
-                _QUEUE_ON, {"w_sku": sku, "w_limit": limit, **_key_params("w_after", after)}
-            )
-        ).all()
     need = int(row.need_before)
     ahead = int(row.lines_before)
     at = 0  # bounds[at] is the first restock whose range may still cover the running need
@@ -959,42 +957,65 @@ async def _walk(
     rehomed: list[dict[str, Any]] = []
     qmarks: list[dict[str, Any]] = []
     undated = 0
-    cut = None
-    for i, ln in enumerate(lines):
-        after_line = need + int(ln.qty_waiting)
-        covers = at
-        while covers < len(bounds) and bounds[covers][0] < after_line:
-            covers += 1
-        rid, when = (bounds[covers][1], bounds[covers][2]) if covers < len(bounds) else (None, None)
-        if (
-            most_written is not None
-            and len(moved) + len(rehomed) >= most_written
-            and (when != ln.projected_date or rid != ln.waits_for_restock_id)
-        ):
-            cut = i  # the next batch goes on from this line
-            break
-        need, at = after_line, covers
-        key = (int(ln.queue_rank), ln.queued_at, int(ln.line_id))
-        if ahead % MARK_EVERY == 0:
-            qmarks.append(
-                {
-                    "sku": sku,
-                    "queue_rank": key[0],
-                    "queued_at": key[1],
-                    "line_id": key[2],
-                    "lines_before": ahead,
-                }
+    cut = False
+    lines: list[Any] = []  # the lines walked, in queue order
+    exhausted = False  # the back of the queue was reached
+    page_after = after
+    # The lines are read a page at a time, no more than the lines left to write: read all
+    # at once (``limit``, twice what may be written), every line of a queue that moves whole
+    # (a big date change) was read twice, once by the batch that stopped before it.
+    while not (cut or exhausted) and len(lines) < limit:
+        so_far = len(moved) + len(rehomed)
+        if most_written is not None and so_far >= most_written:
+            break  # what follows is the next batch's, whether it moves or not
+        page_size = limit - len(lines)
+        if most_written is not None:
+            page_size = min(page_size, max(most_written - so_far, WALK_PAGE_LEAST))
+        params: dict[str, Any] = {"w_sku": sku, "w_limit": page_size}
+        if page_after is None:
+            page = (await conn.execute(_QUEUE_HEAD, params)).all()
+        else:
+            params.update(_key_params("w_after", page_after))
+            page = (await conn.execute(_QUEUE_ON, params)).all()
+        exhausted = len(page) < page_size
+        for ln in page:
+            after_line = need + int(ln.qty_waiting)
+            covers = at
+            while covers < len(bounds) and bounds[covers][0] < after_line:
+                covers += 1
+            rid, when = (
+                (bounds[covers][1], bounds[covers][2]) if covers < len(bounds) else (None, None)
             )
-        ahead += 1
-        undated += when is None
-        if when != ln.projected_date:
-            moved.append({"b_line": key[2], "b_date": when, "b_restock": rid})
-            moved_info.append((key[2], ln.projected_date, when, key))
-        elif rid != ln.waits_for_restock_id:
-            rehomed.append({"b_line": key[2], "b_restock": rid})
-    if cut is not None:
-        lines = lines[:cut]
-    done = cut is None and len(lines) < limit
+            if (
+                most_written is not None
+                and len(moved) + len(rehomed) >= most_written
+                and (when != ln.projected_date or rid != ln.waits_for_restock_id)
+            ):
+                cut = True  # the next batch goes on from this line
+                break
+            lines.append(ln)
+            need, at = after_line, covers
+            key = (int(ln.queue_rank), ln.queued_at, int(ln.line_id))
+            if ahead % MARK_EVERY == 0:
+                qmarks.append(
+                    {
+                        "sku": sku,
+                        "queue_rank": key[0],
+                        "queued_at": key[1],
+                        "line_id": key[2],
+                        "lines_before": ahead,
+                    }
+                )
+            ahead += 1
+            undated += when is None
+            if when != ln.projected_date:
+                moved.append({"b_line": key[2], "b_date": when, "b_restock": rid})
+                moved_info.append((key[2], ln.projected_date, when, key))
+            elif rid != ln.waits_for_restock_id:
+                rehomed.append({"b_line": key[2], "b_restock": rid})
+        if lines:
+            page_after = (int(lines[-1].queue_rank), lines[-1].queued_at, int(lines[-1].line_id))
+    done = not cut and exhausted
     last = (
         (int(lines[-1].queue_rank), lines[-1].queued_at, int(lines[-1].line_id)) if lines else None
     )
