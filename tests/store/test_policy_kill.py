@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select
@@ -180,6 +181,15 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         "notices": LINES - late - told,
     }
 
+    states = await _finished_and_from_scratch(db_url, before)
+    assert len(states[0]["offers"]) == late
+    assert len(states[0]["notices"]) == late + told + json.loads(out.splitlines()[-1])["notices"]
+    assert states[0] == states[1]
+
+
+async def _finished_and_from_scratch(db_url: str, before: str) -> list[dict[str, Any]]:
+    """The policy's state of the store the restart finished, and of the copy taken before
+    the kills with the policy and the notices run on it from scratch."""
     states = []
     for url in (db_url, before):
         s = await open_store(url, migrate_schema=False)
@@ -190,9 +200,7 @@ async def test_a_kill_inside_a_batch_of_the_first_pass_loses_nothing(
         async with s.connect() as conn:
             states.append(await policy_state(conn))
         await s.close()
-    assert len(states[0]["offers"]) == late
-    assert len(states[0]["notices"]) == late + told + json.loads(out.splitlines()[-1])["notices"]
-    assert states[0] == states[1]
+    return states
 
 
 BIG = 50_000
@@ -244,16 +252,7 @@ async def test_a_kill_in_the_middle_of_a_first_pass_over_50000_late_lines_loses_
 
     code, out = await _proc_batch(db_url, BIG_BATCH)
     assert code == 0, out
-    states = []
-    for url in (db_url, before):
-        s = await open_store(url, migrate_schema=False)
-        if url == before:
-            async with s.begin() as conn:
-                await apply_delay_policy(conn, today=TODAY, now=NOW, policy=POLICY)
-                await queue_notices(conn, now=NOW)
-        async with s.connect() as conn:
-            states.append(await policy_state(conn))
-        await s.close()
+    states = await _finished_and_from_scratch(db_url, before)
     assert len(states[0]["offers"]) == late
     assert len(states[0]["notices"]) == BIG  # each late line's offer, each other line's move
     assert states[0] == states[1]
