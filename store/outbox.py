@@ -159,7 +159,10 @@ async def _fill(
     """Insert plain rows (ints, strings, None: values no dialect converts) into a temporary
     table with the driver's executemany: SQLAlchemy's per-row parameter processing cost more
     than SQLite's insert (a second per 100,000 notices and their told marks)."""
-    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(columns))
+    compiled = built_once(
+        ("fill", table.name, conn.dialect.name, tuple(columns)),
+        lambda: insert(table).compile(dialect=conn.dialect, column_keys=list(columns)),
+    )
     sql = str(compiled)
     if compiled.positional:
         order = [columns.index(name) for name in compiled.positiontup or ()]
@@ -262,13 +265,12 @@ async def insert_notices(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) 
     # Rows go through a temporary table into the outbox in one INSERT ... SELECT: what they
     # share (creation and due time) is bound once, not once per row (binding a datetime costs
     # more than writing the row).
-    columns = _NEW_COLUMNS
     await conn.run_sync(_new.create)
     for due, group in by_due.items():
         await _fill(
             conn,
             _new,
-            columns,
+            _NEW_COLUMNS,
             [
                 (
                     r["dedupe_key"],
