@@ -107,6 +107,8 @@ RENEW_EVERY = 0.25
 # could take the chat over.
 ANSWER_MARGIN = 0.5
 RETRY_AFTER = 0.2
+# On stop, a round in progress is given this long to end before it is cancelled.
+STOP_WAIT_SECONDS = 10.0
 
 
 def is_shared(store: Store) -> bool:
@@ -154,6 +156,75 @@ def _set(event: asyncio.Event, *_args: object) -> None:
     event.set()
 
 
+class _Rounds:
+    """``round_`` in a task of its own, every ``every`` seconds or sooner when ``wake`` is
+    set, until `stop`, which lets the round in progress end. Cancelled in the middle of a
+    statement, a round sent its PostgreSQL connection back to the pool still busy, and the
+    next user of that connection failed ("another operation is in progress"): the inbox's
+    last flush on shutdown, whose answered marks were then lost (answered again after the
+    restart)."""
+
+    def __init__(
+        self,
+        round_: Callable[[], Coroutine[Any, Any, object]],
+        every: float,
+        *,
+        failed: str,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        self._round = round_
+        self._every = every
+        self._failed = failed
+        self._wake = wake if wake is not None else asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def start(self, *, at_once: bool = False) -> None:
+        self._stopping = False
+        if at_once:
+            self._wake.set()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await self._pause(self._every)
+            if self._stopping:
+                return
+            try:
+                await self._round()
+            except Exception:
+                log.warning(self._failed, exc_info=True)
+                await self._pause(RETRY_AFTER)
+
+    async def _pause(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result
+        # when a cancellation meets a wake-up, and the loop then ran on with the cancellation
+        # lost (a bot's shutdown waited for it forever, in CI).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(STOP_WAIT_SECONDS):
+                await asyncio.shield(task)
+        except TimeoutError:
+            log.warning("a round did not end in %.0f s on stop; cancelled", STOP_WAIT_SECONDS)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 class SharedInbox(Inbox):
     """The inbox of one of several processes: saves what this process receives, and answers
     the updates of the chats it claims (see the module docstring).
@@ -188,7 +259,16 @@ class SharedInbox(Inbox):
         self._renewing: asyncio.Task[None] | None = None
         self._bot: Bot | None = None
         self._queue: Intake | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._claiming = _Rounds(
+            self.claim_round, poll, wake=self._more, failed="claiming updates failed; trying again"
+        )
+        # Updates wait for a renewal in may_answer: none is answered unconfirmed.
+        self._renewals = _Rounds(
+            self.renew,
+            lease * RENEW_EVERY,
+            failed="could not renew the chats' claims; trying again",
+        )
+        self._listener: asyncio.Task[None] | None = None
         self.poller = PollerLease(store, worker, lease)
         self.rounds = 0
         self.marked = 0  # updates this process answered and marked
@@ -248,13 +328,9 @@ class SharedInbox(Inbox):
                 await set_chat_keys(conn, keys)
             if len(old) < 1000:
                 break
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._claim_forever()),
-            loop.create_task(self._renew_forever()),
-            loop.create_task(self._listen()),
-        ]
-        self._more.set()
+        self._claiming.start(at_once=True)
+        self._renewals.start()
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
         return 0
 
     async def _listen(self) -> None:
@@ -301,21 +377,6 @@ class SharedInbox(Inbox):
         self.store.catalog_changed()
 
     # --- claiming --------------------------------------------------------------------------
-
-    async def _claim_forever(self) -> None:
-        while True:
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result
-            # when a cancellation meets a notification, and the loop then ran on with the
-            # stop's cancellation lost (a bot's shutdown waited for it forever, in CI).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll):
-                    await self._more.wait()
-            self._more.clear()
-            try:
-                await self.claim_round()
-            except Exception:
-                log.warning("claiming updates failed; trying again", exc_info=True)
-                await asyncio.sleep(RETRY_AFTER)
 
     async def claim_round(self) -> int:
         """Renew this process's claims when due, claim chats, and put every unanswered update
@@ -368,15 +429,6 @@ class SharedInbox(Inbox):
             self._until.pop(key, None)
 
     # --- leases ----------------------------------------------------------------------------
-
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease * RENEW_EVERY)
-            try:
-                await self.renew()
-            except Exception:
-                # Updates wait for a renewal in may_answer: none is answered unconfirmed.
-                log.warning("could not renew the chats' claims; trying again", exc_info=True)
 
     async def renew(self) -> None:
         """Extend every claim this process holds; a chat missing from the renewed ones was
@@ -474,14 +526,17 @@ class SharedInbox(Inbox):
         return True
 
     async def close(self) -> None:
-        """Stop claiming, write the last marks and give back every chat still claimed (what
-        was not answered is taken at once by another process, not after the lease)."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        """Stop claiming (a round in progress ends first), write the last marks and give back
+        every chat still claimed (what was not answered is taken at once by another process,
+        not after the lease)."""
+        await self._claiming.stop()
+        await self._renewals.stop()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # Waiting for a notification: its connection is closed, not sent back to the pool.
+            listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await listener
         await self.poller.close()
         await super().close()
         log.info("%s answered %d updates of %d chats", self.worker, self.marked, self.claimed)
@@ -507,42 +562,39 @@ class PollerLease:
         self.lease = lease
         self._held = asyncio.Event()
         self._until = 0.0  # monotonic; the lease as last written, from before the write
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = _Rounds(
+            self._take, lease * RENEW_EVERY, failed="could not take or renew the poller's lease"
+        )
         self.taken = 0  # times this process took it (not renewals)
 
     async def wait(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if not self._rounds.running:
+            self._rounds.start(at_once=True)
         while not (self._held.is_set() and time.monotonic() < self._until - self.lease / 2):
             self._held.clear()
             await self._held.wait()
 
-    async def _run(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                async with self.store.begin(counted=False) as conn:
-                    mine = await take_lease(conn, self.NAME, self.worker, self.lease)
-            except Exception:
-                log.warning("could not take or renew the poller's lease", exc_info=True)
-                mine = False
-            if mine:
-                if not self._held.is_set() and self._until < started:
-                    self.taken += 1
-                    log.info("this process polls for updates now (%s)", self.worker)
-                self._until = started + self.lease
-                self._held.set()
-            else:
-                self._held.clear()
-            await asyncio.sleep(self.lease * RENEW_EVERY)
+    async def _take(self) -> None:
+        started = time.monotonic()
+        try:
+            async with self.store.begin(counted=False) as conn:
+                mine = await take_lease(conn, self.NAME, self.worker, self.lease)
+        except Exception:
+            log.warning("could not take or renew the poller's lease", exc_info=True)
+            mine = False
+        if mine:
+            if not self._held.is_set() and self._until < started:
+                self.taken += 1
+                log.info("this process polls for updates now (%s)", self.worker)
+            self._until = started + self.lease
+            self._held.set()
+        else:
+            self._held.clear()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
+        if not self._rounds.running:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self._rounds.stop()
         # Another process takes over at once, not after the lease.
         with contextlib.suppress(Exception):
             async with self.store.begin(counted=False) as conn:
@@ -576,7 +628,11 @@ class JobLeases:
         self.lease = lease
         self.shared = is_shared(store)
         self._held: set[str] = set()
-        self._renewing: asyncio.Task[None] | None = None
+        self._renewals = _Rounds(
+            self._renew,
+            lease * RENEW_EVERY,
+            failed="could not renew the jobs' leases; trying again",
+        )
         self.runs: Counter[str] = Counter()  # rounds run here, by job
         self.skipped: Counter[str] = Counter()  # rounds left to the holder elsewhere
 
@@ -596,8 +652,8 @@ class JobLeases:
             log.info("this process runs the job %s now (%s)", job, self.worker)
         if mine:
             self._held.add(name)
-            if self._renewing is None:
-                self._renewing = asyncio.get_running_loop().create_task(self._renew_forever())
+            if not self._renewals.running:
+                self._renewals.start()
         else:
             self._held.discard(name)
         return mine
@@ -611,31 +667,21 @@ class JobLeases:
         await round_()
         return True
 
-    async def _renew_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease * RENEW_EVERY)
-            if not self._held:
-                continue
-            try:
-                async with self.store.begin(counted=False) as conn:
-                    kept = await renew_leases(conn, self.worker, self._held, self.lease)
-            except Exception:
-                log.warning("could not renew the jobs' leases; trying again", exc_info=True)
-                continue
-            lost = self._held - kept
-            if lost:
-                # Stalled past the lease: another process runs them now.
-                log.warning("jobs taken over by another process: %s", sorted(lost))
-            self._held = kept
+    async def _renew(self) -> None:
+        if not self._held:
+            return
+        async with self.store.begin(counted=False) as conn:
+            kept = await renew_leases(conn, self.worker, self._held, self.lease)
+        lost = self._held - kept
+        if lost:
+            # Stalled past the lease: another process runs them now.
+            log.warning("jobs taken over by another process: %s", sorted(lost))
+        self._held = kept
 
     async def close(self) -> None:
         """Stop renewing and give the leases back: another process takes the jobs over at
         its next round, not after the lease."""
-        task, self._renewing = self._renewing, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._renewals.stop()
         if self.runs or self.skipped:
             log.info(
                 "%s ran job rounds %s, left to another process %s",

@@ -15,14 +15,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import event, insert, select, text, update
+from telegram import Bot, Update
 
 from bot.shared import JobLeases, SharedInbox
+from bot.updates import UpdateIntake
 from store import Store
 from store.db import open_store
 from store.inbox import mark_answered, save_updates
 from store.outbox import claim_due
-from store.schema import chat_claims, outbox, products
+from store.schema import chat_claims, outbox, products, update_inbox
 from store.shared import (
     claim_chats,
     pending_of,
@@ -314,3 +316,76 @@ async def test_a_scheduler_job_runs_in_one_process_a_round_and_passes_on_after_i
     finally:
         for lease in leases:
             await lease.close()
+
+
+def _message(update_id: int, chat_id: int) -> str:
+    return json.dumps(
+        {
+            "update_id": update_id,
+            "message": {
+                "message_id": update_id,
+                "date": 0,
+                "chat": {"id": chat_id, "type": "private"},
+                "from": {"id": chat_id, "is_bot": False, "first_name": "Ann"},
+                "text": "where is my order?",
+            },
+        }
+    )
+
+
+async def test_a_stop_lets_the_claim_round_in_progress_end_and_writes_every_answered_mark(
+    store: Store, other: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bot.shared.SharedInbox.close while a claim round is in the middle of a statement
+    (held up by another process's lock on the claims): the round ends, its claim is
+    committed, and then the last answered mark is written and every chat given back. Before,
+    close cancelled the round mid-statement; its connection went back to the pool still busy,
+    and the last flush failed on it ("another operation is in progress"): the answered update
+    was answered again by the next process."""
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("one process on SQLite: no shared inbox")
+    async with store.begin() as conn:
+        await save_updates(conn, [(1, _message(1, 5))], T0, {1: "5"})
+    inbox = SharedInbox(store, lambda: T0, worker="w", lease=60.0, max_chats=4)
+    intake = UpdateIntake(100, inbox)
+    await inbox.replay(Bot("123:abc"), intake)
+
+    async def put() -> bool:
+        return intake.qsize() == 1
+
+    await wait_for(put, 10.0, "the first chat's update")
+    first = intake.get_nowait()
+    assert isinstance(first, Update) and first.update_id == 1
+
+    async def blocked() -> bool:
+        async with store.begin() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%chat_claims%'"
+                )
+            )
+        return bool(waiting)
+
+    async with other.engine.connect() as locker:
+        await locker.execute(text("LOCK TABLE chat_claims IN ACCESS EXCLUSIVE MODE"))
+        await inbox.received([json.loads(_message(2, 6))])  # saved, and a round woken
+        await wait_for(blocked, 10.0, "the claim round to wait for the lock")
+        inbox.answered(1)
+        closing = asyncio.create_task(inbox.close())
+        await asyncio.sleep(0)  # close has begun: before, the round was cancelled here
+        await locker.commit()
+    await closing
+
+    assert inbox.claimed == 2  # chat 5, then chat 6 in the round that was in progress
+    async with store.begin() as conn:
+        answered = {
+            r.update_id: r.answered_at
+            for r in await conn.execute(
+                select(update_inbox.c.update_id, update_inbox.c.answered_at)
+            )
+        }
+        claims = (await conn.execute(select(chat_claims))).all()
+    assert answered == {1: T0, 2: None}
+    assert claims == []  # every chat given back: update 2 is the next process's
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
