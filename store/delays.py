@@ -19,6 +19,7 @@ scratch over every line in one transaction: what the batches must end with
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -53,6 +54,7 @@ from store.marks import (
     NOTICE,
     advance,
     built_once,
+    filter_only,
     id_list,
     in_list,
     insert_ignoring,
@@ -774,9 +776,10 @@ def _tell_statements(conn: AsyncConnection, made: _Lines) -> tuple[Any, Any, Any
 async def _enforce_deadlines(
     conn: AsyncConnection, today: date, now: datetime, policy: DelayPolicy, limit: int | None
 ) -> tuple[int, int, int, int]:
-    """Offers whose answer-by day passed, up to ``limit`` (None: all), oldest offer first (a
-    cancellation passes its units on, which can decide the next one): (cancelled, to agents,
-    closed, due offers looked at)."""
+    """Offers whose answer-by day passed, up to ``limit`` (None: all), in the order of the
+    day, then of the offer (a cancellation passes its units on, which can decide the next
+    one): (cancelled, to agents, closed, due offers looked at). Offers closed without a
+    cancellation are written together, one statement per outcome."""
     d = delay_offers.c
     ol = order_lines.c
     due = (
@@ -799,29 +802,29 @@ async def _enforce_deadlines(
                 .outerjoin(chats, chats.c.customer_id == d.customer_id)
             )
             .where(d.status == "open", d.consent_needed.is_(True), d.answer_by < today)
-            .order_by(d.offer_id)
+            # The index's order: ordered by the offer alone, every batch sorted all the offers
+            # due (a batch of 12 took 570 ms when 1.3M were due the same day).
+            .order_by(d.answer_by, d.offer_id)
             .limit(limit)
         )
     ).all()
-    cancelled = to_agents = closed = 0
+    cancelled = 0
     notices: list[dict[str, Any]] = []
+    # Closings that pass nothing on decide nothing for the next offer: written together.
+    ends: dict[tuple[str, str | None], list[int]] = {}
     for r in due:
         if r.qty_waiting == 0 or not is_delayed(r.projected_date, r.promised_date):
             # It shipped, was filled or cancelled in the meantime, or its date came back
             # within the promise: nothing left to decide, and nothing to cancel.
-            closed += await _close(conn, r.offer_id, "closed", None, now, "policy", None)
+            ends.setdefault(("closed", None), []).append(r.offer_id)
             continue
         if r.shown_at is None:
             # The offer never reached the customer (no chat, blocked, undeliverable): their
             # silence is not consent to anything, so people must reach them another way.
-            to_agents += await _close(
-                conn, r.offer_id, "to_agents", "never_shown", now, "policy", None
-            )
+            ends.setdefault(("to_agents", "never_shown"), []).append(r.offer_id)
             continue
         if policy.no_answer_action == "agents":
-            to_agents += await _close(
-                conn, r.offer_id, "to_agents", "no_answer", now, "policy", None
-            )
+            ends.setdefault(("to_agents", "no_answer"), []).append(r.offer_id)
             continue
         # Closed first, only while still open: whoever changed it meanwhile (the customer's
         # answer) wins, and the line is not cancelled behind their back.
@@ -853,7 +856,39 @@ async def _enforce_deadlines(
             }
         )
     await insert_notices(conn, notices)
-    return cancelled, to_agents, closed, len(due)
+    ended = Counter[str]()
+    for (status, answer), ids in ends.items():
+        ended[status] += await _close_all(conn, ids, status, answer, now)
+    return cancelled, ended["to_agents"], ended["closed"], len(due)
+
+
+def _close_statement(conn: AsyncConnection) -> Any:
+    d = delay_offers.c
+    return (
+        update(delay_offers)
+        .where(
+            in_list(conn.dialect.name, d.offer_id, id_list("c_ids")),
+            filter_only(d.status) == "open",
+        )
+        .values(
+            status=bindparam("c_status"),
+            answer=bindparam("c_answer"),
+            answered_at=bindparam("c_now", type_=UTCDateTime()),
+            answer_channel="policy",
+            answer_detail=None,
+        )
+    )
+
+
+async def _close_all(
+    conn: AsyncConnection, offer_ids: list[int], status: str, answer: str | None, now: datetime
+) -> int:
+    """`_close` of the policy for many offers at once: how many of them were still open."""
+    statement = built_once(("close offers", conn.dialect.name), lambda: _close_statement(conn))
+    result = await conn.execute(
+        statement, {"c_ids": offer_ids, "c_status": status, "c_answer": answer, "c_now": now}
+    )
+    return int(result.rowcount)
 
 
 async def _told_cancelled(conn: AsyncConnection, line_ids: list[int]) -> None:

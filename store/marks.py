@@ -259,6 +259,14 @@ def in_list(dialect: str, column: ColumnElement[int], ids: BindParameter[Any]) -
     return column.in_(select(literal_column("value")).select_from(func.json_each(ids)))
 
 
+def filter_only(column: ColumnElement[str]) -> ColumnElement[str]:
+    """``column`` to check the rows an ``in_list`` of their primary key found, never to find
+    them: SQLite's planner, which cannot tell how long a JSON list is, searched an index for
+    ``status = 'open'`` instead (1.3M offers of the 1M-order store, 110 ms for 12 of them).
+    An expression is no index's column; PostgreSQL plans it as the column."""
+    return column.concat("")
+
+
 def in_ids(conn: AsyncConnection, column: ColumnElement[int], ids: Sequence[int]) -> Any:
     """``in_list`` with the ids bound now."""
     return in_list(conn.dialect.name, column, id_list(ids=ids))

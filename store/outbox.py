@@ -49,6 +49,7 @@ from store.marks import (
     advance,
     built_once,
     cursor_of,
+    filter_only,
     id_list,
     in_ids,
     in_list,
@@ -734,7 +735,12 @@ async def _merge_undelivered(
         # Asked again in the statement: another process may have claimed one meanwhile.
         result = await conn.execute(
             update(outbox)
-            .where(in_ids(conn, outbox.c.outbox_id, mine), *unsent)
+            .where(
+                in_ids(conn, outbox.c.outbox_id, mine),
+                outbox.c.kind == ORDER_UPDATE,
+                filter_only(outbox.c.status) == "pending",
+                outbox.c.claimed_until.is_(None),
+            )
             .values(status="superseded", last_error="merged into a newer notice")
             .returning(outbox.c.payload)
         )

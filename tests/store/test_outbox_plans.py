@@ -55,3 +55,40 @@ async def test_a_batch_of_notices_reads_and_writes_only_its_orders_rows(store: S
         if step.startswith(("SCAN order_lines", "SCAN orders", "SCAN outbox", "SCAN chats"))
     }
     assert scans == {}
+
+
+async def test_an_unsent_notice_is_superseded_through_its_id_not_every_pending_one(
+    store: Store,
+) -> None:
+    # After a big change the outbox holds every notice not sent yet (93,000 of the 1M-order
+    # store's date change, sent at 30 a second): a search of the pending ones for the few a
+    # batch merges read them all.
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        for order_id in range(1, 21):
+            await add_order(conn, order_id, 1 + order_id % 5, lines=1)
+        for customer in range(1, 6):
+            await add_chat(conn, customer)
+        await move(conn, [i * 10 + 1 for i in range(1, 21)], day(5), at(1))
+        first = await queue_notices(conn, now=at(2))
+        await move(conn, [11], day(9), at(3))
+    assert first == QueueReport(20, 20, 0)
+    plans: dict[str, list[str]] = {}
+
+    def explain(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if not many and statement.lstrip().upper().startswith("UPDATE OUTBOX"):
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plans[statement] = [str(r[-1]) for r in rows]
+
+    assert store._inline_writer is not None
+    event.listen(store._inline_writer, "before_cursor_execute", explain)
+
+    async def batch(conn: AsyncConnection) -> QueueReport:
+        return await queue_notices(conn, now=at(4), order_ids=[1], back_in_stock=False)
+
+    report = await store.run_batch(batch)
+    assert report == QueueReport(1, 1, 1)  # order 1's notice, its unsent one merged into it
+    [superseded] = plans.values()
+    assert superseded[0] == "SEARCH outbox USING INTEGER PRIMARY KEY (rowid=?)", superseded
