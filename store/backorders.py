@@ -36,12 +36,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store.errors import Conflict, NotFound, StoreError
-from store.events import log_event
+from store.events import log_event, log_events
 from store.marks import (
     CHUNK,
     STAGES,
     built_once,
     id_list,
+    in_ids,
     in_list,
     insert_ignoring,
     mark_lines,
@@ -1554,40 +1555,50 @@ async def _order_row(conn: AsyncConnection, order_number: str, customer_id: int 
     return row
 
 
-async def _cancel_lines(conn: AsyncConnection, rows: Sequence[Any], reason: str) -> Cancellation:
+async def _cancel_lines(
+    conn: AsyncConnection, rows: Sequence[Any], reason: str, *, project: bool = True
+) -> Cancellation:
+    """Cancel what is left of ``rows`` (read under their locks), in a few statements however
+    many: their allocations pass on to the next waiting lines of each SKU once, after all of
+    them (first come, first served with partial fills: the same lines get the same units as
+    one line after another would give them). ``project``: the head of each SKU's queue is
+    walked now (_project_now); else all of it is left to the projection's batches."""
     c = order_lines.c
-    total = 0
+    left = [r for r in rows if int(r.qty_waiting) + int(r.qty_allocated) > 0]
     released_by_sku: dict[str, int] = {}
-    for r in rows:
-        qty = int(r.qty_waiting) + int(r.qty_allocated)
-        if qty == 0:
-            continue
+    for r in left:
+        released_by_sku[r.sku] = released_by_sku.get(r.sku, 0) + int(r.qty_allocated)
+    if left:
+        ids = [int(r.line_id) for r in left]
         await conn.execute(
             update(order_lines)
-            .where(c.line_id == r.line_id)
+            .where(in_ids(conn, c.line_id, ids))
             .values(
-                qty_cancelled=c.qty_cancelled + qty,
+                qty_cancelled=c.qty_cancelled + c.qty_waiting + c.qty_allocated,
                 qty_waiting=0,
                 qty_allocated=0,
                 waits_for_restock_id=None,
             )
         )
-        await mark_lines(conn, [int(r.line_id)])
-        total += qty
-        released_by_sku[r.sku] = released_by_sku.get(r.sku, 0) + int(r.qty_allocated)
-        released_by_sku.setdefault(r.sku, 0)
-        await log_event(
+        await mark_lines(conn, ids)
+        await log_events(
             conn,
             "line_cancelled",
-            sku=r.sku,
-            order_id=r.order_id,
-            line_id=r.line_id,
-            qty=qty,
-            reason=reason,
+            [
+                {
+                    "sku": r.sku,
+                    "order_id": r.order_id,
+                    "line_id": r.line_id,
+                    "qty": int(r.qty_waiting) + int(r.qty_allocated),
+                    "reason": reason,
+                }
+                for r in left
+            ],
         )
+    total = sum(int(r.qty_waiting) + int(r.qty_allocated) for r in left)
     realloc: list[Allocation] = []
     projs: list[Projection] = []
-    for sku, released in released_by_sku.items():
+    for sku, released in sorted(released_by_sku.items()):
         if released:
             await conn.execute(
                 update(stock)
@@ -1595,7 +1606,8 @@ async def _cancel_lines(conn: AsyncConnection, rows: Sequence[Any], reason: str)
                 .values(allocated=stock.c.allocated - released, updated_at=utcnow())
             )
             realloc.extend(await allocate_waiting(conn, sku))
-        projs.append(await _project_now(conn, sku))
+        if project:
+            projs.append(await _project_now(conn, sku))
     return Cancellation(
         total > 0, total, sum(released_by_sku.values()), tuple(realloc), tuple(projs)
     )
@@ -1645,6 +1657,29 @@ async def cancel_line(
     if not rows:
         raise NotFound(f"order {order_number} has no line {line_no}")
     return await _cancel_lines(conn, rows, reason)
+
+
+async def cancel_lines(
+    conn: AsyncConnection, line_ids: Sequence[int], *, reason: str
+) -> dict[int, int]:
+    """Cancel what is not shipped of each of ``line_ids``, lines of any orders (the delay
+    policy's deadlines, a batch of them at once), as ``cancel_line`` one after another would;
+    the units cancelled, by line (0: nothing was left). The projection of their SKUs is asked
+    for and left to its batches: a batch's lines are of many SKUs (18 in 20 on the 1M-order
+    store), and walking the head of each queue now cost 2.5 ms a SKU."""
+    c = order_lines.c
+    which = in_ids(conn, c.line_id, sorted(set(line_ids)))
+    await _ask_before_cancel(conn, which)
+    rows = (
+        await conn.execute(
+            select(*_LINE_COLS)
+            .where(which)
+            .order_by(c.line_id)
+            .with_for_update()  # in line order, as cancel_order takes an order's lines
+        )
+    ).all()
+    await _cancel_lines(conn, rows, reason, project=False)
+    return {int(r.line_id): int(r.qty_waiting) + int(r.qty_allocated) for r in rows}
 
 
 async def cancel_order(

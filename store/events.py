@@ -43,3 +43,24 @@ async def log_event(
             "data": json.dumps(data, default=_default, sort_keys=True) if data else None,
         },
     )
+
+
+async def log_events(conn: AsyncConnection, kind: str, rows: list[dict[str, Any]]) -> None:
+    """``log_event`` for many at once, one moment for all: each row names its sku, order_id,
+    line_id, restock_id, customer_id (those it has), the rest is its data."""
+    if not rows:
+        return
+    now = utcnow()
+    keys = ("sku", "order_id", "line_id", "restock_id", "customer_id")
+    params = []
+    for row in rows:
+        data = {k: v for k, v in row.items() if k not in keys}
+        params.append(
+            {
+                "at": now,
+                "kind": kind,
+                **{k: row.get(k) for k in keys},
+                "data": json.dumps(data, default=_default, sort_keys=True) if data else None,
+            }
+        )
+    await conn.execute(_LOG, params)

@@ -39,6 +39,7 @@ async def test_the_offers_due_are_read_in_order_and_closed_by_their_ids(store: S
         [answer_by] = await conn.scalars(select(func.max(d.answer_by)).where(d.offer_id.in_(due)))
     assert len(due) == 20
     plans: dict[str, list[str]] = {}
+    executed: list[str] = []
 
     def explain(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
@@ -46,6 +47,7 @@ async def test_the_offers_due_are_read_in_order_and_closed_by_their_ids(store: S
         if not many and statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
             rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
             plans[statement] = [str(r[-1]) for r in rows]
+            executed.append(statement)
 
     assert store._inline_writer is not None  # a SQLite file: the batch thread's engine
     event.listen(store._inline_writer, "before_cursor_execute", explain)
@@ -78,7 +80,11 @@ async def test_the_offers_due_are_read_in_order_and_closed_by_their_ids(store: S
         "SEARCH delay_offers USING INDEX ix_delay_offers_status_answer_by_offer_id"
     ), read
     assert not any("B-TREE" in step for step in read), read  # no sort
-    closes = [p for s, p in plans.items() if "json_each" in s and s.startswith("UPDATE")]
-    assert len(closes) == 1  # the offers to agents, in one statement
-    for plan in closes:
-        assert plan[0] == "SEARCH delay_offers USING INTEGER PRIMARY KEY (rowid=?)", plan
+    by_ids = {
+        s.split()[1]: p for s, p in plans.items() if "json_each" in s and s.startswith("UPDATE")
+    }
+    # The offers to agents, then those cancelled, each in one statement, and their lines.
+    assert len([s for s in executed if s.startswith("UPDATE delay_offers SET status")]) == 2
+    for table, plan in by_ids.items():
+        assert plan[0] == f"SEARCH {table} USING INTEGER PRIMARY KEY (rowid=?)", plan
+    assert set(by_ids) >= {"delay_offers", "order_lines"}

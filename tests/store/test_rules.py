@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store
 from store.backorders import (
     NewLine,
     cancel_line,
+    cancel_lines,
     cancel_order,
     cancel_restock,
     change_restock_date,
@@ -21,7 +24,8 @@ from store.backorders import (
 from store.catalog import StockState, alternatives_in_stock, availability
 from store.errors import Conflict, NotFound, StoreError
 from store.queries import LineState, OrderState, lines_moved_since_told, mark_told, order_of
-from store.schema import events, restock_date_changes
+from store.schema import events, follow_on_marks, order_lines, restock_date_changes, stock
+from store.schema import orders as orders_table
 
 from .helpers import D1, D2, at, restock, seed_catalog
 
@@ -138,6 +142,93 @@ async def test_cancel_line_passes_allocation_on(store: Store) -> None:
             await conn.execute(select(func.count()).where(events.c.kind == "line_cancelled"))
         ).scalar()
         assert kinds == 3
+
+
+class _Undo(Exception):
+    pass
+
+
+async def _after_cancels(conn: AsyncConnection) -> dict[str, Any]:
+    ol = order_lines.c
+    return {
+        "lines": (
+            await conn.execute(
+                select(
+                    ol.line_id,
+                    ol.qty_waiting,
+                    ol.qty_allocated,
+                    ol.qty_cancelled,
+                    ol.waits_for_restock_id,
+                ).order_by(ol.line_id)
+            )
+        ).all(),
+        "stock": (
+            await conn.execute(
+                select(stock.c.sku, stock.c.on_hand, stock.c.allocated).order_by(stock.c.sku)
+            )
+        ).all(),
+        "marks": (await conn.execute(select(follow_on_marks).order_by(*follow_on_marks.c))).all(),
+        "cancelled": (
+            await conn.execute(
+                select(events.c.line_id, events.c.data)
+                .where(events.c.kind == "line_cancelled")
+                .order_by(events.c.line_id)
+            )
+        ).all(),
+    }
+
+
+async def test_lines_of_many_orders_cancelled_at_once_end_as_one_after_another(
+    store: Store,
+) -> None:
+    """store.backorders.cancel_lines (the delay policy's deadlines) leaves the store as
+    cancel_line for each line in turn: the same units cancelled, and the allocations passed
+    on first come, first served to the same lines, though each cancel_line passed them on
+    (to a line cancelled next, in turn) and cancel_lines once after all of them."""
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        await set_stock(conn, "KET-0001", 4)
+        await restock(conn, "PO-1", 10, D1)
+        await restock(conn, "PO-2", 10, D1, "KET-0002")
+        orders = [
+            ("100001", [NewLine("KET-0001", 2)]),  # allocated
+            ("100002", [NewLine("KET-0001", 3)]),  # 2 allocated, 1 waiting
+            ("100003", [NewLine("KET-0001", 1)]),  # waiting
+            ("100004", [NewLine("KET-0002", 1), NewLine("KET-0001", 2)]),  # waiting
+            ("100005", [NewLine("KET-0001", 2)]),  # waiting
+        ]
+        for i, (number, lines) in enumerate(orders):
+            await place_order(conn, number, 1 + i % 5, lines, placed_at=at(i))
+        await cancel_line(conn, "100003", 1)  # nothing left to cancel below
+        ol = order_lines.c
+        ids = {
+            (r.order_number, r.line_no): r.line_id
+            for r in await conn.execute(
+                select(orders_table.c.order_number, ol.line_no, ol.line_id).join(orders_table)
+            )
+        }
+    picked = [("100002", 1), ("100001", 1), ("100004", 1), ("100004", 2), ("100003", 1)]
+    with pytest.raises(_Undo):
+        async with store.begin() as conn:
+            one_by_one = {
+                ids[p]: (await cancel_line(conn, *p, reason="deadline")).cancelled_qty
+                for p in picked
+            }
+            after_each = await _after_cancels(conn)
+            raise _Undo
+    async with store.begin() as conn:
+        together = await cancel_lines(conn, [ids[p] for p in picked], reason="deadline")
+        after_all = await _after_cancels(conn)
+    assert (
+        together == one_by_one == {ids[p]: q for p, q in zip(picked, [3, 2, 1, 2, 0], strict=True)}
+    )
+    assert after_all == after_each
+    # The units 100001 and 100002 held went to 100005, the first line left waiting.
+    assert [
+        (r.qty_waiting, r.qty_allocated)
+        for r in after_all["lines"]
+        if r.line_id == ids[("100005", 1)]
+    ] == [(0, 2)]
 
 
 async def test_cancel_restock_undates_lines(store: Store) -> None:

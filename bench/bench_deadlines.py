@@ -1,0 +1,174 @@
+# ruff: noqa: E501  (a hand-run script: long report lines)
+"""Issue #14: the delay policy's deadline day on the 1M-order store. Its offers were all made
+by the first pass on one day, so 1.26M of them fall due together (answer-by 2026-12-09). The
+policy's batches (store.delays.run_delay_policy) decide every offer due on the next day; then
+the projection's batches walk the queues the cancellations changed. Measured from outside:
+another process asks for the write lock (BEGIN IMMEDIATE, then ROLLBACK) every 20 ms, and its
+longest wait is the longest write transaction it met. Measured from inside: wall and CPU
+seconds, and offers decided per second.
+Run by hand on a copy of a demo store; prints figures, asserts nothing.
+
+    .venv/bin/python bench/bench_deadlines.py STORE.sqlite3 [--shown] [--bot] [--seconds 120]
+        [--code ROOT] [--work DIR]
+
+By default no offer was shown (the demo store links no chat), so each one goes to the agents
+('never_shown'). --shown: every one reached its customer first, so the policy cancels the
+lines ('no_answer', DELAY_NO_ANSWER_ACTION=cancel). --bot: in the batches of the bot's tick
+(bot.notices.run_policy: POLICY_BATCH lines each, POLICY_LINES a tick; ticks back to back,
+where the bot has 2 s between them and delivers), not an admin command's. --seconds: stop the policy after this
+long and report the pace. --code is the checkout to measure (an older one gives the "before"
+figures: `git archive main store | tar -x -C /tmp/before`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._probe import lock_probe  # noqa: E402
+from bench.bench_import_orders import MIGRATE  # noqa: E402
+
+WORK = """
+import asyncio, sys, time
+from datetime import date, datetime, timedelta, UTC
+from store import open_store
+from store.backorders import run_projection
+from store.cli import follow_on_settings
+from store.delays import run_delay_policy
+class Enough(Exception):
+    pass
+async def go(db, today, seconds, bot):
+    s = await open_store(f"sqlite+aiosqlite:///{db}")
+    f = follow_on_settings()
+    now = datetime.combine(today, datetime.min.time(), UTC) + timedelta(hours=9)
+    print(f"@begin {time.time()}", flush=True)
+    cpu, t = time.process_time(), time.perf_counter()
+    decided = [0, 0, 0, 0]
+    def seen(run):
+        decided[0] += run.cancelled
+        decided[1] += run.to_agents
+        decided[2] += run.closed
+        decided[3] += 1
+        if time.perf_counter() - t > seconds:
+            raise Enough
+    whole = True
+    try:
+        if bot:
+            # The bot's tick (bot.notices.run_policy): fixed batches, so many a tick.
+            from bot.notices import POLICY_BATCH, POLICY_LINES
+            ticks = []
+            while True:
+                t1 = time.perf_counter()
+                run = await run_delay_policy(s, today=today, now=now, policy=f.policy, batch_size=POLICY_BATCH, max_batches=POLICY_LINES // POLICY_BATCH, on_batch=seen)
+                ticks.append(time.perf_counter() - t1)
+                if not run.more:
+                    break
+            print(f"bot ticks: {len(ticks)}, {sum(decided[:3]) / len(ticks):.0f} offers a tick, a tick's policy round {sorted(ticks)[len(ticks) // 2]:.2f} s (median)", flush=True)
+        else:
+            await run_delay_policy(s, today=today, now=now, policy=f.policy, on_batch=seen)
+    except Enough:
+        whole = False
+    took = time.perf_counter() - t
+    print(f"@policy {time.time()}", flush=True)
+    n = sum(decided[:3])
+    print(f"policy: {n} offers decided ({decided[0]} cancelled, {decided[1]} to agents, {decided[2]} closed) in {decided[3]} batches, {took:.1f} s, {time.process_time() - cpu:.1f} s CPU: {n / took:.0f} offers/s{'' if whole else f' (stopped after {seconds:.0f} s)'}", flush=True)
+    if whole:
+        cpu, t = time.process_time(), time.perf_counter()
+        run = await run_projection(s)
+        print(f"projection: {run.lines} lines in {run.batches} batches, {time.perf_counter() - t:.1f} s, {time.process_time() - cpu:.1f} s CPU", flush=True)
+    print(f"@end {time.time()}", flush=True)
+    await s.close()
+asyncio.run(go(sys.argv[1], date.fromisoformat(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "bot"))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("store", type=Path)
+    ap.add_argument("--shown", action="store_true")
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--bot", action="store_true")
+    ap.add_argument("--code", type=Path, default=ROOT)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    db = args.work / "deadlines.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    shutil.copy(args.store, db)
+    os.chmod(db, 0o644)
+    env = {**os.environ, "PYTHONPATH": str(args.code)}
+    subprocess.run([sys.executable, "-c", MIGRATE, str(db)], cwd=args.code, env=env, check=True)
+    with sqlite3.connect(db) as conn:
+        if args.shown:
+            conn.execute(
+                "UPDATE delay_offers SET shown_at = '2026-12-01 10:00:00'"
+                " WHERE status = 'open' AND consent_needed"
+            )
+        # The day after the answer-by day most offers share.
+        (day, due) = conn.execute(
+            "SELECT answer_by, count(*) FROM delay_offers WHERE status = 'open' AND consent_needed"
+            " GROUP BY answer_by ORDER BY count(*) DESC LIMIT 1"
+        ).fetchone()
+        (today,) = conn.execute("SELECT date(?, '+1 day')", (day,)).fetchone()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    print(
+        f"code {args.code}; {due} offers due by {day}, decided on {today}; load {os.getloadavg()}"
+    )
+    (args.work / "deadlines_work.py").write_text(WORK)
+    stop = mp.Event()
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    prober = mp.Process(target=lock_probe, args=(str(db), stop, q))
+    prober.start()
+    t = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(args.work / "deadlines_work.py"),
+            str(db),
+            today,
+            str(args.seconds),
+            "bot" if args.bot else "admin",
+        ],
+        cwd=args.code,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    took = time.perf_counter() - t
+    marks: dict[str, float] = {}
+    for line in (done.stdout + done.stderr).strip().splitlines():
+        if line.startswith("@"):
+            name, at = line[1:].split()
+            marks[name] = float(at)
+        else:
+            print(f"  | {line[:220]}")
+    print(f"  wall {took:.1f} s (the worker, with opening the store), exit {done.returncode}")
+    stop.set()
+    asked = q.get()
+    prober.join()
+    for name, lo, hi in (
+        ("the policy's batches", "begin", "policy"),
+        ("the projection's batches", "policy", "end"),
+    ):
+        if lo in marks and hi in marks:
+            during = sorted(w for at, w in asked if marks[lo] - 0.05 <= at <= marks[hi])
+            if during:
+                print(
+                    f"  probe, {name}: longest BEGIN IMMEDIATE wait {during[-1] * 1000:.0f} ms, p99 {during[int(len(during) * 0.99)] * 1000:.0f} ms ({len(during)} waits)"
+                )
+    print(f"load {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
