@@ -121,6 +121,7 @@ def main() -> None:
             " GROUP BY answer_by ORDER BY count(*) DESC LIMIT 1"
         ).fetchone()
         (today,) = conn.execute("SELECT date(?, '+1 day')", (day,)).fetchone()
+        conn.commit()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     print(
         f"code {args.code}; {due} offers due by {day}, decided on {today}; load {os.getloadavg()}"
