@@ -53,6 +53,7 @@ from store.marks import (
     id_list,
     in_ids,
     in_list,
+    planned_now,
     run_sized_batches,
     take_turn,
     unmark_orders,
@@ -554,15 +555,16 @@ async def notice_batch(
             .exists()
         )
 
-    marked = (
-        await conn.execute(
-            select(m.line_id, ol.order_id)
-            .select_from(follow_on_marks.join(order_lines, ol.line_id == m.line_id))
-            .where(m.stage == NOTICE, m.line_id < policy_below, ~policy_owes())
-            .order_by(m.line_id)
-            .limit(limit)
-        )
-    ).all()
+    async with planned_now(conn):
+        marked = (
+            await conn.execute(
+                select(m.line_id, ol.order_id)
+                .select_from(follow_on_marks.join(order_lines, ol.line_id == m.line_id))
+                .where(m.stage == NOTICE, m.line_id < policy_below, ~policy_owes())
+                .order_by(m.line_id)
+                .limit(limit)
+            )
+        ).all()
     budget = limit - len(marked)
     lines = len(marked)
     report = QueueReport(0, 0, 0)
