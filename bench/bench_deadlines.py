@@ -23,19 +23,17 @@ figures: `git archive main store | tar -x -C /tmp/before`).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._probe import lock_probe  # noqa: E402
+from bench._probe import probed_worker  # noqa: E402
 from bench.bench_import_orders import MIGRATE  # noqa: E402
 
 WORK = """
@@ -127,12 +125,8 @@ def main() -> None:
         f"code {args.code}; {due} offers due by {day}, decided on {today}; load {os.getloadavg()}"
     )
     (args.work / "deadlines_work.py").write_text(WORK)
-    stop = mp.Event()
-    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    prober = mp.Process(target=lock_probe, args=(str(db), stop, q))
-    prober.start()
-    t = time.perf_counter()
-    done = subprocess.run(
+    probed_worker(
+        str(db),
         [
             sys.executable,
             str(args.work / "deadlines_work.py"),
@@ -143,31 +137,11 @@ def main() -> None:
         ],
         cwd=args.code,
         env=env,
-        capture_output=True,
-        text=True,
+        phases=(
+            ("the policy's batches", "begin", "policy"),
+            ("the projection's batches", "policy", "end"),
+        ),
     )
-    took = time.perf_counter() - t
-    marks: dict[str, float] = {}
-    for line in (done.stdout + done.stderr).strip().splitlines():
-        if line.startswith("@"):
-            name, at = line[1:].split()
-            marks[name] = float(at)
-        else:
-            print(f"  | {line[:220]}")
-    print(f"  wall {took:.1f} s (the worker, with opening the store), exit {done.returncode}")
-    stop.set()
-    asked = q.get()
-    prober.join()
-    for name, lo, hi in (
-        ("the policy's batches", "begin", "policy"),
-        ("the projection's batches", "policy", "end"),
-    ):
-        if lo in marks and hi in marks:
-            during = sorted(w for at, w in asked if marks[lo] - 0.05 <= at <= marks[hi])
-            if during:
-                print(
-                    f"  probe, {name}: longest BEGIN IMMEDIATE wait {during[-1] * 1000:.0f} ms, p99 {during[int(len(during) * 0.99)] * 1000:.0f} ms ({len(during)} waits)"
-                )
     print(f"load {os.getloadavg()}")
 
 

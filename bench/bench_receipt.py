@@ -15,18 +15,16 @@ CPU seconds). Run by hand on a copy of a demo store; prints figures, asserts not
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._probe import lock_probe  # noqa: E402
+from bench._probe import probed_worker  # noqa: E402
 from bench.bench_import_orders import MIGRATE  # noqa: E402
 
 WORK = """
@@ -54,8 +52,8 @@ async def go(db):
             longest[0] = max(longest[0], now - last[0])
             last[0] = now
         run = await run_allocation(s, on_batch=seen)
-        print(f"@allocated {time.time()}", flush=True)
         print(f"allocation: {run.lines} lines, {run.units} units in {run.batches} batches, {(time.perf_counter() - t) * 1000:.0f} ms, {time.process_time() - cpu:.2f} s CPU; longest batch with its pause {longest[0] * 1000:.0f} ms", flush=True)
+    print(f"@allocated {time.time()}", flush=True)  # at once, without the allocation's batches
     cpu, t = time.process_time(), time.perf_counter()
     run = await run_projection(s)
     print(f"projection: {run.lines} lines in {run.batches} batches, {(time.perf_counter() - t) * 1000:.0f} ms, {time.process_time() - cpu:.2f} s CPU", flush=True)
@@ -80,42 +78,18 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(args.code)}
     subprocess.run([sys.executable, "-c", MIGRATE, str(db)], cwd=args.code, env=env, check=True)
     (args.work / "receipt_work.py").write_text(WORK)
-    stop = mp.Event()
-    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-    prober = mp.Process(target=lock_probe, args=(str(db), stop, q))
     print(f"code {args.code}; load {os.getloadavg()}")
-    prober.start()
-    t = time.perf_counter()
-    done = subprocess.run(
+    probed_worker(
+        str(db),
         [sys.executable, str(args.work / "receipt_work.py"), str(db)],
         cwd=args.code,
         env=env,
-        capture_output=True,
-        text=True,
+        phases=(
+            ("the receipt's transaction", "begin", "receipt"),
+            ("the allocation's batches", "receipt", "allocated"),
+            ("the projection's batches", "allocated", "end"),
+        ),
     )
-    took = time.perf_counter() - t
-    marks: dict[str, float] = {}
-    for line in (done.stdout + done.stderr).strip().splitlines():
-        if line.startswith("@"):
-            name, at = line[1:].split()
-            marks[name] = float(at)
-        else:
-            print(f"  | {line[:220]}")
-    print(f"  wall {took:.1f} s (the worker, with opening the store), exit {done.returncode}")
-    stop.set()
-    asked = q.get()
-    prober.join()
-    for name, lo, hi in (
-        ("the receipt's transaction", "begin", "receipt"),
-        ("the allocation's batches", "receipt", "allocated"),
-        ("the projection's batches", "allocated" if "allocated" in marks else "receipt", "end"),
-    ):
-        if lo in marks and hi in marks:
-            during = sorted(w for at, w in asked if marks[lo] - 0.05 <= at <= marks[hi])
-            if during:
-                print(
-                    f"  probe, {name}: longest BEGIN IMMEDIATE wait {during[-1] * 1000:.0f} ms, p99 {during[int(len(during) * 0.99)] * 1000:.0f} ms ({len(during)} waits)"
-                )
     print(f"load {os.getloadavg()}")
 
 
