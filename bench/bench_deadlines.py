@@ -8,8 +8,10 @@ longest wait is the longest write transaction it met. Measured from inside: wall
 seconds, and offers decided per second.
 Run by hand on a copy of a demo store; prints figures, asserts nothing.
 
-    .venv/bin/python bench/bench_deadlines.py STORE.sqlite3 [--shown] [--bot] [--seconds 120]
+    .venv/bin/python bench/bench_deadlines.py [STORE.sqlite3] [--shown] [--bot] [--seconds 120]
         [--code ROOT] [--work DIR]
+    .venv/bin/python bench/bench_deadlines.py --postgresql postgresql+asyncpg://USER@HOST/postgres
+        [--size medium] [--shown]
 
 By default no offer was shown (the demo store links no chat), so each one goes to the agents
 ('never_shown'). --shown: every one reached its customer first, so the policy cancels the
@@ -28,7 +30,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -90,15 +94,86 @@ asyncio.run(go(sys.argv[1], date.fromisoformat(sys.argv[2]), float(sys.argv[3]),
 """
 
 
+async def pg_deadlines(server: str, size: str, shown: bool) -> None:
+    """The same on PostgreSQL: a copy of the demo store of ``size`` (bench_store's), its
+    first policy pass (not measured), then the policy's batches on the day after the answer-by
+    day most offers share, in this process, timed batch by batch."""
+    from datetime import UTC, datetime, timedelta
+
+    from bench_store import _postgresql_copy  # type: ignore[import-not-found]
+    from sqlalchemy import func, select, update
+
+    from store import open_store
+    from store.cli import follow_on_settings
+    from store.delays import run_delay_policy
+    from store.schema import delay_offers
+
+    url = await _postgresql_copy(server, size, vacuum=False)
+    s = await open_store(url)
+    f = follow_on_settings()
+    now = datetime.now(UTC)
+    first = await run_delay_policy(s, today=now.astimezone(f.zone).date(), now=now, policy=f.policy)
+    d = delay_offers.c
+    due = (d.status == "open", d.consent_needed.is_(True))
+    async with s.begin() as conn:
+        if shown:
+            await conn.execute(update(delay_offers).where(*due).values(shown_at=now))
+        day, count = (
+            await conn.execute(
+                select(d.answer_by, func.count())
+                .where(*due)
+                .group_by(d.answer_by)
+                .order_by(func.count().desc())
+                .limit(1)
+            )
+        ).one()
+    print(f"PostgreSQL {size}: first pass made {first.offered} offers; {count} due by {day}")
+    took: list[float] = []
+    run_batch = s.run_batch
+
+    async def timed(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return await run_batch(*a, **k)
+        finally:
+            took.append(time.perf_counter() - t)
+
+    s.run_batch = timed  # type: ignore[method-assign]
+    t = time.perf_counter()
+    run = await run_delay_policy(
+        s, today=day + timedelta(days=1), now=now + timedelta(days=8), policy=f.policy
+    )
+    wall = time.perf_counter() - t
+    took.sort()
+    n = run.cancelled + run.to_agents + run.closed
+    print(
+        f"policy: {n} offers decided ({run.cancelled} cancelled, {run.to_agents} to agents,"
+        f" {run.closed} closed) in {run.batches} batches, {wall:.1f} s: {n / wall:.0f} offers/s;"
+        f" batches: longest {took[-1] * 1000:.0f} ms, p99 {took[int(len(took) * 0.99)] * 1000:.0f}"
+        f" ms, median {took[len(took) // 2] * 1000:.0f} ms"
+    )
+    await s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("store", type=Path)
+    ap.add_argument(
+        "store", type=Path, nargs="?", default=Path("/work/stores/large-passed.sqlite3")
+    )
+    ap.add_argument("--postgresql", metavar="URL", help="a server: its database postgres is used")
+    ap.add_argument("--size", default="medium")
     ap.add_argument("--shown", action="store_true")
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--bot", action="store_true")
     ap.add_argument("--code", type=Path, default=ROOT)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
+    if args.postgresql:
+        import asyncio
+
+        sys.path.insert(0, str(ROOT / "bench"))
+        asyncio.run(pg_deadlines(args.postgresql, args.size, args.shown))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     db = args.work / "deadlines.sqlite3"
     for suffix in ("", "-wal", "-shm"):
