@@ -11,10 +11,11 @@ with real processes. DB is a SQLite file's path or a database URL (PostgreSQL).
         runs the policy to the end, commits K-1 batches of the notices, then is killed inside
         notice batch K.
 
+``--deadlines``: on the day after the last answer-by day of the offers: every one due.
 ``--no-turn``: the batch's first writes (store.marks.take_turn, and take_marks when there is
 no mark) left out, so that processes read the same lines at once and meet at the insert: the
 ON CONFLICT path.
-Prints one JSON line: what the policy did.
+Prints one JSON line: what the policy did (with --deadlines, the offers it decided too).
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ import signal
 import sys
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import store.delays
 from store import open_store
 from store.delays import delay_policy_batch, run_delay_policy
 from store.outbox import notice_batch, run_notices
-from store.schema import follow_on_cursors, follow_on_marks
+from store.schema import delay_offers, follow_on_cursors, follow_on_marks
 from tests.store.policy_helpers import D0, POLICY, T0
 
 TODAY = D0 + timedelta(days=1)
@@ -85,14 +86,22 @@ async def main(args: argparse.Namespace) -> dict[str, int]:
         if args.wait:
             print(json.dumps({"ready": True}), flush=True)
             await asyncio.to_thread(sys.stdin.readline)
-        run = await run_delay_policy(s, today=TODAY, now=NOW, policy=POLICY, batch_size=args.batch)
-        told = await run_notices(s, now=NOW, batch_size=args.batch)
-        return {
+        today, now = TODAY, NOW
+        if args.deadlines:
+            async with s.connect() as conn:
+                last = await conn.scalar(select(func.max(delay_offers.c.answer_by)))
+            today, now = last + timedelta(days=1), NOW + (last - TODAY) + timedelta(days=1)
+        run = await run_delay_policy(s, today=today, now=now, policy=POLICY, batch_size=args.batch)
+        told = await run_notices(s, now=now, batch_size=args.batch)
+        done = {
             "offered": run.offered,
             "batches": run.batches,
             "lines": run.lines,
             "notices": told.notices,
         }
+        if args.deadlines:
+            done.update(cancelled=run.cancelled, to_agents=run.to_agents, closed=run.closed)
+        return done
     finally:
         await s.close()
 
@@ -105,6 +114,7 @@ if __name__ == "__main__":
     p.add_argument("--no-turn", action="store_true")
     p.add_argument("--die-in-batch", type=int, default=0)
     p.add_argument("--die-in-notice-batch", type=int, default=0)
+    p.add_argument("--deadlines", action="store_true")
     result = asyncio.run(main(p.parse_args()))
     print(json.dumps(result), flush=True)
     sys.exit(0)

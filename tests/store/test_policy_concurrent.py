@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select, update
 
 from store import Store, open_store
-from store.schema import follow_on_marks
+from store.delays import run_delay_policy
+from store.outbox import run_notices
+from store.schema import delay_offers, follow_on_marks
 from tests.pg import Databases, sqlite_url
-from tests.store.policy_helpers import clone, late_store, policy_state
+from tests.store.policy_helpers import POLICY, clone, late_store, policy_state
+from tests.store.policy_proc import NOW, TODAY
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS = 100  # one or two lines each: 120 late lines
@@ -151,4 +154,47 @@ async def test_concurrent_passes_make_each_offer_and_notice_once(
     # The offers and notices were shared out between the processes, none made twice.
     assert sum(r["offered"] for r in results) == reference["offered"]
     assert sum(r["notices"] for r in results) == reference["notices"]
+    assert await _state(shared) == expected
+
+
+async def _offers_made_half_shown(url: str) -> None:
+    """The policy's first pass (every late line offered), then every other offer needing
+    consent shown to its customer: on its deadline, those are cancelled, the rest go to
+    agents."""
+    s = await open_store(url, migrate_schema=False)
+    d = delay_offers.c
+    try:
+        await run_delay_policy(s, today=TODAY, now=NOW, policy=POLICY)
+        await run_notices(s, now=NOW)
+        async with s.begin() as conn:
+            due = list(
+                await conn.scalars(
+                    select(d.offer_id)
+                    .where(d.status == "open", d.consent_needed.is_(True))
+                    .order_by(d.offer_id)
+                )
+            )
+            await conn.execute(
+                update(delay_offers).where(d.offer_id.in_(due[::2])).values(shown_at=NOW)
+            )
+    finally:
+        await s.close()
+
+
+async def test_concurrent_deadline_days_decide_each_offer_once(
+    late_url: str, request: pytest.FixtureRequest
+) -> None:
+    """Two processes run the policy on the day every offer is due: each offer is decided
+    once, each line cancelled once (store.backorders.cancel_lines, a batch's lines together),
+    and the store ends as one process leaves it."""
+    await _offers_made_half_shown(late_url)
+    alone = await clone(late_url, request, "alone")
+    shared = await clone(late_url, request, "shared")
+    (reference,) = await _run([alone], "--batch", "16", "--deadlines")
+    results = await _run([shared] * 2, "--batch", "16", "--deadlines")
+
+    expected = await _state(alone)
+    assert (reference["cancelled"], reference["to_agents"], reference["closed"]) == (25, 25, 0)
+    for outcome in ("cancelled", "to_agents", "closed"):
+        assert sum(r[outcome] for r in results) == reference[outcome]
     assert await _state(shared) == expected
