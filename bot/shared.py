@@ -529,8 +529,8 @@ class SharedInbox(Inbox):
         """Stop claiming (a round in progress ends first), write the last marks and give back
         every chat still claimed (what was not answered is taken at once by another process,
         not after the lease)."""
-        await self._claiming.stop()
-        await self._renewals.stop()
+        # Together: each may wait up to STOP_WAIT_SECONDS for a round on a database that hangs.
+        await asyncio.gather(self._claiming.stop(), self._renewals.stop())
         listener, self._listener = self._listener, None
         if listener is not None:
             # Waiting for a notification: its connection is closed, not sent back to the pool.

@@ -350,6 +350,8 @@ async def planned_now(conn: AsyncConnection) -> AsyncIterator[None]:
     custom = conn.dialect.name == "postgresql"
     if custom:
         await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+    # Not in a finally: after an error the transaction takes no statement, and a SET LOCAL
+    # ends with it anyway.
     yield
     if custom:
         await conn.exec_driver_sql("SET LOCAL plan_cache_mode = DEFAULT")
