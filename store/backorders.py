@@ -1564,7 +1564,7 @@ async def _cancel_lines(
     one line after another would give them). ``project``: the head of each SKU's queue is
     walked now (_project_now); else all of it is left to the projection's batches."""
     c = order_lines.c
-    left = [r for r in rows if int(r.qty_waiting) + int(r.qty_allocated) > 0]
+    left = [r for r in rows if _left_of(r) > 0]
     released_by_sku: dict[str, int] = {}
     for r in left:
         released_by_sku[r.sku] = released_by_sku.get(r.sku, 0) + int(r.qty_allocated)
@@ -1589,13 +1589,13 @@ async def _cancel_lines(
                     "sku": r.sku,
                     "order_id": r.order_id,
                     "line_id": r.line_id,
-                    "qty": int(r.qty_waiting) + int(r.qty_allocated),
+                    "qty": _left_of(r),
                     "reason": reason,
                 }
                 for r in left
             ],
         )
-    total = sum(int(r.qty_waiting) + int(r.qty_allocated) for r in left)
+    total = sum(_left_of(r) for r in left)
     realloc: list[Allocation] = []
     projs: list[Projection] = []
     for sku, released in sorted(released_by_sku.items()):
@@ -1611,6 +1611,11 @@ async def _cancel_lines(
     return Cancellation(
         total > 0, total, sum(released_by_sku.values()), tuple(realloc), tuple(projs)
     )
+
+
+def _left_of(line: Any) -> int:
+    """What a cancellation of the line (read as _LINE_COLS) takes: its units not shipped."""
+    return int(line.qty_waiting) + int(line.qty_allocated)
 
 
 async def _ask_before_cancel(conn: AsyncConnection, which: ColumnElement[bool]) -> None:
@@ -1679,7 +1684,7 @@ async def cancel_lines(
         )
     ).all()
     await _cancel_lines(conn, rows, reason, project=False)
-    return {int(r.line_id): int(r.qty_waiting) + int(r.qty_allocated) for r in rows}
+    return {int(r.line_id): _left_of(r) for r in rows}
 
 
 async def cancel_order(

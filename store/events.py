@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
@@ -19,6 +20,20 @@ def _default(value: Any) -> str:
     return str(value)
 
 
+# The columns an event names; everything else it is given is its data.
+_NAMED = ("sku", "order_id", "line_id", "restock_id", "customer_id")
+
+
+def _row(at: datetime, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    data = {k: v for k, v in fields.items() if k not in _NAMED}
+    return {
+        "at": at,
+        "kind": kind,
+        **{k: fields.get(k) for k in _NAMED},
+        "data": json.dumps(data, default=_default, sort_keys=True) if data else None,
+    }
+
+
 async def log_event(
     conn: AsyncConnection,
     kind: str,
@@ -30,37 +45,19 @@ async def log_event(
     customer_id: int | None = None,
     **data: Any,
 ) -> None:
-    await conn.execute(
-        _LOG,
-        {
-            "at": utcnow(),
-            "kind": kind,
-            "sku": sku,
-            "order_id": order_id,
-            "line_id": line_id,
-            "restock_id": restock_id,
-            "customer_id": customer_id,
-            "data": json.dumps(data, default=_default, sort_keys=True) if data else None,
-        },
-    )
+    named = {
+        "sku": sku,
+        "order_id": order_id,
+        "line_id": line_id,
+        "restock_id": restock_id,
+        "customer_id": customer_id,
+    }
+    await conn.execute(_LOG, _row(utcnow(), kind, {**named, **data}))
 
 
 async def log_events(conn: AsyncConnection, kind: str, rows: list[dict[str, Any]]) -> None:
     """``log_event`` for many at once, one moment for all: each row names its sku, order_id,
     line_id, restock_id, customer_id (those it has), the rest is its data."""
-    if not rows:
-        return
-    now = utcnow()
-    keys = ("sku", "order_id", "line_id", "restock_id", "customer_id")
-    params = []
-    for row in rows:
-        data = {k: v for k, v in row.items() if k not in keys}
-        params.append(
-            {
-                "at": now,
-                "kind": kind,
-                **{k: row.get(k) for k in keys},
-                "data": json.dumps(data, default=_default, sort_keys=True) if data else None,
-            }
-        )
-    await conn.execute(_LOG, params)
+    if rows:
+        now = utcnow()
+        await conn.execute(_LOG, [_row(now, kind, row) for row in rows])

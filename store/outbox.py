@@ -702,17 +702,20 @@ async def _merge_undelivered(
     customer_ids = sorted({heads[o].customer_id for o in by_order})
     if not customer_ids:
         return 0
+
     # Only notices nobody has claimed. A claimed one may be on its way this moment: folded
     # into the new notice (a new key, its old one superseded), its change was told twice,
     # once by its sender and once in the new notice. Whether its lease ran out is not this
     # change's to judge: its holder renews it, and this clock may not be the holder's (an
     # admin on another machine, an import that held the database for longer than a lease).
     # One whose holder died is sent as it is once its lease runs out, then the new one.
-    unsent = (
-        outbox.c.kind == ORDER_UPDATE,
-        outbox.c.status == "pending",
-        outbox.c.claimed_until.is_(None),
-    )
+    def unsent(status: ColumnElement[str]) -> tuple[ColumnElement[bool], ...]:
+        return (
+            outbox.c.kind == ORDER_UPDATE,
+            status == "pending",
+            outbox.c.claimed_until.is_(None),
+        )
+
     merged = 0
     for part in _chunks(customer_ids, IN_CHUNK):
         # Usually nothing of theirs is waiting: one look through the (customer_id, status)
@@ -724,7 +727,8 @@ async def _merge_undelivered(
         waiting = built_once(
             ("unsent of", conn.dialect.name),
             lambda: select(outbox.c.outbox_id, outbox.c.payload).where(
-                in_list(conn.dialect.name, outbox.c.customer_id, id_list("m_ids")), *unsent
+                in_list(conn.dialect.name, outbox.c.customer_id, id_list("m_ids")),
+                *unsent(outbox.c.status),
             ),
         )
         mine = [
@@ -737,12 +741,7 @@ async def _merge_undelivered(
         # Asked again in the statement: another process may have claimed one meanwhile.
         result = await conn.execute(
             update(outbox)
-            .where(
-                in_ids(conn, outbox.c.outbox_id, mine),
-                outbox.c.kind == ORDER_UPDATE,
-                filter_only(outbox.c.status) == "pending",
-                outbox.c.claimed_until.is_(None),
-            )
+            .where(in_ids(conn, outbox.c.outbox_id, mine), *unsent(filter_only(outbox.c.status)))
             .values(status="superseded", last_error="merged into a newer notice")
             .returning(outbox.c.payload)
         )
