@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot import metrics
 from store.db import Store, alembic_config
+from store.outbox import PENDING
 from store.schema import handoff_escalations, handoffs, outbox
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ def _age(since: datetime | None, now: datetime) -> float:
 
 async def store_gauges(conn: AsyncConnection, now: datetime) -> StoreGauges:
     o = outbox.c
-    backlog = await conn.scalar(select(func.count()).where(o.status == "pending"))
+    backlog = await conn.scalar(select(func.count()).where(o.status == PENDING))
     oldest_due = await conn.scalar(
-        select(func.min(o.not_before)).where(o.status == "pending", o.not_before <= now)
+        select(func.min(o.not_before)).where(o.status == PENDING, o.not_before <= now)
     )
     h = handoffs.c
     open_ = await conn.scalar(select(func.count()).where(h.state != "closed"))

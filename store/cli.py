@@ -72,7 +72,7 @@ from store.insights import alerts as list_alerts
 from store.insights import cause_report, compute_records, refresh_causes, set_reorder_point
 from store.links import DEVELOPMENT_SECRET, make_link_code, secret_problem
 from store.marks import NOTICE, pending, pending_projections, rescan
-from store.outbox import NOTICE_BATCH, NoticeRun, run_notices
+from store.outbox import NOTICE_BATCH, PENDING, NoticeRun, run_notices
 from store.schema import (
     customers,
     delay_offers,
@@ -557,8 +557,8 @@ async def _status(conn: AsyncConnection) -> None:
     left = await pending(conn)
     now = datetime.now(UTC)
     o = outbox.c
-    due = await conn.scalar(select(func.count()).where(o.status == "pending", o.not_before <= now))
-    backlog = await conn.scalar(select(func.count()).where(o.status == "pending"))
+    due = await conn.scalar(select(func.count()).where(o.status == PENDING, o.not_before <= now))
+    backlog = await conn.scalar(select(func.count()).where(o.status == PENDING))
     d = delay_offers.c
     deadlines = await conn.scalar(
         select(func.count()).where(

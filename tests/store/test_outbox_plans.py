@@ -11,9 +11,9 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from store import Store
-from store.outbox import QueueReport, queue_notices
+from store.outbox import QueueReport, claim_due, queue_notices
 from tests.store.helpers import at, seed_catalog
-from tests.store.test_outbox import add_chat, add_order, day, move
+from tests.store.test_outbox import LEASE, add_chat, add_order, day, move
 
 pytestmark = pytest.mark.sqlite_only("SQLite's query plans")
 
@@ -78,7 +78,7 @@ async def test_an_unsent_notice_is_superseded_through_its_id_not_every_pending_o
     def explain(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
     ) -> None:
-        if not many and statement.lstrip().upper().startswith("UPDATE OUTBOX"):
+        if not many and statement.lstrip().upper().startswith(("UPDATE OUTBOX", "SELECT")):
             rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
             plans[statement] = [str(r[-1]) for r in rows]
 
@@ -90,5 +90,42 @@ async def test_an_unsent_notice_is_superseded_through_its_id_not_every_pending_o
 
     report = await store.run_batch(batch)
     assert report == QueueReport(1, 1, 1)  # order 1's notice, its unsent one merged into it
-    [superseded] = plans.values()
+    [superseded] = [p for s, p in plans.items() if s.lstrip().upper().startswith("UPDATE")]
     assert superseded[0] == "SEARCH outbox USING INTEGER PRIMARY KEY (rowid=?)", superseded
+    # The unsent notices of the batch's customers are found through the index of the waiting
+    # ones by customer, not by reading every pending notice of the store.
+    [unsent] = [p for s, p in plans.items() if s.lstrip().startswith("SELECT outbox.outbox_id")]
+    assert unsent[0] == "SEARCH outbox USING INDEX ix_outbox_pending_customer (customer_id=?)"
+
+
+async def test_the_due_notices_are_read_in_order_from_the_index_of_the_waiting_ones(
+    store: Store,
+) -> None:
+    # The sender's claim, every few seconds, on an outbox that keeps every notice ever sent
+    # (1.5M rows on the 1M-order store): it reads the waiting ones in their order, from an
+    # index that holds nothing else, and sorts nothing.
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        for order_id in range(1, 11):
+            await add_order(conn, order_id, 1 + order_id % 5, lines=1)
+        for customer in range(1, 6):
+            await add_chat(conn, customer)
+        await move(conn, [i * 10 + 1 for i in range(1, 11)], day(5), at(1))
+        assert await queue_notices(conn, now=at(2)) == QueueReport(10, 10, 0)
+    plans: dict[str, list[str]] = {}
+
+    def explain(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if not many and statement.lstrip().startswith("SELECT outbox.outbox_id \nFROM outbox"):
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plans[statement] = [str(r[-1]) for r in rows]
+
+    assert store._inline_writer is not None
+    event.listen(store._inline_writer, "before_cursor_execute", explain)
+    claimed = await store.run_batch(
+        lambda conn: claim_due(conn, worker="w", now=at(3), lease=LEASE, limit=4)
+    )
+    assert [c.payload["order_id"] for c in claimed] == [1, 2, 3, 4]
+    [due] = plans.values()
+    assert due == ["SEARCH outbox USING INDEX ix_outbox_pending_due (not_before<?)"], due
