@@ -91,7 +91,7 @@ DELAY_CANCELLED = "delay_cancelled"
 
 # A literal, not a bound value: the outbox's indexes hold only the notices waiting
 # (schema.outbox), and SQLite uses a partial index only for a WHERE it can see implies it.
-PENDING = literal_column("'pending'")
+PENDING: ColumnElement[str] = literal_column("'pending'", String)
 
 
 @dataclass(frozen=True)
