@@ -1124,17 +1124,38 @@ async def projection_batch(
 ) -> ProjectionRun:
     """One bounded step of the projection, in the caller's transaction: the SKU waiting
     longest for its projection (or ``sku``) claimed, up to ``limit`` of its waiting lines
-    walked from its cursor. ``more`` is False when no SKU was pending (or free to claim).
-    ``mark`` False: the lines written are not marked for the follow-on work but returned
-    (``written``): the caller does that work, or marks them, in the same transaction
-    (store.delays.follow_on_batch). ``most_written``: at most that many lines written (the
-    walk stops before the next one to write)."""
-    row = await _claim(conn, sku)
-    if row is None:
-        return ProjectionRun(0, 0, 0, False)
-    w = await _walk(conn, row, limit, mark=mark, most_written=most_written)
-    # A stalled walk ends the run: the next run (the next tick, the next command) goes on.
-    return ProjectionRun(w.lines, len(w.moved), 1, not w.stalled, int(w.done), w.seconds, w.written)
+    walked from its cursor; when its walk ends below ``limit``, the next SKU waiting claimed
+    and walked on with what is left of it (not with ``sku``). ``more`` is False when no SKU
+    was pending (or free to claim). ``mark`` False: the lines written are not marked for the
+    follow-on work but returned (``written``): the caller does that work, or marks them, in
+    the same transaction (store.delays.follow_on_batch). ``most_written``: at most that many
+    lines written (the walk stops before the next one to write)."""
+    # Many short queues change at once (the policy's cancellations on a deadline day: 9,072
+    # SKUs, 26 lines each): one SKU a batch spent more on the batches' commits and turns
+    # than on the walks (37 s for 234,710 lines).
+    lines = moved = finished = claimed = 0
+    seconds = 0.0
+    written: list[int] = []
+    while True:
+        row = await _claim(conn, sku)
+        if row is None:
+            more = False
+            break
+        claimed = 1
+        left = None if most_written is None else most_written - len(written)
+        w = await _walk(conn, row, limit - lines, mark=mark, most_written=left)
+        lines += w.lines
+        moved += len(w.moved)
+        finished += int(w.done)
+        seconds += w.seconds
+        written.extend(w.written)
+        # A stalled walk ends the run: the next run (the next tick, the next command) goes on.
+        more = not w.stalled
+        if w.stalled or not w.done or sku is not None or lines >= limit:
+            break
+        if most_written is not None and len(written) >= most_written:
+            break
+    return ProjectionRun(lines, moved, claimed, more, finished, seconds, tuple(written))
 
 
 async def run_projection(

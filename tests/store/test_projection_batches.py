@@ -265,6 +265,31 @@ async def test_a_long_queue_is_projected_after_the_change_commits(
     await _check(store, done=True)
 
 
+async def test_a_batch_walks_on_to_the_next_queue_with_what_its_limit_leaves(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Short queues changed together (a deadline day's cancellations touch thousands of
+    SKUs) are walked in one batch while its limit lasts, not one batch a SKU."""
+    monkeypatch.setattr(backorders, "INLINE_LINES", 0)
+    # 6 waiting lines a SKU, 12 in all.
+    await _setup(store, 6, random.Random(3), qty=2)
+    await run_projection(store)
+    async with store.begin() as conn:
+        await change_restock_date(conn, "R0-1", D + timedelta(days=12), "slip")
+        await change_restock_date(conn, "R1-2", D + timedelta(days=25), "slip")
+    async with store.begin() as conn:
+        first = await projection_batch(conn, limit=9)
+    # KET-0001's whole queue (6 lines), then KET-0002's first 3 with the 3 left.
+    assert (first.batches, first.finished, first.lines, first.more) == (1, 1, 9, True)
+    async with store.begin() as conn:
+        assert set(await _walks(conn)) == {"KET-0002"}
+    async with store.begin() as conn:
+        second = await projection_batch(conn, limit=9)
+    # KET-0002's last 3 lines; no queue is left to claim.
+    assert (second.batches, second.finished, second.lines, second.more) == (1, 1, 3, False)
+    await _check(store, done=True)
+
+
 async def test_a_new_line_at_the_back_of_a_queue_being_walked_is_dated_at_once(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
