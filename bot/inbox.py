@@ -68,6 +68,9 @@ __all__ = ["FLUSH_AT", "Inbox", "InboxRequest"]
 # a while) goes in several short ones, each holding the file briefly.
 FLUSH_AT = 100
 RETRY_AFTER = 0.05  # seconds before marks whose write failed are tried again
+# Writes of the marks that `flush` tries (close's last flush): an update whose mark is not
+# written is answered again after a restart. Each waits up to the store's busy timeout.
+FLUSH_TRIES = 3
 
 
 class Intake(Protocol):
@@ -115,6 +118,7 @@ class Inbox:
         self._writing = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
         self._since_prune = 0
+        self.failures = 0  # writes of marks that failed (their marks kept for the next)
 
     def _begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
         # Not counted: a counted write makes every update in flight read its chat again and
@@ -259,18 +263,31 @@ class Inbox:
                 # Kept for the next try; until then a kill would only answer them again.
                 log.exception("marking %d updates answered failed; retrying", len(batch))
                 self._done[:0] = batch
+                self.failures += 1
                 return False
             self._since_prune = since_prune
             self._unflushed.difference_update(batch)
             return True
 
     async def flush(self) -> None:
-        """Write every answered mark now, and wait for one being written."""
-        while self._done:
-            if not await self._write():
+        """Write every answered mark now, and wait for one being written. A write that fails
+        (here or the flusher's, whose marks come back) is tried again until FLUSH_TRIES have
+        failed (the database busy a moment as the bot stops); then the marks left are given
+        up and logged."""
+        failed_before = self.failures
+        while True:
+            async with self._writing:
+                pass  # a write under way ends first: a failed one puts its marks back
+            if not self._done:
                 return
-        async with self._writing:
-            pass
+            if self.failures - failed_before >= FLUSH_TRIES:
+                log.error(
+                    "%d answered updates left unmarked: a restart answers them again",
+                    len(self._done),
+                )
+                return
+            if not await self._write():
+                await asyncio.sleep(self.retry_after)
 
     async def close(self) -> None:
         """The last flush, on shutdown."""

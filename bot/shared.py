@@ -515,6 +515,7 @@ class SharedInbox(Inbox):
             except Exception:
                 log.exception("marking %d updates answered failed; retrying", len(batch))
                 self._done[:0] = batch
+                self.failures += 1
                 return False
             self.marked += len(batch)
             for update_id in batch:

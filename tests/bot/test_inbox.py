@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from datetime import UTC, datetime
 
+import pytest
 from telegram import Bot, Chat, Message, Update
 
 from bot.context import BotApplication
@@ -177,3 +179,71 @@ async def test_a_replayed_order_number_whose_step_was_saved_asks_for_the_proof(
     await tg.send_message(BORIS, "100004")
     await tg.wait_for_bot_message(BORIS)
     assert await bot_texts(tg, BORIS) == [ASK_PROOF]
+
+
+@pytest.mark.sqlite_only("SQLite's write lock held by another program")
+async def test_the_last_flush_tries_again_while_another_program_holds_the_database(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop while a tool writes to the file: the marks answered last are written once it
+    lets go, not given up after one try (a restart would answer those updates again)."""
+    monkeypatch.setattr("store.db.BUSY_TIMEOUT_MS", 100)
+    # More tries than the test needs: it lets go after two failed writes, whenever they came.
+    monkeypatch.setattr("bot.inbox.FLUSH_TRIES", 1000)
+    inbox, tool = await _held_by_a_tool(store, clock)
+    try:
+        closing = asyncio.create_task(inbox.close())
+
+        async def failed_twice() -> bool:
+            return _failed_marks(caplog) >= 2
+
+        await wait_for(failed_twice, 60, "two failed writes of the mark")
+        assert not closing.done()
+    finally:
+        tool.execute("ROLLBACK")
+        tool.close()
+    await closing
+    async with store.connect() as conn:
+        assert await count_updates(conn) == (0, 1)
+    assert not _given_up(caplog)
+
+
+@pytest.mark.sqlite_only("SQLite's write lock held by another program")
+async def test_the_last_flush_gives_up_after_its_tries_and_says_so(
+    store: Store, clock: Clock, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("store.db.BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr("bot.inbox.FLUSH_TRIES", 2)
+    inbox, tool = await _held_by_a_tool(store, clock)
+    try:
+        await inbox.close()
+    finally:
+        tool.execute("ROLLBACK")
+        tool.close()
+    async with store.connect() as conn:
+        assert await count_updates(conn) == (1, 0)
+    assert _given_up(caplog) == ["1 answered updates left unmarked: a restart answers them again"]
+
+
+async def _held_by_a_tool(store: Store, clock: Clock) -> tuple[Inbox, sqlite3.Connection]:
+    """An inbox with update 7 answered, its mark not written yet, and another program (the
+    sqlite3 module, as a tool would) holding the file's write lock."""
+    inbox = Inbox(store, clock)
+    await inbox.received([_update(7).to_dict()])
+    assert await inbox.admit(_update(7)) is True
+    path = store.engine.url.database
+    assert path is not None
+    tool = sqlite3.connect(path, isolation_level=None)
+    tool.execute("BEGIN IMMEDIATE")
+    inbox.answered(7)
+    return inbox, tool
+
+
+def _given_up(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "left unmarked" in r.getMessage()]
+
+
+def _failed_marks(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(
+        1 for r in caplog.records if r.getMessage() == "marking 1 updates answered failed; retrying"
+    )
