@@ -2,7 +2,8 @@
 """Issue #14: the delay policy's deadline day on the 1M-order store. Its offers were all made
 by the first pass on one day, so 1.26M of them fall due together (answer-by 2026-12-09). The
 policy's batches (store.delays.run_delay_policy) decide every offer due on the next day; then
-the projection's batches walk the queues the cancellations changed. Measured from outside:
+the projection's batches walk the queues the cancellations changed, with their follow-on
+(store.delays.run_follow_on, as backorder-admin runs it). Measured from outside:
 another process asks for the write lock (BEGIN IMMEDIATE, then ROLLBACK) every 20 ms, and its
 longest wait is the longest write transaction it met. Measured from inside: wall and CPU
 seconds, and offers decided per second.
@@ -44,9 +45,8 @@ WORK = """
 import asyncio, sys, time
 from datetime import date, datetime, timedelta, UTC
 from store import open_store
-from store.backorders import run_projection
 from store.cli import follow_on_settings
-from store.delays import run_delay_policy
+from store.delays import run_delay_policy, run_follow_on
 class Enough(Exception):
     pass
 async def go(db, today, seconds, bot):
@@ -86,8 +86,9 @@ async def go(db, today, seconds, bot):
     print(f"policy: {n} offers decided ({decided[0]} cancelled, {decided[1]} to agents, {decided[2]} closed) in {decided[3]} batches, {took:.1f} s, {time.process_time() - cpu:.1f} s CPU: {n / took:.0f} offers/s{'' if whole else f' (stopped after {seconds:.0f} s)'}", flush=True)
     if whole:
         cpu, t = time.process_time(), time.perf_counter()
-        run = await run_projection(s)
-        print(f"projection: {run.lines} lines in {run.batches} batches, {time.perf_counter() - t:.1f} s, {time.process_time() - cpu:.1f} s CPU", flush=True)
+        # As backorder-admin and the bot's tick run it: the walks with their follow-on.
+        run = await run_follow_on(s, today=today, now=now, policy=f.policy, threshold_days=f.threshold_days)
+        print(f"projection: {run.lines} lines in {run.batches} batches (their follow-on: {run.followed} lines, {run.offered} offered, {run.notices} notices), {time.perf_counter() - t:.1f} s, {time.process_time() - cpu:.1f} s CPU", flush=True)
     print(f"@end {time.time()}", flush=True)
     await s.close()
 asyncio.run(go(sys.argv[1], date.fromisoformat(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "bot"))
