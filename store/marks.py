@@ -145,8 +145,8 @@ async def run_sized_batches(
     # writer begins after a checkpoint has copied all of it. A checkpoint beside the next
     # batches never got there: on the 1M-order store the WAL grew to 178,000 pages (730 MB)
     # in one date change, every commit wrote to new space at its end and every read looked
-    # through a longer index of it; the change took 9-18 s against 7.5 s now (nobody linked:
-    # 4.8 s against 3.2 s).
+    # through a longer index of it: the change took 9-18 s, and 7.5 s with the batches
+    # waiting for the checkpoint (nobody linked: 4.8 s and 3.2 s).
     while max_batches is None or total.batches < max_batches:
         began = time.monotonic()
         run = await store.run_batch(partial(_sized, batch, limit))
