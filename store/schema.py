@@ -72,6 +72,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def partial_index(name: str, *columns: str, where: str) -> Index:
+    """An index of the rows ``where`` holds for, on both backends. A query uses it only if
+    its own WHERE says the same, with literals (SQLite cannot see through a bound value)."""
+    return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
+
+
 SKU = String(32)
 ORDER_NUMBER = String(32)
 
@@ -252,7 +258,7 @@ order_lines = Table(
         " AND qty_allocated + qty_shipped + qty_cancelled + qty_waiting = qty_ordered",
         name="qty_balance",
     ),
-    Index(
+    partial_index(
         "ix_order_lines_queue",
         "sku",
         "queue_rank",
@@ -261,15 +267,9 @@ order_lines = Table(
         "qty_waiting",
         "projected_date",
         "waits_for_restock_id",
-        sqlite_where=text("qty_waiting > 0"),
-        postgresql_where=text("qty_waiting > 0"),
+        where="qty_waiting > 0",
     ),
-    Index(
-        "ix_order_lines_allocated",
-        "sku",
-        sqlite_where=text("qty_allocated > 0"),
-        postgresql_where=text("qty_allocated > 0"),
-    ),
+    partial_index("ix_order_lines_allocated", "sku", where="qty_allocated > 0"),
     Index("ix_order_lines_order", "order_id"),
 )
 
@@ -361,18 +361,8 @@ outbox = Table(
     # Indexes over every notice ever sent took each new one to a random page of a big tree:
     # a date change told to 81,737 customers wrote 1,100 pages a batch, 620 without them.
     # Their queries say 'pending' as a literal (store.outbox.PENDING).
-    Index(
-        "ix_outbox_pending_due",
-        "not_before",
-        sqlite_where=text("status = 'pending'"),
-        postgresql_where=text("status = 'pending'"),
-    ),
-    Index(
-        "ix_outbox_pending_customer",
-        "customer_id",
-        sqlite_where=text("status = 'pending'"),
-        postgresql_where=text("status = 'pending'"),
-    ),
+    partial_index("ix_outbox_pending_due", "not_before", where="status = 'pending'"),
+    partial_index("ix_outbox_pending_customer", "customer_id", where="status = 'pending'"),
 )
 
 # The record of every delay-option offer (US FTC Mail Order Rule): what was shown, which
@@ -548,12 +538,8 @@ update_inbox = Table(
     # What orders it (bot.updates.chat_key as text): the chat, else the user, else the update
     # alone. Processes sharing the bot claim the unanswered updates chat by chat (chat_claims).
     Column("chat_key", String(40)),
-    Index(
-        "ix_update_inbox_unanswered",
-        "chat_key",
-        "update_id",
-        postgresql_where=text("answered_at IS NULL"),
-        sqlite_where=text("answered_at IS NULL"),
+    partial_index(
+        "ix_update_inbox_unanswered", "chat_key", "update_id", where="answered_at IS NULL"
     ),
 )
 

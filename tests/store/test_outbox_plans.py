@@ -63,16 +63,9 @@ async def test_an_unsent_notice_is_superseded_through_its_id_not_every_pending_o
     # After a big change the outbox holds every notice not sent yet (93,000 of the 1M-order
     # store's date change, sent at 30 a second): a search of the pending ones for the few a
     # batch merges read them all.
+    assert await _notices_queued(store, 20) == QueueReport(20, 20, 0)
     async with store.begin() as conn:
-        await seed_catalog(conn)
-        for order_id in range(1, 21):
-            await add_order(conn, order_id, 1 + order_id % 5, lines=1)
-        for customer in range(1, 6):
-            await add_chat(conn, customer)
-        await move(conn, [i * 10 + 1 for i in range(1, 21)], day(5), at(1))
-        first = await queue_notices(conn, now=at(2))
         await move(conn, [11], day(9), at(3))
-    assert first == QueueReport(20, 20, 0)
     plans: dict[str, list[str]] = {}
 
     def explain(
@@ -104,14 +97,7 @@ async def test_the_due_notices_are_read_in_order_from_the_index_of_the_waiting_o
     # The sender's claim, every few seconds, on an outbox that keeps every notice ever sent
     # (1.5M rows on the 1M-order store): it reads the waiting ones in their order, from an
     # index that holds nothing else, and sorts nothing.
-    async with store.begin() as conn:
-        await seed_catalog(conn)
-        for order_id in range(1, 11):
-            await add_order(conn, order_id, 1 + order_id % 5, lines=1)
-        for customer in range(1, 6):
-            await add_chat(conn, customer)
-        await move(conn, [i * 10 + 1 for i in range(1, 11)], day(5), at(1))
-        assert await queue_notices(conn, now=at(2)) == QueueReport(10, 10, 0)
+    assert await _notices_queued(store, 10) == QueueReport(10, 10, 0)
     plans: dict[str, list[str]] = {}
 
     def explain(
@@ -129,3 +115,16 @@ async def test_the_due_notices_are_read_in_order_from_the_index_of_the_waiting_o
     assert [c.payload["order_id"] for c in claimed] == [1, 2, 3, 4]
     [due] = plans.values()
     assert due == ["SEARCH outbox USING INDEX ix_outbox_pending_due (not_before<?)"], due
+
+
+async def _notices_queued(store: Store, orders: int) -> QueueReport:
+    """``orders`` orders of one line among five customers with chats, every line's date moved
+    and the notices queued."""
+    async with store.begin() as conn:
+        await seed_catalog(conn)
+        for order_id in range(1, orders + 1):
+            await add_order(conn, order_id, 1 + order_id % 5, lines=1)
+        for customer in range(1, 6):
+            await add_chat(conn, customer)
+        await move(conn, [i * 10 + 1 for i in range(1, orders + 1)], day(5), at(1))
+        return await queue_notices(conn, now=at(2))
