@@ -29,6 +29,7 @@ from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
 from store.db import Store, create_engine_for, migrate
 from store.demo import fill_demo, is_empty
+from store.inbox import forget_updates
 from store.links import DEVELOPMENT_SECRET
 
 log = logging.getLogger("backorder-bot")
@@ -81,6 +82,12 @@ async def _prepare_demo(settings: Settings) -> None:
     store = Store(engine, settings.database_url)
     try:
         await migrate(engine)
+        # The sandbox starts again at update 1: a bot restarted on the same database dropped
+        # its first messages as updates it had answered before.
+        async with store.begin() as conn:
+            forgotten = await forget_updates(conn)
+        if forgotten:
+            log.info("a new sandbox: %d updates of the last one forgotten", forgotten)
         async with store.connect() as conn:
             empty = await is_empty(conn)
         if empty:

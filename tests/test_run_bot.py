@@ -107,6 +107,27 @@ async def test_without_a_token_it_runs_the_sandbox_with_demo_data(
     assert code == 0
 
 
+async def test_a_restart_on_the_same_database_answers_the_new_sandboxs_first_message(
+    base_env: dict[str, str],
+) -> None:
+    """Each start runs a new sandbox, whose update ids begin at 1 again: the inbox of the last
+    run (update 1 answered) must not drop the new update 1 as a re-delivery."""
+    for run, user in enumerate((31, 32)):
+        port = _free_port()
+        process = await _start({**base_env, "SANDBOX_PORT": str(port)})
+        try:
+            await _read_until(process, "is up", within=60)
+            async with SandboxClient(f"http://127.0.0.1:{port}") as tg:
+                await tg.create_user(user, first_name="Anna", language_code="en")
+                replies = await tg.say(user, "/stock KET-0001", timeout=10, quiet=0.3)
+            assert [r["text"].split("\n")[0] for r in replies] == [
+                "✅ Steel Kettle 1.7 l is in stock: you can buy it now and it ships right away."
+            ], run
+        finally:
+            code = await _stop(process)
+        assert code == 0
+
+
 async def test_a_bad_setting_stops_start_up_with_one_line(base_env: dict[str, str]) -> None:
     process = await _start({**base_env, "SHOP_TIMEZONE": "Mars/Olympus"})
     async with asyncio.timeout(30):
