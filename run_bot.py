@@ -29,7 +29,7 @@ from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
 from store.db import Store, create_engine_for, migrate
 from store.demo import fill_demo, is_empty
-from store.inbox import forget_updates
+from store.inbox import last_update_id
 from store.links import DEVELOPMENT_SECRET
 
 log = logging.getLogger("backorder-bot")
@@ -45,13 +45,14 @@ class _SandboxHandle:
     loop: asyncio.AbstractEventLoop
 
 
-def _start_sandbox(settings: Settings) -> _SandboxHandle:
+def _start_sandbox(settings: Settings, first_update_id: int) -> _SandboxHandle:
     """Run the sandbox on a thread of its own, so PTB keeps the main thread and its signals."""
     from sandbox import Sandbox
+    from sandbox import Settings as SandboxSettings
 
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    sandbox = Sandbox()
+    sandbox = Sandbox(settings=SandboxSettings(first_update_id=first_update_id))
     failure: list[BaseException] = []
 
     def serve() -> None:
@@ -77,22 +78,21 @@ def _start_sandbox(settings: Settings) -> _SandboxHandle:
     )
 
 
-async def _prepare_demo(settings: Settings) -> None:
+async def _prepare_demo(settings: Settings) -> int:
+    """The database migrated, and filled with demo data if empty; the highest update id it
+    has saved, which the sandbox's ids must go past (a bot restarted on the same database
+    dropped a new sandbox's first updates, ids 1, 2, ..., as ones it had answered)."""
     engine = create_engine_for(settings.database_url)
     store = Store(engine, settings.database_url)
     try:
         await migrate(engine)
-        # The sandbox starts again at update 1: a bot restarted on the same database dropped
-        # its first messages as updates it had answered before.
-        async with store.begin() as conn:
-            forgotten = await forget_updates(conn)
-        if forgotten:
-            log.info("a new sandbox: %d updates of the last one forgotten", forgotten)
         async with store.connect() as conn:
             empty = await is_empty(conn)
+            last = await last_update_id(conn)
         if empty:
             log.info("empty database: loading %s demo data", settings.demo_size)
             await fill_demo(store, size=settings.demo_size)
+        return last
     finally:
         await store.close()
 
@@ -182,8 +182,9 @@ def main() -> int:
 
     sandbox: _SandboxHandle | None = None
     if settings.sandboxed:
+        last_update = asyncio.run(_prepare_demo(settings))
         try:
-            sandbox = _start_sandbox(settings)
+            sandbox = _start_sandbox(settings, first_update_id=last_update + 1)
         except OSError as exc:
             print(f"backorder-bot: cannot start the sandbox: {exc}", file=sys.stderr)
             return 1
@@ -200,7 +201,6 @@ def main() -> int:
                 "sandbox mode: link codes are signed with the development secret, which anyone"
                 " can read in the README; with a BOT_TOKEN the bot needs a LINK_SECRET of its own"
             )
-        asyncio.run(_prepare_demo(settings))
         settings = asyncio.run(_sandbox_support_group(sandbox, settings))
 
     store = Store(create_engine_for(settings.database_url), settings.database_url)

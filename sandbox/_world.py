@@ -83,6 +83,9 @@ class Settings:
     callback_timeout: float = 15.0  # seconds a callback query can still be answered
     max_text_length: int = 4096
     max_caption_length: int = 1024
+    # The first update's id. Telegram never hands out an id twice; a bot whose store saved the
+    # ids of an earlier sandbox's updates takes an id it has answered for a re-delivery.
+    first_update_id: int = 1
 
 
 @dataclass
@@ -289,7 +292,7 @@ class World:
         self.users: dict[int, User] = {}
         self.chats: dict[int, ChatState] = {}
         self.updates: deque[dict[str, Any]] = deque()
-        self.next_update_id = 1
+        self.next_update_id = self.settings.first_update_id
         self.dropped_updates = 0
         self.allowed_updates: set[str] | None = None
         self.webhook: Webhook | None = None

@@ -162,10 +162,7 @@ async def prune_answered(conn: AsyncConnection, keep: int = KEEP_ANSWERED) -> in
     return result.rowcount
 
 
-async def forget_updates(conn: AsyncConnection) -> int:
-    """Delete every saved update, answered or not: for a new Bot API whose update ids begin
-    again (the sandbox each time it starts), where an answered id of the old one would drop a
-    new update as a re-delivery and an unanswered one is of chats that no longer exist.
-    Returns how many were deleted."""
-    result = await conn.execute(delete(update_inbox))
-    return result.rowcount
+async def last_update_id(conn: AsyncConnection) -> int:
+    """The highest update id saved (0: none)."""
+    last = await conn.scalar(select(func.max(update_inbox.c.update_id)))
+    return int(last or 0)

@@ -110,8 +110,8 @@ async def test_without_a_token_it_runs_the_sandbox_with_demo_data(
 async def test_a_restart_on_the_same_database_answers_the_new_sandboxs_first_message(
     base_env: dict[str, str],
 ) -> None:
-    """Each start runs a new sandbox, whose update ids begin at 1 again: the inbox of the last
-    run (update 1 answered) must not drop the new update 1 as a re-delivery."""
+    """Each start runs a new sandbox: its update ids go on past those the store saved (update
+    1 answered in the last run), or the bot drops the new update 1 as a re-delivery."""
     for run, user in enumerate((31, 32)):
         port = _free_port()
         process = await _start({**base_env, "SANDBOX_PORT": str(port)})

@@ -11,6 +11,7 @@ from store.inbox import (
     InboxUpdate,
     Saved,
     count_updates,
+    last_update_id,
     mark_answered,
     prune_answered,
     save_updates,
@@ -98,3 +99,14 @@ async def test_pruning_keeps_the_newest_answered_and_every_unanswered(store: Sto
         (9, T1),
         (10, None),
     ]
+
+
+async def test_the_last_update_id_saved_answered_or_not(store: Store) -> None:
+    # What a new sandbox's update ids go past (run_bot.py): 0 for an empty inbox.
+    async with store.connect() as conn:
+        assert await last_update_id(conn) == 0
+    async with store.begin() as conn:
+        await save_updates(conn, [(41, _json(41)), (40, _json(40))], T0)
+        await mark_answered(conn, [41], T1)
+    async with store.connect() as conn:
+        assert await last_update_id(conn) == 41
